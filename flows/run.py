@@ -19,6 +19,7 @@ from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
 
+from flows.verify import generate_verified
 from synthgen.cluster import task_runner_kwargs
 from synthgen.config import RunConfig, load_config
 from synthgen.pipeline import ShardTask, committed_shards, run_shard
@@ -67,19 +68,13 @@ def generate_flow(config: dict[str, Any], shard_ids: list[str], total: int) -> d
         timeout_seconds=cfg.cluster.shard_timeout_s,
     )
     started = time.perf_counter()
-    with _gpu_annotation(cfg):
-        futures = [gen.submit(config, sid) for sid in shard_ids]
     done_before = total - len(shard_ids)
     results: list[dict[str, Any]] = []
     tokens = 0
     failures: list[str] = []
-    for fut in as_completed(futures):
-        try:
-            res = fut.result()
-        except Exception as exc:  # the task exhausted its retries
-            failures.append(f"{exc}")
-            print(f"shard failed after retries: {type(exc).__name__}: {exc}")
-            continue
+
+    def report(res: dict[str, Any]) -> None:
+        nonlocal tokens
         results.append(res)
         tokens += res["completion_tokens"]
         elapsed = time.perf_counter() - started
@@ -88,6 +83,26 @@ def generate_flow(config: dict[str, Any], shard_ids: list[str], total: int) -> d
             f"{res['completion_tokens']} tokens in {res['engine_seconds']:.1f}s · "
             f"run {tokens / elapsed:.1f} tokens/s"
         )
+
+    verification = None
+    if cfg.verify.enabled:
+        # spot checks on other workers as shards commit; failed shards regenerated (issue 8)
+        vrun = generate_verified(cfg, config, shard_ids, gen, lambda: _gpu_annotation(cfg), report)
+        failures = vrun.failures
+        all_attempts = results
+        results = vrun.results
+        verification = vrun.summary(sum(r["engine_seconds"] for r in all_attempts))
+    else:
+        with _gpu_annotation(cfg):
+            futures = [gen.submit(config, sid) for sid in shard_ids]
+        for fut in as_completed(futures):
+            try:
+                res = fut.result()
+            except Exception as exc:  # the task exhausted its retries
+                failures.append(f"{exc}")
+                print(f"shard failed after retries: {type(exc).__name__}: {exc}")
+                continue
+            report(res)
     gen_seconds = time.perf_counter() - started
     store = Store(cfg.output)
     committed = committed_shards(store, cfg.run_id or "")
@@ -101,6 +116,7 @@ def generate_flow(config: dict[str, Any], shard_ids: list[str], total: int) -> d
         "failures": failures,
         "generate_seconds": gen_seconds,
         "manifest": manifest,
+        "verification": verification,
     }
 
 
@@ -157,6 +173,7 @@ def execute(cfg: RunConfig, started: float | None = None) -> dict[str, Any]:
         manifest=manifest,
         rejects=plan.rejects,
         workers=per_worker(gen["results"]),
+        verification=gen.get("verification"),
     )
     get_run_logger().info("summary\n%s", summary.render_text())
     if missing:

@@ -54,6 +54,7 @@ class RunSummary:
     rejects: int
     drop_counts: dict[str, int] = field(default_factory=dict)
     workers: list[dict[str, Any]] = field(default_factory=list)
+    verification: dict[str, Any] | None = None  # spot checks (issue 8); None = disabled
 
     @classmethod
     def build(
@@ -71,6 +72,7 @@ class RunSummary:
         manifest: dict[str, Any] | None,
         rejects: int,
         workers: list[dict[str, Any]],
+        verification: dict[str, Any] | None = None,
     ) -> RunSummary:
         tokens = sum(r["completion_tokens"] for r in generated)
         drops: dict[str, int] = defaultdict(int)
@@ -100,6 +102,7 @@ class RunSummary:
             rejects=rejects,
             drop_counts=dict(drops),
             workers=workers,
+            verification=verification,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -131,6 +134,7 @@ class RunSummary:
             rows.append(
                 ("bad input records", f"{self.rejects} (see runs/{self.run_id}/rejects.jsonl)")
             )
+        rows += verification_rows(self.verification)
         for w in self.workers:
             rows.append(
                 (f"worker {w['worker']}", f"{w['shards']} shards, {w['tokens_per_s']:.1f} tokens/s")
@@ -154,3 +158,31 @@ class RunSummary:
         lines = ["| | |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in self.rows()]
         return "\n".join(lines)
+
+
+def verification_rows(v: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """Summary rows for spot checks: counts, flagged workers, what verification cost."""
+    if not v:
+        return []
+    counts = ", ".join(f"{k}={n}" for k, n in sorted(v.get("statuses", {}).items())) or "none"
+    rows = [
+        ("verification", f"{v.get('checks', 0)} checks ({counts})"),
+        (
+            "verification cost",
+            f"{v.get('verify_seconds', 0.0):.1f} engine s = "
+            f"{100 * v.get('verify_fraction', 0.0):.2f}% of generation "
+            f"(${v.get('verify_cost_usd', 0.0):.6f})",
+        ),
+    ]
+    if v.get("quarantined"):
+        rows.append(
+            (
+                "quarantined shards",
+                ", ".join(f"{q['shard_id']}.a{q['attempt']}" for q in v["quarantined"]),
+            )
+        )
+    for w in v.get("flagged_workers", []):
+        rows.append((f"FLAGGED worker {w}", "; ".join(v["flag_reasons"][w][:2])[:200]))
+    if v.get("unverified"):
+        rows.append(("unverified shards", ", ".join(v["unverified"][:10])))
+    return rows

@@ -41,10 +41,21 @@ class ScoreRequest:
 
 @dataclass
 class Score:
+    """Teacher-forced score of one completion under the engine's model.
+
+    `expected_logprob` / `logprob_std`: the mean token log-prob an honest sampler with the
+    given sampling parameters would get on average at these positions, and the standard
+    deviation of that mean (None when the engine cannot compute them). `outside_fraction`:
+    fraction of tokens the claimed sampling could not have produced (outside top-k/top-p).
+    """
+
     prompt_id: str
     mean_logprob: float
     topk_fraction: float
     tokens: int
+    expected_logprob: float | None = None
+    logprob_std: float | None = None
+    outside_fraction: float | None = None
 
 
 @dataclass
@@ -72,6 +83,25 @@ class InferenceEngine(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class ScoringEngine(Protocol):
+    """An engine that can also score given completions (verification, issue 8)."""
+
+    info: EngineInfo
+
+    def score(
+        self,
+        requests: Sequence[ScoreRequest],
+        sampling: SamplingConfig | None = None,
+        top_k: int = 10,
+    ) -> list[Score]:
+        """Teacher-forced (prefill only) score per request, same chat template as generate.
+
+        With `sampling`, also the expected log-prob under that sampling distribution.
+        """
+        ...
 
 
 def prompt_seed(base_seed: int, prompt_id: str) -> int:

@@ -10,6 +10,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 
 from synthgen.config import ModelConfig
 from synthgen.engines.base import InferenceEngine
@@ -17,6 +18,15 @@ from synthgen.engines.base import InferenceEngine
 _LOCK = threading.Lock()
 _ENGINES: dict[str, InferenceEngine] = {}
 _LOADS: list[dict[str, object]] = []
+_WRAPPER: Callable[[InferenceEngine], InferenceEngine] | None = None
+
+
+def wrap_engines(wrapper: Callable[[InferenceEngine], InferenceEngine] | None) -> None:
+    """Wrap every engine this process builds from now on (tests: a simulated cheating
+    worker, `synthgen.verify.cheats`). Clears the cache so the next shard gets a wrapped one."""
+    global _WRAPPER
+    clear()
+    _WRAPPER = wrapper
 
 
 def _key(cfg: ModelConfig) -> str:
@@ -47,6 +57,8 @@ def get_engine(cfg: ModelConfig) -> InferenceEngine:
         if engine is None:
             started = time.perf_counter()
             engine = build_engine(cfg)
+            if _WRAPPER is not None:
+                engine = _WRAPPER(engine)
             _ENGINES[key] = engine
             _LOADS.append(
                 {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
 import uuid
@@ -9,7 +10,7 @@ from collections.abc import Sequence
 
 from synthgen.config import ModelConfig, SamplingConfig
 from synthgen.devices import detect_device
-from synthgen.engines.base import Completion, EngineInfo, GenRequest
+from synthgen.engines.base import Completion, EngineInfo, GenRequest, Score, ScoreRequest
 
 _WORDS = (
     "the a data model river light stone garden quiet system table market window music "
@@ -65,6 +66,34 @@ class FakeEngine:
         delay = opts.seconds_per_shard + opts.seconds_per_token * total_tokens
         if delay > 0:
             time.sleep(delay)
+        return out
+
+    def score(
+        self,
+        requests: Sequence[ScoreRequest],
+        sampling: SamplingConfig | None = None,
+        top_k: int = 10,
+    ) -> list[Score]:
+        """Score under the fake engine's own model: each word is uniform over its vocabulary.
+
+        A word from the vocabulary has log-prob -log(V) (what the generator would produce);
+        any other word is impossible (log-prob -log(1e9)). An honest completion's mean
+        log-prob equals the expectation exactly (variance 0).
+        """
+        vocab = set(_WORDS)
+        lp_in = -math.log(len(_WORDS))
+        lp_out = -math.log(1e9)
+        out = []
+        for req in requests:
+            words = [w.strip(".,").lower() for w in req.completion.split()]
+            words = [w for w in words if w]
+            n = len(words)
+            inside = sum(1 for w in words if w in vocab)
+            if n == 0:
+                out.append(Score(req.prompt_id, 0.0, 1.0, 0, lp_in, 0.0, 0.0))
+                continue
+            mean = (inside * lp_in + (n - inside) * lp_out) / n
+            out.append(Score(req.prompt_id, mean, inside / n, n, lp_in, 0.0, (n - inside) / n))
         return out
 
     def close(self) -> None:

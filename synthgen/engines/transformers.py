@@ -20,7 +20,7 @@ from typing import Any
 
 from synthgen.config import ModelConfig, SamplingConfig
 from synthgen.devices import DeviceInfo, detect_device
-from synthgen.engines.base import Completion, EngineInfo, GenRequest
+from synthgen.engines.base import Completion, EngineInfo, GenRequest, Score, ScoreRequest
 from synthgen.errors import EngineError, MissingDependencyError
 
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
@@ -271,6 +271,63 @@ class TransformersEngine:
                     "stop" if stop is not None else "length",
                 )
         return [results[i] for i in range(len(requests))]
+
+    def score(
+        self,
+        requests: Sequence[ScoreRequest],
+        sampling: SamplingConfig | None = None,
+        top_k: int = 10,
+    ) -> list[Score]:
+        """Teacher-forced scores: one forward pass per batch over chat prompt + completion.
+
+        The prompt is templated exactly as `generate` does; logits at the positions before
+        each completion token give its log-prob, top-k membership and (with `sampling`) the
+        expected log-prob of an honest sampler there (`synthgen.verify.tokenstats`).
+        """
+        import torch
+
+        from synthgen.verify.tokenstats import score_from_stats, token_stats
+
+        rows: list[tuple[int, list[int], int]] = []  # (request index, ids, prompt length)
+        out: dict[int, Score] = {}
+        for i, req in enumerate(requests):
+            prompt = self.encode_chat(req.messages)
+            completion = list(self.tokenizer(req.completion, add_special_tokens=False)["input_ids"])
+            room = self.context - len(prompt)
+            if room <= 0:
+                raise EngineError(
+                    f"score: prompt {req.prompt_id} has {len(prompt)} tokens, over the "
+                    f"context of {self.context}"
+                )
+            completion = completion[:room]
+            if not completion:
+                out[i] = Score(req.prompt_id, 0.0, 1.0, 0)
+                continue
+            rows.append((i, prompt + completion, len(prompt)))
+        rows.sort(key=lambda r: len(r[1]))
+        pad = self.tokenizer.pad_token_id
+        for start in range(0, len(rows), self.cfg.batch_size):
+            batch = rows[start : start + self.cfg.batch_size]
+            width = max(len(ids) for _, ids, _ in batch)
+            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for r, (_, ids, _) in enumerate(batch):  # left padding, as in generate
+                input_ids[r, width - len(ids) :] = torch.tensor(ids)
+                attention[r, width - len(ids) :] = 1
+            position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+            with torch.inference_mode():
+                logits = self.model(
+                    input_ids=input_ids.to(self.torch_device),
+                    attention_mask=attention.to(self.torch_device),
+                    position_ids=position_ids.to(self.torch_device),
+                ).logits
+            for r, (i, ids, plen) in enumerate(batch):
+                offset = width - len(ids)
+                first = offset + plen  # position of the first completion token
+                targets = input_ids[r, first:width].to(logits.device)
+                st = token_stats(logits[r, first - 1 : width - 1], targets, top_k, sampling)
+                out[i] = score_from_stats(requests[i].prompt_id, st)
+        return [out[i] for i in range(len(requests))]
 
     def close(self) -> None:
         self.model = None

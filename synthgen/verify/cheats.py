@@ -1,0 +1,126 @@
+"""Simulated dishonest workers, for tests and benchmarks only (never selected by a config).
+
+A `CheatingEngine` wraps a worker's real engine: it claims the same model (same `info`) but
+returns text that did not come from that model with the claimed sampling. Scoring is passed
+through honestly: the cheater is the generator, the verifier is another worker. Install one
+on a chosen Dask worker with `install_cheat` (through `client.run`).
+
+Strategies:
+- `hot`: the right model, much hotter sampling (temperature 1.6, no top-p): a stand-in for a
+  cheaper, worse model whose text the claimed model finds unlikely;
+- `small`: a smaller model, built from the claimed one by keeping only its first layers
+  (transformers only);
+- `pool`: a fixed pool of canned texts, whatever the prompt;
+- `shuffle`: honest completions with their tokens (words, for the fake engine) shuffled;
+- `replay`: honest completions handed to the wrong prompts (cached text from other prompts).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from synthgen.config import SamplingConfig
+from synthgen.engines.base import Completion, GenRequest, InferenceEngine, Score, ScoreRequest
+
+STRATEGIES = ("hot", "small", "pool", "shuffle", "replay")
+
+TEXT_POOL = [
+    "Sure! Here is a short answer. The topic you asked about is important and has many "
+    "aspects that experts discuss in detail.",
+    "The quick brown fox jumps over the lazy dog. It was a sunny day and everyone was happy.",
+    "In conclusion, there are several factors to consider, and each of them matters for a "
+    "good outcome in the long run.",
+    "Thank you for your question. This is a complex subject, so let me explain the basics "
+    "first and then give an example.",
+]
+
+
+class CheatingEngine:
+    def __init__(self, inner: InferenceEngine, strategy: str, seed: int = 0) -> None:
+        if strategy not in STRATEGIES:
+            raise ValueError(f"cheat strategy {strategy!r}: expected one of {STRATEGIES}")
+        self.inner = inner
+        self.strategy = strategy
+        self.rng = random.Random(seed)
+        self.info = inner.info  # claims to be the honest engine
+        self._small: Any = None
+
+    def _small_engine(self) -> Any:
+        if self._small is None:
+            model = getattr(self.inner, "model", None)
+            if model is None or not hasattr(model, "model"):
+                raise ValueError("cheat strategy 'small' needs the transformers engine")
+            small = copy.copy(self.inner)
+            m = copy.deepcopy(model)
+            keep = max(1, (2 * m.config.num_hidden_layers) // 3)
+            m.model.layers = m.model.layers[:keep]
+            m.config.num_hidden_layers = keep
+            small.model = m
+            self._small = small
+        return self._small
+
+    def _shuffle(self, text: str) -> str:
+        tok = getattr(self.inner, "tokenizer", None)
+        if tok is None:
+            words = text.split()
+            self.rng.shuffle(words)
+            return " ".join(words)
+        ids = list(tok(text, add_special_tokens=False)["input_ids"])
+        self.rng.shuffle(ids)
+        return str(tok.decode(ids, skip_special_tokens=True)).strip()
+
+    def generate(
+        self, requests: Sequence[GenRequest], sampling: SamplingConfig
+    ) -> list[Completion]:
+        s = self.strategy
+        if s == "hot":
+            hot = sampling.model_copy(update={"temperature": 1.6, "top_p": 1.0, "top_k": None})
+            return self.inner.generate(requests, hot)
+        if s == "small":
+            return list(self._small_engine().generate(requests, sampling))
+        honest = self.inner.generate(requests, sampling)
+        if s == "pool":
+            for c in honest:
+                if c.finish_reason != "rejected":
+                    c.text = self.rng.choice(TEXT_POOL)
+            return honest
+        if s == "shuffle":
+            for c in honest:
+                c.text = self._shuffle(c.text)
+            return honest
+        # replay: every completion moves to the next prompt
+        texts = [c.text for c in honest]
+        for i, c in enumerate(honest):
+            c.text = texts[(i + 1) % len(texts)] if len(texts) > 1 else TEXT_POOL[0]
+        return honest
+
+    def score(
+        self,
+        requests: Sequence[ScoreRequest],
+        sampling: SamplingConfig | None = None,
+        top_k: int = 10,
+    ) -> list[Score]:
+        return self.inner.score(requests, sampling, top_k=top_k)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def install_cheat(strategy: str, seed: int = 0) -> str:
+    """Make this process's engines cheat from now on; run it on one Dask worker with
+    `client.run(install_cheat, "pool", workers=[address])`. Returns the strategy."""
+    from synthgen.engines.cache import wrap_engines
+
+    if strategy not in STRATEGIES:
+        raise ValueError(f"cheat strategy {strategy!r}: expected one of {STRATEGIES}")
+    wrap_engines(lambda engine: CheatingEngine(engine, strategy, seed))
+    return strategy
+
+
+def remove_cheat() -> None:
+    from synthgen.engines.cache import wrap_engines
+
+    wrap_engines(None)

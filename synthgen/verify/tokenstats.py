@@ -1,0 +1,98 @@
+"""Per-token statistics of a teacher-forced completion under a model (torch).
+
+Given the model's logits at each completion position and the tokens actually present, this
+computes what verification needs:
+
+- `logprob`: log p(token) under the model's raw distribution (temperature 1, no truncation);
+- `in_topk`: whether the token is among the model's k most likely tokens;
+- `expected` / `variance`: mean and variance of log p(X) when X is drawn from the *claimed
+  sampling distribution* q (temperature, top-k, top-p applied to the same logits): what an
+  honest sampler would score at that position on average;
+- `outside`: whether q gives the token zero probability (the claimed sampling could not have
+  produced it).
+
+Summed over tokens, `logprob - expected` has mean 0 and variance `sum(variance)` for an honest
+sampler whatever the prompt, which makes a z-score that needs no per-model calibration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from synthgen.config import SamplingConfig
+
+
+@dataclass
+class TokenStats:
+    tokens: int
+    sum_logprob: float
+    in_topk: int
+    sum_expected: float | None = None
+    sum_variance: float | None = None
+    outside: int | None = None
+
+
+def sampling_probs(logits: Any, sampling: SamplingConfig) -> Any:
+    """The claimed sampling distribution q over the vocabulary at each position ([T, V])."""
+    import torch
+
+    logits = logits.float()
+    if sampling.temperature == 0:
+        return torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.shape[-1]).float()
+    scaled = logits / sampling.temperature
+    if sampling.top_k is not None and sampling.top_k < scaled.shape[-1]:
+        kth = torch.topk(scaled, sampling.top_k, dim=-1).values[..., -1:]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    if sampling.top_p < 1.0:
+        sorted_logits, idx = torch.sort(scaled, descending=True, dim=-1)
+        sp = sorted_logits.softmax(dim=-1)
+        remove = sp.cumsum(dim=-1) - sp > sampling.top_p
+        sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
+        scaled = torch.full_like(scaled, float("-inf")).scatter(-1, idx, sorted_logits)
+    return scaled.softmax(dim=-1)
+
+
+def token_stats(
+    logits: Any, targets: Any, top_k: int, sampling: SamplingConfig | None = None
+) -> TokenStats:
+    """Statistics of `targets` ([T] token ids) given `logits` ([T, V]) predicting them."""
+    import torch
+
+    if logits.shape[0] != targets.shape[0]:
+        raise ValueError(
+            f"token_stats: {logits.shape[0]} logit rows for {targets.shape[0]} target tokens"
+        )
+    n = int(targets.shape[0])
+    if n == 0:
+        return TokenStats(0, 0.0, 0, 0.0 if sampling else None, 0.0 if sampling else None, 0)
+    logits = logits.float()
+    logp = logits.log_softmax(dim=-1)
+    tok_logp = logp.gather(-1, targets.view(-1, 1)).squeeze(-1)
+    target_logit = logits.gather(-1, targets.view(-1, 1))
+    rank = (logits > target_logit).sum(dim=-1)  # 0 = the most likely token
+    stats = TokenStats(n, float(tok_logp.sum()), int((rank < top_k).sum()))
+    if sampling is not None:
+        q = sampling_probs(logits, sampling)
+        # q is 0 where p is tiny: use 0 * log p = 0 rather than 0 * -inf = nan
+        safe = torch.where(q > 0, logp, torch.zeros_like(logp))
+        exp = (q * safe).sum(dim=-1)
+        var = (q * safe * safe).sum(dim=-1) - exp * exp
+        q_tok = q.gather(-1, targets.view(-1, 1)).squeeze(-1)
+        stats.sum_expected = float(exp.sum())
+        stats.sum_variance = float(var.clamp(min=0).sum())
+        stats.outside = int((q_tok <= 0).sum())
+    return stats
+
+
+def score_from_stats(prompt_id: str, st: TokenStats) -> Any:
+    """A `Score` (engine contract) from summed token statistics."""
+    from synthgen.engines.base import Score
+
+    n = st.tokens
+    if n == 0:
+        return Score(prompt_id, 0.0, 1.0, 0, st.sum_expected, st.sum_variance, st.outside)
+    exp = st.sum_expected / n if st.sum_expected is not None else None
+    std = (st.sum_variance**0.5) / n if st.sum_variance is not None else None
+    out = st.outside / n if st.outside is not None else None
+    return Score(prompt_id, st.sum_logprob / n, st.in_topk / n, n, exp, std, out)
