@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ import dask
 import numpy as np
 from distributed import Client, LocalCluster, get_worker
 
-from synthgen.scheduling import max_shard_size, plan_shard_sizes, worker_throughput
+from synthgen.scheduling import max_shard_size, plan_shard_sizes
+from synthgen.summary import per_worker
 
 SPEED_CYCLE = (1.0, 1.6, 3.0)
 
@@ -87,6 +89,7 @@ def main() -> None:
     ap.add_argument("--base-rate", type=float, default=2500.0, help="tokens/s of a 1x worker")
     ap.add_argument("--overhead", type=float, default=0.01, help="seconds per shard (commit etc.)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=1, help="runs per strategy (median shown)")
     ap.add_argument(
         "--saturation",
         type=float,
@@ -161,28 +164,42 @@ def main() -> None:
                 names = sorted(addr_by_name, key=int)
                 speeds = {nm: speed_list[i] for i, nm in enumerate(names)}
                 placement = [addr_by_name[names[i]] for i in range(len(sizes))] if static else None
-                makespan, results = run_strategy(client, sizes, tokens, args, speeds, placement)
-        ratio = makespan / ideal
-        rows.append((name, len(sizes), makespan, ratio, results))
-        busy = sum(r.seconds for r in results) / (w * makespan)
-        last = {}
-        for r in results:
-            last[r.worker] = max(last.get(r.worker, 0.0), r.end)
-        spread = max(last.values()) - min(last.values())
-        print(
-            f"  {name:45s} shards={len(sizes):4d} makespan={makespan:6.2f}s ratio={ratio:5.3f} "
-            f"busy={busy:.3f} finish-spread={spread:.2f}s"
-        )
+                ratios = []
+                for _ in range(args.repeats):
+                    makespan, results = run_strategy(client, sizes, tokens, args, speeds, placement)
+                    ratios.append(makespan / ideal)
+                    busy = sum(r.seconds for r in results) / (w * makespan)
+                    last: dict[str, float] = {}
+                    for r in results:
+                        last[r.worker] = max(last.get(r.worker, 0.0), r.end)
+                    spread = max(last.values()) - min(last.values())
+                    print(
+                        f"  {name:45s} shards={len(sizes):4d} makespan={makespan:6.2f}s "
+                        f"ratio={ratios[-1]:5.3f} busy={busy:.3f} finish-spread={spread:.2f}s"
+                    )
+        rows.append((name, len(sizes), sorted(ratios), results))
 
-    print("\n| strategy | shards | makespan s | makespan / ideal |\n| --- | ---: | ---: | ---: |")
-    for name, k, m, r, _ in rows:
-        print(f"| {name} | {k} | {m:.2f} | {r:.3f} |")
-    best = min(rows, key=lambda r: r[3])
-    print(f"\nper-worker throughput for '{best[0]}' (synthgen.scheduling.worker_throughput):")
-    for wt in worker_throughput(best[4]):
+    print(
+        "\n| strategy | shards | makespan / ideal (median) | min..max |\n| --- | ---: | ---: | ---: |"
+    )
+    for name, k, rs, _ in rows:
+        print(f"| {name} | {k} | {statistics.median(rs):.3f} | {rs[0]:.3f}..{rs[-1]:.3f} |")
+    best = min(rows, key=lambda r: statistics.median(r[2]))
+    print(f"\nper-worker throughput for '{best[0]}' (synthgen.summary.per_worker):")
+    shard_rows = [
+        {
+            "worker": r.worker,
+            "device": r.device,
+            "completion_tokens": r.completion_tokens,
+            "engine_seconds": r.seconds,
+            "cost_usd": 0.0,
+        }
+        for r in best[3]
+    ]
+    for wt in sorted(per_worker(shard_rows), key=lambda x: -x["tokens_per_s"]):
         print(
-            f"  worker {wt.worker:>3s} {wt.device:8s} shards={wt.shards:3d} "
-            f"tokens={wt.completion_tokens:6d} tokens/s={wt.tokens_per_s:8.1f}"
+            f"  worker {wt['worker']:>3s} {wt['device']:8s} shards={wt['shards']:3d} "
+            f"tokens={wt['completion_tokens']:6d} tokens/s={wt['tokens_per_s']:8.1f}"
         )
 
 

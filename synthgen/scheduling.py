@@ -1,17 +1,16 @@
-"""Shard sizing for heterogeneous workers, and per-worker throughput for the run summary.
+"""Shard sizing for heterogeneous workers (pure functions the flow can call).
 
 Dask hands a queued task to whichever worker frees a thread first, so fast cards take more
 shards; what is left to control is the tail: the run ends when the slowest card finishes
 its last shard. Keeping one shard's time on the slowest card under `target - 1` of the
-ideal makespan bounds the tail (benchmarks/hetero_sched.py measures it).
+ideal makespan bounds the tail (benchmarks/hetero_sched.py measures it). Per-worker
+tokens/s for the run summary is `synthgen.summary.per_worker`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Sequence
 
 
 def max_shard_size(
@@ -87,52 +86,6 @@ def split_by_sizes(items: Sequence[str], sizes: Sequence[int]) -> list[list[str]
         out.append(list(items[start : start + s]))
         start += s
     return out
-
-
-# --------------------------------------------------------------------------- run summary
-class ShardThroughput(Protocol):
-    """What a shard result carries for throughput (synthgen.pipeline.ShardResult has it)."""
-
-    worker: str
-    device: str
-    completion_tokens: int
-    seconds: float
-
-
-@dataclass(frozen=True)
-class WorkerThroughput:
-    worker: str
-    device: str
-    shards: int
-    completion_tokens: int
-    seconds: float
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "worker": self.worker,
-            "device": self.device,
-            "shards": self.shards,
-            "completion_tokens": self.completion_tokens,
-            "seconds": round(self.seconds, 3),
-            "tokens_per_s": round(self.tokens_per_s, 1),
-        }
-
-
-def worker_throughput(results: Iterable[ShardThroughput]) -> list[WorkerThroughput]:
-    """Per-worker output tokens/s over the shards it ran (busy time, not wall time),
-    fastest first."""
-    acc: dict[str, list] = {}
-    for r in results:
-        row = acc.setdefault(r.worker, [r.device, 0, 0, 0.0])
-        row[1] += 1
-        row[2] += int(r.completion_tokens)
-        row[3] += float(r.seconds)
-    rows = [WorkerThroughput(w, d, n, t, s) for w, (d, n, t, s) in acc.items()]
-    return sorted(rows, key=lambda r: (-r.tokens_per_s, r.worker))
 
 
 ASSUMED_SPREAD = (1.0, 3.0)  # speeds unknown: plan for a 3x spread (RTX 3090 vs A100)

@@ -1,8 +1,6 @@
-"""Shard sizing for heterogeneous workers and the per-worker throughput summary."""
+"""Shard sizing for heterogeneous workers."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import pytest
 
@@ -11,7 +9,6 @@ from synthgen.scheduling import (
     max_shard_size,
     plan_shard_sizes,
     split_by_sizes,
-    worker_throughput,
 )
 
 FLEET = [1.0, 1.6, 3.0] * 4  # 12 workers: 3090 / 4090 / A100 class
@@ -62,26 +59,3 @@ def test_split_by_sizes() -> None:
     assert split_by_sizes(ids, [3, 3, 1]) == [["p0", "p1", "p2"], ["p3", "p4", "p5"], ["p6"]]
     with pytest.raises(ValueError, match="sum to 6 but there are 7"):
         split_by_sizes(ids, [3, 3])
-
-
-@dataclass
-class R:
-    worker: str
-    device: str
-    completion_tokens: int
-    seconds: float
-
-
-def test_worker_throughput_aggregates_per_worker() -> None:
-    rows = worker_throughput(
-        [
-            R("w1", "RTX 3090", 1000, 2.0),
-            R("w2", "A100", 3000, 1.0),
-            R("w1", "RTX 3090", 500, 1.0),
-        ]
-    )
-    assert [r.worker for r in rows] == ["w2", "w1"]  # fastest first
-    assert rows[1].shards == 2 and rows[1].completion_tokens == 1500
-    assert rows[1].tokens_per_s == pytest.approx(500.0)
-    assert rows[0].as_dict()["tokens_per_s"] == 3000.0
-    assert worker_throughput([R("w", "cpu", 5, 0.0)])[0].tokens_per_s == 0.0

@@ -84,15 +84,16 @@ def test_sampling_kwargs_per_prompt_seed() -> None:
 
 # --------------------------------------------------------------------------- length checks
 def test_fit_prompt_reject_and_truncate() -> None:
-    ids = list(range(10))
-    assert fit_prompt(ids, 20, 10, "reject").rejected is False
-    rej = fit_prompt(ids, 15, 10, "reject")
+    ids = list(range(40))
+    assert fit_prompt(ids, 50, 10, "reject").rejected is False
+    rej = fit_prompt(ids, 30, 10, "reject")
     assert rej.rejected and rej.note is not None and "prompt_too_long" in rej.note
-    tr = fit_prompt(ids, 15, 10, "truncate")
-    assert not tr.rejected and tr.token_ids == [5, 6, 7, 8, 9] and tr.original_tokens == 10
+    tr = fit_prompt(ids, 30, 10, "truncate")  # budget 20: head 12 + the last 8
+    assert not tr.rejected and tr.original_tokens == 40
+    assert tr.token_ids == list(range(12)) + list(range(32, 40))
     assert tr.note is not None and tr.note.startswith("prompt_truncated")
-    # no room at all for a prompt: rejected even under truncate
-    assert fit_prompt(ids, 10, 10, "truncate").rejected
+    # too little room to keep head and generation prompt: rejected even under truncate
+    assert fit_prompt(ids, 26, 10, "truncate").rejected
 
 
 # --------------------------------------------------------------------------- output mapping

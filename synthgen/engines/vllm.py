@@ -4,7 +4,7 @@ vLLM is imported lazily; without it the error names `pip install 'synthgen[gpu]'
 without a CUDA device the error says so. Engine settings come from the worker's GPU
 preset merged with pinned config (synthgen.presets). Prompts are rendered with the
 model's own chat template and checked one by one against the context: an over-long prompt
-is rejected (finish_reason="rejected") or left-truncated per `model.long_prompts`,
+is rejected (finish_reason="rejected") or truncated per `model.long_prompts`,
 never failing the shard.
 """
 
@@ -93,8 +93,14 @@ class PromptFit:
     note: str | None = None
 
 
+KEEP_TAIL = 8  # tokens kept from the end on truncation: the assistant header of the template
+
+
 def fit_prompt(ids: list[int], max_model_len: int, max_new_tokens: int, policy: str) -> PromptFit:
-    """Check one prompt against `max_model_len - max_new_tokens`; reject or keep the tail."""
+    """Check one prompt against `max_model_len - max_new_tokens`. Over it: rejected, or
+    (policy "truncate") cut in the middle, keeping the head (system prompt, start of the
+    question) and the last KEEP_TAIL tokens (the generation prompt), as the transformers
+    engine does."""
     budget = max_model_len - max_new_tokens
     n = len(ids)
     if n <= budget and budget > 0:
@@ -103,8 +109,9 @@ def fit_prompt(ids: list[int], max_model_len: int, max_new_tokens: int, policy: 
         f"{n} prompt tokens > {max(budget, 0)} allowed "
         f"(max_model_len {max_model_len} - max_new_tokens {max_new_tokens})"
     )
-    if policy == "truncate" and budget > 0:
-        return PromptFit(ids[-budget:], n, note=f"prompt_truncated: {why}; kept the last {budget}")
+    if policy == "truncate" and budget > 2 * KEEP_TAIL:
+        kept = ids[: budget - KEEP_TAIL] + ids[-KEEP_TAIL:]
+        return PromptFit(kept, n, note=f"prompt_truncated: {why}; kept {budget}")
     return PromptFit(ids, n, rejected=True, note=f"prompt_too_long: {why}")
 
 
