@@ -8,6 +8,7 @@ pinned; 24 GB cards switch to the quantised model variant when 16-bit weights do
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +129,29 @@ def weights_gb(path: str | None) -> float | None:
     return sum(f.stat().st_size for f in chosen) / 2**30 if chosen else None
 
 
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
+
+
+def model_context_len(path: str | None) -> int | None:
+    """The context length in a local model directory's config.json; None if unknown."""
+    if not path:
+        return None
+    cfg_file = Path(path) / "config.json"
+    if not cfg_file.is_file():
+        return None
+    try:
+        data = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    configs = [data, data.get("text_config") or {}]
+    for c in configs:
+        for key in _CONTEXT_KEYS:
+            value = c.get(key)
+            if isinstance(value, int) and value > 0:
+                return value
+    return None
+
+
 @dataclass
 class VllmSettings:
     """What the engine passes to vllm.LLM, and where each value came from."""
@@ -191,6 +215,9 @@ def resolve_vllm_settings(
     max_len = pick(
         "max_model_len", model.max_model_len, preset.max_model_len if preset else None, None
     )
+    native = model_context_len(model.path)
+    if sources["max_model_len"] != "pinned" and max_len and native and native < max_len:
+        max_len, sources["max_model_len"] = native, "model"  # a preset value only caps it
     if model.dtype != "auto":
         dtype, sources["dtype"] = model.dtype, "pinned"
     elif preset and preset.dtype:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from synthgen.sharding import Shard, shard_id
+
 
 def max_shard_size(
     n_prompts: int,
@@ -116,3 +118,12 @@ def plan_shard_sizes(
     tail_safe = max_shard_size(n_prompts, fleet, target_ratio)
     min_size = max(1, min(max_size, tail_safe // 2))
     return guided_shard_sizes(n_prompts, fleet, min_size=min_size, max_size=max_size)
+
+
+def make_sized_shards(prompt_ids: Sequence[str], sizes: Sequence[int]) -> list[Shard]:
+    """Shards with the spine's stable ids (`shard-00000`, …) cut to `sizes`, in plan order:
+    a drop-in for `synthgen.sharding.make_shards` when planning with plan_shard_sizes."""
+    return [
+        Shard(shard_id(i), i, tuple(chunk))
+        for i, chunk in enumerate(split_by_sizes(list(prompt_ids), sizes))
+    ]

@@ -9,7 +9,13 @@ import pytest
 from synthgen.config import ModelConfig, VllmOptions
 from synthgen.devices import DeviceInfo
 from synthgen.errors import ConfigError, EngineError
-from synthgen.presets import load_presets, resolve_vllm_settings, select_preset, weights_gb
+from synthgen.presets import (
+    load_presets,
+    model_context_len,
+    resolve_vllm_settings,
+    select_preset,
+    weights_gb,
+)
 
 # Names and memory as torch reports them on the real cards.
 CARDS = {
@@ -133,3 +139,13 @@ def test_custom_presets_dir(tmp_path: Path) -> None:
     )
     s = resolve_vllm_settings(cfg(presets_dir=str(tmp_path)), dev("NVIDIA GeForce RTX 4090"))
     assert (s.preset, s.max_num_seqs, s.gpu_memory_utilization) == ("mine", 5, 0.8)
+
+
+def test_preset_context_capped_by_model_config(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"max_position_embeddings": 2048}')
+    c = ModelConfig(engine="vllm", path=str(tmp_path))
+    s = resolve_vllm_settings(c, dev("NVIDIA H100 80GB HBM3"))
+    assert (s.max_model_len, s.sources["max_model_len"]) == (2048, "model")  # preset: 16384
+    assert model_context_len(str(tmp_path)) == 2048 and model_context_len("org/hub") is None
+    pinned = ModelConfig(engine="vllm", path=str(tmp_path), max_model_len=8192)
+    assert resolve_vllm_settings(pinned, dev("NVIDIA H100 80GB HBM3")).max_model_len == 8192

@@ -6,6 +6,7 @@ import pytest
 
 from synthgen.scheduling import (
     guided_shard_sizes,
+    make_sized_shards,
     max_shard_size,
     plan_shard_sizes,
     split_by_sizes,
@@ -59,3 +60,13 @@ def test_split_by_sizes() -> None:
     assert split_by_sizes(ids, [3, 3, 1]) == [["p0", "p1", "p2"], ["p3", "p4", "p5"], ["p6"]]
     with pytest.raises(ValueError, match="sum to 6 but there are 7"):
         split_by_sizes(ids, [3, 3])
+
+
+def test_make_sized_shards_stable_ids() -> None:
+    ids = [f"p{i}" for i in range(10)]
+    sizes = plan_shard_sizes(10, 4, 2)
+    shards = make_sized_shards(ids, sizes)
+    assert [s.shard_id for s in shards] == [f"shard-{i:05d}" for i in range(len(sizes))]
+    assert [len(s) for s in shards] == sizes
+    assert [p for s in shards for p in s.prompt_ids] == ids  # plan order kept, nothing lost
+    assert make_sized_shards(ids, sizes) == shards  # deterministic
