@@ -218,6 +218,7 @@ def resolve_vllm_settings(
     native = model_context_len(model.path)
     if sources["max_model_len"] != "pinned" and max_len and native and native < max_len:
         max_len, sources["max_model_len"] = native, "model"  # a preset value only caps it
+    dtype: str
     if model.dtype != "auto":
         dtype, sources["dtype"] = model.dtype, "pinned"
     elif preset and preset.dtype:
