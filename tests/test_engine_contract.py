@@ -102,11 +102,19 @@ class Case:
     skip: Callable[[], str | None]
     deterministic: bool  # does the engine promise the same text for the same seed?
     extra: dict[str, Any]
+    truncates: bool = True  # implements model.long_prompts=truncate
     marks: tuple[pytest.MarkDecorator, ...] = ()
 
 
 CASES = [
-    Case("fake", _via_get_engine, lambda: _spine_skip("synthgen.engines.fake"), True, {}),
+    Case(
+        "fake",
+        _via_get_engine,
+        lambda: _spine_skip("synthgen.engines.fake"),
+        True,
+        {},
+        truncates=False,
+    ),
     Case(
         "transformers",
         _via_get_engine,
@@ -189,3 +197,15 @@ def test_contract_over_long_prompt_rejected_not_raised(case: Case) -> None:
     assert out[1].prompt_id == "long"
     assert out[1].finish_reason == "rejected"
     assert out[1].error and out[1].completion_tokens == 0
+
+
+def test_contract_over_long_prompt_truncated(case: Case) -> None:
+    if not case.truncates:
+        pytest.skip(f"{case.engine}: model.long_prompts=truncate is not implemented (rejects)")
+    eng = build(case, max_model_len=SHORT_CONTEXT, long_prompts="truncate")
+    out = eng.generate([LONG, REQUESTS[0]], SAMPLING)
+    assert [c.prompt_id for c in out] == ["long", "c0"]
+    assert out[0].finish_reason in {"stop", "length"}, out[0].error
+    assert 0 < out[0].prompt_tokens <= SHORT_CONTEXT - MAX_NEW
+    assert 0 < out[0].completion_tokens <= MAX_NEW
+    check_completion(out[1], REQUESTS[0])

@@ -70,3 +70,48 @@ def test_make_sized_shards_stable_ids() -> None:
     assert [len(s) for s in shards] == sizes
     assert [p for s in shards for p in s.prompt_ids] == ids  # plan order kept, nothing lost
     assert make_sized_shards(ids, sizes) == shards  # deterministic
+
+
+def _sim_shard(tokens: int, rate: float, speeds: dict[str, float]) -> float:
+    import time
+
+    from distributed import get_worker
+
+    time.sleep(tokens / (rate * speeds[str(get_worker().name)]))
+    return time.time()
+
+
+@pytest.mark.slow
+def test_guided_sizes_beat_big_shards_on_a_real_cluster() -> None:
+    """6 simulated workers (1x/1.6x/3x) in a real LocalCluster: guided sizes, submitted
+    largest first to a scheduler with worker-saturation 1.0, finish near the ideal; one big
+    shard per worker leaves the fast cards idle."""
+    import time
+
+    import dask
+    from distributed import Client, LocalCluster
+
+    speeds_list = [1.0, 1.6, 3.0] * 2
+    n, per_prompt, rate = 300, 100, 2500.0
+    ideal = n * per_prompt / (rate * sum(speeds_list))  # 1.07 s
+
+    def makespan(sizes: list[int]) -> float:
+        with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+            with (
+                LocalCluster(
+                    n_workers=6, threads_per_worker=1, processes=False, dashboard_address=None
+                ) as cluster,
+                Client(cluster) as client,
+            ):
+                speeds = {str(i): s for i, s in enumerate(speeds_list)}
+                t0 = time.time()
+                futs = [
+                    client.submit(_sim_shard, k * per_prompt, rate, speeds, pure=False, priority=-i)
+                    for i, k in enumerate(sizes)
+                ]
+                return max(client.gather(futs)) - t0
+
+    big = makespan([n // 6] * 6) / ideal
+    guided = makespan(plan_shard_sizes(n, n // 6, 6, speeds=speeds_list)) / ideal
+    assert big > 1.6  # a 1x card holds as much as a 3x card: ~1.87x the ideal
+    assert guided < 1.35 and guided < 0.75 * big
