@@ -149,3 +149,14 @@ def test_preset_context_capped_by_model_config(tmp_path: Path) -> None:
     assert model_context_len(str(tmp_path)) == 2048 and model_context_len("org/hub") is None
     pinned = ModelConfig(engine="vllm", path=str(tmp_path), max_model_len=8192)
     assert resolve_vllm_settings(pinned, dev("NVIDIA H100 80GB HBM3")).max_model_len == 8192
+
+
+def test_example_mixed_gpu_config_resolves_per_card() -> None:
+    from synthgen.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs/examples/vllm-mixed-gpus.yaml")
+    on_3090 = resolve_vllm_settings(cfg.model, dev("NVIDIA GeForce RTX 3090"))
+    on_a100 = resolve_vllm_settings(cfg.model, dev("NVIDIA A100-SXM4-80GB"))
+    assert on_3090.model.endswith("-AWQ") and on_3090.fit == "quantized"
+    assert on_a100.model.endswith("14B-Instruct") and on_a100.fit == "fits"
+    assert (on_3090.max_num_seqs, on_a100.max_num_seqs) == (128, 256)
