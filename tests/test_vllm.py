@@ -4,6 +4,7 @@ stand-in for vLLM's classes (tests/vllm_standin.py); one real test needs vllm + 
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 
 import pytest
@@ -199,16 +200,16 @@ def _real_vllm_skip_reason() -> str | None:
 
     if not torch.cuda.is_available():
         return "no CUDA device visible (torch.cuda.is_available() is False)"
+    if not os.environ.get("SYNTHGEN_VLLM_TEST_MODEL"):
+        return "SYNTHGEN_VLLM_TEST_MODEL (a local model directory) is not set; no downloads"
     return None
 
 
 @pytest.mark.gpu
 @pytest.mark.slow
 @pytest.mark.skipif(_real_vllm_skip_reason() is not None, reason=str(_real_vllm_skip_reason()))
-def test_real_vllm_generates(tmp_path: object) -> None:
-    import os
-
-    path = os.environ.get("SYNTHGEN_VLLM_TEST_MODEL", "HuggingFaceTB/SmolLM2-135M-Instruct")
+def test_real_vllm_generates() -> None:
+    path = os.environ["SYNTHGEN_VLLM_TEST_MODEL"]
     eng = VllmEngine(
         ModelConfig(engine="vllm", path=path, max_model_len=512, vllm=VllmOptions(max_num_seqs=8))
     )
