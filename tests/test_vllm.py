@@ -173,6 +173,11 @@ def test_engine_needs_cuda() -> None:
         engine(device=CPU)
 
 
+def test_tensor_parallel_needs_enough_gpus() -> None:
+    with pytest.raises(EngineError, match="tensor_parallel_size=2 but this worker sees 1"):
+        engine(model_cfg(vllm={"tensor_parallel_size": 2}))
+
+
 def test_engine_needs_model_path() -> None:
     with pytest.raises(ValueError, match="model.path"):
         VllmEngine(ModelConfig(engine="vllm"), device=RTX4090, vllm_module=vllm_standin.module())

@@ -164,6 +164,11 @@ class VllmEngine:
         self._vllm = vllm_module if vllm_module is not None else import_vllm()
         self.device = device if device is not None else detect_device("cuda")
         require_cuda(self.device)
+        if model.vllm.tensor_parallel_size > self.device.count:
+            raise EngineError(
+                f"model.vllm.tensor_parallel_size={model.vllm.tensor_parallel_size} but this "
+                f"worker sees {self.device.count} CUDA device(s) ({self.device.label})"
+            )
         self.model_cfg = model
         self.settings = resolve_vllm_settings(model, self.device, presets)
         self.llm_kwargs = llm_kwargs(self.settings, model)
