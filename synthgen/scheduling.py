@@ -127,3 +127,14 @@ def make_sized_shards(prompt_ids: Sequence[str], sizes: Sequence[int]) -> list[S
         Shard(shard_id(i), i, tuple(chunk))
         for i, chunk in enumerate(split_by_sizes(list(prompt_ids), sizes))
     ]
+
+
+def relative_speeds(workers: Sequence[dict]) -> list[float]:
+    """Relative speeds (slowest = 1.0) from a run summary's per-worker rows
+    (`synthgen.summary.per_worker`: `tokens_per_s`), for plan_shard_sizes on the next run.
+    Workers with no measured throughput are left out."""
+    rates = [float(w["tokens_per_s"]) for w in workers if float(w.get("tokens_per_s", 0)) > 0]
+    if not rates:
+        return []
+    slowest = min(rates)
+    return [r / slowest for r in rates]

@@ -9,6 +9,7 @@ from synthgen.scheduling import (
     make_sized_shards,
     max_shard_size,
     plan_shard_sizes,
+    relative_speeds,
     split_by_sizes,
 )
 
@@ -115,3 +116,14 @@ def test_guided_sizes_beat_big_shards_on_a_real_cluster() -> None:
     guided = makespan(plan_shard_sizes(n, n // 6, 6, speeds=speeds_list)) / ideal
     assert big > 1.6  # a 1x card holds as much as a 3x card: ~1.87x the ideal
     assert guided < 1.35 and guided < 0.75 * big
+
+
+def test_relative_speeds_from_summary_rows() -> None:
+    rows = [
+        {"worker": "a", "tokens_per_s": 3000.0},
+        {"worker": "b", "tokens_per_s": 1000.0},
+        {"worker": "c", "tokens_per_s": 0.0},  # ran nothing: left out
+    ]
+    assert relative_speeds(rows) == [3.0, 1.0]
+    assert relative_speeds([]) == []
+    assert sum(plan_shard_sizes(100, 50, 2, speeds=relative_speeds(rows))) == 100
