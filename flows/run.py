@@ -10,15 +10,17 @@ shard ids, paths and counts, never the generated text.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from typing import Any
 
 import dask
 from prefect import flow, get_run_logger, task
+from prefect.exceptions import MissingContextError
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
-from prefect_dask import DaskTaskRunner
 
+from flows.task_runner import SynthgenTaskRunner
 from flows.verify import generate_verified
 from synthgen.cluster import task_runner_kwargs
 from synthgen.config import RunConfig, load_config
@@ -93,8 +95,12 @@ def generate_flow(config: dict[str, Any], shard_ids: list[str], total: int) -> d
         results = vrun.results
         verification = vrun.summary(sum(r["engine_seconds"] for r in all_attempts))
     else:
+        futures = []
         with _gpu_annotation(cfg):
-            futures = [gen.submit(config, sid) for sid in shard_ids]
+            for i, sid in enumerate(shard_ids):
+                # plan order first: with guided sizing the big shards start early, small ones last
+                with dask.annotate(priority=len(shard_ids) - i):
+                    futures.append(gen.submit(config, sid))
         for fut in as_completed(futures):
             try:
                 res = fut.result()
@@ -118,6 +124,13 @@ def generate_flow(config: dict[str, Any], shard_ids: list[str], total: int) -> d
         "manifest": manifest,
         "verification": verification,
     }
+
+
+def _logger() -> Any:
+    try:
+        return get_run_logger()
+    except MissingContextError:  # execute() called outside a flow run (benchmarks)
+        return logging.getLogger("synthgen")
 
 
 def _run_name() -> str:
@@ -154,7 +167,7 @@ def execute(cfg: RunConfig, started: float | None = None) -> dict[str, Any]:
             f"{plan.rejects} bad prompt records quarantined: {store.url('runs', run_id, 'rejects.jsonl')}"
         )
     config = cfg.model_dump(mode="json")
-    runner = DaskTaskRunner(**task_runner_kwargs(cfg.cluster))
+    runner = SynthgenTaskRunner(**task_runner_kwargs(cfg.cluster))
     gen = generate_flow.with_options(task_runner=runner)(config, todo, len(plan.shards))
     committed = committed_shards(store, run_id)
     missing = [s.shard_id for s in plan.shards if s.shard_id not in committed]
@@ -175,7 +188,7 @@ def execute(cfg: RunConfig, started: float | None = None) -> dict[str, Any]:
         workers=per_worker(gen["results"]),
         verification=gen.get("verification"),
     )
-    get_run_logger().info("summary\n%s", summary.render_text())
+    _logger().info("summary\n%s", summary.render_text())
     if missing:
         raise RuntimeError(
             f"run {run_id}: {len(missing)} of {len(plan.shards)} shards failed "

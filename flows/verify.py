@@ -24,7 +24,7 @@ from synthgen.config import RunConfig
 from synthgen.storage import Store
 from synthgen.verify.check import VerifyTask, distrust_shard, verify_path, verify_shard
 
-VERIFY_PRIORITY = 100  # above generation: a check starts as soon as a worker slot frees
+VERIFY_PRIORITY = 10**9  # above generation (plan-order priorities): checks start first
 
 
 @task(name="verify-shard", persist_result=False, retries=1, retry_delay_seconds=1)
@@ -96,6 +96,7 @@ def generate_verified(
     out = VerifyRun()
     regens: dict[str, int] = {}
     queue = list(shard_ids)
+    order = {sid: i for i, sid in enumerate(shard_ids)}
     pending = distributed.as_completed()
     meta: dict[str, tuple[str, Any, str]] = {}  # dask key -> (kind, prefect future, shard)
     store = Store(cfg.output)
@@ -113,7 +114,9 @@ def generate_verified(
                     f"{sid}: no worker left to generate it (excluded: {', '.join(sorted(avoid))})"
                 )
                 return False
-        with gpu_annotation(), _restrict(allowed):
+        # plan order first, as without verification; a regeneration goes to the front
+        priority = len(shard_ids) - order[sid] if sid not in regens else len(shard_ids) + 1
+        with gpu_annotation(), _restrict(allowed, priority):
             fut = gen.submit(config, sid)
         meta[fut.wrapped_future.key] = ("gen", fut, sid)
         pending.add(fut.wrapped_future)
