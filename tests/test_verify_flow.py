@@ -1,0 +1,132 @@
+"""Verification in the real flow (issue 8): Prefect + a real Dask LocalCluster, fake engine.
+
+A cheating worker is planted with `client.run(install_cheat, ..., workers=[address])` on
+a cluster the test starts itself and hands to the flow through `cluster.address`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pytest
+from distributed import Client, LocalCluster
+
+from flows.run import synthgen_run
+from synthgen.verify.cheats import install_cheat
+from tests.helpers import fake_config, write_config
+
+
+@pytest.fixture()
+def cluster3():
+    with (
+        LocalCluster(
+            n_workers=3,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address="127.0.0.1:0",
+            memory_limit=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield cluster, client
+
+
+def _records(run_dir: Path, sub: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((run_dir / sub).glob("*.json"))]
+
+
+def _config(out: Path, address: str, **kw) -> dict:
+    return fake_config(
+        str(out),
+        shards__size=2,  # 12 shards over 3 workers
+        cluster__address=address,
+        model__fake__seconds_per_shard=0.3,
+        verify__enabled=True,
+        **kw,
+    )
+
+
+def test_honest_workers_pass_and_every_check_runs_on_another_worker(
+    tmp_path, prefect_api, cluster3
+):
+    cluster, _ = cluster3
+    out = tmp_path / "out"
+    cfg_path = write_config(tmp_path / "c.yaml", _config(out, cluster.scheduler_address))
+    res = synthgen_run(config=cfg_path)
+    assert res["status"] == "complete" and res["rows_published"] == 24
+    v = res["verification"]
+    assert v["statuses"] == {"pass": 12} and v["flagged_workers"] == []
+    checks = [c for c in _records(out / "runs" / res["run_id"], "verify") if "verdict" in c]
+    assert len(checks) == 12
+    assert all(c["verifier"] != c["generator"] for c in checks)
+    assert all(c["verify_seconds"] >= 0 and c["device"] and c["price_per_hour"] > 0 for c in checks)
+    assert len({c["generator"] for c in checks}) >= 2  # work was spread, checks crossed over
+    assert not (out / "runs" / res["run_id"] / "quarantine").exists()
+
+
+def test_cheating_worker_is_caught_quarantined_regenerated_and_named(
+    tmp_path, prefect_api, cluster3
+):
+    # the fake engine's "model" ignores the prompt, so only foreign text is detectable with
+    # it; every strategy against the real model: tests/test_verify_model.py
+    strategy = "pool"
+    cluster, client = cluster3
+    cheater = sorted(client.scheduler_info(n_workers=-1)["workers"])[0]
+    assert client.run(install_cheat, strategy, workers=[cheater]) == {cheater: strategy}
+    out = tmp_path / "out"
+    cfg_path = write_config(tmp_path / "c.yaml", _config(out, cluster.scheduler_address))
+    res = synthgen_run(config=cfg_path)
+    run_dir = out / "runs" / res["run_id"]
+
+    assert res["status"] == "complete"
+    v = res["verification"]
+    assert v["flagged_workers"] == [cheater]
+    assert v["quarantined"] and all(q["generator"] == cheater for q in v["quarantined"])
+    # the published dataset: every prompt once, none from the cheater
+    table = ds.dataset(out / "dataset", format="parquet").to_table()
+    assert table.num_rows == 24 and len(set(table["prompt_id"].to_pylist())) == 24
+    assert cheater not in set(table["worker"].to_pylist())
+    # quarantined shards are kept for audit, with the verdict
+    quarantined = sorted((run_dir / "quarantine").glob("*.json"))
+    assert quarantined
+    for q in quarantined:
+        audit = json.loads(q.read_text())
+        assert audit["marker"]["result"]["worker"] == cheater
+        assert audit["verdict"]["status"] in {"fail", "distrusted"}
+        assert q.with_suffix(".parquet").is_file()
+    # each quarantined shard was regenerated elsewhere and then passed
+    commits = {
+        p.stem: json.loads(p.read_text())["result"] for p in (run_dir / "_commits").glob("*")
+    }
+    for q in v["quarantined"]:
+        assert commits[q["shard_id"]]["worker"] != cheater
+        assert commits[q["shard_id"]]["attempt"] > q["attempt"]
+    # the verification record names the flagged worker; so does the summary text
+    flagged = json.loads((run_dir / "verify" / "flagged.json").read_text())
+    assert list(flagged["flagged_workers"]) == [cheater]
+    from synthgen.summary import RunSummary
+
+    assert f"FLAGGED worker {cheater}" in RunSummary(**res).render_text()
+    # excluded for the rest of the run: no accepted shard from it
+    assert all(c["worker"] != cheater for c in commits.values())
+
+
+def test_single_worker_skips_verification_with_a_warning(tmp_path, prefect_api):
+    out = tmp_path / "out"
+    cfg = fake_config(str(out), verify__enabled=True)
+    res = synthgen_run(config=write_config(tmp_path / "c.yaml", cfg))
+    assert res["status"] == "complete"
+    v = res["verification"]
+    assert v["checks"] == 0 and len(v["unverified"]) == 5
+    assert any("not verified: no other worker" in w for w in v["warnings"])
+
+
+def test_single_worker_verifies_on_itself_when_allowed(tmp_path, prefect_api):
+    out = tmp_path / "out"
+    cfg = fake_config(str(out), verify__enabled=True, verify__allow_same_worker=True)
+    res = synthgen_run(config=write_config(tmp_path / "c.yaml", cfg))
+    v = res["verification"]
+    assert v["statuses"] == {"pass": 5} and not v["unverified"]
+    assert any("verified on the worker that generated it" in w for w in v["warnings"])
