@@ -315,17 +315,20 @@ class TransformersEngine:
                 input_ids[r, width - len(ids) :] = torch.tensor(ids)
                 attention[r, width - len(ids) :] = 1
             position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+            # logits only where completion tokens are predicted: the vocabulary projection
+            # over the prompt positions would cost more than the rest of the pass
+            keep = 1 + max(len(ids) - plen for _, ids, plen in batch)
             with torch.inference_mode():
                 logits = self.model(
                     input_ids=input_ids.to(self.torch_device),
                     attention_mask=attention.to(self.torch_device),
                     position_ids=position_ids.to(self.torch_device),
-                ).logits
+                    logits_to_keep=keep,
+                ).logits  # [batch, keep, vocab]: positions width-keep .. width-1
             for r, (i, ids, plen) in enumerate(batch):
-                offset = width - len(ids)
-                first = offset + plen  # position of the first completion token
-                targets = input_ids[r, first:width].to(logits.device)
-                st = token_stats(logits[r, first - 1 : width - 1], targets, top_k, sampling)
+                n = len(ids) - plen  # completion tokens, the last n positions of the row
+                targets = input_ids[r, width - n : width].to(logits.device)
+                st = token_stats(logits[r, keep - n - 1 : keep - 1], targets, top_k, sampling)
                 out[i] = score_from_stats(requests[i].prompt_id, st)
         return [out[i] for i in range(len(requests))]
 

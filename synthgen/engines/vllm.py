@@ -20,13 +20,21 @@ from typing import Any
 
 from synthgen.config import ModelConfig, SamplingConfig
 from synthgen.devices import DeviceInfo, detect_device
-from synthgen.engines.base import Completion, EngineInfo, FinishReason, GenRequest
+from synthgen.engines.base import (
+    Completion,
+    EngineInfo,
+    FinishReason,
+    GenRequest,
+    Score,
+    ScoreRequest,
+)
 from synthgen.errors import EngineError, MissingDependencyError
 from synthgen.presets import GpuPreset, VllmSettings, resolve_vllm_settings
 
 INSTALL_HINT = "pip install 'synthgen[gpu]'"
 LLM_SEED = 0  # engine-wide seed; every request carries its own seed in SamplingParams
 _FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
+SCORE_LOGPROBS = 20  # top log-probs per position for scoring (vLLM's default max_logprobs)
 
 
 def import_vllm() -> ModuleType:
@@ -247,6 +255,58 @@ class VllmEngine:
         self.stats["rejected"] += sum(f.rejected for f in fits)
         self.stats["truncated"] += sum(1 for f in fits if f.note and not f.rejected)
         return result
+
+    def score(
+        self,
+        requests: Sequence[ScoreRequest],
+        sampling: SamplingConfig | None = None,
+        top_k: int = 10,
+    ) -> list[Score]:
+        """Teacher-forced scores (verification): prefill prompt + completion with
+        `prompt_logprobs`, generate one throw-away token. The expectation under `sampling`
+        is computed over the top SCORE_LOGPROBS tokens per position
+        (`synthgen.verify.tokenstats.stats_from_top_logprobs`)."""
+        from synthgen.verify.tokenstats import score_from_stats, stats_from_top_logprobs
+
+        n_lp = max(top_k, SCORE_LOGPROBS)
+        seqs: list[tuple[list[int], int]] = []
+        for r in requests:
+            prompt = render_prompt(self.tokenizer, r.messages)
+            room = self.max_model_len - len(prompt) - 1
+            if room <= 0:
+                raise EngineError(
+                    f"score: prompt {r.prompt_id} has {len(prompt)} tokens, over "
+                    f"max_model_len {self.max_model_len}"
+                )
+            completion = list(self.tokenizer.encode(r.completion, add_special_tokens=False))
+            seqs.append((prompt + completion[:room], len(prompt)))
+        todo = [i for i, (ids, plen) in enumerate(seqs) if len(ids) > plen]
+        outputs: list[Any] = []
+        if todo:
+            params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=n_lp)
+            outputs = list(
+                self.llm.generate(
+                    [{"prompt_token_ids": seqs[i][0]} for i in todo],
+                    [params] * len(todo),
+                    use_tqdm=False,
+                )
+            )
+            if len(outputs) != len(todo):
+                raise EngineError(f"vllm returned {len(outputs)} outputs for {len(todo)} scores")
+        by_index = dict(zip(todo, outputs, strict=True))
+        scores = []
+        for i, (r, (ids, plen)) in enumerate(zip(requests, seqs, strict=True)):
+            if i not in by_index:
+                scores.append(Score(r.prompt_id, 0.0, 1.0, 0))
+                continue
+            plp = by_index[i].prompt_logprobs
+            positions = [
+                (ids[j], {t: (lp.logprob, lp.rank) for t, lp in plp[j].items()})
+                for j in range(plen, len(ids))
+            ]
+            stats = stats_from_top_logprobs(positions, top_k, sampling)
+            scores.append(score_from_stats(r.prompt_id, stats))
+        return scores
 
     def close(self) -> None:
         self.llm = None

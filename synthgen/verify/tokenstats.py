@@ -17,10 +17,13 @@ sampler whatever the prompt, which makes a z-score that needs no per-model calib
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from synthgen.config import SamplingConfig
+
+_NUCLEUS_CANDIDATES = 512
 
 
 @dataclass
@@ -45,11 +48,16 @@ def sampling_probs(logits: Any, sampling: SamplingConfig) -> Any:
         kth = torch.topk(scaled, sampling.top_k, dim=-1).values[..., -1:]
         scaled = scaled.masked_fill(scaled < kth, float("-inf"))
     if sampling.top_p < 1.0:
-        sorted_logits, idx = torch.sort(scaled, descending=True, dim=-1)
-        sp = sorted_logits.softmax(dim=-1)
-        remove = sp.cumsum(dim=-1) - sp > sampling.top_p
-        sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
-        scaled = torch.full_like(scaled, float("-inf")).scatter(-1, idx, sorted_logits)
+        probs = scaled.softmax(dim=-1)
+        # the nucleus is almost always among the top few hundred tokens: a partial sort
+        # (topk) is much cheaper than sorting the whole vocabulary at every position
+        k = min(_NUCLEUS_CANDIDATES, probs.shape[-1])
+        top, idx = torch.topk(probs, k, dim=-1)
+        if bool((top.sum(dim=-1) < sampling.top_p).any()):
+            top, idx = torch.sort(probs, descending=True, dim=-1)
+        remove = top.cumsum(dim=-1) - top > sampling.top_p
+        kept = torch.zeros_like(probs).scatter(-1, idx, (~remove).to(probs.dtype))
+        scaled = scaled.masked_fill(kept == 0, float("-inf"))
     return scaled.softmax(dim=-1)
 
 
@@ -96,3 +104,51 @@ def score_from_stats(prompt_id: str, st: TokenStats) -> Any:
     std = (st.sum_variance**0.5) / n if st.sum_variance is not None else None
     out = st.outside / n if st.outside is not None else None
     return Score(prompt_id, st.sum_logprob / n, st.in_topk / n, n, exp, std, out)
+
+
+def stats_from_top_logprobs(
+    positions: list[tuple[int, dict[int, tuple[float, int]]]],
+    top_k: int,
+    sampling: SamplingConfig | None = None,
+) -> TokenStats:
+    """TokenStats from per-position top-N log-probs (what vLLM's `prompt_logprobs` returns).
+
+    `positions`: for each completion token, (its id, {token id: (log-prob, 1-based rank)}),
+    where the dict holds the N most likely tokens plus the token itself. The expectation
+    under the claimed sampling is computed over those N tokens only (temperature, top-k and
+    top-p applied to them, renormalised): exact when the nucleus lies within the top N, an
+    approximation otherwise.
+    """
+    st = TokenStats(len(positions), 0.0, 0)
+    if sampling is not None:
+        st.sum_expected, st.sum_variance, st.outside = 0.0, 0.0, 0
+    for token, entries in positions:
+        if token not in entries:
+            raise ValueError(f"stats_from_top_logprobs: token {token} has no log-prob entry")
+        lp, rank = entries[token]
+        st.sum_logprob += lp
+        st.in_topk += 1 if rank <= top_k else 0
+        if sampling is None:
+            continue
+        ranked = sorted(entries.items(), key=lambda kv: kv[1][1])
+        if sampling.temperature == 0:
+            support = {ranked[0][0]: 1.0}
+        else:
+            if sampling.top_k is not None:
+                ranked = [kv for kv in ranked if kv[1][1] <= sampling.top_k]
+            weights = [math.exp(v[0] / sampling.temperature) for _, v in ranked]
+            total = sum(weights)
+            support, cum = {}, 0.0
+            for (tid, _), w in zip(ranked, weights, strict=True):
+                if cum >= sampling.top_p:
+                    break
+                support[tid] = w / total
+                cum += w / total
+            norm = sum(support.values())
+            support = {t: q / norm for t, q in support.items()}
+        exp = sum(q * entries[t][0] for t, q in support.items())
+        var = sum(q * entries[t][0] ** 2 for t, q in support.items()) - exp * exp
+        st.sum_expected = (st.sum_expected or 0.0) + exp
+        st.sum_variance = (st.sum_variance or 0.0) + max(0.0, var)
+        st.outside = (st.outside or 0) + (0 if token in support else 1)
+    return st
