@@ -96,53 +96,54 @@ def main() -> None:
     )
     out: dict = {"args": vars(args), "machine": machine()}
 
-    honest, gen_s, score_s, n, toks = run_shards(
-        engine,
-        engine,
-        make_shards(args.honest, args.per_shard, prompts, 1),
-        sampling,
-        vcfg,
-        args.batch,
-    )
-    aggs = [v.stats for v in honest if v.stats is not None]
-    zs = [a.z for a in aggs if a.z is not None]
-    false_alarms = sum(1 for v in honest if v.status == "fail")
-    cal = calibrate(aggs)
-    print(
-        f"\nhonest: {len(honest)} shards, false alarms {false_alarms} "
-        f"({100 * false_alarms / len(honest):.1f} %), inconclusive "
-        f"{sum(v.status == 'inconclusive' for v in honest)}"
-    )
-    print(
-        f"  z: mean {statistics.mean(zs):+.2f} sd {statistics.pstdev(zs):.2f} "
-        f"min {min(zs):+.2f} max {max(zs):+.2f}; top-k fraction min "
-        f"{min(a.topk_fraction for a in aggs):.3f} mean "
-        f"{statistics.mean(a.topk_fraction for a in aggs):.3f}"
-    )
-    print(
-        f"  calibration suggests min_z <= {cal.suggested_min_z:.1f}, "
-        f"min_topk_fraction <= {cal.suggested_min_topk_fraction:.2f}"
-    )
-    per_rec_gen, per_rec_score = gen_s / n, score_s / n
-    k = sample_size(args.shard_size, VerifyConfig())
-    frac = (k * per_rec_score) / (args.shard_size * per_rec_gen)
-    print(
-        f"cost: generate {gen_s:.1f}s for {n} records ({toks} tokens), score {score_s:.1f}s "
-        f"-> scoring a record costs {100 * per_rec_score / per_rec_gen:.1f} % of generating it; "
-        f"a {args.shard_size}-record shard at sample_rate 0.02 scores {k} records = "
-        f"{100 * frac:.2f} % of its generation engine seconds"
-    )
-    out["honest"] = {
-        "shards": len(honest),
-        "false_alarms": false_alarms,
-        "z": zs,
-        "topk": [a.topk_fraction for a in aggs],
-        "calibration": cal.__dict__,
-        "generate_seconds": gen_s,
-        "score_seconds": score_s,
-        "records": n,
-        "verify_fraction_at_default_rate": frac,
-    }
+    if args.honest > 0:
+        honest, gen_s, score_s, n, toks = run_shards(
+            engine,
+            engine,
+            make_shards(args.honest, args.per_shard, prompts, 1),
+            sampling,
+            vcfg,
+            args.batch,
+        )
+        aggs = [v.stats for v in honest if v.stats is not None]
+        zs = [a.z for a in aggs if a.z is not None]
+        false_alarms = sum(1 for v in honest if v.status == "fail")
+        cal = calibrate(aggs)
+        print(
+            f"\nhonest: {len(honest)} shards, false alarms {false_alarms} "
+            f"({100 * false_alarms / len(honest):.1f} %), inconclusive "
+            f"{sum(v.status == 'inconclusive' for v in honest)}"
+        )
+        print(
+            f"  z: mean {statistics.mean(zs):+.2f} sd {statistics.pstdev(zs):.2f} "
+            f"min {min(zs):+.2f} max {max(zs):+.2f}; top-k fraction min "
+            f"{min(a.topk_fraction for a in aggs):.3f} mean "
+            f"{statistics.mean(a.topk_fraction for a in aggs):.3f}"
+        )
+        print(
+            f"  calibration suggests min_z <= {cal.suggested_min_z:.1f}, "
+            f"min_topk_fraction <= {cal.suggested_min_topk_fraction:.2f}"
+        )
+        per_rec_gen, per_rec_score = gen_s / n, score_s / n
+        k = sample_size(args.shard_size, VerifyConfig())
+        frac = (k * per_rec_score) / (args.shard_size * per_rec_gen)
+        print(
+            f"cost: generate {gen_s:.1f}s for {n} records ({toks} tokens), score {score_s:.1f}s "
+            f"-> scoring a record costs {100 * per_rec_score / per_rec_gen:.1f} % of generating it; "
+            f"a {args.shard_size}-record shard at sample_rate 0.02 scores {k} records = "
+            f"{100 * frac:.2f} % of its generation engine seconds"
+        )
+        out["honest"] = {
+            "shards": len(honest),
+            "false_alarms": false_alarms,
+            "z": zs,
+            "topk": [a.topk_fraction for a in aggs],
+            "calibration": cal.__dict__,
+            "generate_seconds": gen_s,
+            "score_seconds": score_s,
+            "records": n,
+            "verify_fraction_at_default_rate": frac,
+        }
 
     out["cheats"] = {}
     print("\nstrategy   shards  caught  rate    z (median)  top-k (median)")

@@ -252,7 +252,7 @@ class VerifyConfig(_Section):
         10, description="A completion token counts as plausible if it is in the model's top-k."
     )
     min_z: float = Field(
-        -5.0,
+        -6.0,
         description="Shard fails if its sample's log-prob z-score (observed vs. what an honest "
         "sampler with the claimed sampling parameters would get) is below this.",
     )

@@ -12,7 +12,8 @@ Strategies:
   (transformers only);
 - `pool`: a fixed pool of canned texts, whatever the prompt;
 - `shuffle`: honest completions with their tokens (words, for the fake engine) shuffled;
-- `replay`: honest completions handed to the wrong prompts (cached text from other prompts).
+- `replay`: honest completions handed to the wrong prompts (cached text from other prompts);
+- `partial`: honest, except every third completion, which comes from the text pool.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 from synthgen.config import SamplingConfig
 from synthgen.engines.base import Completion, GenRequest, InferenceEngine, Score, ScoreRequest
 
-STRATEGIES = ("hot", "small", "pool", "shuffle", "replay")
+STRATEGIES = ("hot", "small", "pool", "shuffle", "replay", "partial")
 
 TEXT_POOL = [
     "Sure! Here is a short answer. The topic you asked about is important and has many "
@@ -82,9 +83,9 @@ class CheatingEngine:
         if s == "small":
             return list(self._small_engine().generate(requests, sampling))
         honest = self.inner.generate(requests, sampling)
-        if s == "pool":
-            for c in honest:
-                if c.finish_reason != "rejected":
+        if s in ("pool", "partial"):
+            for i, c in enumerate(honest):
+                if c.finish_reason != "rejected" and (s == "pool" or i % 3 == 0):
                     c.text = self.rng.choice(TEXT_POOL)
             return honest
         if s == "shuffle":
