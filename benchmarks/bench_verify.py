@@ -92,6 +92,7 @@ def main() -> None:
     print(
         f"sampling T={sampling.temperature} top_p={sampling.top_p} max_new_tokens={args.new}; "
         f"{args.per_shard} records judged per shard; min_z={vcfg.min_z} "
+        f"min_record_z={vcfg.min_record_z} "
         f"min_topk_fraction={vcfg.min_topk_fraction} top_k={vcfg.top_k}"
     )
     out: dict = {"args": vars(args), "machine": machine()}
@@ -107,6 +108,7 @@ def main() -> None:
         )
         aggs = [v.stats for v in honest if v.stats is not None]
         zs = [a.z for a in aggs if a.z is not None]
+        rzs = [z for a in aggs for z in (a.record_z or [])]
         false_alarms = sum(1 for v in honest if v.status == "fail")
         cal = calibrate(aggs)
         print(
@@ -121,7 +123,12 @@ def main() -> None:
             f"{statistics.mean(a.topk_fraction for a in aggs):.3f}"
         )
         print(
+            f"  per-record z ({len(rzs)} records): mean {statistics.mean(rzs):+.2f} sd "
+            f"{statistics.pstdev(rzs):.2f} min {min(rzs):+.2f}"
+        )
+        print(
             f"  calibration suggests min_z <= {cal.suggested_min_z:.1f}, "
+            f"min_record_z <= {cal.suggested_min_record_z:.1f}, "
             f"min_topk_fraction <= {cal.suggested_min_topk_fraction:.2f}"
         )
         per_rec_gen, per_rec_score = gen_s / n, score_s / n
@@ -137,6 +144,7 @@ def main() -> None:
             "shards": len(honest),
             "false_alarms": false_alarms,
             "z": zs,
+            "record_z": rzs,
             "topk": [a.topk_fraction for a in aggs],
             "calibration": cal.__dict__,
             "generate_seconds": gen_s,
@@ -146,19 +154,28 @@ def main() -> None:
         }
 
     out["cheats"] = {}
-    print("\nstrategy   shards  caught  rate    z (median)  top-k (median)")
+    print(
+        "\nstrategy   shards  caught  rate    z (median)  worst record z (median)  top-k (median)"
+    )
     for strategy in [s for s in args.strategies.split(",") if s]:
         cheater = CheatingEngine(engine, strategy, seed=7)
         shards = make_shards(args.cheat, args.per_shard, prompts, 2 + STRATEGIES.index(strategy))
         verdicts, *_ = run_shards(cheater, engine, shards, sampling, vcfg, args.batch)
         caught = sum(1 for v in verdicts if v.status == "fail")
         czs = [v.stats.z for v in verdicts if v.stats and v.stats.z is not None]
+        worst = [v.stats.min_record_z for v in verdicts if v.stats and v.stats.record_z]
         tks = [v.stats.topk_fraction for v in verdicts if v.stats]
         print(
             f"{strategy:9s}  {len(verdicts):6d}  {caught:6d}  {100 * caught / len(verdicts):5.1f} %"
-            f"  {statistics.median(czs):+9.1f}  {statistics.median(tks):12.3f}"
+            f"  {statistics.median(czs):+9.1f}  {statistics.median(worst):+22.1f}"
+            f"  {statistics.median(tks):14.3f}"
         )
-        out["cheats"][strategy] = {"shards": len(verdicts), "caught": caught, "z": czs}
+        out["cheats"][strategy] = {
+            "shards": len(verdicts),
+            "caught": caught,
+            "z": czs,
+            "worst_record_z": worst,
+        }
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(out, fh, indent=1, default=str)

@@ -256,6 +256,11 @@ class VerifyConfig(_Section):
         description="Shard fails if its sample's log-prob z-score (observed vs. what an honest "
         "sampler with the claimed sampling parameters would get) is below this.",
     )
+    min_record_z: float | None = Field(
+        -6.0,
+        description="Shard fails if any single sampled record's z-score is below this (catches "
+        "a shard where only some records are fabricated); unset = shard-level test only.",
+    )
     min_topk_fraction: float = Field(
         0.75, ge=0.0, le=1.0, description="Shard fails if fewer sampled tokens are in the top-k."
     )

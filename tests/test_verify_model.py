@@ -30,7 +30,9 @@ def engine():
 
 def _requests(n: int, base_seed: int) -> list[GenRequest]:
     prompts = load_prompts(RunConfig()).records[:n]
-    return [GenRequest(p.prompt_id, p.messages, prompt_seed(base_seed, p.prompt_id)) for p in prompts]
+    return [
+        GenRequest(p.prompt_id, p.messages, prompt_seed(base_seed, p.prompt_id)) for p in prompts
+    ]
 
 
 def _verdict(scorer, gen, reqs, sampling):

@@ -14,6 +14,8 @@ class Calibration:
     min_topk_seen: float
     suggested_min_z: float | None
     suggested_min_topk_fraction: float
+    min_record_z_seen: float | None = None
+    suggested_min_record_z: float | None = None
 
 
 def calibrate(
@@ -29,7 +31,11 @@ def calibrate(
     zs = [a.z for a in honest if a.z is not None]
     min_z = min(zs) if zs else None
     min_topk = min(a.topk_fraction for a in honest)
+    rzs = [z for a in honest for z in (a.record_z or [])]
+    min_rz = min(rzs) if rzs else None
     return Calibration(
+        min_record_z_seen=min_rz,
+        suggested_min_record_z=min(-4.0, min_rz - z_margin) if min_rz is not None else None,
         shards=len(honest),
         min_z_seen=min_z,
         min_topk_seen=min_topk,

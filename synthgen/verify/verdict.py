@@ -11,6 +11,9 @@ Three tests, any of which fails the shard (see README "Verification"):
    has tokens the model finds unlikely: `z` is far below 0 (-15 to -90 on 3 records of the
    bundled model). One-sided: a *higher* log-prob than expected (greedy decoding) is cheaper
    for no one and is not flagged.
+   The same statistic per sampled record (`min_record_z`) catches a shard where only some
+   records are fabricated: one canned record among three honest ones dilutes the
+   shard-level z but not its own.
 2. top-k fraction: share of sampled tokens among the model's top-k; a model-free sanity
    bound that also works for engines that cannot compute expectations.
 3. optional absolute floor on the mean log-prob (`min_mean_logprob`).
@@ -40,9 +43,21 @@ class Aggregate:
     expected_logprob: float | None = None
     z: float | None = None
     outside_fraction: float | None = None
+    record_z: list[float] | None = None  # per sampled record, same statistic
+
+    @property
+    def min_record_z(self) -> float | None:
+        return min(self.record_z) if self.record_z else None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _z(diff: float, var: float, n: int) -> float:
+    if var > 0:
+        return max(-Z_CAP, min(Z_CAP, diff / math.sqrt(var)))
+    # a deterministic sampler: the text must match the expectation exactly
+    return 0.0 if abs(diff) <= 1e-6 * max(n, 1) else math.copysign(Z_CAP, diff)
 
 
 def aggregate(scores: list[Score]) -> Aggregate:
@@ -57,11 +72,16 @@ def aggregate(scores: list[Score]) -> Aggregate:
         exp = sum((s.expected_logprob or 0.0) * s.tokens for s in scores)
         var = sum(((s.logprob_std or 0.0) * s.tokens) ** 2 for s in scores)
         agg.expected_logprob = exp / n
-        diff = obs - exp
-        if var > 0:
-            agg.z = max(-Z_CAP, min(Z_CAP, diff / math.sqrt(var)))
-        else:  # a deterministic sampler: the text must match the expectation exactly
-            agg.z = 0.0 if abs(diff) <= 1e-6 * n else math.copysign(Z_CAP, diff)
+        agg.z = _z(obs - exp, var, n)
+        agg.record_z = [
+            _z(
+                (s.mean_logprob - (s.expected_logprob or 0.0)) * s.tokens,
+                ((s.logprob_std or 0.0) * s.tokens) ** 2,
+                s.tokens,
+            )
+            for s in scores
+            if s.tokens > 0
+        ]
     if all(s.outside_fraction is not None for s in scores):
         agg.outside_fraction = sum((s.outside_fraction or 0.0) * s.tokens for s in scores) / n
     return agg
@@ -99,6 +119,11 @@ def judge(scores: list[Score], cfg: VerifyConfig) -> Verdict:
         reasons.append(
             f"log-prob z-score {agg.z:.1f} < min_z {cfg.min_z} (mean log-prob "
             f"{agg.mean_logprob:.2f}, an honest sampler averages {agg.expected_logprob:.2f})"
+        )
+    worst = agg.min_record_z
+    if cfg.min_record_z is not None and worst is not None and worst < cfg.min_record_z:
+        reasons.append(
+            f"a sampled record's log-prob z-score is {worst:.1f} < min_record_z {cfg.min_record_z}"
         )
     if agg.topk_fraction < cfg.min_topk_fraction:
         reasons.append(
