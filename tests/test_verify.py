@@ -232,3 +232,17 @@ def test_wrap_engines_applies_to_newly_built_engines_only_until_removed():
     finally:
         remove_cheat()
     assert isinstance(cache.get_engine(cfg), FakeEngine)
+
+
+def test_one_fabricated_record_fails_the_shard_through_its_own_z():
+    # shard z is diluted by two honest records: (-7 + 0 + 0) / sqrt(3) = -4.0 > min_z -6 ...
+    scores = [_score("bad", -1.7, -1.0, 0.1, 10)] + [
+        _score(f"ok{i}", -1.0, -1.0, 0.1, 10) for i in range(2)
+    ]
+    agg = aggregate(scores)
+    assert agg.z == pytest.approx(-7 / math.sqrt(3))
+    assert agg.record_z == pytest.approx([-7.0, 0.0, 0.0]) and agg.min_record_z == pytest.approx(-7)
+    assert judge(scores, VerifyConfig(min_record_z=None)).status == "pass"
+    # ... but the fabricated record's own z (-7) is below min_record_z (-6)
+    v = judge(scores, VerifyConfig())
+    assert v.status == "fail" and "min_record_z" in v.reasons[0]
