@@ -21,6 +21,7 @@ import distributed
 from prefect import task
 
 from synthgen.config import RunConfig
+from synthgen.pipeline import committed_shards
 from synthgen.storage import Store
 from synthgen.verify.check import VerifyTask, distrust_shard, verify_path, verify_shard
 
@@ -69,6 +70,18 @@ class VerifyRun:
         }
 
 
+def _runner_client() -> distributed.Client:
+    """The Dask client of the flow's task runner (the one that submits our tasks)."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    runner = getattr(ctx, "task_runner", None) if ctx is not None else None
+    client = getattr(runner, "client", None)
+    if client is None:
+        raise RuntimeError("verification needs a flow running on a Dask task runner")
+    return client
+
+
 def _workers(client: distributed.Client) -> list[str]:
     return sorted(client.scheduler_info(n_workers=-1)["workers"])
 
@@ -92,12 +105,12 @@ def generate_verified(
 ) -> VerifyRun:
     """Generate `shard_ids` with `gen` (a Prefect task) and verify each commit elsewhere."""
     vcfg = cfg.verify
-    client = distributed.get_client()  # the DaskTaskRunner's client
+    client = _runner_client()
     out = VerifyRun()
     regens: dict[str, int] = {}
     queue = list(shard_ids)
     order = {sid: i for i, sid in enumerate(shard_ids)}
-    pending = distributed.as_completed()
+    pending = distributed.as_completed(loop=client.loop)
     meta: dict[str, tuple[str, Any, str]] = {}  # dask key -> (kind, prefect future, shard)
     store = Store(cfg.output)
     run_id = cfg.run_id or ""
@@ -184,6 +197,13 @@ def generate_verified(
                 in_flight += 1
 
     fill()
+    # shards committed by an earlier invocation but never checked (a resumed run)
+    for sid, marker in sorted(committed_shards(store, run_id).items()):
+        res = marker["result"]
+        if sid not in order and not store.exists(
+            verify_path(store, run_id, sid, int(res["attempt"]))
+        ):
+            submit_verify(res)
     for dfut in pending:
         kind, fut, sid = meta.pop(dfut.key)
         if kind == "gen":

@@ -130,3 +130,16 @@ def test_single_worker_verifies_on_itself_when_allowed(tmp_path, prefect_api):
     v = res["verification"]
     assert v["statuses"] == {"pass": 5} and not v["unverified"]
     assert any("verified on the worker that generated it" in w for w in v["warnings"])
+
+
+def test_resumed_run_verifies_shards_committed_without_a_check(tmp_path, prefect_api):
+    out = tmp_path / "out"
+    cfg_path = write_config(tmp_path / "c.yaml", fake_config(str(out), cluster__n_workers=2))
+    first = synthgen_run(config=cfg_path)
+    assert first["verification"] is None  # verification off: no checks, no records
+    assert not (out / "runs" / first["run_id"] / "verify").exists()
+    second = synthgen_run(config=cfg_path, overrides=["verify.enabled=true"])
+    assert second["run_id"] == first["run_id"] and second["shards_generated"] == 0
+    v = second["verification"]
+    assert v["statuses"] == {"pass": 5}
+    assert len(list((out / "runs" / first["run_id"] / "verify").glob("shard-*.json"))) == 5
