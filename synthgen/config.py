@@ -257,7 +257,7 @@ class VerifyConfig(_Section):
         "sampler with the claimed sampling parameters would get) is below this.",
     )
     min_record_z: float | None = Field(
-        -6.0,
+        -5.0,
         description="Shard fails if any single sampled record's z-score is below this (catches "
         "a shard where only some records are fabricated); unset = shard-level test only.",
     )
