@@ -115,6 +115,8 @@ def generate_verified(
     store = Store(cfg.output)
     run_id = cfg.run_id or ""
 
+    in_flight = 0  # generation tasks submitted and not yet returned
+
     def excluded() -> set[str]:
         return set(out.flagged) if vcfg.exclude_flagged_workers else set()
 
@@ -133,6 +135,8 @@ def generate_verified(
             fut = gen.submit(config, sid)
         meta[fut.wrapped_future.key] = ("gen", fut, sid)
         pending.add(fut.wrapped_future)
+        nonlocal in_flight
+        in_flight += 1
         return True
 
     def submit_verify(res: dict[str, Any]) -> None:
@@ -188,13 +192,10 @@ def generate_verified(
         submit_gen(sid, set(out.flagged) | {bad_worker})
 
     window = max(2, 2 * len(_workers(client)))
-    in_flight = 0
 
     def fill() -> None:
-        nonlocal in_flight
         while queue and in_flight < window:
-            if submit_gen(queue.pop(0), excluded()):
-                in_flight += 1
+            submit_gen(queue.pop(0), excluded())
 
     fill()
     # shards committed by an earlier invocation but never checked (a resumed run)
