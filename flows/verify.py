@@ -132,7 +132,7 @@ def generate_verified(
         # plan order first, as without verification; a regeneration goes to the front
         priority = len(shard_ids) - order[sid] if sid not in regens else len(shard_ids) + 1
         with gpu_annotation(), _restrict(allowed, priority):
-            fut = gen.submit(config, sid)
+            fut: Any = gen.submit(config, sid)
         meta[fut.wrapped_future.key] = ("gen", fut, sid)
         pending.add(fut.wrapped_future)
         nonlocal in_flight
@@ -159,7 +159,7 @@ def generate_verified(
             if sid in out.skipped:
                 return
         with _restrict(others, VERIFY_PRIORITY):
-            fut = verify_shard_task.submit(config, sid, int(res["attempt"]))
+            fut: Any = verify_shard_task.submit(config, sid, int(res["attempt"]))
         meta[fut.wrapped_future.key] = ("verify", fut, sid)
         pending.add(fut.wrapped_future)
 

@@ -54,7 +54,7 @@ class CheatingEngine:
             model = getattr(self.inner, "model", None)
             if model is None or not hasattr(model, "model"):
                 raise ValueError("cheat strategy 'small' needs the transformers engine")
-            small = copy.copy(self.inner)
+            small: Any = copy.copy(self.inner)
             m = copy.deepcopy(model)
             keep = max(1, (2 * m.config.num_hidden_layers) // 3)
             m.model.layers = m.model.layers[:keep]

@@ -8,9 +8,9 @@ Three tests, any of which fails the shard (see README "Verification"):
    mean 0 and variance `sum(v_t)` (a martingale: each term has mean 0 given the prefix), so
    `z = sum(o - e) / sqrt(sum(v))` is approximately standard normal over the sample, whatever
    the prompts. Text from another model, a text pool, shuffled tokens or a hotter sampler
-   has tokens the model finds unlikely: `z` is far below 0 (-15 to -90 on 3 records of the
-   bundled model). One-sided: a *higher* log-prob than expected (greedy decoding) is cheaper
-   for no one and is not flagged.
+   has tokens the model finds unlikely: `z` is far below 0 (medians -10 to -52 on 3
+   records of the bundled model, benchmarks/RESULTS-verify.md). One-sided: a *higher*
+   log-prob than expected (greedy decoding) is cheaper for no one and is not flagged.
    The same statistic per sampled record (`min_record_z`) catches a shard where only some
    records are fabricated: one canned record among three honest ones dilutes the
    shard-level z but not its own.
