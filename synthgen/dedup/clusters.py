@@ -44,9 +44,7 @@ def candidate_pairs(keys: np.ndarray, ids: np.ndarray, max_bucket_pairs: int = 6
             out.append(np.stack([np.full(len(rest), members[0]), rest], axis=1))
     if not out:
         return np.zeros((0, 2), dtype=np.int64)
-    pairs = np.concatenate(out)
-    packed = np.unique(pairs[:, 0].astype(np.int64) * (1 << 32) + pairs[:, 1])
-    return np.stack([packed >> 32, packed & 0xFFFFFFFF], axis=1)
+    return np.unique(np.concatenate(out).astype(np.int64), axis=0)
 
 
 def exact_pairs(hashes: np.ndarray, ids: np.ndarray) -> np.ndarray:

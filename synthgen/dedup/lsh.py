@@ -16,11 +16,13 @@ def _integrate(f, a: float, b: float, n: int = 400) -> float:
 
 @lru_cache(maxsize=64)
 def optimal_bands_rows(
-    threshold: float, num_perm: int, fp_weight: float = 0.5, fn_weight: float = 0.5
+    threshold: float, num_perm: int, fp_weight: float = 0.05, fn_weight: float = 0.95
 ) -> tuple[int, int]:
     """The (bands, rows) with bands*rows <= num_perm minimising the weighted area of false
     positives (J < threshold but banded together) and false negatives (J >= threshold but
-    never sharing a band) — the same criterion datasketch uses."""
+    never sharing a band) — datasketch's criterion, but weighted towards recall: every
+    candidate pair is verified against the signatures afterwards, so a false positive
+    costs one comparison while a false negative is a duplicate left in the dataset."""
     best: tuple[float, int, int] | None = None
     for b in range(1, num_perm + 1):
         max_r = num_perm // b

@@ -61,7 +61,9 @@ class EngineInfo:
 class InferenceEngine(Protocol):
     info: EngineInfo
 
-    def generate(self, requests: Sequence[GenRequest], sampling: SamplingConfig) -> list[Completion]:
+    def generate(
+        self, requests: Sequence[GenRequest], sampling: SamplingConfig
+    ) -> list[Completion]:
         """Complete every request; one Completion per request, in the same order.
 
         A per-prompt problem (an over-long prompt) yields finish_reason="rejected" with

@@ -66,12 +66,12 @@ class LanguageFilter(Filter):
 
     def __init__(self, cfg: LanguageFilterConfig) -> None:
         try:
-            from py3langid.langid import MODEL_FILE, LanguageIdentifier
+            import py3langid
         except ImportError as exc:
             raise MissingDependencyError(
                 "clean.filters.language needs py3langid: pip install py3langid"
             ) from exc
-        self.identifier = LanguageIdentifier.from_pickled_model(MODEL_FILE)
+        self.classify = py3langid.classify  # the model is loaded once per process
         self.languages = frozenset(cfg.languages)
         self.min_chars = cfg.min_chars
 
@@ -79,5 +79,5 @@ class LanguageFilter(Filter):
         text = doc.text.strip()
         if len(text) < self.min_chars:
             return True
-        lang, _score = self.identifier.classify(text)
+        lang, _score = self.classify(text)
         return True if lang in self.languages else (False, "wrong_language")

@@ -43,9 +43,8 @@ class GopherQualityFilter(Filter):
             ell = sum(1 for ln in lines if ln.rstrip().endswith(("...", "…")))
             if ell / len(lines) > c.max_ellipsis_lines_ratio:
                 return False, "gopher_ellipsis_lines"
-        tokens = doc.tokens
-        alpha = sum(1 for t in tokens if _ALPHA.search(t))
-        if tokens and alpha / len(tokens) < c.min_alpha_words_ratio:
+        alpha = sum(1 for w in words if _ALPHA.search(w))
+        if alpha / n < c.min_alpha_words_ratio:
             return False, "gopher_alpha_words"
         stop = sum(1 for w in words if w.lower() in STOP_WORDS)
         if stop < c.min_stop_words:
