@@ -25,7 +25,11 @@ REJECTED = "rejected_prompt"
 def minhasher(cfg: CleanConfig) -> MinHasher:
     n = cfg.near
     return MinHasher(
-        num_perm=n.num_perm, shingle=n.shingle, shingle_size=n.shingle_size, seed=n.seed
+        num_perm=n.num_perm,
+        shingle=n.shingle,
+        shingle_size=n.shingle_size,
+        seed=n.seed,
+        stratified=n.stratified,
     )
 
 

@@ -190,6 +190,11 @@ class NearDedupConfig(_Section):
         None, ge=1, description="LSH bands; unset = derived from threshold and num_perm."
     )
     seed: int = Field(1, description="Seed of the MinHash permutations.")
+    stratified: bool = Field(
+        True,
+        description="Stratified (SuperMinHash-style) signatures: about a third less estimator "
+        "spread on short texts for ~2x the hashing arithmetic; false = classic MinHash.",
+    )
     max_bucket_pairs: int = Field(
         64,
         ge=2,

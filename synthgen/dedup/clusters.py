@@ -24,15 +24,19 @@ def candidate_pairs(keys: np.ndarray, ids: np.ndarray, max_bucket_pairs: int = 6
         raise ValueError(f"keys {keys.shape} and ids {ids.shape} differ in shape")
     if len(keys) < 2:
         return np.zeros((0, 2), dtype=np.int64)
-    order = np.lexsort((ids, keys))
+    order = np.argsort(keys)  # output is canonicalised below: stability not needed
     sk, sid = keys[order], ids[order]
     edge = np.flatnonzero(sk[1:] != sk[:-1]) + 1
     starts = np.concatenate(([0], edge))
-    ends = np.concatenate((edge, [len(sk)]))
-    big = np.flatnonzero(ends - starts > 1)
+    sizes = np.diff(np.concatenate((starts, [len(sk)])))
     out: list[np.ndarray] = []
-    for g in big:
-        members = np.unique(sid[starts[g] : ends[g]])
+    two = starts[sizes == 2]  # the common case, vectorised
+    if len(two):
+        a, b = sid[two], sid[two + 1]
+        ne = a != b
+        out.append(np.stack([np.minimum(a, b)[ne], np.maximum(a, b)[ne]], axis=1))
+    for g in np.flatnonzero(sizes > 2):
+        members = np.unique(sid[starts[g] : starts[g] + sizes[g]])
         s = len(members)
         if s < 2:
             continue

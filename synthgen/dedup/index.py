@@ -33,6 +33,7 @@ def index_meta(cfg: CleanConfig) -> dict[str, Any]:
         "shingle": n.shingle,
         "shingle_size": n.shingle_size,
         "seed": n.seed,
+        "stratified": n.stratified,
         "normalize": "nfkc-casefold-ws",
     }
 

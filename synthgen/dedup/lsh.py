@@ -16,7 +16,7 @@ def _integrate(f, a: float, b: float, n: int = 400) -> float:
 
 @lru_cache(maxsize=64)
 def optimal_bands_rows(
-    threshold: float, num_perm: int, fp_weight: float = 0.05, fn_weight: float = 0.95
+    threshold: float, num_perm: int, fp_weight: float = 0.01, fn_weight: float = 0.99
 ) -> tuple[int, int]:
     """The (bands, rows) with bands*rows <= num_perm minimising the weighted area of false
     positives (J < threshold but banded together) and false negatives (J >= threshold but
@@ -40,16 +40,24 @@ def optimal_bands_rows(
 def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """uint64 key of each band of each signature: shape (n_docs, bands).
 
-    Keys of different bands are salted with the band index, so (band, key) pairs from
-    every band can be grouped together in one table.
+    A band's `rows` uint32 values (read as uint64 pairs when `rows` is even) are combined
+    with random odd multipliers and finalised with splitmix64; keys of different bands
+    are salted with the band index, so (band, key) pairs of every band can be grouped in
+    one table. Two different bands colliding only costs a verified-away candidate.
     """
+    n = signatures.shape[0]
+    if bands * rows > signatures.shape[1]:
+        raise ValueError(
+            f"bands*rows={bands * rows} exceeds the signature length {signatures.shape[1]}"
+        )
     sig = np.ascontiguousarray(signatures[:, : bands * rows], dtype=np.uint32)
-    n = sig.shape[0]
-    cube = sig.reshape(n, bands, rows).astype(np.uint64)
-    consts = band_mix_constants(rows)
+    cube = sig.reshape(n, bands, rows)
+    words = cube.view(np.uint64) if rows % 2 == 0 else cube.astype(np.uint64)
+    consts = band_mix_constants(words.shape[2])
     acc = np.zeros((n, bands), dtype=np.uint64)
-    for j in range(rows):
-        acc = splitmix64(acc ^ (cube[:, :, j] * consts[j]))
+    with np.errstate(over="ignore"):
+        for j in range(words.shape[2]):
+            acc += words[:, :, j] * consts[j]
     salt = splitmix64(np.arange(1, bands + 1, dtype=np.uint64))
     return splitmix64(acc ^ salt[None, :])
 
