@@ -40,8 +40,8 @@ def optimal_bands_rows(
 def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """uint64 key of each band of each signature: shape (n_docs, bands).
 
-    A band's `rows` uint32 values (read as uint64 pairs when `rows` is even) are combined
-    with random odd multipliers and finalised with splitmix64; keys of different bands
+    A band's `rows` uint32 values are combined with random odd multipliers (a sum mod
+    2**64) and finalised with splitmix64; keys of different bands
     are salted with the band index, so (band, key) pairs of every band can be grouped in
     one table. Two different bands colliding only costs a verified-away candidate.
     """
@@ -50,14 +50,11 @@ def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
         raise ValueError(
             f"bands*rows={bands * rows} exceeds the signature length {signatures.shape[1]}"
         )
-    sig = np.ascontiguousarray(signatures[:, : bands * rows], dtype=np.uint32)
-    cube = sig.reshape(n, bands, rows)
-    words = cube.view(np.uint64) if rows % 2 == 0 else cube.astype(np.uint64)
-    consts = band_mix_constants(words.shape[2])
+    consts = band_mix_constants(rows)
     acc = np.zeros((n, bands), dtype=np.uint64)
     with np.errstate(over="ignore"):
-        for j in range(words.shape[2]):
-            acc += words[:, :, j] * consts[j]
+        for j in range(rows):  # value j of every band at once (a strided view)
+            acc += signatures[:, j : bands * rows : rows].astype(np.uint64) * consts[j]
     salt = splitmix64(np.arange(1, bands + 1, dtype=np.uint64))
     return splitmix64(acc ^ salt[None, :])
 

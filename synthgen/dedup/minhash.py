@@ -91,20 +91,25 @@ class MinHasher:
         if len(cp) == 0:
             return np.zeros(0, _U64), np.zeros(n_docs, np.int64)
         isw = _is_word_char(cp)
-        edges = np.diff(isw.view(np.int8), prepend=np.int8(0), append=np.int8(0))
-        starts = np.flatnonzero(edges == 1)
-        ends = np.flatnonzero(edges == -1)
+        starts = np.flatnonzero(isw[1:] & ~isw[:-1]) + 1
+        ends = np.flatnonzero(isw[:-1] & ~isw[1:]) + 1
+        if isw[0]:
+            starts = np.concatenate(([0], starts))
+        if isw[-1]:
+            ends = np.concatenate((ends, [len(cp)]))
         pw, ipw = _powers(len(cp))
         prefix = np.empty(len(cp) + 1, dtype=_U64)
         prefix[0] = 0
         with np.errstate(over="ignore"):
-            np.cumsum(cp.astype(_U64) * pw, out=prefix[1:])
+            terms = cp.astype(_U64)
+            terms *= pw
+            np.cumsum(terms, out=prefix[1:])
             # (H[e] - H[s]) / P^(s+1): the same value wherever the word occurs
             raw = (prefix[ends] - prefix[starts]) * ipw[starts]
         tokens = splitmix64(raw ^ (ends - starts).astype(_U64))
-        seps = np.flatnonzero(cp == _SEP_CP)
-        doc_of_word = np.searchsorted(seps, starts)
-        lengths = np.bincount(doc_of_word, minlength=n_docs).astype(np.int64)
+        # words before each separator -> words per text
+        bounds = np.searchsorted(starts, np.flatnonzero(cp == _SEP_CP))
+        lengths = np.diff(bounds, prepend=0, append=len(starts)).astype(np.int64)
         return tokens, lengths
 
     @staticmethod
