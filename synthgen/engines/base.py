@@ -72,3 +72,15 @@ class InferenceEngine(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def prompt_seed(base_seed: int, prompt_id: str) -> int:
+    """The per-prompt seed: stable across runs, shards and workers; independent of batching."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{base_seed}:{prompt_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+def sampling_dict(sampling: SamplingConfig) -> dict[str, Any]:
+    return sampling.model_dump(mode="json")
