@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import dask
+from distributed import worker_client
 from prefect import flow, get_run_logger, task
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
@@ -21,6 +22,7 @@ from prefect_dask import DaskTaskRunner
 
 from synthgen.cluster import task_runner_kwargs
 from synthgen.config import RunConfig, load_config
+from synthgen.dedup.stage import dedup_run
 from synthgen.pipeline import ShardTask, committed_shards, run_shard
 from synthgen.plan import write_plan
 from synthgen.publish import publish_shard, write_manifest
@@ -35,9 +37,29 @@ def generate_shard(config: dict[str, Any], shard_id: str) -> dict[str, Any]:
 
 @task(name="publish-shard", persist_result=False, retries=2, retry_delay_seconds=2)
 def publish_shard_task(
-    config: dict[str, Any], shard_id: str, drops: list[str] | None = None
+    config: dict[str, Any], shard_id: str, drops: dict[str, str] | None = None
 ) -> dict[str, Any]:
     return publish_shard(config, shard_id, drops)
+
+
+@task(name="dedup-run", persist_result=False, retries=1, retry_delay_seconds=2)
+def dedup_task(config: dict[str, Any], shard_ids: list[str]) -> dict[str, Any]:
+    """Run-wide dedup on the cluster this task runs in (its map/shuffle/verify tasks are
+    submitted through the worker's client; this task's thread is seceded meanwhile)."""
+    cfg = RunConfig.model_validate(config)
+    store = Store(cfg.output)
+    started = time.perf_counter()
+    with worker_client() as client:
+        res = dedup_run(client, cfg, store, shard_ids)
+    return {
+        "rows_checked": res.rows,
+        "candidate_pairs": res.candidate_pairs,
+        "verified_pairs": res.verified_pairs,
+        "drop_counts": res.counts,
+        "seconds": round(time.perf_counter() - started, 3),
+        "drops_file": store.url("runs", cfg.run_id or "", "dedup", "drops.parquet"),
+        "drops": res.by_shard(),  # shard_id -> {prompt_id: reason}: duplicates only
+    }
 
 
 def _gpu_annotation(cfg: RunConfig) -> contextlib.AbstractContextManager[Any]:
@@ -93,9 +115,21 @@ def generate_flow(config: dict[str, Any], shard_ids: list[str], total: int) -> d
     committed = committed_shards(store, cfg.run_id or "")
     manifest = None
     if len(committed) == total:
-        # every shard committed: publish on the cluster (CPU work, any worker)
-        pubs = [publish_shard_task.submit(config, sid) for sid in sorted(committed)]
-        manifest = write_manifest(cfg, store, [p.result() for p in pubs])
+        # every shard committed: run-wide dedup, then publish, both on the cluster
+        drops: dict[str, dict[str, str]] = {}
+        extra = None
+        if cfg.clean.enabled and (cfg.clean.exact.enabled or cfg.clean.near.enabled):
+            dedup = dedup_task.submit(config, sorted(committed)).result()
+            drops = dedup.pop("drops")
+            extra = {"dedup": dedup}
+            print(
+                f"cross-shard dedup: {dedup['rows_checked']} kept rows checked, "
+                f"{dedup['verified_pairs']} duplicate pairs, dropped {dedup['drop_counts'] or 'none'}"
+            )
+        pubs = [
+            publish_shard_task.submit(config, sid, drops.get(sid, {})) for sid in sorted(committed)
+        ]
+        manifest = write_manifest(cfg, store, [p.result() for p in pubs], extra)
     return {
         "results": results,
         "failures": failures,

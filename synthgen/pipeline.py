@@ -18,6 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from synthgen.clean import clean_shard
 from synthgen.config import RunConfig
 from synthgen.devices import detect_device
 from synthgen.engines.base import GenRequest, prompt_seed
@@ -176,11 +177,11 @@ def run_shard(task: ShardTask) -> ShardResult:
     engine_seconds = time.perf_counter() - t_engine
 
     table = _records_table(cfg, task.shard_id, prompts, completions, engine.info, worker, seeds)
-    kept = [c for c in completions if c.finish_reason != "rejected"]
-    drop_counts: dict[str, int] = {}
-    rejected = len(completions) - len(kept)
-    if rejected:
-        drop_counts["rejected_prompt"] = rejected
+    # clean on the worker: hashes, MinHash signatures, filter + in-shard duplicate reasons
+    table, drop_counts = clean_shard(table, cfg.clean)
+    rejected = sum(1 for c in completions if c.finish_reason == "rejected")
+    kept_mask = [r is None for r in table.column("drop_reason").to_pylist()]
+    kept = [c for c, k in zip(completions, kept_mask, strict=True) if k]
 
     path = shard_path(store, run_id, task.shard_id)
     size, sha = store.write_table(path, table)

@@ -65,6 +65,7 @@ class _Params:
     partitions: int
     run_id: str | None
     storage_options: dict[str, Any] = field(default_factory=dict)
+    filesystem: Any = None  # an fsspec filesystem (pickled to the workers); else from URLs
 
 
 @dataclass
@@ -89,7 +90,10 @@ class DedupResult:
 def _read(src: Source, p: _Params) -> pa.Table:
     import fsspec
 
-    fs, path = fsspec.core.url_to_fs(src.path, **p.storage_options)
+    if p.filesystem is not None:
+        fs, path = p.filesystem, src.path
+    else:
+        fs, path = fsspec.core.url_to_fs(src.path, **p.storage_options)
     try:
         if src.prior:
             t = pq.read_table(path, columns=INDEX_COLUMNS, filesystem=fs)
@@ -261,11 +265,14 @@ def cross_shard_dedup(
     cfg: CleanConfig,
     *,
     storage_options: dict[str, Any] | None = None,
+    filesystem: Any = None,
     prior_index_paths: Sequence[str] = (),
     run_id: str | None = None,
 ) -> DedupResult:
     """Run-wide exact + near duplicates over committed shard files, on `client`'s cluster.
 
+    Paths are URLs opened with `storage_options`, or paths inside `filesystem` (an fsspec
+    filesystem, e.g. the run's `Store.fs`).
     `prior_index_paths`: parts of a published dataset's dedup index (its rows always win);
     rows of it that carry `run_id` are ignored (a re-published run does not drop itself).
     Returns the rows to drop; the shard files are not modified.
@@ -284,6 +291,7 @@ def cross_shard_dedup(
         partitions=partitions,
         run_id=run_id,
         storage_options=dict(storage_options or {}),
+        filesystem=filesystem,
     )
     sources = [Source(s) for s in sorted(shard_paths)] + [
         Source(s, prior=True) for s in sorted(prior_index_paths)

@@ -1,6 +1,6 @@
 """The dedup index stored with a published dataset (`dataset/_dedup_index/`).
 
-One Parquet part per publish holds, for each published record, its prompt_id, shard_id,
+One Parquet part per published shard (`RUN_ID--SHARD_ID.parquet`) holds, for each published record, its prompt_id, shard_id,
 run_id, text hash and MinHash signature; `_meta.json` records the MinHash parameters, so
 a later run with different parameters is told so instead of silently missing duplicates.
 A later run with `clean.near.against_published` reads these parts as prior sources of
@@ -65,14 +65,15 @@ def write_index(fs: Any, dataset_dir: str, part_name: str, rows: pa.Table, cfg: 
 
 
 def index_paths(fs: Any, dataset_dir: str, cfg: CleanConfig) -> list[str]:
-    """URIs of the published index parts (empty when none), after a parameter check."""
+    """Paths (inside `fs`) of the published index parts (empty when none), after a check
+    that they were built with the same MinHash parameters."""
     root = f"{dataset_dir.rstrip('/')}/{INDEX_DIR}"
     meta_path = f"{root}/{META_FILE}"
     if not fs.exists(meta_path):
         return []
     _check_meta(fs, meta_path, index_meta(cfg))
-    parts = sorted(p for p in fs.glob(f"{root}/*.parquet"))
-    return [fs.unstrip_protocol(p) for p in parts]
+    fs.invalidate_cache(root)
+    return sorted(p for p in fs.glob(f"{root}/*.parquet"))
 
 
 def _check_meta(fs: Any, meta_path: str, want: dict[str, Any]) -> None:
