@@ -10,16 +10,18 @@ shard ids, paths and counts, never the generated text.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from typing import Any
 
 import dask
 from distributed import worker_client
 from prefect import flow, get_run_logger, task
+from prefect.exceptions import MissingContextError
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
-from prefect_dask import DaskTaskRunner
 
+from flows.task_runner import SynthgenTaskRunner
 from synthgen.cluster import task_runner_kwargs
 from synthgen.config import RunConfig, load_config
 from synthgen.dedup.stage import dedup_run
@@ -89,8 +91,12 @@ def generate_flow(config: dict[str, Any], shard_ids: list[str], total: int) -> d
         timeout_seconds=cfg.cluster.shard_timeout_s,
     )
     started = time.perf_counter()
+    futures = []
     with _gpu_annotation(cfg):
-        futures = [gen.submit(config, sid) for sid in shard_ids]
+        for i, sid in enumerate(shard_ids):
+            # plan order first: with guided sizing the big shards start early, small ones last
+            with dask.annotate(priority=len(shard_ids) - i):
+                futures.append(gen.submit(config, sid))
     done_before = total - len(shard_ids)
     results: list[dict[str, Any]] = []
     tokens = 0
@@ -138,6 +144,13 @@ def generate_flow(config: dict[str, Any], shard_ids: list[str], total: int) -> d
     }
 
 
+def _logger() -> Any:
+    try:
+        return get_run_logger()
+    except MissingContextError:  # execute() called outside a flow run (benchmarks)
+        return logging.getLogger("synthgen")
+
+
 def _run_name() -> str:
     params = flow_run.parameters or {}
     try:
@@ -172,7 +185,7 @@ def execute(cfg: RunConfig, started: float | None = None) -> dict[str, Any]:
             f"{plan.rejects} bad prompt records quarantined: {store.url('runs', run_id, 'rejects.jsonl')}"
         )
     config = cfg.model_dump(mode="json")
-    runner = DaskTaskRunner(**task_runner_kwargs(cfg.cluster))
+    runner = SynthgenTaskRunner(**task_runner_kwargs(cfg.cluster))
     gen = generate_flow.with_options(task_runner=runner)(config, todo, len(plan.shards))
     committed = committed_shards(store, run_id)
     missing = [s.shard_id for s in plan.shards if s.shard_id not in committed]
@@ -192,7 +205,7 @@ def execute(cfg: RunConfig, started: float | None = None) -> dict[str, Any]:
         rejects=plan.rejects,
         workers=per_worker(gen["results"]),
     )
-    get_run_logger().info("summary\n%s", summary.render_text())
+    _logger().info("summary\n%s", summary.render_text())
     if missing:
         raise RuntimeError(
             f"run {run_id}: {len(missing)} of {len(plan.shards)} shards failed "
