@@ -65,38 +65,40 @@ def _dup_stats(items: list[str]) -> tuple[int, int]:
     return dup, dup_chars
 
 
-def top_ngram_char_frac(words: list[str], n: int) -> float:
+def top_ngram_char_frac(words: list[str], n: int, lens: list[int] | None = None) -> float:
     """Characters covered by the most frequent word n-gram (times its count) / all word chars."""
     if len(words) < n:
         return 0.0
-    total = sum(len(w) for w in words)
+    lens = lens if lens is not None else [len(w) for w in words]
+    total = sum(lens)
     if total == 0:
         return 0.0
-    grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+    grams = Counter(zip(*(words[i:] for i in range(n)), strict=False))
     gram, count = grams.most_common(1)[0]
     if count < 2:
         return 0.0
     return sum(len(w) for w in gram) * count / total
 
 
-def dup_ngram_char_frac(words: list[str], n: int) -> float:
+def dup_ngram_char_frac(words: list[str], n: int, lens: list[int] | None = None) -> float:
     """Characters of words inside an n-gram that occurred earlier / all word chars
     (overlapping repeats counted once)."""
     if len(words) < n:
         return 0.0
-    total = sum(len(w) for w in words)
+    lens = lens if lens is not None else [len(w) for w in words]
+    total = sum(lens)
     if total == 0:
         return 0.0
     seen: set[tuple[str, ...]] = set()
-    marked = [False] * len(words)
-    for i in range(len(words) - n + 1):
-        g = tuple(words[i : i + n])
+    marked = bytearray(len(words))
+    for i, g in enumerate(zip(*(words[i:] for i in range(n)), strict=False)):
         if g in seen:
-            for j in range(i, i + n):
-                marked[j] = True
+            marked[i : i + n] = b"\x01" * n
         else:
             seen.add(g)
-    return sum(len(w) for w, m in zip(words, marked, strict=True) if m) / total
+    if not any(marked):
+        return 0.0
+    return sum(ln for ln, m in zip(lens, marked, strict=True) if m) / total
 
 
 class GopherRepetitionFilter(Filter):
@@ -124,10 +126,14 @@ class GopherRepetitionFilter(Filter):
             if dup_chars / n_chars > c.dup_line_char_frac:
                 return False, "dup_line_char_frac"
         words = [w.lower() for w in doc.words]
+        lens = [len(w) for w in words]
         for n, limit in sorted(c.top_n_grams.items()):
-            if top_ngram_char_frac(words, n) > limit:
+            if top_ngram_char_frac(words, n, lens) > limit:
                 return False, f"top_{n}_gram"
         for n, limit in sorted(c.dup_n_grams.items()):
-            if dup_ngram_char_frac(words, n) > limit:
+            frac = dup_ngram_char_frac(words, n, lens)
+            if frac > limit:
                 return False, f"dup_{n}_gram"
+            if frac == 0.0:
+                break  # no repeated n-gram: no repeated longer one either
         return True
