@@ -29,7 +29,7 @@ from synthgen.dedup.minhash import MinHasher, jaccard, word_shingles
 def corpus(n_docs: int, n_pairs: int, seed: int) -> tuple[list[str], list[tuple[int, int]]]:
     rng = random.Random(seed)
     letters = "abcdefghijklmnopqrstuvwxyz"
-    vocab = list({"".join(rng.choices(letters, k=rng.randint(2, 10))) for _ in range(30_000)})
+    vocab = sorted({"".join(rng.choices(letters, k=rng.randint(2, 10))) for _ in range(30_000)})
     docs = [" ".join(rng.choices(vocab, k=rng.randint(30, 80))) for _ in range(n_docs)]
     planted = []
     for p in range(n_pairs):
