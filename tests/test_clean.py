@@ -104,3 +104,18 @@ def test_clean_config_from_yaml_keys_and_errors() -> None:
         config_from_dict({"clean": {"filters": {"bogus": {}}}})
     with pytest.raises(ConfigError, match="bands"):
         config_from_dict({"clean": {"near": {"num_perm": 32, "bands": 64}}})
+
+
+def test_empty_shard() -> None:
+    out, counts = clean_shard(records([]), CleanConfig())
+    assert out.num_rows == 0 and counts == {}
+    assert out.schema == RECORD_SCHEMA
+
+
+def test_all_rows_dropped_by_filters_leave_no_duplicates() -> None:
+    rows = [
+        ("p1", "As an AI language model I cannot help."),
+        ("p2", "As an AI language model I cannot help."),
+    ]
+    out, counts = clean_shard(records(rows), CleanConfig())
+    assert counts == {"refusal": 2}  # filtered rows never form duplicate clusters

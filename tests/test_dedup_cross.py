@@ -122,3 +122,12 @@ def test_against_published_index(client: Client, tmp_path: Path) -> None:
     assert set(res2.drops["prompt_id"].to_pylist()) == {"a1", "a2"}
     with pytest.raises(ConfigError, match="num_perm"):
         index_paths(fs, dataset, CleanConfig(near={"num_perm": 64}))
+
+
+def test_exact_only_when_near_disabled(client: Client, tmp_path: Path) -> None:
+    cfg = CleanConfig(near={"enabled": False})
+    paths = _write_shards(tmp_path, _planted(), cfg)
+    res = cross_shard_dedup(client, paths, cfg)
+    assert set(res.counts) == {"exact_duplicate"}
+    assert set(res.drops["prompt_id"].to_pylist()) == {"p010", "p020"}
+    assert cross_shard_dedup(client, [], cfg).drops.num_rows == 0
