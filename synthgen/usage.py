@@ -1,0 +1,140 @@
+"""Worker-side usage: how long this worker process has been held, busy and loading.
+
+Process-global, like the engine cache: a Dask worker process records every shard attempt
+it runs, and `snapshot()` turns that into a worker row (cost.worker_row) at any moment --
+after each shard (so a worker that later dies still has a row) and once more when the run
+ends (called on every worker through `Client.run`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from synthgen.config import CostConfig
+from synthgen.cost import Price, WorkerUsage, price_for_device, worker_price_override, worker_row
+from synthgen.cost import parse_device_label as _parse_label
+from synthgen.devices import detect_device
+
+_LOCK = threading.Lock()
+
+
+def _process_start() -> float:
+    """When this process started (epoch seconds): a worker is held from when it joins."""
+    try:
+        import psutil
+
+        return float(psutil.Process(os.getpid()).create_time())
+    except Exception:  # psutil missing or /proc unreadable: the first use is the best guess
+        return time.time()
+
+
+_JOINED_AT = _process_start()
+
+
+@dataclass
+class _RunTotals:
+    busy_seconds: float = 0.0
+    shards: int = 0
+    failed_attempts: int = 0
+    device: str | None = None
+
+
+_RUNS: dict[str, _RunTotals] = {}
+
+
+def joined_at() -> float:
+    return _JOINED_AT
+
+
+def record_attempt(run_id: str, wall_seconds: float, ok: bool, device: str | None = None) -> None:
+    """Count one shard attempt this process ran (its wall time is busy time)."""
+    with _LOCK:
+        totals = _RUNS.setdefault(run_id, _RunTotals())
+        totals.busy_seconds += wall_seconds
+        if ok:
+            totals.shards += 1
+        else:
+            totals.failed_attempts += 1
+        if device:
+            totals.device = device
+
+
+def worker_address() -> str:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except Exception:  # not inside a Dask worker (tests, local calls)
+        return f"local-{os.getpid()}"
+
+
+def engine_load_seconds(since: float) -> float:
+    """Seconds this process spent loading engines that finished loading after `since`."""
+    try:
+        from synthgen.engines.cache import stats
+    except ImportError:
+        return 0.0
+    loads = stats().get("loads", [])
+    return float(sum(ld["seconds"] for ld in loads if float(ld.get("at", 0.0)) >= since))  # type: ignore[union-attr]
+
+
+def _ts(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, tz=UTC)
+
+
+def snapshot(
+    run_id: str,
+    cost: CostConfig,
+    run_started_at: float | None = None,
+    now: float | None = None,
+    device_pref: str = "auto",
+    gpus: int = 1,
+    final: bool = False,
+    price: Price | None = None,
+) -> dict[str, Any]:
+    """This worker's row for `run_id`: held from max(joined, run start) until `now`."""
+    now = time.time() if now is None else now
+    held_from = max(_JOINED_AT, run_started_at or 0.0)
+    with _LOCK:
+        totals = _RUNS.get(run_id, _RunTotals())
+        busy, shards, failed, device = (
+            totals.busy_seconds,
+            totals.shards,
+            totals.failed_attempts,
+            totals.device,
+        )
+    device_info = _parse_label(device) if device else detect_device(device_pref)
+    if price is None:
+        price = price_for_device(device_info, cost, worker_price_override(), gpus)
+    host = socket.gethostname()
+    pid = os.getpid()
+    usage = WorkerUsage(
+        run_id=run_id,
+        worker_id=f"{host}-{pid}-{int(_JOINED_AT)}",
+        worker=worker_address(),
+        host=host,
+        pid=pid,
+        device=device or device_info.label,
+        price=price,
+        joined_at=_ts(_JOINED_AT),
+        held_from=_ts(held_from),
+        held_until=_ts(max(now, held_from)),
+        load_seconds=engine_load_seconds(held_from),
+        busy_seconds=busy,
+        shards=shards,
+        failed_attempts=failed,
+        final=final,
+    )
+    return worker_row(usage)
+
+
+def reset() -> None:
+    """Forget recorded attempts (tests)."""
+    with _LOCK:
+        _RUNS.clear()

@@ -1,0 +1,96 @@
+"""Ledger and worker rows on storage; worker-side usage snapshots."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from synthgen import usage
+from synthgen.config import CostConfig
+from synthgen.cost import Price, ShardAttempt, ledger_row
+from synthgen.ledger import (
+    read_ledger,
+    read_workers,
+    run_fs,
+    write_ledger_row,
+    write_worker_row,
+)
+
+T0 = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
+
+
+def _row(shard: str, attempt: int, status: str, seconds: float) -> dict[str, object]:
+    return ledger_row(
+        ShardAttempt(
+            run_id="r1",
+            shard_id=shard,
+            attempt=attempt,
+            attempt_id=f"id{shard[-1]}{attempt}",
+            worker="tcp://w",
+            host="h",
+            device="cpu: X (2 cores)",
+            model="m",
+            price=Price(0.04, "cpu-core", "table"),
+            started_at=T0 + timedelta(seconds=10 * attempt),
+            finished_at=T0 + timedelta(seconds=10 * attempt + seconds),
+            engine_seconds=seconds,
+            prompts=4,
+            prompt_tokens=40,
+            completion_tokens=0 if status == "failed" else 64,
+            kept_records=None if status == "failed" else 4,
+            kept_tokens=None if status == "failed" else 64,
+            status=status,  # type: ignore[arg-type]
+            error="RuntimeError: boom" if status == "failed" else None,
+        )
+    )
+
+
+def test_failed_then_retried_shard_has_two_rows_both_counted(tmp_path: Path) -> None:
+    fs, root = run_fs(str(tmp_path / "runs" / "r1"))
+    write_ledger_row(fs, root, _row("shard-00001", 1, "failed", 90.0))
+    write_ledger_row(fs, root, _row("shard-00001", 2, "succeeded", 180.0))
+    write_ledger_row(fs, root, _row("shard-00010", 1, "succeeded", 45.0))
+    rows = read_ledger(fs, root, "shard-00001").to_pylist()
+    assert [(r["attempt"], r["status"]) for r in rows] == [(1, "failed"), (2, "succeeded")]
+    total = sum(r["cost_usd"] for r in rows)
+    assert total == pytest.approx(0.04 * 270 / 3600, abs=1e-15)
+    assert len(read_ledger(fs, root)) == 3
+    # no temp objects left behind, one file per attempt
+    names = sorted(p.name for p in (tmp_path / "runs" / "r1" / "ledger").iterdir())
+    assert len(names) == 3 and all(n.endswith(".parquet") for n in names)
+
+
+def test_empty_run_reads_as_empty_tables(tmp_path: Path) -> None:
+    fs, root = run_fs(str(tmp_path / "nothing"))
+    assert read_ledger(fs, root).num_rows == 0
+    assert read_workers(fs, root).num_rows == 0
+
+
+def test_usage_snapshot_held_busy_and_overwrite(tmp_path: Path) -> None:
+    usage.reset()
+    usage.record_attempt("rX", 2.0, ok=True, device="cpu: Test CPU (2 cores)")
+    usage.record_attempt("rX", 1.0, ok=False, device="cpu: Test CPU (2 cores)")
+    start = usage.joined_at() + 0.5  # the run started after this worker joined
+    now = start + 10.0
+    row = usage.snapshot("rX", CostConfig(), run_started_at=start, now=now)
+    assert row["held_seconds"] == pytest.approx(10.0, abs=1e-5)  # run start after worker join
+    assert row["busy_seconds"] == 3.0 and row["shards"] == 1 and row["failed_attempts"] == 1
+    assert row["price_per_hour"] == pytest.approx(0.04) and row["device_type"] == "cpu-core"
+    assert row["idle_seconds"] == pytest.approx(10.0 - 3.0 - row["load_seconds"], abs=1e-5)
+    fs, root = run_fs(str(tmp_path / "r"))
+    write_worker_row(fs, root, row)
+    later = usage.snapshot("rX", CostConfig(), run_started_at=start, now=now + 5, final=True)
+    write_worker_row(fs, root, later)  # same worker id: overwritten, not doubled
+    rows = read_workers(fs, root).to_pylist()
+    assert (
+        len(rows) == 1
+        and rows[0]["final"]
+        and rows[0]["held_seconds"] == pytest.approx(15.0, abs=1e-5)
+    )
+    # held_from is the process start when the run started earlier than this worker
+    early = usage.snapshot("rX", CostConfig(), run_started_at=0.0, now=time.time())
+    assert early["held_from"].timestamp() == pytest.approx(usage.joined_at(), abs=1e-5)
+    usage.reset()
