@@ -45,16 +45,20 @@ def worker_path(run_root: str, worker_id: str) -> str:
     return f"{run_root}/{WORKERS_DIR}/{safe_key(worker_id)}.parquet"
 
 
-def write_one(fs: AbstractFileSystem, path: str, table: pa.Table) -> None:
-    """Write a small table so a reader never sees half of it (temp object, then move)."""
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+def write_bytes(fs: AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write a small object so a reader never sees half of it (temp object, then move)."""
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     parent = path.rsplit("/", 1)[0]
     fs.makedirs(parent, exist_ok=True)
     with fs.open(tmp, "wb") as fh:
-        fh.write(buf.getvalue())
+        fh.write(data)
     fs.mv(tmp, path)
+
+
+def write_one(fs: AbstractFileSystem, path: str, table: pa.Table) -> None:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    write_bytes(fs, path, buf.getvalue())
 
 
 def write_ledger_row(fs: AbstractFileSystem, run_root: str, row: dict[str, Any]) -> str:
