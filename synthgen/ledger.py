@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.spec import AbstractFileSystem
 
+from synthgen.config import OutputConfig
 from synthgen.cost import LEDGER_SCHEMA, WORKER_SCHEMA, ledger_table, worker_table
 
 LEDGER_DIR = "ledger"
@@ -99,3 +100,8 @@ def read_ledger(fs: AbstractFileSystem, run_root: str, shard_id: str | None = No
 def read_workers(fs: AbstractFileSystem, run_root: str) -> pa.Table:
     table = _read_dir(fs, f"{run_root}/{WORKERS_DIR}", WORKER_SCHEMA)
     return table.sort_by([("joined_at", "ascending"), ("worker_id", "ascending")])
+
+
+def open_run(output: OutputConfig, run_id: str) -> tuple[AbstractFileSystem, str]:
+    """(filesystem, run root) of OUTPUT/runs/RUN_ID."""
+    return run_fs(f"{output.uri.rstrip('/')}/runs/{run_id}", output.storage_options)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from distributed.diagnostics.plugin import WorkerPlugin
+
 from synthgen.config import CostConfig
 from synthgen.cost import Price, WorkerUsage, price_for_device, worker_price_override, worker_row
 from synthgen.cost import parse_device_label as _parse_label
@@ -138,3 +140,82 @@ def reset() -> None:
     """Forget recorded attempts (tests)."""
     with _LOCK:
         _RUNS.clear()
+
+
+# --------------------------------------------------------------------------- cluster side
+class UsagePlugin(WorkerPlugin):
+    """A Dask worker plugin: marks the worker as held by a run, writes its final row.
+
+    `teardown` runs when the worker closes (an embedded LocalCluster shutting down: held
+    until the process ends) or when the flow unregisters the plugin (an external cluster:
+    held until the run ends). Its row has `final=True` and overwrites earlier snapshots.
+    """
+
+    def __init__(
+        self,
+        run_id: str,
+        output: dict[str, Any],
+        cost: dict[str, Any],
+        run_started_at: float,
+        device_pref: str = "auto",
+        gpus: int = 1,
+    ) -> None:
+        self.name = plugin_name(run_id)
+        self.run_id = run_id
+        self.output = output
+        self.cost = cost
+        self.run_started_at = run_started_at
+        self.device_pref = device_pref
+        self.gpus = gpus
+
+    def setup(self, worker: Any) -> None:
+        with _LOCK:
+            _RUNS.setdefault(self.run_id, _RunTotals())
+
+    def teardown(self, worker: Any) -> None:
+        from synthgen.config import OutputConfig
+        from synthgen.ledger import open_run, write_worker_row
+
+        row = snapshot(
+            self.run_id,
+            CostConfig.model_validate(self.cost),
+            run_started_at=self.run_started_at,
+            device_pref=self.device_pref,
+            gpus=self.gpus,
+            final=True,
+        )
+        fs, root = open_run(OutputConfig.model_validate(self.output), self.run_id)
+        write_worker_row(fs, root, row)
+
+
+def plugin_name(run_id: str) -> str:
+    return f"synthgen-usage-{run_id}"
+
+
+def register(client: Any, plugin: UsagePlugin) -> None:
+    """Register the usage plugin on every current and future worker of the cluster."""
+    client.register_plugin(plugin, name=plugin.name)
+
+
+def unregister(client: Any, run_id: str) -> None:
+    """End the run's hold on the workers (external clusters): each writes its final row."""
+    client.unregister_worker_plugin(plugin_name(run_id))
+
+
+def collect(
+    client: Any,
+    run_id: str,
+    cost: CostConfig,
+    run_started_at: float,
+    device_pref: str = "auto",
+    gpus: int = 1,
+) -> list[dict[str, Any]]:
+    """Every live worker's row for `run_id`, held until now (not final: the worker lives on)."""
+    kwargs = {
+        "run_id": run_id,
+        "cost": cost,
+        "run_started_at": run_started_at,
+        "device_pref": device_pref,
+        "gpus": gpus,
+    }
+    return list(client.run(snapshot, **kwargs).values())

@@ -94,3 +94,41 @@ def test_usage_snapshot_held_busy_and_overwrite(tmp_path: Path) -> None:
     early = usage.snapshot("rX", CostConfig(), run_started_at=0.0, now=time.time())
     assert early["held_from"].timestamp() == pytest.approx(usage.joined_at(), abs=1e-5)
     usage.reset()
+
+
+def _fake_attempt(run_id: str) -> int:
+    usage.record_attempt(run_id, 0.5, ok=True, device="cpu: Test CPU (3 cores)")
+    import os
+
+    return os.getpid()
+
+
+@pytest.mark.slow
+def test_usage_plugin_on_real_cluster_writes_final_rows(tmp_path: Path) -> None:
+    from distributed import Client, LocalCluster
+
+    from synthgen.config import OutputConfig
+
+    output = OutputConfig(uri=str(tmp_path / "out"))
+    started = time.time()
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        plugin = usage.UsagePlugin("rP", output.model_dump(), CostConfig().model_dump(), started)
+        usage.register(client, plugin)
+        pid = client.submit(_fake_attempt, "rP", pure=False).result()
+        live = usage.collect(client, "rP", CostConfig(), started)
+        assert len(live) == 2 and not any(r["final"] for r in live)
+        closing = time.time()
+    fs, root = run_fs(str(tmp_path / "out" / "runs" / "rP"))
+    rows = {r["pid"]: r for r in read_workers(fs, root).to_pylist()}
+    assert len(rows) == 2 and all(r["final"] for r in rows.values())
+    busy = rows[pid]
+    assert busy["busy_seconds"] == 0.5 and busy["shards"] == 1
+    assert busy["price_per_hour"] == pytest.approx(0.06)  # 3 cores x 0.02
+    for r in rows.values():  # held from the worker's start until it closed
+        assert r["held_from"].timestamp() >= started - 0.01
+        assert r["held_until"].timestamp() >= closing
