@@ -45,6 +45,7 @@ class _RunTotals:
     shards: int = 0
     failed_attempts: int = 0
     device: str | None = None
+    run_started_at: float | None = None  # set by the run's UsagePlugin on this worker
 
 
 _RUNS: dict[str, _RunTotals] = {}
@@ -102,15 +103,17 @@ def snapshot(
 ) -> dict[str, Any]:
     """This worker's row for `run_id`: held from max(joined, run start) until `now`."""
     now = time.time() if now is None else now
-    held_from = max(_JOINED_AT, run_started_at or 0.0)
     with _LOCK:
         totals = _RUNS.get(run_id, _RunTotals())
+        if run_started_at is None:
+            run_started_at = totals.run_started_at
         busy, shards, failed, device = (
             totals.busy_seconds,
             totals.shards,
             totals.failed_attempts,
             totals.device,
         )
+    held_from = max(_JOINED_AT, run_started_at or 0.0)
     device_info = _parse_label(device) if device else detect_device(device_pref)
     if price is None:
         price = price_for_device(device_info, cost, worker_price_override(), gpus)
@@ -170,7 +173,7 @@ class UsagePlugin(WorkerPlugin):
 
     def setup(self, worker: Any) -> None:
         with _LOCK:
-            _RUNS.setdefault(self.run_id, _RunTotals())
+            _RUNS.setdefault(self.run_id, _RunTotals()).run_started_at = self.run_started_at
 
     def teardown(self, worker: Any) -> None:
         from synthgen.config import OutputConfig
