@@ -15,15 +15,23 @@ from typing import Any
 
 import dask
 from prefect import flow, get_run_logger, task
-from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
 
+from flows.cost import (
+    budget_message,
+    cost_summary,
+    finish_usage,
+    publish_cost_artifact,
+    run_budgeted,
+    start_usage,
+)
 from synthgen.cluster import task_runner_kwargs
 from synthgen.config import RunConfig, load_config
 from synthgen.pipeline import ShardTask, committed_shards, run_shard
 from synthgen.plan import write_plan
 from synthgen.publish import publish_shard, write_manifest
+from synthgen.report import manifest_totals
 from synthgen.storage import Store
 from synthgen.summary import RunSummary, per_worker
 
@@ -58,49 +66,66 @@ def _generate_name() -> str:
     persist_result=False,
     flow_run_name=_generate_name,
 )
-def generate_flow(config: dict[str, Any], shard_ids: list[str], total: int) -> dict[str, Any]:
-    """Generate the given shards on the cluster, then publish if every shard is committed."""
+def generate_flow(
+    config: dict[str, Any], shard_ids: list[str], total: int, run_started_at: float | None = None
+) -> dict[str, Any]:
+    """Generate the given shards on the cluster (within the budget, if one is set), then
+    publish if every shard is committed."""
     cfg = RunConfig.model_validate(config)
     gen = generate_shard.with_options(
         retries=cfg.cluster.task_retries,
         retry_delay_seconds=cfg.cluster.retry_delay_s,
         timeout_seconds=cfg.cluster.shard_timeout_s,
     )
+    run_started_at = run_started_at or time.time()
+    slots = start_usage(cfg, run_started_at)  # workers are held (and billed) from here
     started = time.perf_counter()
-    with _gpu_annotation(cfg):
-        futures = [gen.submit(config, sid) for sid in shard_ids]
     done_before = total - len(shard_ids)
     results: list[dict[str, Any]] = []
     tokens = 0
     failures: list[str] = []
-    for fut in as_completed(futures):
+
+    def on_done(fut: Any) -> bool:
+        nonlocal tokens
         try:
             res = fut.result()
         except Exception as exc:  # the task exhausted its retries
             failures.append(f"{exc}")
             print(f"shard failed after retries: {type(exc).__name__}: {exc}")
-            continue
+            return False
         results.append(res)
         tokens += res["completion_tokens"]
         elapsed = time.perf_counter() - started
         print(
             f"shard {res['shard_id']} done · {done_before + len(results)}/{total} shards · "
             f"{res['completion_tokens']} tokens in {res['engine_seconds']:.1f}s · "
-            f"run {tokens / elapsed:.1f} tokens/s"
+            f"${res['cost_usd']:.4f} · run {tokens / elapsed:.1f} tokens/s"
         )
+        return True
+
+    with _gpu_annotation(cfg):
+        sched = run_budgeted(cfg, shard_ids, lambda sid: gen.submit(config, sid), on_done, slots)
     gen_seconds = time.perf_counter() - started
+    budget_msg = budget_message(cfg, sched, total)
+    if budget_msg:
+        print(budget_msg)
     store = Store(cfg.output)
     committed = committed_shards(store, cfg.run_id or "")
+    finish_usage(cfg, run_started_at)
     manifest = None
     if len(committed) == total:
         # every shard committed: publish on the cluster (CPU work, any worker)
         pubs = [publish_shard_task.submit(config, sid) for sid in sorted(committed)]
-        manifest = write_manifest(cfg, store, [p.result() for p in pubs])
+        files = [p.result() for p in pubs]
+        summary = cost_summary(cfg)
+        extra = {"cost": manifest_totals(summary)} if summary else None
+        manifest = write_manifest(cfg, store, files, extra)
     return {
         "results": results,
         "failures": failures,
         "generate_seconds": gen_seconds,
         "manifest": manifest,
+        "budget_message": budget_msg,
     }
 
 
@@ -139,10 +164,14 @@ def execute(cfg: RunConfig, started: float | None = None) -> dict[str, Any]:
         )
     config = cfg.model_dump(mode="json")
     runner = DaskTaskRunner(**task_runner_kwargs(cfg.cluster))
-    gen = generate_flow.with_options(task_runner=runner)(config, todo, len(plan.shards))
+    gen = generate_flow.with_options(task_runner=runner)(
+        config, todo, len(plan.shards), time.time()
+    )
+    publish_cost_artifact(cfg)  # after the cluster closed: workers' final rows are in
     committed = committed_shards(store, run_id)
     missing = [s.shard_id for s in plan.shards if s.shard_id not in committed]
-    status = "complete" if not missing else "failed"
+    partial = bool(missing and gen["budget_message"])
+    status = "complete" if not missing else ("partial" if partial else "failed")
     manifest = gen["manifest"]
     summary = RunSummary.build(
         cfg=cfg,
@@ -159,7 +188,9 @@ def execute(cfg: RunConfig, started: float | None = None) -> dict[str, Any]:
         workers=per_worker(gen["results"]),
     )
     get_run_logger().info("summary\n%s", summary.render_text())
-    if missing:
+    if partial:
+        print(gen["budget_message"])
+    elif missing:
         raise RuntimeError(
             f"run {run_id}: {len(missing)} of {len(plan.shards)} shards failed "
             f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}); committed shards "

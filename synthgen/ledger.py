@@ -13,13 +13,13 @@ import re
 import uuid
 from typing import Any
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.spec import AbstractFileSystem
 
 from synthgen.config import OutputConfig
 from synthgen.cost import LEDGER_SCHEMA, WORKER_SCHEMA, ledger_table, worker_table
+from synthgen.storage import Store, retrying
 
 LEDGER_DIR = "ledger"
 WORKERS_DIR = "workers"
@@ -34,8 +34,9 @@ def safe_key(text: str) -> str:
 def run_fs(
     run_uri: str, storage_options: dict[str, Any] | None = None
 ) -> tuple[AbstractFileSystem, str]:
-    fs, root = fsspec.core.url_to_fs(run_uri, **(storage_options or {}))
-    return fs, root.rstrip("/")
+    """(filesystem, root path) of a run URI, with the same S3 handling as the output store."""
+    store = Store(OutputConfig(uri=run_uri, storage_options=storage_options or {}))
+    return store.fs, store.root
 
 
 def ledger_path(run_root: str, shard_id: str, attempt: int, attempt_id: str) -> str:
@@ -47,13 +48,16 @@ def worker_path(run_root: str, worker_id: str) -> str:
 
 
 def write_bytes(fs: AbstractFileSystem, path: str, data: bytes) -> None:
-    """Write a small object so a reader never sees half of it (temp object, then move)."""
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    parent = path.rsplit("/", 1)[0]
-    fs.makedirs(parent, exist_ok=True)
-    with fs.open(tmp, "wb") as fh:
-        fh.write(data)
-    fs.mv(tmp, path)
+    """Write a small object whole (temp object, then move), retrying transient errors."""
+
+    def _write() -> None:
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        with fs.open(tmp, "wb") as fh:
+            fh.write(data)
+        fs.mv(tmp, path)
+
+    retrying(_write, f"writing {path}")
 
 
 def write_one(fs: AbstractFileSystem, path: str, table: pa.Table) -> None:
@@ -104,4 +108,5 @@ def read_workers(fs: AbstractFileSystem, run_root: str) -> pa.Table:
 
 def open_run(output: OutputConfig, run_id: str) -> tuple[AbstractFileSystem, str]:
     """(filesystem, run root) of OUTPUT/runs/RUN_ID."""
-    return run_fs(f"{output.uri.rstrip('/')}/runs/{run_id}", output.storage_options)
+    store = Store(output)
+    return store.fs, store.run_path(run_id)

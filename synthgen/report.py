@@ -194,6 +194,8 @@ def _fmt(value: Any, kind: str = "") -> str:
     if value is None:
         return "-"
     if kind == "usd":
+        if value and abs(value) < 0.01:
+            return f"${value:.6f}"
         return f"${value:,.4f}" if abs(value) < 100 else f"${value:,.2f}"
     if kind == "pct":
         return f"{value * 100:.1f}%"

@@ -100,6 +100,7 @@ def snapshot(
     gpus: int = 1,
     final: bool = False,
     price: Price | None = None,
+    address: str | None = None,
 ) -> dict[str, Any]:
     """This worker's row for `run_id`: held from max(joined, run start) until `now`."""
     now = time.time() if now is None else now
@@ -122,7 +123,7 @@ def snapshot(
     usage = WorkerUsage(
         run_id=run_id,
         worker_id=f"{host}-{pid}-{int(_JOINED_AT)}",
-        worker=worker_address(),
+        worker=address or worker_address(),
         host=host,
         pid=pid,
         device=device or device_info.label,
@@ -186,6 +187,7 @@ class UsagePlugin(WorkerPlugin):
             device_pref=self.device_pref,
             gpus=self.gpus,
             final=True,
+            address=str(getattr(worker, "address", "")) or None,
         )
         fs, root = open_run(OutputConfig.model_validate(self.output), self.run_id)
         write_worker_row(fs, root, row)
@@ -221,4 +223,9 @@ def collect(
         "device_pref": device_pref,
         "gpus": gpus,
     }
-    return list(client.run(snapshot, **kwargs).values())
+    return list(client.run(_snapshot_on_worker, **kwargs).values())
+
+
+def _snapshot_on_worker(dask_worker: Any, **kwargs: Any) -> dict[str, Any]:
+    # Client.run passes the Worker as `dask_worker`; get_worker() only works in task threads
+    return snapshot(**kwargs, address=str(dask_worker.address))
