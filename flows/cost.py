@@ -16,6 +16,7 @@ from prefect.futures import PrefectFuture, as_completed
 from synthgen import usage
 from synthgen.accounting import gpus_used
 from synthgen.budget import BudgetGate, Outcome, ScheduleResult, partial_message, schedule
+from synthgen.cluster import task_runner_kwargs
 from synthgen.config import RunConfig
 from synthgen.ledger import read_ledger, read_workers, write_worker_row
 from synthgen.report import Summary, summarize, to_markdown
@@ -30,6 +31,18 @@ def _client() -> Any:
     if client is None:
         raise RuntimeError("cost wiring needs a flow running on a DaskTaskRunner")
     return client
+
+
+def runner_kwargs(cfg: RunConfig) -> dict[str, Any]:
+    """DaskTaskRunner kwargs; an embedded cluster is metered to its worker processes' exit."""
+    kwargs = task_runner_kwargs(cfg.cluster)
+    if "cluster_class" in kwargs:
+        kwargs["cluster_class"] = "synthgen.usage.MeteredLocalCluster"
+        kwargs["cluster_kwargs"] = {
+            **kwargs["cluster_kwargs"],
+            "synthgen_usage": {"run_id": cfg.run_id, "output": cfg.output.model_dump(mode="json")},
+        }
+    return kwargs
 
 
 def _plugin(cfg: RunConfig, run_started_at: float) -> usage.UsagePlugin:

@@ -24,9 +24,9 @@ from flows.cost import (
     finish_usage,
     publish_cost_artifact,
     run_budgeted,
+    runner_kwargs,
     start_usage,
 )
-from synthgen.cluster import task_runner_kwargs
 from synthgen.config import RunConfig, load_config
 from synthgen.pipeline import ShardTask, committed_shards, run_shard
 from synthgen.plan import write_plan
@@ -163,7 +163,7 @@ def execute(cfg: RunConfig, started: float | None = None) -> dict[str, Any]:
             f"{plan.rejects} bad prompt records quarantined: {store.url('runs', run_id, 'rejects.jsonl')}"
         )
     config = cfg.model_dump(mode="json")
-    runner = DaskTaskRunner(**task_runner_kwargs(cfg.cluster))
+    runner = DaskTaskRunner(**runner_kwargs(cfg))  # embedded: metered to process exit
     gen = generate_flow.with_options(task_runner=runner)(
         config, todo, len(plan.shards), time.time()
     )

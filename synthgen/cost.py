@@ -333,5 +333,28 @@ def worker_row(u: WorkerUsage) -> dict[str, Any]:
     }
 
 
+def extend_worker_row(row: dict[str, Any], held_until: datetime) -> dict[str, Any]:
+    """The same worker row held until a later moment (idle time and costs recomputed)."""
+    price = Price(row["price_per_hour"], row["device_type"], row["price_source"])
+    usage = WorkerUsage(
+        run_id=row["run_id"],
+        worker_id=row["worker_id"],
+        worker=row["worker"],
+        host=row["host"],
+        pid=row["pid"],
+        device=row["device"],
+        price=price,
+        joined_at=row["joined_at"],
+        held_from=row["held_from"],
+        held_until=held_until,
+        load_seconds=row["load_seconds"],
+        busy_seconds=row["busy_seconds"],
+        shards=row["shards"],
+        failed_attempts=row["failed_attempts"],
+        final=row["final"],
+    )
+    return worker_row(usage)
+
+
 def worker_table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=WORKER_SCHEMA)

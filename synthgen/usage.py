@@ -8,6 +8,7 @@ ends (called on every worker through `Client.run`).
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from distributed import LocalCluster, Nanny
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from synthgen.config import CostConfig
@@ -24,6 +26,7 @@ from synthgen.cost import parse_device_label as _parse_label
 from synthgen.devices import detect_device
 
 _LOCK = threading.Lock()
+log = logging.getLogger(__name__)
 
 
 def _process_start() -> float:
@@ -177,6 +180,9 @@ class UsagePlugin(WorkerPlugin):
             _RUNS.setdefault(self.run_id, _RunTotals()).run_started_at = self.run_started_at
 
     def teardown(self, worker: Any) -> None:
+        self._write_final(str(getattr(worker, "address", "")) or None)
+
+    def _write_final(self, address: str | None) -> None:
         from synthgen.config import OutputConfig
         from synthgen.ledger import open_run, write_worker_row
 
@@ -187,7 +193,7 @@ class UsagePlugin(WorkerPlugin):
             device_pref=self.device_pref,
             gpus=self.gpus,
             final=True,
-            address=str(getattr(worker, "address", "")) or None,
+            address=address,
         )
         fs, root = open_run(OutputConfig.model_validate(self.output), self.run_id)
         write_worker_row(fs, root, row)
@@ -229,3 +235,61 @@ def collect(
 def _snapshot_on_worker(dask_worker: Any, **kwargs: Any) -> dict[str, Any]:
     # Client.run passes the Worker as `dask_worker`; get_worker() only works in task threads
     return snapshot(**kwargs, address=str(dask_worker.address))
+
+
+# --------------------------------------------------------------------------- embedded cluster
+_EXITED: dict[int, float] = {}  # worker pid -> when its nanny saw the process end
+
+
+class MeteredNanny(Nanny):
+    """A Nanny that notes when its worker process has ended (after kill/exit)."""
+
+    async def close(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        pid = self.pid
+        result = await super().close(*args, **kwargs)
+        if pid:
+            _EXITED[pid] = time.time()
+        return result
+
+
+class MeteredLocalCluster(LocalCluster):
+    """The embedded cluster: when it closes, its workers' rows are held until their
+    processes ended (a worker's own final row is written a little before its exit).
+
+    `synthgen_usage={"run_id": ..., "output": OutputConfig as JSON}`.
+    """
+
+    def __init__(
+        self, *args: Any, synthgen_usage: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        self._synthgen_usage = synthgen_usage
+        if kwargs.get("processes", True):
+            kwargs.setdefault("worker_class", MeteredNanny)
+        super().__init__(*args, **kwargs)
+
+    async def _close(self) -> None:
+        pids = [int(w.pid) for w in self.workers.values() if getattr(w, "pid", None)]
+        await super()._close()
+        if self._synthgen_usage and pids:
+            now = time.time()
+            try:
+                extend_rows(self._synthgen_usage, {pid: _EXITED.pop(pid, now) for pid in pids})
+            except Exception as exc:  # accounting must never break shutdown
+                log.warning("could not extend worker rows to process exit: %s", exc)
+
+
+def extend_rows(run: dict[str, Any], ended: dict[int, float]) -> int:
+    """Extend this host's worker rows of `run` whose pid ended to that time; returns count."""
+    from synthgen.config import OutputConfig
+    from synthgen.cost import extend_worker_row
+    from synthgen.ledger import open_run, read_workers, write_worker_row
+
+    fs, root = open_run(OutputConfig.model_validate(run["output"]), run["run_id"])
+    host = socket.gethostname()
+    n = 0
+    for row in read_workers(fs, root).to_pylist():
+        end = ended.get(int(row["pid"]))
+        if end is not None and row["host"] == host and end > row["held_until"].timestamp():
+            write_worker_row(fs, root, extend_worker_row(row, _ts(end)))
+            n += 1
+    return n

@@ -231,3 +231,19 @@ def test_config_prices_merge_over_defaults_and_null_removes() -> None:
     assert cfg.cost.prices["RTX 4090"] == 0.4
     assert "L4" not in cfg.cost.prices
     assert cfg.cost.prices["H100"] == 2.2
+
+
+def test_extend_worker_row_recomputes_idle_and_cost() -> None:
+    from synthgen.cost import extend_worker_row
+
+    base = worker_row(
+        WorkerUsage(
+            run_id="r1", worker_id="w", worker="tcp://x", host="h", pid=7, device="d",
+            price=Price(3.6, "H100", "table"), joined_at=T0, held_from=T0,
+            held_until=T0 + timedelta(seconds=100), load_seconds=10.0, busy_seconds=50.0,
+            shards=2, failed_attempts=0, final=True,
+        )
+    )  # fmt: skip
+    longer = extend_worker_row(base, T0 + timedelta(seconds=104))
+    assert (longer["held_seconds"], longer["idle_seconds"]) == (104.0, 44.0)
+    assert longer["cost_usd"] == pytest.approx(0.104) and longer["final"]
