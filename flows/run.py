@@ -10,13 +10,14 @@ shard ids, paths and counts, never the generated text.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from typing import Any
 
 import dask
 from prefect import flow, get_run_logger, task
+from prefect.exceptions import MissingContextError
 from prefect.runtime import flow_run
-from prefect_dask import DaskTaskRunner
 
 from flows.cost import (
     budget_message,
@@ -27,6 +28,7 @@ from flows.cost import (
     runner_kwargs,
     start_usage,
 )
+from flows.task_runner import SynthgenTaskRunner
 from synthgen.config import RunConfig, load_config
 from synthgen.pipeline import ShardTask, committed_shards, run_shard
 from synthgen.plan import write_plan
@@ -129,6 +131,13 @@ def generate_flow(
     }
 
 
+def _logger() -> Any:
+    try:
+        return get_run_logger()
+    except MissingContextError:  # execute() called outside a flow run (benchmarks)
+        return logging.getLogger("synthgen")
+
+
 def _run_name() -> str:
     params = flow_run.parameters or {}
     try:
@@ -163,7 +172,7 @@ def execute(cfg: RunConfig, started: float | None = None) -> dict[str, Any]:
             f"{plan.rejects} bad prompt records quarantined: {store.url('runs', run_id, 'rejects.jsonl')}"
         )
     config = cfg.model_dump(mode="json")
-    runner = DaskTaskRunner(**runner_kwargs(cfg))  # embedded: metered to process exit
+    runner = SynthgenTaskRunner(**runner_kwargs(cfg))  # embedded: metered to process exit
     gen = generate_flow.with_options(task_runner=runner)(
         config, todo, len(plan.shards), time.time()
     )
@@ -187,7 +196,7 @@ def execute(cfg: RunConfig, started: float | None = None) -> dict[str, Any]:
         rejects=plan.rejects,
         workers=per_worker(gen["results"]),
     )
-    get_run_logger().info("summary\n%s", summary.render_text())
+    _logger().info("summary\n%s", summary.render_text())
     if partial:
         print(gen["budget_message"])
     elif missing:

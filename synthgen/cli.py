@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
@@ -22,6 +23,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         result = synthgen_run(config=args.config, overrides=args.set or [])
     print(RunSummary(**result).render_text())
+    if args.summary_json:
+        with open(args.summary_json, "w", encoding="utf-8") as fh:
+            json.dump(result, fh, indent=2, default=str)
     return 0 if result["status"] == "complete" else 3
 
 
@@ -37,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY.PATH=VALUE",
         help="override a config value (YAML syntax), repeatable",
     )
+    run.add_argument("--summary-json", metavar="PATH", help="also write the summary as JSON")
     run.set_defaults(func=cmd_run)
     return p
 

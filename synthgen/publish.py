@@ -89,7 +89,8 @@ def write_manifest(
     for name in store.ls(base):
         if name.endswith(".parquet") and name not in keep:
             store.rm(store.path(DATASET_DIR, name))  # stale file from an earlier run
-    store.write_bytes(store.path(DATASET_DIR, "README.md"), _card(manifest).encode())
+    # "_" prefix: pyarrow, DuckDB and polars skip it when reading the directory
+    store.write_bytes(store.path(DATASET_DIR, "_README.md"), _card(manifest).encode())
     store.write_json(store.path(DATASET_DIR, MANIFEST), manifest)
     return manifest
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -125,35 +123,9 @@ def test_report_missing_run_names_it(tmp_path: Path) -> None:
         load_summary(str(tmp_path / "nope"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def s3_opts() -> Iterator[dict]:
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    opts = {
-        "key": "x",
-        "secret": "y",
-        "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"},
-    }
-    try:
-        import s3fs
-
-        s3fs.S3FileSystem(**opts).mkdir("cost-bucket")
-        yield opts
-    finally:
-        server.stop()
-
-
-def test_report_over_s3(s3_opts: dict) -> None:
-    uri = "s3://cost-bucket/out/runs/r1"
+def test_report_over_s3(s3_server: str, s3_bucket: str) -> None:
+    s3_opts = {"endpoint_url": s3_server}
+    uri = f"s3://{s3_bucket}/out/runs/r1"
     fs, root = run_fs(uri, s3_opts)
     ledger, workers = _rows()
     for row in ledger:
