@@ -191,7 +191,9 @@ def format_estimate(cfg: RunConfig, prompts: int, rows: Sequence[Row], workers: 
             return "-"
         if kind == "usd":
             return f"${v:,.4f}" if v < 100 else f"${v:,.2f}"
-        return f"{v:,.2f}" if isinstance(v, float) else str(v)
+        if isinstance(v, float):
+            return f"{v:,.2f}" if abs(v) >= 1 or v == 0 else f"{v:.3g}"
+        return str(v)
 
     cells = [
         [

@@ -58,3 +58,41 @@ def test_calibration_beats_ledger_for_same_device() -> None:
     ]
     row = next(r for r in project(cfg, 3600, measured) if r["device_type"] == "RTX 4090")
     assert row["source"] == "calibration" and row["cost_usd"] == pytest.approx(0.35)
+
+
+def test_estimate_cli_calibrates_and_reads_earlier_ledgers(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from datetime import UTC, datetime, timedelta
+
+    from synthgen.cli import main
+    from synthgen.cost import Price, ShardAttempt, ledger_row
+    from synthgen.ledger import run_fs, write_ledger_row
+    from tests.helpers import fake_config, write_config
+
+    out = str(tmp_path / "out")
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        fake_config(
+            out, model__fake__seconds_per_token=0.002, model__fake__tokens_per_completion=16
+        ),
+    )
+    # an earlier run of the same model on an RTX 4090: 10 prompts in 5 s
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    fs, root = run_fs(f"{out}/runs/old")
+    write_ledger_row(
+        fs,
+        root,
+        ledger_row(
+            ShardAttempt(
+                "old", "shard-00000", 1, "x", "w", "h", "NVIDIA GeForce RTX 4090", "fake",
+                Price(0.36, "RTX 4090", "table"), t0, t0 + timedelta(seconds=5), 5.0, 10, 100,
+                160, 10, 160, "succeeded",
+            )
+        ),
+    )  # fmt: skip
+    assert main(["estimate", cfg, "--sample", "4"]) == 0
+    text = capsys.readouterr().out
+    cpu = next(line for line in text.splitlines() if line.startswith("cpu-core"))
+    rtx = next(line for line in text.splitlines() if line.startswith("RTX 4090"))
+    assert "calibration" in cpu and " 384 " in cpu  # 24 prompts x 16 tokens
+    # 24 prompts x 0.5 s per prompt = 12 s = 0.00333 h; x 0.36 $/h = $0.0012
+    assert "ledger" in rtx and "0.00333" in rtx and "$0.0012 " in rtx

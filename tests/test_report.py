@@ -137,3 +137,23 @@ def test_report_over_s3(s3_server: str, s3_bucket: str) -> None:
     fs.invalidate_cache()
     assert fs.cat(f"{root}/report.png").startswith(b"\x89PNG")
     assert load_summary(uri, s3_opts).totals["attempts"] == 3
+
+
+def test_report_cli_prints_and_writes_png(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from synthgen.cli import main
+
+    run = tmp_path / "out" / "runs" / "r1"
+    fs, root = run_fs(str(run))
+    ledger, workers = _rows()
+    for row in ledger:
+        write_ledger_row(fs, root, row)
+    for row in workers:
+        write_worker_row(fs, root, row)
+    png = tmp_path / "chart.png"
+    assert main(["report", str(run), "--out", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "per device type" in out and "H100" in out and str(png) in out
+    assert png.read_bytes().startswith(b"\x89PNG")
+    assert main(["report", str(tmp_path / "missing")]) == 2  # a clear error, not a traceback
