@@ -36,10 +36,10 @@ def _client() -> Any:
 def runner_kwargs(cfg: RunConfig) -> dict[str, Any]:
     """DaskTaskRunner kwargs; an embedded cluster is metered to its worker processes' exit."""
     kwargs = task_runner_kwargs(cfg.cluster)
-    if "cluster_class" in kwargs:
-        kwargs["cluster_class"] = "synthgen.usage.MeteredLocalCluster"
+    if "cluster_class" in kwargs and kwargs["cluster_kwargs"].get("processes", True):
         kwargs["cluster_kwargs"] = {
             **kwargs["cluster_kwargs"],
+            "worker_class": usage.MeteredNanny,
             "synthgen_usage": {"run_id": cfg.run_id, "output": cfg.output.model_dump(mode="json")},
         }
     return kwargs

@@ -82,6 +82,13 @@ def generate_flow(
     run_started_at = run_started_at or time.time()
     slots = start_usage(cfg, run_started_at)  # workers are held (and billed) from here
     started = time.perf_counter()
+    order = {sid: i for i, sid in enumerate(shard_ids)}
+
+    def submit(sid: str) -> Any:
+        # plan order first: with guided sizing the big shards start early, small ones last
+        with dask.annotate(priority=len(shard_ids) - order[sid]):
+            return gen.submit(config, sid)
+
     done_before = total - len(shard_ids)
     results: list[dict[str, Any]] = []
     tokens = 0
@@ -106,7 +113,7 @@ def generate_flow(
         return True
 
     with _gpu_annotation(cfg):
-        sched = run_budgeted(cfg, shard_ids, lambda sid: gen.submit(config, sid), on_done, slots)
+        sched = run_budgeted(cfg, shard_ids, submit, on_done, slots)
     gen_seconds = time.perf_counter() - started
     budget_msg = budget_message(cfg, sched, total)
     if budget_msg:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from distributed import LocalCluster, Nanny
+from distributed import Nanny
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from synthgen.config import CostConfig
@@ -238,44 +238,27 @@ def _snapshot_on_worker(dask_worker: Any, **kwargs: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- embedded cluster
-_EXITED: dict[int, float] = {}  # worker pid -> when its nanny saw the process end
-
-
 class MeteredNanny(Nanny):
-    """A Nanny that notes when its worker process has ended (after kill/exit)."""
-
-    async def close(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        pid = self.pid
-        result = await super().close(*args, **kwargs)
-        if pid:
-            _EXITED[pid] = time.time()
-        return result
-
-
-class MeteredLocalCluster(LocalCluster):
-    """The embedded cluster: when it closes, its workers' rows are held until their
-    processes ended (a worker's own final row is written a little before its exit).
-
-    `synthgen_usage={"run_id": ..., "output": OutputConfig as JSON}`.
-    """
+    """The embedded cluster's nanny: once its worker process has ended, it extends that
+    worker's row to the moment of exit (the worker's own final row is written a little
+    before). LocalCluster(worker_class=MeteredNanny, synthgen_usage={"run_id": ...,
+    "output": OutputConfig as JSON}) passes `synthgen_usage` to every nanny."""
 
     def __init__(
         self, *args: Any, synthgen_usage: dict[str, Any] | None = None, **kwargs: Any
     ) -> None:
         self._synthgen_usage = synthgen_usage
-        if kwargs.get("processes", True):
-            kwargs.setdefault("worker_class", MeteredNanny)
         super().__init__(*args, **kwargs)
 
-    async def _close(self) -> None:
-        pids = [int(w.pid) for w in self.workers.values() if getattr(w, "pid", None)]
-        await super()._close()
-        if self._synthgen_usage and pids:
-            now = time.time()
+    async def close(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        pid = self.pid
+        result = await super().close(*args, **kwargs)
+        if pid and self._synthgen_usage:
             try:
-                extend_rows(self._synthgen_usage, {pid: _EXITED.pop(pid, now) for pid in pids})
+                extend_rows(self._synthgen_usage, {int(pid): time.time()})
             except Exception as exc:  # accounting must never break shutdown
-                log.warning("could not extend worker rows to process exit: %s", exc)
+                log.warning("could not extend worker %s's row to its exit: %s", pid, exc)
+        return result
 
 
 def extend_rows(run: dict[str, Any], ended: dict[int, float]) -> int:
