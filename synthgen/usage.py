@@ -125,7 +125,8 @@ def snapshot(
     pid = os.getpid()
     usage = WorkerUsage(
         run_id=run_id,
-        worker_id=f"{host}-{pid}-{int(_JOINED_AT)}",
+        # one row per worker process per session of the run
+        worker_id=f"{host}-{pid}-{int(_JOINED_AT)}-{int(held_from)}",
         worker=address or worker_address(),
         host=host,
         pid=pid,
@@ -177,7 +178,12 @@ class UsagePlugin(WorkerPlugin):
 
     def setup(self, worker: Any) -> None:
         with _LOCK:
-            _RUNS.setdefault(self.run_id, _RunTotals()).run_started_at = self.run_started_at
+            totals = _RUNS.get(self.run_id)
+            if totals is None or totals.run_started_at != self.run_started_at:
+                # a new session of the run (a resume on the same long-lived worker) starts
+                # its own accounting; the earlier session's row stays as it was written
+                _RUNS[self.run_id] = totals = _RunTotals()
+            totals.run_started_at = self.run_started_at
 
     def teardown(self, worker: Any) -> None:
         self._write_final(str(getattr(worker, "address", "")) or None)

@@ -132,3 +132,23 @@ def test_usage_plugin_on_real_cluster_writes_final_rows(tmp_path: Path) -> None:
     for r in rows.values():  # held from the worker's start until it closed
         assert r["held_from"].timestamp() >= started - 0.01
         assert r["held_until"].timestamp() >= closing
+
+
+def test_resumed_session_on_same_worker_gets_its_own_row(tmp_path: Path) -> None:
+    from synthgen.config import OutputConfig
+
+    usage.reset()
+    output = OutputConfig(uri=str(tmp_path)).model_dump()
+    t1 = usage.joined_at() + 1.0
+    first = usage.UsagePlugin("rR", output, CostConfig().model_dump(), t1)
+    first.setup(None)
+    usage.record_attempt("rR", 2.0, ok=True)
+    row1 = usage.snapshot("rR", CostConfig(), now=t1 + 10)
+    second = usage.UsagePlugin("rR", output, CostConfig().model_dump(), t1 + 100)
+    second.setup(None)  # same process, a later session of the same run
+    usage.record_attempt("rR", 3.0, ok=True)
+    row2 = usage.snapshot("rR", CostConfig(), now=t1 + 120)
+    assert row1["worker_id"] != row2["worker_id"]
+    assert (row1["busy_seconds"], row1["held_seconds"]) == (2.0, pytest.approx(10.0))
+    assert (row2["busy_seconds"], row2["held_seconds"]) == (3.0, pytest.approx(20.0))
+    usage.reset()
