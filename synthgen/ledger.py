@@ -47,10 +47,19 @@ def worker_path(run_root: str, worker_id: str) -> str:
     return f"{run_root}/{WORKERS_DIR}/{safe_key(worker_id)}.parquet"
 
 
+def _is_local(fs: AbstractFileSystem) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocol or "local" in protocol
+
+
 def write_bytes(fs: AbstractFileSystem, path: str, data: bytes) -> None:
-    """Write a small object whole (temp object, then move), retrying transient errors."""
+    """Write a small object whole, retrying transient errors: locally a temporary file
+    renamed into place; on object stores one PUT (which appears whole or not at all)."""
 
     def _write() -> None:
+        if not _is_local(fs):
+            fs.pipe_file(path, data)
+            return
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
         fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         with fs.open(tmp, "wb") as fh:
