@@ -93,7 +93,8 @@ def run_budgeted(
     """Submit shards while the budget allows (all at once without a budget).
 
     `on_done(future)` handles a finished future (the flow's progress/result bookkeeping)
-    and says whether the shard succeeded; the cost comes from its new ledger rows.
+    and says whether the shard succeeded; the cost comes from the result (a first try that
+    succeeded) or from the shard's new ledger rows (retries, failures).
     """
     store = Store(cfg.output)
     root = store.run_path(cfg.run_id or "")
@@ -110,11 +111,23 @@ def run_budgeted(
     def _wait_any(pending: set[PrefectFuture[Any]]) -> set[PrefectFuture[Any]]:
         return {next(iter(as_completed(list(pending))))}
 
+    earlier: dict[str, int] = {}
+    for r in before:
+        earlier[r["shard_id"]] = earlier.get(r["shard_id"], 0) + 1
+
     def _outcome(fut: PrefectFuture[Any]) -> Outcome:
         ok = on_done(fut)
+        shard_id = shard_of[fut]
+        if ok:
+            res = fut.result()
+            if res.get("status") == "skipped":
+                return Outcome(0.0, 0, True)
+            if res.get("attempt") == earlier.get(shard_id, 0) + 1:
+                # first try of this session succeeded: its cost is in the result, no listing
+                return Outcome(float(res["cost_usd"]), 1, True)
         rows = [
             r
-            for r in read_ledger(store.fs, root, shard_of[fut]).to_pylist()
+            for r in read_ledger(store.fs, root, shard_id).to_pylist()
             if r["attempt_id"] not in seen
         ]
         seen.update(r["attempt_id"] for r in rows)
