@@ -133,9 +133,9 @@ def project(
         raise ConfigError(f"estimate: --workers must be >= 1, got {workers}")
     best: dict[str, Throughput] = {}
     rank = {"calibration": 0, "ledger": 1, "hint": 2}
-    for tp in measured:
-        if tp.device_type not in best or rank[tp.source] < rank[best[tp.device_type].source]:
-            best[tp.device_type] = tp
+    for m in measured:
+        if m.device_type not in best or rank[m.source] < rank[best[m.device_type].source]:
+            best[m.device_type] = m
     # tokens per prompt do not depend on the device: prefer the calibration/ledger figure
     tpp = next(
         (
@@ -152,7 +152,7 @@ def project(
             best[dt] = Throughput(dt, "hint", tpp / tps, tpp, tps)
     rows = []
     for dt in list(dict.fromkeys([*cfg.cost.prices, *best])):
-        tp = best.get(dt)
+        tp: Throughput | None = best.get(dt)
         price = (
             tp.price_per_hour if tp and tp.price_per_hour is not None else cfg.cost.prices.get(dt)
         )

@@ -48,7 +48,7 @@ def render_png(s: Summary) -> bytes:
     if attempts:
         t0 = min(r["started_at"] for r in attempts)
         cum: dict[str, list[tuple[float, float]]] = defaultdict(list)
-        total = defaultdict(float)
+        total: dict[str, float] = defaultdict(float)
         for r in attempts:
             total[r["device_type"]] += r["cost_usd"]
             cum[r["device_type"]].append(

@@ -86,8 +86,8 @@ def engine_load_seconds(since: float) -> float:
         from synthgen.engines.cache import stats
     except ImportError:
         return 0.0
-    loads = stats().get("loads", [])
-    return float(sum(ld["seconds"] for ld in loads if float(ld.get("at", 0.0)) >= since))  # type: ignore[union-attr]
+    loads: list[dict[str, Any]] = list(stats().get("loads", []))  # type: ignore[call-overload]
+    return float(sum(float(ld["seconds"]) for ld in loads if float(ld.get("at", 0.0)) >= since))
 
 
 def _ts(epoch: float) -> datetime:
