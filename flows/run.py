@@ -18,16 +18,24 @@ import dask
 from distributed import worker_client
 from prefect import flow, get_run_logger, task
 from prefect.exceptions import MissingContextError
-from prefect.futures import as_completed
 from prefect.runtime import flow_run
 
+from flows.cost import (
+    budget_message,
+    cost_summary,
+    finish_usage,
+    publish_cost_artifact,
+    run_budgeted,
+    runner_kwargs,
+    start_usage,
+)
 from flows.task_runner import SynthgenTaskRunner
-from synthgen.cluster import task_runner_kwargs
 from synthgen.config import RunConfig, load_config
 from synthgen.dedup.stage import dedup_run
 from synthgen.pipeline import ShardTask, committed_shards, run_shard
 from synthgen.plan import write_plan
 from synthgen.publish import publish_shard, write_manifest
+from synthgen.report import manifest_totals
 from synthgen.storage import Store
 from synthgen.summary import RunSummary, per_worker
 
@@ -82,43 +90,59 @@ def _generate_name() -> str:
     persist_result=False,
     flow_run_name=_generate_name,
 )
-def generate_flow(config: dict[str, Any], shard_ids: list[str], total: int) -> dict[str, Any]:
-    """Generate the given shards on the cluster, then publish if every shard is committed."""
+def generate_flow(
+    config: dict[str, Any], shard_ids: list[str], total: int, run_started_at: float | None = None
+) -> dict[str, Any]:
+    """Generate the given shards on the cluster (within the budget, if one is set), then
+    publish if every shard is committed."""
     cfg = RunConfig.model_validate(config)
     gen = generate_shard.with_options(
         retries=cfg.cluster.task_retries,
         retry_delay_seconds=cfg.cluster.retry_delay_s,
         timeout_seconds=cfg.cluster.shard_timeout_s,
     )
+    run_started_at = run_started_at or time.time()
+    slots = start_usage(cfg, run_started_at)  # workers are held (and billed) from here
     started = time.perf_counter()
-    futures = []
-    with _gpu_annotation(cfg):
-        for i, sid in enumerate(shard_ids):
-            # plan order first: with guided sizing the big shards start early, small ones last
-            with dask.annotate(priority=len(shard_ids) - i):
-                futures.append(gen.submit(config, sid))
+    order = {sid: i for i, sid in enumerate(shard_ids)}
+
+    def submit(sid: str) -> Any:
+        # plan order first: with guided sizing the big shards start early, small ones last
+        with dask.annotate(priority=len(shard_ids) - order[sid]):
+            return gen.submit(config, sid)
+
     done_before = total - len(shard_ids)
     results: list[dict[str, Any]] = []
     tokens = 0
     failures: list[str] = []
-    for fut in as_completed(futures):
+
+    def on_done(fut: Any) -> bool:
+        nonlocal tokens
         try:
             res = fut.result()
         except Exception as exc:  # the task exhausted its retries
             failures.append(f"{exc}")
             print(f"shard failed after retries: {type(exc).__name__}: {exc}")
-            continue
+            return False
         results.append(res)
         tokens += res["completion_tokens"]
         elapsed = time.perf_counter() - started
         print(
             f"shard {res['shard_id']} done · {done_before + len(results)}/{total} shards · "
             f"{res['completion_tokens']} tokens in {res['engine_seconds']:.1f}s · "
-            f"run {tokens / elapsed:.1f} tokens/s"
+            f"${res['cost_usd']:.4f} · run {tokens / elapsed:.1f} tokens/s"
         )
+        return True
+
+    with _gpu_annotation(cfg):
+        sched = run_budgeted(cfg, shard_ids, submit, on_done, slots)
     gen_seconds = time.perf_counter() - started
+    budget_msg = budget_message(cfg, sched, total)
+    if budget_msg:
+        print(budget_msg)
     store = Store(cfg.output)
     committed = committed_shards(store, cfg.run_id or "")
+    finish_usage(cfg, run_started_at)
     manifest = None
     if len(committed) == total:
         # every shard committed: run-wide dedup, then publish, both on the cluster
@@ -135,12 +159,17 @@ def generate_flow(config: dict[str, Any], shard_ids: list[str], total: int) -> d
         pubs = [
             publish_shard_task.submit(config, sid, drops.get(sid, {})) for sid in sorted(committed)
         ]
-        manifest = write_manifest(cfg, store, [p.result() for p in pubs], extra)
+        files = [p.result() for p in pubs]
+        summary = cost_summary(cfg)
+        if summary:
+            extra = {**(extra or {}), "cost": manifest_totals(summary)}
+        manifest = write_manifest(cfg, store, files, extra)
     return {
         "results": results,
         "failures": failures,
         "generate_seconds": gen_seconds,
         "manifest": manifest,
+        "budget_message": budget_msg,
     }
 
 
@@ -185,11 +214,15 @@ def execute(cfg: RunConfig, started: float | None = None) -> dict[str, Any]:
             f"{plan.rejects} bad prompt records quarantined: {store.url('runs', run_id, 'rejects.jsonl')}"
         )
     config = cfg.model_dump(mode="json")
-    runner = SynthgenTaskRunner(**task_runner_kwargs(cfg.cluster))
-    gen = generate_flow.with_options(task_runner=runner)(config, todo, len(plan.shards))
+    runner = SynthgenTaskRunner(**runner_kwargs(cfg))  # embedded: metered to process exit
+    gen = generate_flow.with_options(task_runner=runner)(
+        config, todo, len(plan.shards), time.time()
+    )
+    publish_cost_artifact(cfg)  # after the cluster closed: workers' final rows are in
     committed = committed_shards(store, run_id)
     missing = [s.shard_id for s in plan.shards if s.shard_id not in committed]
-    status = "complete" if not missing else "failed"
+    partial = bool(missing and gen["budget_message"])
+    status = "complete" if not missing else ("partial" if partial else "failed")
     manifest = gen["manifest"]
     summary = RunSummary.build(
         cfg=cfg,
@@ -206,7 +239,9 @@ def execute(cfg: RunConfig, started: float | None = None) -> dict[str, Any]:
         workers=per_worker(gen["results"]),
     )
     _logger().info("summary\n%s", summary.render_text())
-    if missing:
+    if partial:
+        print(gen["budget_message"])
+    elif missing:
         raise RuntimeError(
             f"run {run_id}: {len(missing)} of {len(plan.shards)} shards failed "
             f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}); committed shards "

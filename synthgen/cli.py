@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--summary-json", metavar="PATH", help="also write the summary as JSON")
     run.set_defaults(func=cmd_run)
+    from synthgen.cost_cli import add_cost_commands
+
+    add_cost_commands(sub)
     return p
 
 
