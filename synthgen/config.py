@@ -188,6 +188,13 @@ class OutputConfig(_Section):
         "may also come from the AWS_* environment variables.",
     )
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+    credentials_block: str | None = Field(
+        None,
+        pattern=r"^(aws-credentials|secret)/[a-z0-9][a-z0-9-]*$",
+        description="Prefect block holding the object-store credentials "
+        "('aws-credentials/NAME' or 'secret/NAME'); resolved by each process that writes, "
+        "never passed as a parameter.",
+    )
 
 
 # --------------------------------------------------------------------------- later stages

@@ -112,3 +112,30 @@ def make_certs(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
     )
+
+
+def start_prefect_server(tmp: Path) -> tuple[Proc, str]:
+    """`prefect server start` (SQLite in tmp) through infra/start-prefect-server.sh."""
+    import urllib.request
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = child_env(
+        PREFECT_HOME=str(tmp / "prefect-server-home"),
+        PREFECT_SERVER_API_HOST="127.0.0.1",
+        PREFECT_SERVER_API_PORT=str(port),
+        PREFECT_API_URL=url,
+        SYNTHGEN_PREFECT_BIN=str(VENV_BIN / "prefect"),
+    )
+    proc = Proc("prefect-server", ["bash", str(INFRA / "start-prefect-server.sh")], env, tmp)
+
+    def healthy() -> bool:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+            return resp.status == 200 and resp.read().strip() == b"true"
+
+    try:
+        wait_until(healthy, 120, "prefect server /api/health", [proc])
+    except BaseException:
+        proc.stop()
+        raise
+    return proc, url
