@@ -144,7 +144,7 @@ def task_runner_kwargs(cfg: ClusterConfig) -> dict[str, Any]:
             "threads_per_worker": cfg.threads_per_worker,
             "processes": True,
             "memory_limit": cfg.memory_limit,
-            "dashboard_address": None,
+            "dashboard_address": "127.0.0.1:0",
         },
     }
 

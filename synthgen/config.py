@@ -115,6 +115,9 @@ class ModelConfig(_Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: PositiveInt = Field(32, description="Prompts per forward batch (transformers).")
+    cpu_threads: PositiveInt | None = Field(
+        None, description="torch threads on CPU; unset = every core this process may use."
+    )
     max_model_len: PositiveInt | None = Field(None, description="Context length; unset = model's.")
     long_prompts: Literal["reject", "truncate"] = Field(
         "reject", description="What to do with a prompt longer than the context."

@@ -61,7 +61,9 @@ class EngineInfo:
 class InferenceEngine(Protocol):
     info: EngineInfo
 
-    def generate(self, requests: Sequence[GenRequest], sampling: SamplingConfig) -> list[Completion]:
+    def generate(
+        self, requests: Sequence[GenRequest], sampling: SamplingConfig
+    ) -> list[Completion]:
         """Complete every request; one Completion per request, in the same order.
 
         A per-prompt problem (an over-long prompt) yields finish_reason="rejected" with
@@ -70,3 +72,15 @@ class InferenceEngine(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def prompt_seed(base_seed: int, prompt_id: str) -> int:
+    """The per-prompt seed: stable across runs, shards and workers; independent of batching."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{base_seed}:{prompt_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+def sampling_dict(sampling: SamplingConfig) -> dict[str, Any]:
+    return sampling.model_dump(mode="json")

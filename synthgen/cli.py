@@ -1,0 +1,62 @@
+"""The `synthgen` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from synthgen.errors import SynthgenError
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from synthgen.config import load_config
+
+    cfg = load_config(args.config, args.set)  # fail on a bad config before anything starts
+    print(f"synthgen: run {cfg.run_id} ({args.config}) -> {cfg.output.uri}", flush=True)
+    from synthgen.prefect_env import prefect_api
+
+    with prefect_api():
+        from flows.run import synthgen_run
+        from synthgen.summary import RunSummary
+
+        result = synthgen_run(config=args.config, overrides=args.set or [])
+    print(RunSummary(**result).render_text())
+    if args.summary_json:
+        with open(args.summary_json, "w", encoding="utf-8") as fh:
+            json.dump(result, fh, indent=2, default=str)
+    return 0 if result["status"] == "complete" else 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="synthgen", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run (or resume) a generation run from a YAML config")
+    run.add_argument("config", help="path to a run config, e.g. configs/default.yaml")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a config value (YAML syntax), repeatable",
+    )
+    run.add_argument("--summary-json", metavar="PATH", help="also write the summary as JSON")
+    run.set_defaults(func=cmd_run)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SynthgenError as exc:
+        print(f"synthgen: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("synthgen: interrupted; committed shards are kept, re-run to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Process-level settings for talking to Prefect (kept out of flows/ so the CLI can use them
+before importing Prefect). The library proper never imports prefect."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+
+def quiet_defaults() -> None:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # distributed's INFO chatter (worker start/stop) drowns the progress lines
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+
+
+@contextlib.contextmanager
+def prefect_api() -> Iterator[str]:
+    """Use PREFECT_API_URL when set; otherwise start one temporary local Prefect server for
+    this process and its Dask workers (a plain flow call would start one per process)."""
+    quiet_defaults()
+    url = os.environ.get("PREFECT_API_URL")
+    if url:
+        yield url
+        return
+    import socket
+
+    with socket.socket() as sock:  # a free loopback port, chosen before prefect reads settings
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api"
+    os.environ["PREFECT_API_URL"] = url
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer(port=port)
+    server.start()
+    try:
+        yield url
+    finally:
+        _flush_logs()
+        server.stop()
+        os.environ.pop("PREFECT_API_URL", None)
+
+
+def _flush_logs() -> None:
+    """Send buffered run logs to the API before the temporary server goes away."""
+    try:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=5)
+        EventsWorker.drain_all(timeout=5)
+    except Exception:  # logging must never fail the run
+        pass

@@ -1,0 +1,231 @@
+"""Object storage through fsspec: local paths, s3:// (AWS, MinIO, any S3 endpoint), memory://.
+
+Every write of a table or JSON document is atomic as seen by readers: locally a temporary
+file is renamed into place; on S3 one PUT (or a completed multipart upload) makes the object
+appear whole. Transient errors are retried with capped exponential backoff in one helper
+(`retrying`); errors that retrying cannot fix become builtin exceptions with context.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import posixpath
+import random
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from synthgen.config import OutputConfig
+from synthgen.errors import StorageError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Errors worth retrying: connection-level problems, throttling, 5xx. botocore's
+# EndpointConnectionError is not an OSError (FIELD-NOTES), so it is named explicitly.
+_TRANSIENT_NAMES = {
+    "EndpointConnectionError",
+    "ConnectTimeoutError",
+    "ReadTimeoutError",
+    "ConnectionClosedError",
+    "ClientConnectorError",
+    "ServerDisconnectedError",
+    "ServerTimeoutError",
+    "ClientOSError",
+    "IncompleteReadError",
+    "ResponseStreamingError",
+}
+_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, _PERMANENT):
+        return False
+    for cls in type(exc).__mro__:
+        if cls.__name__ in _TRANSIENT_NAMES:
+            return True
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    if isinstance(exc, OSError):
+        # s3fs raises OSError for throttling / 5xx after its own short retries
+        text = str(exc)
+        return any(s in text for s in ("SlowDown", "ServiceUnavailable", "InternalError", "503"))
+    return False
+
+
+class RetryPolicy:
+    def __init__(self, attempts: int = 8, base: float = 0.25, cap: float = 8.0) -> None:
+        self.attempts = attempts
+        self.base = base
+        self.cap = cap
+
+    def delay(self, attempt: int) -> float:
+        return min(self.cap, self.base * 2**attempt) * (0.5 + random.random() / 2)
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+def retrying(fn: Callable[[], T], what: str, policy: RetryPolicy = DEFAULT_RETRY) -> T:
+    """Run `fn`, retrying transient storage errors with capped exponential backoff."""
+    for attempt in range(policy.attempts):
+        try:
+            return fn()
+        except Exception as exc:
+            if isinstance(exc, _PERMANENT):
+                raise
+            if not is_transient(exc):
+                raise StorageError(f"{what}: {type(exc).__name__}: {exc}") from exc
+            if attempt == policy.attempts - 1:
+                raise StorageError(
+                    f"{what}: still failing after {policy.attempts} attempts "
+                    f"({type(exc).__name__}: {exc})"
+                ) from exc
+            wait = policy.delay(attempt)
+            log.warning("%s: %s; retrying in %.1fs", what, type(exc).__name__, wait)
+            time.sleep(wait)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _storage_options(output: OutputConfig) -> dict[str, Any]:
+    opts = dict(output.storage_options)
+    if output.uri.startswith("s3://"):
+        # accept endpoint_url at top level (as users write it) and fail fast on dead endpoints
+        endpoint = opts.pop("endpoint_url", None) or os.environ.get("AWS_ENDPOINT_URL")
+        client_kwargs = dict(opts.pop("client_kwargs", {}) or {})
+        if endpoint:
+            client_kwargs.setdefault("endpoint_url", endpoint)
+        if client_kwargs:
+            opts["client_kwargs"] = client_kwargs
+        config_kwargs = dict(opts.pop("config_kwargs", {}) or {})
+        config_kwargs.setdefault("connect_timeout", 5)
+        config_kwargs.setdefault("read_timeout", 60)
+        config_kwargs.setdefault("retries", {"max_attempts": 2})
+        opts["config_kwargs"] = config_kwargs
+        opts.setdefault("skip_instance_cache", True)
+    return opts
+
+
+class Store:
+    """The output location of a run: `ROOT/runs/RUN_ID/...` and `ROOT/dataset/`."""
+
+    def __init__(self, output: OutputConfig) -> None:
+        self.output = output
+        self.uri = output.uri.rstrip("/") or output.uri
+        self.fs, root = fsspec.core.url_to_fs(self.uri, **_storage_options(output))
+        self.root = root.rstrip("/") if root != "/" else root
+        self.local = "file" in (
+            self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        )
+        if self.local:
+            self.root = os.path.abspath(self.root)
+
+    # ---------------------------------------------------------------- paths
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    def url(self, *parts: str) -> str:
+        """User-facing location (with protocol) of a path under the root."""
+        p = self.path(*parts)
+        return p if self.local else self.fs.unstrip_protocol(p)
+
+    def run_path(self, run_id: str, *parts: str) -> str:
+        return self.path("runs", run_id, *parts)
+
+    # ---------------------------------------------------------------- primitives
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Atomically write `data` to `path` (readers see all of it or nothing)."""
+
+        def _write() -> None:
+            if self.local:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            else:
+                self.fs.pipe_file(path, data)
+
+        retrying(_write, f"writing {self._show(path)}")
+
+    def read_bytes(self, path: str) -> bytes:
+        return retrying(lambda: self.fs.cat_file(path), f"reading {self._show(path)}")
+
+    def exists(self, path: str) -> bool:
+        def _exists() -> bool:
+            self.fs.invalidate_cache(path)
+            return bool(self.fs.exists(path))
+
+        return retrying(_exists, f"checking {self._show(path)}")
+
+    def ls(self, path: str) -> list[str]:
+        """Names (not paths) of the files directly under `path`; [] if it does not exist."""
+
+        def _ls() -> list[str]:
+            self.fs.invalidate_cache(path)
+            try:
+                entries = self.fs.ls(path, detail=False)
+            except FileNotFoundError:
+                return []
+            return sorted(posixpath.basename(e.rstrip("/")) for e in entries)
+
+        return retrying(_ls, f"listing {self._show(path)}")
+
+    def rm(self, path: str) -> None:
+        def _rm() -> None:
+            try:
+                self.fs.rm(path)
+            except FileNotFoundError:
+                pass
+
+        retrying(_rm, f"removing {self._show(path)}")
+
+    def write_json(self, path: str, obj: Any) -> None:
+        self.write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+    def read_json(self, path: str) -> Any:
+        return json.loads(self.read_bytes(path))
+
+    def write_table(self, path: str, table: pa.Table) -> tuple[int, str]:
+        """Write Parquet atomically; returns (bytes, sha256) of the file."""
+        buf = io.BytesIO()
+        compression = None if self.output.compression == "none" else self.output.compression
+        pq.write_table(table, buf, compression=compression)
+        data = buf.getvalue()
+        self.write_bytes(path, data)
+        return len(data), hashlib.sha256(data).hexdigest()
+
+    def read_table(self, path: str, columns: list[str] | None = None) -> pa.Table:
+        data = self.read_bytes(path)
+        return pq.read_table(pa.BufferReader(data), columns=columns)
+
+    def _show(self, path: str) -> str:
+        return path if self.local else self.fs.unstrip_protocol(path)
+
+    def check_writable(self) -> None:
+        """Fail fast (before any GPU time) if the output cannot be written."""
+        probe = self.path(".synthgen-write-probe", uuid.uuid4().hex)
+        try:
+            if not self.local and self.output.uri.startswith("s3://"):
+                bucket = self.root.split("/", 1)[0]
+                if not retrying(lambda: self.fs.exists(bucket), f"checking bucket {bucket}"):
+                    raise StorageError(f"output.uri: bucket {bucket!r} does not exist")
+            self.write_bytes(probe, b"ok")
+            self.rm(probe)
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise StorageError(
+                f"output.uri {self.uri!r} is not writable: {type(exc).__name__}: {exc}"
+            ) from exc

@@ -1,0 +1,62 @@
+"""Shared fixtures: a live S3-protocol endpoint (moto server mode) and a Prefect API."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+# moto accepts any credentials; real ones must never be used by tests
+os.environ["AWS_ACCESS_KEY_ID"] = "testing-key-id"
+os.environ["AWS_SECRET_ACCESS_KEY"] = "testing-secret"
+os.environ.pop("AWS_PROFILE", None)
+os.environ.pop("AWS_ENDPOINT_URL", None)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A live S3 endpoint on loopback (moto's ThreadedMotoServer), as s3fs tests use."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture()
+def s3_bucket(s3_server: str) -> str:
+    """A fresh bucket per test; returns its name."""
+    import s3fs
+
+    name = f"bucket-{uuid.uuid4().hex[:10]}"
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server}, skip_instance_cache=True)
+    fs.mkdir(name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """One temporary Prefect server for the test session (the CLI's own mechanism)."""
+    from synthgen.prefect_env import prefect_api as _api
+
+    with _api() as url:
+        yield url

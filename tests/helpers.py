@@ -1,0 +1,32 @@
+"""Small builders shared by tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def write_config(path: Path, data: dict[str, Any]) -> str:
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return str(path)
+
+
+def fake_config(out: str, **overrides: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "name": "t",
+        "prompts": {"type": "builtin"},
+        "shards": {"size": 5},
+        "model": {"engine": "fake"},
+        "sampling": {"max_new_tokens": 16},
+        "cluster": {"n_workers": 1},
+        "output": {"uri": out},
+    }
+    for key, value in overrides.items():
+        node = cfg
+        parts = key.split("__")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return cfg
