@@ -21,9 +21,12 @@ import copy
 import json
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from synthgen.errors import ConfigError
+
+if TYPE_CHECKING:
+    from synthgen.config import OutputConfig, RunConfig
 
 BLOCK_TYPES = ("aws-credentials", "secret")
 _CACHE_TTL_S = 300.0
@@ -133,3 +136,13 @@ def with_credentials(config: dict[str, Any]) -> dict[str, Any]:
         output.get("storage_options") or {}, load_block_storage_options(ref)
     )
     return out
+
+
+def storage_output(cfg: RunConfig) -> OutputConfig:
+    """`cfg.output` with the credentials block resolved, for this process's own Store."""
+    if not cfg.output.credentials_block:
+        return cfg.output
+    opts = merge_storage_options(
+        cfg.output.storage_options, load_block_storage_options(cfg.output.credentials_block)
+    )
+    return cfg.output.model_copy(update={"storage_options": opts})

@@ -10,16 +10,20 @@ shard ids, paths and counts, never the generated text.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from typing import Any
 
 import dask
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
 
-from synthgen.cluster import task_runner_kwargs
+from flows.credentials import storage_output, with_credentials
+from flows.trigger import SUMMARY_ARTIFACT_PREFIX, check_overrides
+from synthgen.cluster import generate_resources, task_runner_kwargs
 from synthgen.config import RunConfig, load_config
 from synthgen.pipeline import ShardTask, committed_shards, run_shard
 from synthgen.plan import write_plan
@@ -30,20 +34,29 @@ from synthgen.summary import RunSummary, per_worker
 
 @task(name="generate-shard", persist_result=False)
 def generate_shard(config: dict[str, Any], shard_id: str) -> dict[str, Any]:
-    return run_shard(ShardTask(config, shard_id)).as_dict()
+    # credentials are resolved here, on the worker, from output.credentials_block (if any)
+    return run_shard(ShardTask(with_credentials(config), shard_id)).as_dict()
 
 
 @task(name="publish-shard", persist_result=False, retries=2, retry_delay_seconds=2)
 def publish_shard_task(
     config: dict[str, Any], shard_id: str, drops: list[str] | None = None
 ) -> dict[str, Any]:
-    return publish_shard(config, shard_id, drops)
+    return publish_shard(with_credentials(config), shard_id, drops)
 
 
 def _gpu_annotation(cfg: RunConfig) -> contextlib.AbstractContextManager[Any]:
-    if cfg.model.needs_gpu:
-        return dask.annotate(resources={cfg.cluster.gpu_resource: 1})
+    """Generate tasks that need a GPU ask for one unit of it: only GPU workers receive them."""
+    resources = generate_resources(cfg)
+    if resources:
+        return dask.annotate(resources=resources)
     return contextlib.nullcontext()
+
+
+def _backoff(cfg: RunConfig) -> list[float]:
+    """Exponential backoff between shard attempts: d, 2d, 4d, ... (capped at 5 minutes)."""
+    d = cfg.cluster.retry_delay_s
+    return [min(d * 2**i, 300.0) for i in range(cfg.cluster.task_retries)] or [0.0]
 
 
 def _generate_name() -> str:
@@ -63,7 +76,8 @@ def generate_flow(config: dict[str, Any], shard_ids: list[str], total: int) -> d
     cfg = RunConfig.model_validate(config)
     gen = generate_shard.with_options(
         retries=cfg.cluster.task_retries,
-        retry_delay_seconds=cfg.cluster.retry_delay_s,
+        retry_delay_seconds=_backoff(cfg),
+        retry_jitter_factor=0.2,
         timeout_seconds=cfg.cluster.shard_timeout_s,
     )
     started = time.perf_counter()
@@ -89,7 +103,7 @@ def generate_flow(config: dict[str, Any], shard_ids: list[str], total: int) -> d
             f"run {tokens / elapsed:.1f} tokens/s"
         )
     gen_seconds = time.perf_counter() - started
-    store = Store(cfg.output)
+    store = Store(storage_output(cfg))
     committed = committed_shards(store, cfg.run_id or "")
     manifest = None
     if len(committed) == total:
@@ -102,6 +116,12 @@ def generate_flow(config: dict[str, Any], shard_ids: list[str], total: int) -> d
         "generate_seconds": gen_seconds,
         "manifest": manifest,
     }
+
+
+def summary_artifact_key(run_id: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", run_id.lower()).strip("-")
+    return f"{SUMMARY_ARTIFACT_PREFIX}-{slug}"[:100]
 
 
 def _run_name() -> str:
@@ -117,13 +137,14 @@ def _run_name() -> str:
 def synthgen_run(config: str, overrides: list[str] | None = None) -> dict[str, Any]:
     """Run (or resume) the run described by the YAML config at `config` plus overrides."""
     started = time.perf_counter()
+    check_overrides(overrides or [], "overrides")  # no credentials in run parameters
     cfg = load_config(config, overrides)
     return execute(cfg, started)
 
 
 def execute(cfg: RunConfig, started: float | None = None) -> dict[str, Any]:
     started = started or time.perf_counter()
-    store = Store(cfg.output)
+    store = Store(storage_output(cfg))
     store.check_writable()
     plan = write_plan(cfg, store)
     run_id = cfg.run_id or ""
@@ -159,6 +180,11 @@ def execute(cfg: RunConfig, started: float | None = None) -> dict[str, Any]:
         workers=per_worker(gen["results"]),
     )
     get_run_logger().info("summary\n%s", summary.render_text())
+    create_markdown_artifact(
+        key=summary_artifact_key(run_id),
+        markdown=f"## synthgen run `{cfg.name}` / `{run_id}`\n\n{summary.render_markdown()}",
+        description=f"cost and throughput of run {run_id}",
+    )
     if missing:
         raise RuntimeError(
             f"run {run_id}: {len(missing)} of {len(plan.shards)} shards failed "

@@ -6,6 +6,7 @@ run as separate `dask` processes with certificates from infra/make-certs.sh, on 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -209,3 +210,32 @@ def test_client_without_valid_certificate_cannot_connect(
     # and the cluster is unharmed for legitimate clients
     with tls_cluster.client() as client:
         assert client.submit(sum, [1, 2], pure=False).result(timeout=20) == 3
+
+
+def test_flow_runs_over_tls_and_generate_tasks_land_on_gpu_worker(
+    tls_cluster: TLSCluster, tmp_path: Path, prefect_api: str
+) -> None:
+    """The real `synthgen-run` flow (fake engine) against the TLS cluster at tls://."""
+    import pyarrow.dataset as pads
+
+    from flows.run import synthgen_run
+    from tests.helpers import fake_config, write_config
+
+    out = tmp_path / "out"
+    data = fake_config(str(out), shards__size=4)  # 24 built-in prompts -> 6 shards
+    data["cluster"] = tls_cluster.cluster_cfg(gpu_tasks=True, retry_delay_s=0.5)
+    cfg_path = write_config(tmp_path / "tls.yaml", data)
+    result = synthgen_run(config=cfg_path)
+    assert result["status"] == "complete"
+    assert result["shards_generated"] == 6
+    assert pads.dataset(out / "dataset", format="parquet").count_rows() == 24
+
+    with tls_cluster.client() as client:
+        addr_of = {w["name"]: a for a, w in client.scheduler_info()["workers"].items()}
+    commits = [
+        json.loads(p.read_text())["result"]
+        for p in (out / "runs" / result["run_id"] / "_commits").glob("*.json")
+    ]
+    assert len(commits) == 6
+    assert {c["worker"] for c in commits} == {addr_of[tls_cluster.gpu_worker]}
+    assert all(c["worker"].startswith("tls://") for c in commits)
