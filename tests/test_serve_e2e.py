@@ -78,6 +78,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, s3_server: str) -> Iterator
             PREFECT_HOME=str(tmp / "client-home"),
             PREFECT_RUNNER_POLL_FREQUENCY="1",
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            AWS_EC2_METADATA_DISABLED="true",
         )
         for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
             env.pop(var, None)  # the S3 run can only succeed with the block's credentials
@@ -258,3 +259,11 @@ def test_credentials_from_secret_block_never_leak(served: Served) -> None:
     assert "secret/e2e-s3" in haystack  # the block's name travels ...
     assert SENTINEL not in haystack  # ... its value does not
     assert os.environ.get("AWS_SECRET_ACCESS_KEY") not in (None, SENTINEL)
+
+
+def test_s3_run_without_the_block_has_no_credentials(served: Served) -> None:
+    """Control: the serving host has no AWS_* credentials, so the block is what made it work."""
+    done = _trigger(served, "s3-e2e", "--set", "output.credentials_block=null", "--poll", "0.5")
+    assert done.returncode == 3, done.stdout[-3000:] + done.stderr[-3000:]
+    assert ": FAILED" in done.stdout
+    assert "StorageError" in done.stdout
