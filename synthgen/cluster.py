@@ -190,3 +190,14 @@ def worker_advertised(environ: dict[str, str] | None = None) -> dict[str, Any]:
             raise ConfigError(f"{ENV_PRICE_PER_HOUR}={price!r} must be a non-negative number")
         out["price_per_hour"] = value
     return out
+
+
+def advertised_price(
+    device_type: str, price_per_hour: float, environ: dict[str, str] | None = None
+) -> tuple[str, float]:
+    """The worker's advertised (GPU type, hourly price) when its start script set a price;
+    otherwise the ones matched from the config's price table."""
+    adv = worker_advertised(environ)
+    if "price_per_hour" not in adv:
+        return device_type, price_per_hour
+    return adv.get("gpu_type", device_type), adv["price_per_hour"]

@@ -18,6 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from synthgen.cluster import advertised_price
 from synthgen.config import RunConfig
 from synthgen.devices import detect_device
 from synthgen.engines.base import GenRequest, prompt_seed
@@ -187,6 +188,8 @@ def run_shard(task: ShardTask) -> ShardResult:
     wall = time.perf_counter() - t0
     device = detect_device(cfg.model.device if cfg.model.engine != "fake" else "cpu")
     device_type, price = match_price(engine.info.device, cfg.cost.prices, device.count)
+    # a worker started by infra/start-gpu-workers.sh may advertise what its host costs
+    device_type, price = advertised_price(device_type, price)
     result = ShardResult(
         run_id=run_id,
         shard_id=task.shard_id,
