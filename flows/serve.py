@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from synthgen.config import load_config
 from synthgen.errors import ConfigError
@@ -106,7 +106,7 @@ def to_runner_deployment(spec: DeploymentSpec) -> RunnerDeployment:
     from flows.run import synthgen_run
 
     schedules = [Cron(spec.cron, timezone=spec.timezone, active=spec.active)] if spec.cron else None
-    return synthgen_run.to_deployment(
+    deployment = synthgen_run.to_deployment(
         name=spec.name,
         schedules=schedules,
         parameters=spec.parameters,
@@ -115,6 +115,7 @@ def to_runner_deployment(spec: DeploymentSpec) -> RunnerDeployment:
         # one run per config at a time: a scheduled run waits for a still-running one
         concurrency_limit=1,
     )
+    return cast("RunnerDeployment", deployment)  # sync call: never a coroutine here
 
 
 def serve_configs(paths: Sequence[str | Path], *, limit: int | None = None) -> None:

@@ -12,12 +12,15 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
 from flows.serve import FLOW_NAME, require_prefect_api
 from synthgen.config import load_config, parse_override
 from synthgen.errors import ConfigError
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
 
 SUMMARY_ARTIFACT_PREFIX = "synthgen-summary"
 # Credential-looking override keys: these would be stored as run parameters in Prefect.
@@ -130,14 +133,14 @@ def trigger(
         config_path = params.get("config")
         if isinstance(config_path, str) and Path(config_path).is_file():
             load_config(config_path, params["overrides"])  # same messages as `synthgen run`
-        run = run_deployment(
+        started = run_deployment(
             full,
             parameters=params,
             timeout=timeout,
             poll_interval=poll_interval,
             as_subflow=False,
         )
-        run = client.read_flow_run(run.id)
+        run = client.read_flow_run(cast("FlowRun", started).id)  # sync call: not a coroutine
         state = run.state
         final = bool(state and state.is_final())
         return TriggerResult(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -227,7 +228,7 @@ class BudgetConfig(_Section):
     max_cost_usd: float | None = Field(None, gt=0.0)
 
 
-_CRON_FIELDS = (  # name, low, high, symbolic names
+_CRON_FIELDS: tuple[tuple[str, int, int, Sequence[str]], ...] = (  # name, low, high, names
     ("minute", 0, 59, ()),
     ("hour", 0, 23, ()),
     ("day of month", 1, 31, ()),
@@ -237,7 +238,7 @@ _CRON_FIELDS = (  # name, low, high, symbolic names
 _CRON_MACROS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
 
 
-def _cron_value(token: str, low: int, names: tuple[str, ...]) -> int:
+def _cron_value(token: str, low: int, names: Sequence[str]) -> int:
     if token.lower() in names:
         return names.index(token.lower()) + (1 if low == 1 else 0)
     if not token.isdigit():

@@ -124,6 +124,11 @@ def test_deployment_listed_with_cron_schedule_and_ui_parameters(served: Served) 
     assert "synthgen" in dep.tags and "config:nightly-e2e" in dep.tags
     # the other config has no cron: on demand only
     assert _read_deployment(served, "s3-e2e").schedules == []
+    # and the UI that shows them is served by the same server
+    import urllib.request
+
+    with urllib.request.urlopen(served.api_url.removesuffix("/api") + "/", timeout=10) as resp:
+        assert resp.status == 200 and b"<html" in resp.read(4096).lower()
 
 
 def _prefect_cli(served: Served, *args: str) -> subprocess.CompletedProcess[str]:

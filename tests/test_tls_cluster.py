@@ -68,7 +68,6 @@ def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSCluster
         "SYNTHGEN_SCHEDULER_ADDRESS": address,
         "SYNTHGEN_WORKER_HOST": "127.0.0.1",
         "SYNTHGEN_WORKER_DIR": str(tmp / "scratch"),
-        "DASK_DISTRIBUTED__WORKER__DAEMON": "False",
     }
     procs: list[Proc] = []
     try:
