@@ -10,6 +10,7 @@ shard ids, paths and counts, never the generated text.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import time
 from typing import Any
@@ -17,11 +18,12 @@ from typing import Any
 import dask
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.exceptions import MissingContextError
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
-from prefect_dask import DaskTaskRunner
 
 from flows.credentials import storage_output, with_credentials
+from flows.task_runner import SynthgenTaskRunner
 from flows.trigger import SUMMARY_ARTIFACT_PREFIX, check_overrides
 from synthgen.cluster import generate_resources, task_runner_kwargs
 from synthgen.config import RunConfig, load_config
@@ -124,6 +126,13 @@ def summary_artifact_key(run_id: str) -> str:
     return f"{SUMMARY_ARTIFACT_PREFIX}-{slug}"[:100]
 
 
+def _logger() -> Any:
+    try:
+        return get_run_logger()
+    except MissingContextError:  # execute() called outside a flow run (benchmarks)
+        return logging.getLogger("synthgen")
+
+
 def _run_name() -> str:
     params = flow_run.parameters or {}
     try:
@@ -159,7 +168,7 @@ def execute(cfg: RunConfig, started: float | None = None) -> dict[str, Any]:
             f"{plan.rejects} bad prompt records quarantined: {store.url('runs', run_id, 'rejects.jsonl')}"
         )
     config = cfg.model_dump(mode="json")
-    runner = DaskTaskRunner(**task_runner_kwargs(cfg.cluster))
+    runner = SynthgenTaskRunner(**task_runner_kwargs(cfg.cluster))
     gen = generate_flow.with_options(task_runner=runner)(config, todo, len(plan.shards))
     committed = committed_shards(store, run_id)
     missing = [s.shard_id for s in plan.shards if s.shard_id not in committed]
@@ -179,12 +188,13 @@ def execute(cfg: RunConfig, started: float | None = None) -> dict[str, Any]:
         rejects=plan.rejects,
         workers=per_worker(gen["results"]),
     )
-    get_run_logger().info("summary\n%s", summary.render_text())
-    create_markdown_artifact(
-        key=summary_artifact_key(run_id),
-        markdown=f"## synthgen run `{cfg.name}` / `{run_id}`\n\n{summary.render_markdown()}",
-        description=f"cost and throughput of run {run_id}",
-    )
+    _logger().info("summary\n%s", summary.render_text())
+    if flow_run.id:  # a Prefect flow run (not a bare execute() call in a benchmark)
+        create_markdown_artifact(
+            key=summary_artifact_key(run_id),
+            markdown=f"## synthgen run `{cfg.name}` / `{run_id}`\n\n{summary.render_markdown()}",
+            description=f"cost and throughput of run {run_id}",
+        )
     if missing:
         raise RuntimeError(
             f"run {run_id}: {len(missing)} of {len(plan.shards)} shards failed "

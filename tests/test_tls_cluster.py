@@ -21,7 +21,16 @@ from distributed import Client, get_worker
 
 from synthgen.cluster import generate_resources, security_from_config, worker_advertised
 from synthgen.config import ClusterConfig, config_from_dict
-from tests._procs import INFRA, VENV_BIN, Proc, child_env, free_port, make_certs, wait_until
+from tests._procs import (
+    INFRA,
+    VENV_BIN,
+    Proc,
+    child_env,
+    free_port,
+    make_certs,
+    start_prefect_server,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -212,10 +221,15 @@ def test_client_without_valid_certificate_cannot_connect(
 
 
 def test_flow_runs_over_tls_and_generate_tasks_land_on_gpu_worker(
-    tls_cluster: TLSCluster, tmp_path: Path, prefect_api: str
+    tls_cluster: TLSCluster, tmp_path: Path
 ) -> None:
-    """The real `synthgen-run` flow (fake engine) against the TLS cluster at tls://."""
+    """The real `synthgen-run` flow (fake engine) against the TLS cluster at tls://.
+
+    Prefect is a real `prefect server start` (the flow's settings reach the remote workers
+    with each task; the workers themselves have no PREFECT_API_URL).
+    """
     import pyarrow.dataset as pads
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.run import synthgen_run
     from tests.helpers import fake_config, write_config
@@ -224,7 +238,12 @@ def test_flow_runs_over_tls_and_generate_tasks_land_on_gpu_worker(
     data = fake_config(str(out), shards__size=4)  # 24 built-in prompts -> 6 shards
     data["cluster"] = tls_cluster.cluster_cfg(gpu_tasks=True, retry_delay_s=0.5)
     cfg_path = write_config(tmp_path / "tls.yaml", data)
-    result = synthgen_run(config=cfg_path)
+    server, url = start_prefect_server(tmp_path)
+    try:
+        with temporary_settings({PREFECT_API_URL: url}):
+            result = synthgen_run(config=cfg_path)
+    finally:
+        server.stop()
     assert result["status"] == "complete"
     assert result["shards_generated"] == 6
     assert pads.dataset(out / "dataset", format="parquet").count_rows() == 24
