@@ -23,6 +23,7 @@ from prefect.futures import as_completed
 from prefect.runtime import flow_run
 
 from flows.credentials import storage_output, with_credentials
+from flows.serve import deployment_default_config, resolve_config_ref
 from flows.task_runner import SynthgenTaskRunner
 from flows.trigger import SUMMARY_ARTIFACT_PREFIX, check_overrides
 from synthgen.cluster import generate_resources, task_runner_kwargs
@@ -136,7 +137,8 @@ def _logger() -> Any:
 def _run_name() -> str:
     params = flow_run.parameters or {}
     try:
-        cfg = load_config(params["config"], params.get("overrides"))
+        path = resolve_config_ref(params["config"], deployment_default_config())
+        cfg = load_config(path, params.get("overrides"))
         return f"{cfg.name}/{cfg.run_id}"
     except Exception:
         return f"invalid-config/{params.get('config', '?')}"
@@ -147,6 +149,7 @@ def synthgen_run(config: str, overrides: list[str] | None = None) -> dict[str, A
     """Run (or resume) the run described by the YAML config at `config` plus overrides."""
     started = time.perf_counter()
     check_overrides(overrides or [], "overrides")  # no credentials in run parameters
+    config = resolve_config_ref(config, deployment_default_config())
     cfg = load_config(config, overrides)
     return execute(cfg, started)
 

@@ -63,6 +63,50 @@ class DeploymentSpec:
         return f"{FLOW_NAME}/{self.name}"
 
 
+def resolve_config_ref(ref: str, default_path: str | None) -> str:
+    """A run's `config` parameter: a path, or the name of a config next to the deployment's own.
+
+    In the UI's custom-run form an operator may type `weekly` instead of a full path: it is
+    looked up as `weekly.yaml`/`weekly.yml`, then by the `name:` inside, among the YAML files
+    in the directory of the deployment's default config.
+    """
+    if "/" in ref or ref.endswith((".yaml", ".yml")) or not default_path:
+        return ref
+    folder = Path(default_path).parent
+    for suffix in (".yaml", ".yml"):
+        if (folder / f"{ref}{suffix}").is_file():
+            return str(folder / f"{ref}{suffix}")
+    import yaml
+
+    names: dict[str, Path] = {}
+    for candidate in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+        try:
+            data = yaml.safe_load(candidate.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("name"), str):
+            names.setdefault(data["name"], candidate)
+    if ref in names:
+        return str(names[ref])
+    raise ConfigError(
+        f"config {ref!r}: no such file, and no config named {ref!r} in {folder} "
+        f"(available: {', '.join(sorted(names)) or 'none'})"
+    )
+
+
+def deployment_default_config() -> str | None:
+    """The `config` default of the deployment running this flow run (None outside one)."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import deployment
+
+    dep_id = deployment.id
+    if not dep_id:
+        return None
+    with get_client(sync_client=True) as client:
+        value = (client.read_deployment(dep_id).parameters or {}).get("config")
+    return value if isinstance(value, str) else None
+
+
 def deployment_spec(path: str | Path) -> DeploymentSpec:
     """Load and validate the config at `path` (errors name the file and key)."""
     cfg = load_config(path)
@@ -80,7 +124,8 @@ def deployment_spec(path: str | Path) -> DeploymentSpec:
         tags=sorted({"synthgen", f"config:{cfg.name}", *sched.tags}),
         description=(
             f"synthgen run config {abs_path}, {when}. Parameters: `config` (path of a run "
-            "config on the serving host) and `overrides` (`key.path=value`, as `--set`)."
+            "config on the serving host, or the name of one in the same directory) and "
+            "`overrides` (`key.path=value`, as `--set`)."
         ),
     )
 

@@ -162,3 +162,20 @@ def test_block_ref_and_merge_rules() -> None:
     }
     plain = config_from_dict({}).model_dump(mode="json")
     assert with_credentials(plain) is plain  # no block: untouched, no Prefect call
+
+
+def test_config_ref_resolves_names_next_to_the_deployment_config(tmp_path: Path) -> None:
+    from flows.serve import resolve_config_ref
+
+    default = _write(tmp_path, "nightly", "name: nightly\n")
+    weekly = _write(tmp_path, "weekly", "name: weekly\n")
+    named = _write(tmp_path, "big-file", "name: big-run\n")
+    assert resolve_config_ref("weekly", str(default)) == str(weekly)
+    assert resolve_config_ref("big-run", str(default)) == str(named)
+    assert resolve_config_ref("/abs/x.yaml", str(default)) == "/abs/x.yaml"
+    assert resolve_config_ref("other.yaml", str(default)) == "other.yaml"
+    assert resolve_config_ref("weekly", None) == "weekly"  # not a deployment run: as given
+    with pytest.raises(
+        ConfigError, match=r"no config named 'nope' .*available: big-run, nightly, weekly"
+    ):
+        resolve_config_ref("nope", str(default))

@@ -199,6 +199,24 @@ def test_bad_override_fails_the_run_with_the_cli_message(served: Served) -> None
     assert "greater than 0" in run.state.message
     assert run.name.startswith("invalid-config/")
 
+    # the custom-run form's `config` may name another config next to the served one
+    unknown = _prefect_cli(
+        served,
+        "deployment",
+        "run",
+        "synthgen-run/nightly-e2e",
+        "--param",
+        "config=nope",
+        "--watch",
+        "--watch-timeout",
+        "240",
+    )
+    assert unknown.returncode != 0
+    run = _latest_run(served, "nightly-e2e")
+    assert run.state.type.value == "FAILED"
+    assert "no config named 'nope'" in run.state.message
+    assert "nightly-e2e" in run.state.message and "s3-e2e" in run.state.message
+
 
 def _trigger(served: Served, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
