@@ -230,3 +230,16 @@ def test_env_example_covers_every_variable_the_scripts_read() -> None:
     }
     missing = sorted(v for v in used - internal if v not in example)
     assert missing == []
+
+
+def test_scripts_read_the_env_file_named_by_synthgen_env_file(tmp_path: Path) -> None:
+    env_file = tmp_path / "synthgen.env"
+    env_file.write_text(
+        'SYNTHGEN_SCHEDULER_ADDRESS=tcp://10.9.8.7:8786\nSYNTHGEN_GPU_TYPE="RTX 4090"\n'
+    )
+    done = _run_script(
+        "start-gpu-workers.sh", {"SYNTHGEN_ENV_FILE": str(env_file), "SYNTHGEN_GPUS": "0"}
+    )
+    assert "SYNTHGEN_SCHEDULER_ADDRESS=tcp://10.9.8.7:8786 must start with tls://" in done.stderr
+    missing = _run_script("start-scheduler.sh", {"SYNTHGEN_ENV_FILE": str(tmp_path / "nope.env")})
+    assert missing.returncode != 0 and "nope.env not found" in missing.stderr

@@ -179,3 +179,15 @@ def test_config_ref_resolves_names_next_to_the_deployment_config(tmp_path: Path)
         ConfigError, match=r"no config named 'nope' .*available: big-run, nightly, weekly"
     ):
         resolve_config_ref("nope", str(default))
+
+
+def test_shard_retries_back_off_exponentially_and_artifact_keys_are_valid() -> None:
+    from flows.run import _backoff, summary_artifact_key
+
+    cfg = config_from_dict({"cluster": {"task_retries": 4, "retry_delay_s": 2.0}})
+    assert _backoff(cfg) == [2.0, 4.0, 8.0, 16.0]
+    capped = config_from_dict({"cluster": {"task_retries": 12, "retry_delay_s": 1.0}})
+    assert max(_backoff(capped)) == 300.0
+    assert _backoff(config_from_dict({"cluster": {"task_retries": 0}})) == [0.0]
+    key = summary_artifact_key("Nightly_Run.v2-abc123")
+    assert key == "synthgen-summary-nightly-run-v2-abc123"
