@@ -84,8 +84,12 @@ def generate_flow(config: dict[str, Any], shard_ids: list[str], total: int) -> d
         timeout_seconds=cfg.cluster.shard_timeout_s,
     )
     started = time.perf_counter()
+    futures = []
     with _gpu_annotation(cfg):
-        futures = [gen.submit(config, sid) for sid in shard_ids]
+        for i, sid in enumerate(shard_ids):
+            # plan order first: with guided sizing the big shards start early, small ones last
+            with dask.annotate(priority=len(shard_ids) - i):
+                futures.append(gen.submit(config, sid))
     done_before = total - len(shard_ids)
     results: list[dict[str, Any]] = []
     tokens = 0

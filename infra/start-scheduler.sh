@@ -9,6 +9,8 @@
 #   SYNTHGEN_SCHEDULER_PORT      default 8786
 #   SYNTHGEN_SCHEDULER_DASHBOARD dashboard address (default 127.0.0.1:8787; reach it via ssh -L)
 #   SYNTHGEN_DASK_BIN            the `dask` executable (default: dask on PATH)
+#   DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION  default 1.0: no extra shards queued on a
+#                                busy GPU worker, so the last shards go to whichever frees up first
 set -euo pipefail
 # shellcheck source=infra/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -17,6 +19,7 @@ HOST="${SYNTHGEN_SCHEDULER_HOST:-0.0.0.0}"
 PORT="${SYNTHGEN_SCHEDULER_PORT:-8786}"
 DASHBOARD="${SYNTHGEN_SCHEDULER_DASHBOARD:-127.0.0.1:8787}"
 tls_args scheduler
+export DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION="${DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION:-1.0}"
 
 echo "dask scheduler: tls://$HOST:$PORT (dashboard http://$DASHBOARD)" >&2
 exec "$DASK_BIN" scheduler --protocol tls --host "$HOST" --port "$PORT" \

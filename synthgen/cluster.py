@@ -138,7 +138,7 @@ def task_runner_kwargs(cfg: ClusterConfig) -> dict[str, Any]:
             kwargs["client_kwargs"] = {"security": security}
         return kwargs
     return {
-        "cluster_class": "distributed.LocalCluster",
+        "cluster_class": "synthgen.cluster.local_cluster",
         "cluster_kwargs": {
             "n_workers": cfg.n_workers,
             "threads_per_worker": cfg.threads_per_worker,
@@ -201,3 +201,13 @@ def advertised_price(
     if "price_per_hour" not in adv:
         return device_type, price_per_hour
     return adv.get("gpu_type", device_type), adv["price_per_hour"]
+
+
+def local_cluster(**kwargs: Any) -> Any:
+    """A LocalCluster whose scheduler keeps no extra tasks queued on busy workers
+    (`worker-saturation: 1.0`), so the last shards go to whichever worker frees up first."""
+    import dask
+    from distributed import LocalCluster
+
+    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+        return LocalCluster(**kwargs)

@@ -87,7 +87,15 @@ class InputConfig(_Section):
 
 
 class ShardsConfig(_Section):
-    size: PositiveInt = Field(8, description="Prompts per shard.")
+    size: PositiveInt = Field(8, description="Prompts per shard (the largest shard if guided).")
+    sizing: Literal["uniform", "guided"] = Field(
+        "uniform",
+        description="uniform: every shard `size` prompts. guided: decreasing sizes so fast "
+        "and slow GPUs finish together (benchmarks/hetero_sched.py).",
+    )
+    expected_workers: PositiveInt = Field(
+        1, description="(guided) workers the sizes are planned for; part of the run's identity."
+    )
 
 
 # --------------------------------------------------------------------------- model

@@ -137,7 +137,7 @@ def test_security_errors_name_the_key_and_file(certs: Path, tmp_path: Path) -> N
 
 def test_local_cluster_kwargs_unchanged() -> None:
     kwargs = task_runner_kwargs(ClusterConfig(n_workers=3))
-    assert kwargs["cluster_class"] == "distributed.LocalCluster"
+    assert kwargs["cluster_class"] == "synthgen.cluster.local_cluster"
     assert kwargs["cluster_kwargs"]["n_workers"] == 3
     assert "address" not in kwargs
 

@@ -149,6 +149,11 @@ def test_scripts_start_workers_with_resources_and_advertised_price(tls_cluster: 
         seen = client.run(lambda: (os.environ.get("CUDA_VISIBLE_DEVICES"), worker_advertised()))
         assert seen[gpu_addr] == ("0", {"gpu_type": "Test GPU 24GB", "price_per_hour": 0.42})
         assert seen[by_addr["test-cpu"]] == ("", {})
+        # start-scheduler.sh sets worker-saturation 1.0 (no extra shards queued on busy GPUs)
+        saturation = client.run_on_scheduler(
+            lambda dask_scheduler: dask_scheduler.WORKER_SATURATION
+        )
+        assert saturation == 1.0
 
 
 def _where() -> str:
