@@ -34,17 +34,28 @@ _SECRET_PART = re.compile(
 def check_overrides(overrides: Sequence[str], source: str = "--set") -> list[str]:
     """Parse every override (same rules as the CLI) and refuse credential-looking keys."""
     for item in overrides:
-        path, _ = parse_override(item)
+        path, value = parse_override(item)
         if path and path[-1].lower() == "credentials_block":
             continue  # the block's *name* is not a secret
-        bad = [p for p in path if _SECRET_PART.search(p)]
-        if bad:
+        if any(_SECRET_PART.search(p) for p in path) or _has_secret_key(value):
             raise ConfigError(
                 f"{source} {'.'.join(path)}=…: credentials may not be passed as run parameters "
                 "(Prefect stores and shows them); use output.credentials_block or the AWS_* "
                 "environment variables of the serving host and workers"
             )
     return list(overrides)
+
+
+def _has_secret_key(value: Any) -> bool:
+    """A mapping value (`output.storage_options={key: …, secret: …}`) hiding credentials."""
+    if isinstance(value, dict):
+        return any(
+            (_SECRET_PART.search(str(k)) and str(k) != "credentials_block") or _has_secret_key(v)
+            for k, v in value.items()
+        )
+    if isinstance(value, list):
+        return any(_has_secret_key(v) for v in value)
+    return False
 
 
 @dataclass

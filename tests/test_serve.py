@@ -94,6 +94,8 @@ def test_require_prefect_api(monkeypatch: pytest.MonkeyPatch) -> None:
         "output.storage_options.key=AKIA",
         "output.storage_options.client_kwargs.aws_secret_access_key=x",
         "output.storage_options.password=x",
+        "output.storage_options={key: AKIA, secret: x}",
+        "output={storage_options: {client_kwargs: {aws_secret_access_key: x}}}",
     ],
 )
 def test_trigger_refuses_credentials_in_overrides(item: str) -> None:
@@ -108,6 +110,7 @@ def test_trigger_accepts_ordinary_overrides() -> None:
         "model.fake.tokens_per_completion=8",
         "output.credentials_block=secret/prod-s3",
         "output.storage_options.client_kwargs.endpoint_url=http://127.0.0.1:9000",
+        "output={uri: s3://b/p, credentials_block: secret/prod-s3}",
     ]
     assert check_overrides(ok) == ok
     with pytest.raises(ConfigError, match="expected key.path=value"):
