@@ -25,7 +25,7 @@ from synthgen.config import RunConfig
 from synthgen.engines.base import ScoreRequest, ScoringEngine
 from synthgen.engines.cache import get_engine, worker_identity
 from synthgen.errors import EngineError, StorageError
-from synthgen.pipeline import commit_path, match_price, shard_path
+from synthgen.pipeline import commit_path, shard_path
 from synthgen.storage import Store
 from synthgen.verify.sample import choose_sample, new_sample_seed
 from synthgen.verify.verdict import judge
@@ -167,10 +167,14 @@ def verify_shard(task: VerifyTask) -> VerifyResult:
     seconds = time.perf_counter() - t0
     verdict = judge(scores, vcfg)
 
-    from synthgen.devices import detect_device
+    from synthgen.accounting import worker_price
+    from synthgen.errors import ConfigError
 
-    device = detect_device(cfg.model.device if cfg.model.engine != "fake" else "cpu")
-    device_type, price = match_price(engine.info.device, cfg.cost.prices, device.count)
+    try:  # priced like a generation attempt on this worker
+        p = worker_price(cfg, engine.info.device)
+        device_type, price = p.device_type, p.per_hour
+    except ConfigError:  # unpriced device under a budget: record the seconds, price unknown
+        device_type, price = engine.info.device, 0.0
     stats = verdict.stats
     result = VerifyResult(
         shard_id=task.shard_id,
