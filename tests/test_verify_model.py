@@ -97,6 +97,7 @@ def test_flow_with_bundled_model_catches_a_shuffling_worker(tmp_path, prefect_ap
             "cluster": {"address": cluster.scheduler_address},
             "output": {"uri": str(out)},
             "verify": {"enabled": True},
+            "clean": {"enabled": False},  # 12-token completions would fail quality filters
         }
         res = synthgen_run(config=write_config(tmp_path / "c.yaml", cfg))
 
