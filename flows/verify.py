@@ -176,9 +176,20 @@ def generate_verified(
             out.quarantined.append(check)
             regenerate(sid, res["worker"], "worker flagged")
 
+    passed_by: dict[str, list[str]] = {}  # verifier -> shards it passed
+
+    def recheck(sid: str) -> None:
+        res = accepted[sid]
+        print(f"shard {sid}: re-checking (its verifier was flagged)")
+        submit_verify(res)
+
     def regenerate(sid: str, bad_worker: str, reason: str) -> None:
         newly = bad_worker not in out.flagged
         out.flagged.setdefault(bad_worker, []).append(f"{sid}: {reason}")
+        if newly:
+            for other in passed_by.pop(bad_worker, []):
+                if other in accepted and accepted[other]["worker"] != bad_worker:
+                    recheck(other)
         if newly and vcfg.exclude_flagged_workers:
             # its other shards, even those that passed a check, leave the dataset too
             for other, res in list(accepted.items()):
@@ -247,6 +258,10 @@ def generate_verified(
             out.quarantined.append(check)
             accepted.pop(sid, None)
             regenerate(sid, check["generator"], "; ".join(check.get("reasons") or []))
+        elif check["verifier"] in out.flagged and sid in accepted:
+            recheck(sid)  # a flagged worker's "pass" is worth nothing
+        else:
+            passed_by.setdefault(check["verifier"], []).append(sid)
     out.results = list(accepted.values())
     store.write_json(
         store.run_path(run_id, "verify", "flagged.json"),

@@ -111,6 +111,10 @@ def test_cheating_worker_is_caught_quarantined_regenerated_and_named(
     assert f"FLAGGED worker {cheater}" in RunSummary(**res).render_text()
     # excluded for the rest of the run: no accepted shard from it
     assert all(c["worker"] != cheater for c in commits.values())
+    # and no accepted shard rests on a check the flagged worker ran
+    for sid, c in commits.items():
+        check = json.loads((run_dir / "verify" / f"{sid}.a{c['attempt']}.json").read_text())
+        assert check["status"] == "pass" and check["verifier"] != cheater, (sid, check)
 
 
 def test_single_worker_skips_verification_with_a_warning(tmp_path, prefect_api):
