@@ -90,7 +90,11 @@ class MinHasher:
         if n_docs == 0:
             return np.zeros(0, _U64), np.zeros(0, np.int64)
         joined = unicodedata.normalize("NFKC", _SEP.join(t.replace(_SEP, " ") for t in texts))
-        cp = np.frombuffer(joined.casefold().encode("utf-32-le"), dtype=np.uint32)
+        folded = joined.casefold()
+        if folded.isascii():  # the common case: 1 byte per character, a 256-entry table
+            cp = np.frombuffer(folded.encode("ascii"), dtype=np.uint8)
+        else:
+            cp = np.frombuffer(folded.encode("utf-32-le"), dtype=np.uint32)
         if len(cp) == 0:
             return np.zeros(0, _U64), np.zeros(n_docs, np.int64)
         isw = _is_word_char(cp)
@@ -260,6 +264,8 @@ _BMP_WORD = _word_table()
 
 def _is_word_char(cp: np.ndarray) -> np.ndarray:
     """Elementwise: does code point match regex \\w (str.isalnum() or '_')?"""
+    if cp.dtype == np.uint8:
+        return _BMP_WORD[:256][cp]
     out = _BMP_WORD.take(cp, mode="clip")
     if cp.max() > 0xFFFF:
         astral = cp > 0xFFFF
