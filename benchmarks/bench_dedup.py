@@ -210,8 +210,8 @@ def main() -> None:
     )
     print(f"bands/rows: {cfg.lsh_params()}")
     results = {}
-    # each synthgen variant runs twice, interleaved; the faster run counts (run order and
-    # other jobs on this shared machine move single timings by tens of percent)
+    # every method runs twice (synthgen variants interleaved); the faster run counts: run
+    # order and other jobs on this shared machine move single timings by tens of percent
     runs: dict[str, list[tuple[set, float]]] = {"synthgen": [], "synth-classic": []}
     for _ in range(2):
         for name, strat in (("synthgen", True), ("synth-classic", False)):
@@ -238,7 +238,7 @@ def main() -> None:
             f"{sum(d in dropped for d in pos) / len(pos):.3f}; planted J<{a.threshold} dropped: "
             f"{sum(d in dropped for d in neg) / max(len(neg), 1):.3f}; total dropped {len(dropped)}"
         )
-    ds = run_datasketch(base_docs, cfg)
+    ds = min((run_datasketch(base_docs, cfg) for _ in range(2)), key=lambda r: r[1])
     results["datasketch"] = (
         evaluate(ds[0], base_truth, base_docs, a.threshold),
         len(base_docs) / ds[1],
@@ -246,6 +246,7 @@ def main() -> None:
     )
     rs = run_rensa(base_docs, cfg)
     if rs is not None:
+        rs = min(rs, run_rensa(base_docs, cfg) or rs, key=lambda r: r[1])
         results["rensa"] = (
             evaluate(rs[0], base_truth, base_docs, a.threshold),
             len(base_docs) / rs[1],
