@@ -11,23 +11,37 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from typing import Any
 
 import dask
 from distributed import worker_client
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.exceptions import MissingContextError
-from prefect.futures import as_completed
 from prefect.runtime import flow_run
 
+import flows.credentials  # noqa: F401 - every Store in this process resolves credentials blocks
+from flows.cost import (
+    budget_message,
+    cost_summary,
+    finish_usage,
+    publish_cost_artifact,
+    run_budgeted,
+    runner_kwargs,
+    start_usage,
+)
+from flows.serve import deployment_default_config, resolve_config_ref
 from flows.task_runner import SynthgenTaskRunner
-from synthgen.cluster import task_runner_kwargs
+from flows.trigger import SUMMARY_ARTIFACT_PREFIX, check_overrides
+from synthgen.cluster import generate_resources
 from synthgen.config import RunConfig, load_config
 from synthgen.dedup.stage import dedup_run
 from synthgen.pipeline import ShardTask, committed_shards, run_shard
 from synthgen.plan import write_plan
 from synthgen.publish import publish_shard, write_manifest
+from synthgen.report import manifest_totals
 from synthgen.storage import Store
 from synthgen.summary import RunSummary, per_worker
 
@@ -65,9 +79,17 @@ def dedup_task(config: dict[str, Any], shard_ids: list[str]) -> dict[str, Any]:
 
 
 def _gpu_annotation(cfg: RunConfig) -> contextlib.AbstractContextManager[Any]:
-    if cfg.model.needs_gpu:
-        return dask.annotate(resources={cfg.cluster.gpu_resource: 1})
+    """Generate tasks that need a GPU ask for one unit of it: only GPU workers receive them."""
+    resources = generate_resources(cfg)
+    if resources:
+        return dask.annotate(resources=resources)
     return contextlib.nullcontext()
+
+
+def _backoff(cfg: RunConfig) -> list[float]:
+    """Exponential backoff between shard attempts: d, 2d, 4d, ... (capped at 5 minutes)."""
+    d = cfg.cluster.retry_delay_s
+    return [min(d * 2**i, 300.0) for i in range(cfg.cluster.task_retries)] or [0.0]
 
 
 def _generate_name() -> str:
@@ -82,43 +104,60 @@ def _generate_name() -> str:
     persist_result=False,
     flow_run_name=_generate_name,
 )
-def generate_flow(config: dict[str, Any], shard_ids: list[str], total: int) -> dict[str, Any]:
-    """Generate the given shards on the cluster, then publish if every shard is committed."""
+def generate_flow(
+    config: dict[str, Any], shard_ids: list[str], total: int, run_started_at: float | None = None
+) -> dict[str, Any]:
+    """Generate the given shards on the cluster (within the budget, if one is set), then
+    publish if every shard is committed."""
     cfg = RunConfig.model_validate(config)
     gen = generate_shard.with_options(
         retries=cfg.cluster.task_retries,
-        retry_delay_seconds=cfg.cluster.retry_delay_s,
+        retry_delay_seconds=_backoff(cfg),
+        retry_jitter_factor=0.2,
         timeout_seconds=cfg.cluster.shard_timeout_s,
     )
+    run_started_at = run_started_at or time.time()
+    slots = start_usage(cfg, run_started_at)  # workers are held (and billed) from here
     started = time.perf_counter()
-    futures = []
-    with _gpu_annotation(cfg):
-        for i, sid in enumerate(shard_ids):
-            # plan order first: with guided sizing the big shards start early, small ones last
-            with dask.annotate(priority=len(shard_ids) - i):
-                futures.append(gen.submit(config, sid))
+    order = {sid: i for i, sid in enumerate(shard_ids)}
+
+    def submit(sid: str) -> Any:
+        # plan order first: with guided sizing the big shards start early, small ones last
+        with dask.annotate(priority=len(shard_ids) - order[sid]):
+            return gen.submit(config, sid)
+
     done_before = total - len(shard_ids)
     results: list[dict[str, Any]] = []
     tokens = 0
     failures: list[str] = []
-    for fut in as_completed(futures):
+
+    def on_done(fut: Any) -> bool:
+        nonlocal tokens
         try:
             res = fut.result()
         except Exception as exc:  # the task exhausted its retries
             failures.append(f"{exc}")
             print(f"shard failed after retries: {type(exc).__name__}: {exc}")
-            continue
+            return False
         results.append(res)
         tokens += res["completion_tokens"]
         elapsed = time.perf_counter() - started
         print(
             f"shard {res['shard_id']} done · {done_before + len(results)}/{total} shards · "
             f"{res['completion_tokens']} tokens in {res['engine_seconds']:.1f}s · "
-            f"run {tokens / elapsed:.1f} tokens/s"
+            f"${res['cost_usd']:.4f} · run {tokens / elapsed:.1f} tokens/s"
         )
+        return True
+
+    with _gpu_annotation(cfg):
+        sched = run_budgeted(cfg, shard_ids, submit, on_done, slots)
     gen_seconds = time.perf_counter() - started
+    budget_msg = budget_message(cfg, sched, total)
+    if budget_msg:
+        print(budget_msg)
     store = Store(cfg.output)
     committed = committed_shards(store, cfg.run_id or "")
+    finish_usage(cfg, run_started_at)
     manifest = None
     if len(committed) == total:
         # every shard committed: run-wide dedup, then publish, both on the cluster
@@ -135,13 +174,24 @@ def generate_flow(config: dict[str, Any], shard_ids: list[str], total: int) -> d
         pubs = [
             publish_shard_task.submit(config, sid, drops.get(sid, {})) for sid in sorted(committed)
         ]
-        manifest = write_manifest(cfg, store, [p.result() for p in pubs], extra)
+        files = [p.result() for p in pubs]
+        summary = cost_summary(cfg)
+        if summary:
+            extra = {**(extra or {}), "cost": manifest_totals(summary)}
+        manifest = write_manifest(cfg, store, files, extra)
     return {
         "results": results,
         "failures": failures,
         "generate_seconds": gen_seconds,
         "manifest": manifest,
+        "budget_message": budget_msg,
     }
+
+
+def summary_artifact_key(run_id: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", run_id.lower()).strip("-")
+    return f"{SUMMARY_ARTIFACT_PREFIX}-{slug}"[:100]
 
 
 def _logger() -> Any:
@@ -154,7 +204,8 @@ def _logger() -> Any:
 def _run_name() -> str:
     params = flow_run.parameters or {}
     try:
-        cfg = load_config(params["config"], params.get("overrides"))
+        path = resolve_config_ref(params["config"], deployment_default_config())
+        cfg = load_config(path, params.get("overrides"))
         return f"{cfg.name}/{cfg.run_id}"
     except Exception:
         return f"invalid-config/{params.get('config', '?')}"
@@ -164,6 +215,8 @@ def _run_name() -> str:
 def synthgen_run(config: str, overrides: list[str] | None = None) -> dict[str, Any]:
     """Run (or resume) the run described by the YAML config at `config` plus overrides."""
     started = time.perf_counter()
+    check_overrides(overrides or [], "overrides")  # no credentials in run parameters
+    config = resolve_config_ref(config, deployment_default_config())
     cfg = load_config(config, overrides)
     return execute(cfg, started)
 
@@ -185,11 +238,15 @@ def execute(cfg: RunConfig, started: float | None = None) -> dict[str, Any]:
             f"{plan.rejects} bad prompt records quarantined: {store.url('runs', run_id, 'rejects.jsonl')}"
         )
     config = cfg.model_dump(mode="json")
-    runner = SynthgenTaskRunner(**task_runner_kwargs(cfg.cluster))
-    gen = generate_flow.with_options(task_runner=runner)(config, todo, len(plan.shards))
+    runner = SynthgenTaskRunner(**runner_kwargs(cfg))  # embedded: metered to process exit
+    gen = generate_flow.with_options(task_runner=runner)(
+        config, todo, len(plan.shards), time.time()
+    )
+    publish_cost_artifact(cfg)  # after the cluster closed: workers' final rows are in
     committed = committed_shards(store, run_id)
     missing = [s.shard_id for s in plan.shards if s.shard_id not in committed]
-    status = "complete" if not missing else "failed"
+    partial = bool(missing and gen["budget_message"])
+    status = "complete" if not missing else ("partial" if partial else "failed")
     manifest = gen["manifest"]
     summary = RunSummary.build(
         cfg=cfg,
@@ -206,7 +263,15 @@ def execute(cfg: RunConfig, started: float | None = None) -> dict[str, Any]:
         workers=per_worker(gen["results"]),
     )
     _logger().info("summary\n%s", summary.render_text())
-    if missing:
+    if flow_run.id:  # a Prefect flow run (not a bare execute() call in a benchmark)
+        create_markdown_artifact(
+            key=summary_artifact_key(run_id),
+            markdown=f"## synthgen run `{cfg.name}` / `{run_id}`\n\n{summary.render_markdown()}",
+            description=f"cost and throughput of run {run_id}",
+        )
+    if partial:
+        print(gen["budget_message"])
+    elif missing:
         raise RuntimeError(
             f"run {run_id}: {len(missing)} of {len(plan.shards)} shards failed "
             f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}); committed shards "

@@ -9,11 +9,20 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from synthgen.errors import ConfigError
 
@@ -184,12 +193,30 @@ class ClusterConfig(_Section):
     allow_insecure: bool = Field(
         False, description="Allow plain tcp:// to a non-loopback scheduler (not recommended)."
     )
-    gpu_resource: str = Field("GPU", description="Dask resource name GPU workers advertise.")
+    gpu_resource: str = Field(
+        "GPU",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Dask resource name GPU workers advertise (--resources GPU=1).",
+    )
+    gpu_tasks: bool | None = Field(
+        None,
+        description="Generate tasks ask for one `gpu_resource` on an existing cluster. "
+        "Unset: when the engine needs a GPU (vllm, or device cuda).",
+    )
     task_retries: int = Field(2, ge=0, description="Retries per shard task (transient failures).")
     retry_delay_s: float = Field(2.0, ge=0.0)
     shard_timeout_s: float | None = Field(
         None, gt=0, description="A shard attempt running longer than this is abandoned and re-run."
     )
+
+    @model_validator(mode="after")
+    def _check_transport(self) -> ClusterConfig:
+        from synthgen.cluster import transport_problem
+
+        problem = transport_problem(self)
+        if problem:
+            raise ValueError(problem)
+        return self
 
 
 # --------------------------------------------------------------------------- output
@@ -201,6 +228,13 @@ class OutputConfig(_Section):
         "may also come from the AWS_* environment variables.",
     )
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+    credentials_block: str | None = Field(
+        None,
+        pattern=r"^(aws-credentials|secret)/[a-z0-9][a-z0-9-]*$",
+        description="Prefect block holding the object-store credentials "
+        "('aws-credentials/NAME' or 'secret/NAME'); resolved by each process that writes, "
+        "never passed as a parameter.",
+    )
 
 
 # --------------------------------------------------------------------------- later stages
@@ -358,29 +392,170 @@ class CleanConfig(_Section):
         return self
 
 
+DEFAULT_PRICES: dict[str, float] = {
+    "RTX 3090": 0.22,
+    "RTX 4090": 0.35,
+    "L4": 0.45,
+    "A100": 1.20,
+    "H100": 2.20,
+    "cpu-core": 0.02,
+}
+
+
 class CostConfig(_Section):
-    """Device prices in USD per hour; matched against the name the worker detects."""
+    """Device prices in USD per hour, matched against the device name each worker detects.
+
+    Keys match as whole words of the detected name ("RTX 4090" matches "NVIDIA GeForce RTX
+    4090", "L4" does not match "L40S"); the longest matching key wins. CPU workers pay
+    `cpu-core` x usable cores unless a key matches the CPU model. A worker started with
+    SYNTHGEN_PRICE_PER_HOUR (or the `synthgen.worker_price` preload option) overrides the table.
+    """
 
     prices: dict[str, float] = Field(
-        default_factory=lambda: {
-            "RTX 3090": 0.22,
-            "RTX 4090": 0.35,
-            "L4": 0.45,
-            "A100": 1.20,
-            "H100": 2.20,
-            "cpu-core": 0.02,
-        },
-        description="USD per hour by device type; 'cpu-core' is per CPU core-hour.",
+        default_factory=lambda: dict(DEFAULT_PRICES),
+        description="USD per hour by device type; 'cpu-core' is per CPU core-hour. Keys given "
+        "are merged over the defaults; a key set to null removes a default.",
     )
+    unknown_device: Literal["zero", "error"] = Field(
+        "zero",
+        description="A device no price key matches: 'zero' records price 0 (flagged in the "
+        "report; refused when a budget is set), 'error' fails the shard.",
+    )
+    throughput_hints: dict[str, float] = Field(
+        default_factory=dict,
+        description="Completion tokens/s per worker by device type, used by `synthgen estimate` "
+        "for devices with no measurement.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_default_prices(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("prices"), dict):
+            merged: dict[str, Any] = dict(DEFAULT_PRICES)
+            for key, price in data["prices"].items():
+                if price is None:
+                    merged.pop(key, None)
+                else:
+                    merged[key] = price
+            data = {**data, "prices": merged}
+        return data
+
+    @model_validator(mode="after")
+    def _check_prices(self) -> CostConfig:
+        for key, value in {**self.prices, **self.throughput_hints}.items():
+            if not key.strip():
+                raise ValueError("cost: empty device key")
+            if value < 0:
+                raise ValueError(f"cost: {key!r}: must be >= 0, got {value}")
+        return self
 
 
 class BudgetConfig(_Section):
-    max_cost_usd: float | None = Field(None, gt=0.0)
+    max_cost_usd: float | None = Field(
+        None,
+        gt=0.0,
+        description="No new shard starts once the run's ledger plus the running shards' "
+        "projected cost would pass this; the run ends partial and resumes with a higher cap.",
+    )
+
+
+_CRON_FIELDS: tuple[tuple[str, int, int, Sequence[str]], ...] = (  # name, low, high, names
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day of month", 1, 31, ()),
+    ("month", 1, 12, ("jan feb mar apr may jun jul aug sep oct nov dec".split())),
+    ("day of week", 0, 7, ("sun mon tue wed thu fri sat".split())),
+)
+_CRON_MACROS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
+
+
+def _cron_value(token: str, low: int, names: Sequence[str]) -> int:
+    if token.lower() in names:
+        return names.index(token.lower()) + (1 if low == 1 else 0)
+    if not token.isdigit():
+        raise ValueError(f"{token!r} is not a number")
+    return int(token)
+
+
+def cron_problem(expr: str) -> str | None:
+    """Why a standard 5-field cron expression is invalid, or None (no prefect import)."""
+    if expr in _CRON_MACROS:
+        return None
+    fields = expr.split(" ")
+    if len(fields) != 5:
+        return f"needs 5 fields (minute hour day month weekday), got {len(fields)}"
+    for text, (name, low, high, names) in zip(fields, _CRON_FIELDS, strict=True):
+        for part in text.split(","):
+            rng, _, step = part.partition("/")
+            try:
+                if step and (not step.isdigit() or int(step) == 0):
+                    raise ValueError(f"bad step {step!r}")
+                if rng == "*":
+                    continue
+                a, dash, b = rng.partition("-")
+                lo = _cron_value(a, low, names)
+                hi = _cron_value(b, low, names) if dash else lo
+                for v in (lo, hi):
+                    if not low <= v <= high:
+                        raise ValueError(f"{v} is outside {low}-{high}")
+                if lo > hi:
+                    raise ValueError(f"range {rng!r} runs backwards")
+            except ValueError as exc:
+                return f"{name} field {text!r}: {exc}"
+    return None
 
 
 class ScheduleConfig(_Section):
-    cron: str | None = None
-    timezone: str = "UTC"
+    """When `synthgen serve` runs this config, as a Prefect deployment (issue 5)."""
+
+    cron: str | None = Field(
+        None,
+        description="Cron expression (5 fields, e.g. '0 3 * * *'); unset = no schedule, "
+        "the deployment runs only when triggered.",
+    )
+    timezone: str = Field("UTC", description="IANA time zone the cron is read in.")
+    deployment: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Deployment name; unset = the config's `name`.",
+    )
+    active: bool = Field(True, description="False: register the schedule paused.")
+    overrides: list[str] = Field(
+        default_factory=list,
+        description="Default `key.path=value` overrides for scheduled runs (editable per run).",
+    )
+    tags: list[str] = Field(default_factory=list, description="Prefect tags of the deployment.")
+
+    @field_validator("cron")
+    @classmethod
+    def _check_cron(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = " ".join(value.split())
+        problem = cron_problem(value)
+        if problem:
+            raise ValueError(f"cron {value!r}: {problem}")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r} (use an IANA name like Europe/Berlin)"
+            ) from None
+        return value
+
+    @field_validator("overrides")
+    @classmethod
+    def _check_overrides(cls, value: list[str]) -> list[str]:
+        for item in value:
+            parse_override(item)
+        return value
 
 
 class VerifyConfig(_Section):

@@ -10,6 +10,7 @@ a committed shard or one that will be generated again (overwriting the same keys
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -18,14 +19,17 @@ from typing import Any
 
 import pyarrow as pa
 
+from synthgen.accounting import AttemptMeter, Counts
 from synthgen.clean import clean_shard
 from synthgen.config import RunConfig
-from synthgen.devices import detect_device
+from synthgen.cost import kept_counts
 from synthgen.engines.base import GenRequest, prompt_seed
 from synthgen.engines.cache import get_engine, worker_identity
 from synthgen.plan import read_shard_prompts
 from synthgen.schema import RECORD_SCHEMA
 from synthgen.storage import Store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -84,18 +88,6 @@ def committed_shards(store: Store, run_id: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def match_price(device_label: str, prices: dict[str, float], cores: int) -> tuple[str, float]:
-    """(device type, USD per hour) for a detected device; CPU is priced per core-hour."""
-    if device_label.startswith("cpu"):
-        return "cpu-core", prices.get("cpu-core", 0.0) * cores
-    name = device_label.lower()
-    best = ""
-    for key in prices:
-        if key.lower() in name and len(key) > len(best):
-            best = key
-    return (best, prices[best]) if best else (device_label, 0.0)
-
-
 def _now() -> str:
     return datetime.now(UTC).isoformat()
 
@@ -151,7 +143,6 @@ def run_shard(task: ShardTask) -> ShardResult:
         return ShardResult(**{**done["result"], "status": "skipped"})
 
     started_at = _now()
-    t0 = time.perf_counter()
     worker, host = worker_identity()
     attempt_dir = store.run_path(run_id, "attempts")
     attempt = 1 + sum(1 for n in store.ls(attempt_dir) if n.startswith(task.shard_id + "."))
@@ -168,26 +159,45 @@ def run_shard(task: ShardTask) -> ShardResult:
         },
     )
 
-    prompts = read_shard_prompts(store, run_id, task.shard_id)
+    # the engine loads before the attempt's clock starts: load time is the worker's (held)
+    # cost, recorded in its worker row, not this shard's
     engine = get_engine(cfg.model)
-    seeds = [prompt_seed(cfg.sampling.seed, p.prompt_id) for p in prompts]
-    requests = [GenRequest(p.prompt_id, p.messages, s) for p, s in zip(prompts, seeds, strict=True)]
-    t_engine = time.perf_counter()
-    completions = engine.generate(requests, cfg.sampling)
-    engine_seconds = time.perf_counter() - t_engine
+    meter = AttemptMeter.start(cfg, task.shard_id, attempt, engine.info.device, engine.info.model)
+    fs, run_root = store.fs, store.run_path(run_id)
+    counts = Counts()
+    try:
+        prompts = read_shard_prompts(store, run_id, task.shard_id)
+        counts.prompts = len(prompts)
+        seeds = [prompt_seed(cfg.sampling.seed, p.prompt_id) for p in prompts]
+        requests = [
+            GenRequest(p.prompt_id, p.messages, s) for p, s in zip(prompts, seeds, strict=True)
+        ]
+        t_engine = time.perf_counter()
+        completions = engine.generate(requests, cfg.sampling)
+        counts.engine_seconds = time.perf_counter() - t_engine
 
-    table = _records_table(cfg, task.shard_id, prompts, completions, engine.info, worker, seeds)
-    # clean on the worker: hashes, MinHash signatures, filter + in-shard duplicate reasons
-    table, drop_counts = clean_shard(table, cfg.clean)
-    rejected = sum(1 for c in completions if c.finish_reason == "rejected")
-    kept_mask = [r is None for r in table.column("drop_reason").to_pylist()]
-    kept = [c for c, k in zip(completions, kept_mask, strict=True) if k]
+        table = _records_table(cfg, task.shard_id, prompts, completions, engine.info, worker, seeds)
+        # clean on the worker: hashes, MinHash signatures, filter + in-shard duplicate reasons
+        table, drop_counts = clean_shard(table, cfg.clean)
+        rejected = sum(1 for c in completions if c.finish_reason == "rejected")
+        counts.prompt_tokens = sum(c.prompt_tokens for c in completions)
+        counts.completion_tokens = sum(c.completion_tokens for c in completions)
+        counts.kept_records, counts.kept_tokens = kept_counts(table)
 
-    path = shard_path(store, run_id, task.shard_id)
-    size, sha = store.write_table(path, table)
-    wall = time.perf_counter() - t0
-    device = detect_device(cfg.model.device if cfg.model.engine != "fake" else "cpu")
-    device_type, price = match_price(engine.info.device, cfg.cost.prices, device.count)
+        path = shard_path(store, run_id, task.shard_id)
+        size, sha = store.write_table(path, table)
+    except Exception as exc:
+        # a failed attempt cost money too: record it, then let the task retry
+        try:
+            meter.finish(fs, run_root, counts, "failed", error=f"{type(exc).__name__}: {exc}")
+        except Exception as ledger_exc:  # never hide the original failure
+            log.warning(
+                "shard %s: could not write the failed attempt's ledger row: %s",
+                task.shard_id,
+                ledger_exc,
+            )
+        raise
+    row = meter.finish(fs, run_root, counts, "succeeded")  # written before the commit marker
     result = ShardResult(
         run_id=run_id,
         shard_id=task.shard_id,
@@ -196,21 +206,21 @@ def run_shard(task: ShardTask) -> ShardResult:
         prompts=len(prompts),
         rows=table.num_rows,
         rejected=rejected,
-        prompt_tokens=sum(c.prompt_tokens for c in completions),
-        completion_tokens=sum(c.completion_tokens for c in completions),
-        kept_records=len(kept),
-        kept_tokens=sum(c.completion_tokens for c in kept),
-        wall_seconds=wall,
-        engine_seconds=engine_seconds,
+        prompt_tokens=counts.prompt_tokens,
+        completion_tokens=counts.completion_tokens,
+        kept_records=counts.kept_records,
+        kept_tokens=counts.kept_tokens,
+        wall_seconds=row["wall_seconds"],
+        engine_seconds=counts.engine_seconds,
         device=engine.info.device,
-        device_type=device_type,
-        price_per_hour=price,
-        cost_usd=price * wall / 3600.0,
+        device_type=row["device_type"],
+        price_per_hour=row["price_per_hour"],
+        cost_usd=row["cost_usd"],
         worker=worker,
         host=host,
         load_id=engine.info.load_id,
-        started_at=started_at,
-        finished_at=_now(),
+        started_at=row["started_at"].isoformat(),
+        finished_at=row["finished_at"].isoformat(),
         file=path,
         drop_counts=drop_counts,
     )
