@@ -20,6 +20,7 @@ import dask
 import distributed
 from prefect import task
 
+from synthgen.cluster import generate_resources
 from synthgen.config import RunConfig
 from synthgen.pipeline import committed_shards
 from synthgen.storage import Store
@@ -82,8 +83,15 @@ def _runner_client() -> distributed.Client:
     return client
 
 
-def _workers(client: distributed.Client) -> list[str]:
-    return sorted(client.scheduler_info(n_workers=-1)["workers"])
+def _workers(client: distributed.Client, resources: dict[str, float] | None = None) -> list[str]:
+    """Worker addresses, only those advertising `resources` when given (a restriction to a
+    worker without them would leave the task waiting forever)."""
+    info = client.scheduler_info(n_workers=-1)["workers"]
+    return sorted(
+        addr
+        for addr, w in info.items()
+        if not resources or all(w.get("resources", {}).get(k, 0) >= v for k, v in resources.items())
+    )
 
 
 def _restrict(workers: list[str] | None, priority: int = 0) -> Any:
@@ -106,6 +114,7 @@ def generate_verified(
     """Generate `shard_ids` with `gen` (a Prefect task) and verify each commit elsewhere."""
     vcfg = cfg.verify
     client = _runner_client()
+    resources = generate_resources(cfg)  # verify tasks load the same engine
     out = VerifyRun()
     regens: dict[str, int] = {}
     queue = list(shard_ids)
@@ -123,7 +132,7 @@ def generate_verified(
     def submit_gen(sid: str, avoid: set[str]) -> bool:
         allowed = None
         if avoid:
-            allowed = [w for w in _workers(client) if w not in avoid]
+            allowed = [w for w in _workers(client, resources) if w not in avoid]
             if not allowed:
                 out.failures.append(
                     f"{sid}: no worker left to generate it (excluded: {', '.join(sorted(avoid))})"
@@ -141,7 +150,7 @@ def generate_verified(
 
     def submit_verify(res: dict[str, Any]) -> None:
         sid, generator = res["shard_id"], res["worker"]
-        workers = _workers(client)
+        workers = _workers(client, resources)
         others = [w for w in workers if w != generator and w not in out.flagged]
         if not others:
             if vcfg.allow_same_worker and generator not in out.flagged:
@@ -158,7 +167,7 @@ def generate_verified(
             out.warnings.append(msg)
             if sid in out.skipped:
                 return
-        with _restrict(others, VERIFY_PRIORITY):
+        with gpu_annotation(), _restrict(others, VERIFY_PRIORITY):  # scoring needs the engine
             fut: Any = verify_shard_task.submit(config, sid, int(res["attempt"]))
         meta[fut.wrapped_future.key] = ("verify", fut, sid)
         pending.add(fut.wrapped_future)
@@ -202,7 +211,7 @@ def generate_verified(
         print(f"shard {sid} quarantined ({reason}); regenerating away from {bad_worker}")
         submit_gen(sid, set(out.flagged) | {bad_worker})
 
-    window = max(2, 2 * len(_workers(client)))
+    window = max(2, 2 * len(_workers(client, resources)))
 
     def fill() -> None:
         while queue and in_flight < window:

@@ -147,3 +147,21 @@ def test_resumed_run_verifies_shards_committed_without_a_check(tmp_path, prefect
     v = second["verification"]
     assert v["statuses"] == {"pass": 5}
     assert len(list((out / "runs" / first["run_id"] / "verify").glob("shard-*.json"))) == 5
+
+
+def test_verify_restrictions_only_name_workers_with_the_gpu_resource():
+    from flows.verify import _workers
+
+    class FakeClient:
+        def scheduler_info(self, n_workers: int = 5) -> dict:
+            return {
+                "workers": {
+                    "tls://gpu-a:1": {"resources": {"GPU": 1}},
+                    "tls://cpu-b:1": {"resources": {}},
+                    "tls://gpu-c:1": {"resources": {"GPU": 2}},
+                }
+            }
+
+    client = FakeClient()
+    assert _workers(client) == ["tls://cpu-b:1", "tls://gpu-a:1", "tls://gpu-c:1"]
+    assert _workers(client, {"GPU": 1.0}) == ["tls://gpu-a:1", "tls://gpu-c:1"]
