@@ -19,7 +19,7 @@ from synthgen.budget import BudgetGate, Outcome, ScheduleResult, partial_message
 from synthgen.cluster import task_runner_kwargs
 from synthgen.config import RunConfig
 from synthgen.ledger import read_ledger, read_workers, write_worker_row
-from synthgen.report import Summary, summarize, to_markdown
+from synthgen.report import BUDGET_FILE, Summary, summarize, to_markdown
 from synthgen.storage import Store
 
 
@@ -153,6 +153,23 @@ def budget_message(cfg: RunConfig, sched: ScheduleResult[str, Any], total: int) 
     return partial_message(cfg.run_id or "", d, remaining, total, hint)
 
 
+def record_budget(cfg: RunConfig, message: str | None) -> None:
+    """runs/RUN_ID/budget.json: the cap of the latest session and whether it stopped the run."""
+    store = Store(cfg.output)
+    path = store.run_path(cfg.run_id or "", BUDGET_FILE)
+    if cfg.budget.max_cost_usd is None and not store.exists(path):
+        return
+    store.write_json(
+        path,
+        {
+            "max_cost_usd": cfg.budget.max_cost_usd,
+            "partial": message is not None,
+            "message": message,
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    )
+
+
 def cost_summary(cfg: RunConfig) -> Summary | None:
     store = Store(cfg.output)
     root = store.run_path(cfg.run_id or "")
@@ -160,7 +177,9 @@ def cost_summary(cfg: RunConfig) -> Summary | None:
     workers = read_workers(store.fs, root).to_pylist()
     if not ledger and not workers:
         return None
-    return summarize(ledger, workers, run_id=cfg.run_id or "")
+    budget_path = store.run_path(cfg.run_id or "", BUDGET_FILE)
+    budget = store.read_json(budget_path) if store.exists(budget_path) else None
+    return summarize(ledger, workers, run_id=cfg.run_id or "", budget=budget)
 
 
 def artifact_key(run_id: str) -> str:

@@ -157,6 +157,12 @@ def test_budget_stops_then_resume_with_higher_budget(
     assert not (tmp_path / "out" / "dataset" / "_manifest.json").exists()
     shard_files = {p.name: p.stat().st_mtime_ns for p in (Path(root) / "shards").iterdir()}
     assert len(shard_files) == 2
+    run_uri = str(tmp_path / "out" / "runs" / first["run_id"])
+    budget = load_summary(run_uri).budget
+    assert budget is not None and budget["partial"] and budget["max_cost_usd"] == 2.5
+    msg = budget["message"]
+    assert "2/6 shards done" in msg and "4 not started" in msg
+    assert f"--set run_id={first['run_id']}" in msg and "budget.max_cost_usd=" in msg
 
     second = _run(cfg, ["budget.max_cost_usd=100"])
     assert second["status"] == "complete" and second["run_id"] == first["run_id"]
@@ -165,6 +171,9 @@ def test_budget_stops_then_resume_with_higher_budget(
     for name, mtime in shard_files.items():  # committed shards untouched by the resume
         assert (Path(root) / "shards" / name).stat().st_mtime_ns == mtime
     assert second["shards_generated"] == 4 and second["shards_skipped"] == 2
+    after = load_summary(run_uri)
+    assert after.budget is not None and not after.budget["partial"]
+    assert after.totals["cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in rows2))
 
 
 @pytest.mark.slow
