@@ -75,10 +75,13 @@ def finish_usage(cfg: RunConfig, run_started_at: float) -> None:
     store = Store(cfg.output)
     root = store.run_path(cfg.run_id or "")
     client = _client()
-    for row in usage.collect(
-        client, cfg.run_id or "", cfg.cost, run_started_at, cfg.model.device, gpus_used(cfg)
-    ):
-        write_worker_row(store.fs, root, row)
+    try:
+        for row in usage.collect(
+            client, cfg.run_id or "", cfg.cost, run_started_at, cfg.model.device, gpus_used(cfg)
+        ):
+            write_worker_row(store.fs, root, row)
+    except Exception as exc:  # the shards are committed: a missing usage row must not fail the run
+        print(f"cost: could not write worker rows: {type(exc).__name__}: {exc}")
     if cfg.cluster.address:
         usage.unregister(client, cfg.run_id or "")
 
@@ -192,9 +195,13 @@ def publish_cost_artifact(cfg: RunConfig) -> Summary | None:
     summary = cost_summary(cfg)
     if summary is None:
         return None
-    create_markdown_artifact(
-        markdown=to_markdown(summary),
-        key=artifact_key(cfg.run_id or ""),
-        description=f"synthgen cost report for run {cfg.run_id} ({time.strftime('%Y-%m-%d %H:%M:%S')})",
-    )
+    try:
+        create_markdown_artifact(
+            markdown=to_markdown(summary),
+            key=artifact_key(cfg.run_id or ""),
+            description=f"synthgen cost report for run {cfg.run_id} "
+            f"({time.strftime('%Y-%m-%d %H:%M:%S')})",
+        )
+    except Exception as exc:  # the run's outcome does not depend on the UI artifact
+        print(f"cost: could not publish the Prefect artifact: {type(exc).__name__}: {exc}")
     return summary
