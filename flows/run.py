@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from typing import Any
 
 import dask
+from distributed import worker_client
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.exceptions import MissingContextError
 from prefect.runtime import flow_run
 
@@ -29,8 +32,13 @@ from flows.cost import (
     runner_kwargs,
     start_usage,
 )
+from flows.credentials import storage_output, with_credentials
+from flows.serve import deployment_default_config, resolve_config_ref
 from flows.task_runner import SynthgenTaskRunner
+from flows.trigger import SUMMARY_ARTIFACT_PREFIX, check_overrides
+from synthgen.cluster import generate_resources
 from synthgen.config import RunConfig, load_config
+from synthgen.dedup.stage import dedup_run
 from synthgen.pipeline import ShardTask, committed_shards, run_shard
 from synthgen.plan import write_plan
 from synthgen.publish import publish_shard, write_manifest
@@ -41,20 +49,49 @@ from synthgen.summary import RunSummary, per_worker
 
 @task(name="generate-shard", persist_result=False)
 def generate_shard(config: dict[str, Any], shard_id: str) -> dict[str, Any]:
-    return run_shard(ShardTask(config, shard_id)).as_dict()
+    # credentials are resolved here, on the worker, from output.credentials_block (if any)
+    return run_shard(ShardTask(with_credentials(config), shard_id)).as_dict()
 
 
 @task(name="publish-shard", persist_result=False, retries=2, retry_delay_seconds=2)
 def publish_shard_task(
-    config: dict[str, Any], shard_id: str, drops: list[str] | None = None
+    config: dict[str, Any], shard_id: str, drops: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    return publish_shard(config, shard_id, drops)
+    return publish_shard(with_credentials(config), shard_id, drops)
+
+
+@task(name="dedup-run", persist_result=False, retries=1, retry_delay_seconds=2)
+def dedup_task(config: dict[str, Any], shard_ids: list[str]) -> dict[str, Any]:
+    """Run-wide dedup on the cluster this task runs in (its map/shuffle/verify tasks are
+    submitted through the worker's client; this task's thread is seceded meanwhile)."""
+    cfg = RunConfig.model_validate(config)
+    store = Store(cfg.output)
+    started = time.perf_counter()
+    with worker_client() as client:
+        res = dedup_run(client, cfg, store, shard_ids)
+    return {
+        "rows_checked": res.rows,
+        "candidate_pairs": res.candidate_pairs,
+        "verified_pairs": res.verified_pairs,
+        "drop_counts": res.counts,
+        "seconds": round(time.perf_counter() - started, 3),
+        "drops_file": store.url("runs", cfg.run_id or "", "dedup", "drops.parquet"),
+        "drops": res.by_shard(),  # shard_id -> {prompt_id: reason}: duplicates only
+    }
 
 
 def _gpu_annotation(cfg: RunConfig) -> contextlib.AbstractContextManager[Any]:
-    if cfg.model.needs_gpu:
-        return dask.annotate(resources={cfg.cluster.gpu_resource: 1})
+    """Generate tasks that need a GPU ask for one unit of it: only GPU workers receive them."""
+    resources = generate_resources(cfg)
+    if resources:
+        return dask.annotate(resources=resources)
     return contextlib.nullcontext()
+
+
+def _backoff(cfg: RunConfig) -> list[float]:
+    """Exponential backoff between shard attempts: d, 2d, 4d, ... (capped at 5 minutes)."""
+    d = cfg.cluster.retry_delay_s
+    return [min(d * 2**i, 300.0) for i in range(cfg.cluster.task_retries)] or [0.0]
 
 
 def _generate_name() -> str:
@@ -77,7 +114,8 @@ def generate_flow(
     cfg = RunConfig.model_validate(config)
     gen = generate_shard.with_options(
         retries=cfg.cluster.task_retries,
-        retry_delay_seconds=cfg.cluster.retry_delay_s,
+        retry_delay_seconds=_backoff(cfg),
+        retry_jitter_factor=0.2,
         timeout_seconds=cfg.cluster.shard_timeout_s,
     )
     run_started_at = run_started_at or time.time()
@@ -120,16 +158,29 @@ def generate_flow(
     record_budget(cfg, budget_msg)
     if budget_msg:
         print(budget_msg)
-    store = Store(cfg.output)
+    store = Store(storage_output(cfg))
     committed = committed_shards(store, cfg.run_id or "")
     finish_usage(cfg, run_started_at)
     manifest = None
     if len(committed) == total:
-        # every shard committed: publish on the cluster (CPU work, any worker)
-        pubs = [publish_shard_task.submit(config, sid) for sid in sorted(committed)]
+        # every shard committed: run-wide dedup, then publish, both on the cluster
+        drops: dict[str, dict[str, str]] = {}
+        extra = None
+        if cfg.clean.enabled and (cfg.clean.exact.enabled or cfg.clean.near.enabled):
+            dedup = dedup_task.submit(config, sorted(committed)).result()
+            drops = dedup.pop("drops")
+            extra = {"dedup": dedup}
+            print(
+                f"cross-shard dedup: {dedup['rows_checked']} kept rows checked, "
+                f"{dedup['verified_pairs']} duplicate pairs, dropped {dedup['drop_counts'] or 'none'}"
+            )
+        pubs = [
+            publish_shard_task.submit(config, sid, drops.get(sid, {})) for sid in sorted(committed)
+        ]
         files = [p.result() for p in pubs]
         summary = cost_summary(cfg)
-        extra = {"cost": manifest_totals(summary)} if summary else None
+        if summary:
+            extra = {**(extra or {}), "cost": manifest_totals(summary)}
         manifest = write_manifest(cfg, store, files, extra)
     return {
         "results": results,
@@ -138,6 +189,12 @@ def generate_flow(
         "manifest": manifest,
         "budget_message": budget_msg,
     }
+
+
+def summary_artifact_key(run_id: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", run_id.lower()).strip("-")
+    return f"{SUMMARY_ARTIFACT_PREFIX}-{slug}"[:100]
 
 
 def _logger() -> Any:
@@ -150,7 +207,8 @@ def _logger() -> Any:
 def _run_name() -> str:
     params = flow_run.parameters or {}
     try:
-        cfg = load_config(params["config"], params.get("overrides"))
+        path = resolve_config_ref(params["config"], deployment_default_config())
+        cfg = load_config(path, params.get("overrides"))
         return f"{cfg.name}/{cfg.run_id}"
     except Exception:
         return f"invalid-config/{params.get('config', '?')}"
@@ -160,13 +218,15 @@ def _run_name() -> str:
 def synthgen_run(config: str, overrides: list[str] | None = None) -> dict[str, Any]:
     """Run (or resume) the run described by the YAML config at `config` plus overrides."""
     started = time.perf_counter()
+    check_overrides(overrides or [], "overrides")  # no credentials in run parameters
+    config = resolve_config_ref(config, deployment_default_config())
     cfg = load_config(config, overrides)
     return execute(cfg, started)
 
 
 def execute(cfg: RunConfig, started: float | None = None) -> dict[str, Any]:
     started = started or time.perf_counter()
-    store = Store(cfg.output)
+    store = Store(storage_output(cfg))
     store.check_writable()
     plan = write_plan(cfg, store)
     run_id = cfg.run_id or ""
@@ -206,6 +266,12 @@ def execute(cfg: RunConfig, started: float | None = None) -> dict[str, Any]:
         workers=per_worker(gen["results"]),
     )
     _logger().info("summary\n%s", summary.render_text())
+    if flow_run.id:  # a Prefect flow run (not a bare execute() call in a benchmark)
+        create_markdown_artifact(
+            key=summary_artifact_key(run_id),
+            markdown=f"## synthgen run `{cfg.name}` / `{run_id}`\n\n{summary.render_markdown()}",
+            description=f"cost and throughput of run {run_id}",
+        )
     if partial:
         print(gen["budget_message"])
     elif missing:

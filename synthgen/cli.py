@@ -29,6 +29,57 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if result["status"] == "complete" else 3
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from synthgen.prefect_env import quiet_defaults
+
+    quiet_defaults()
+    from flows.serve import serve_configs
+
+    serve_configs(args.configs, limit=args.limit)
+    return 0
+
+
+def cmd_trigger(args: argparse.Namespace) -> int:
+    from synthgen.prefect_env import quiet_defaults
+
+    quiet_defaults()
+    from flows.trigger import trigger
+
+    result = trigger(args.name, args.set, timeout=args.timeout, poll_interval=args.poll)
+    print(result.render(), flush=True)
+    if not result.final:
+        return 4
+    return 0 if result.ok else 3
+
+
+def add_serve_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    serve = sub.add_parser(
+        "serve",
+        help="register one Prefect deployment per config (cron from `schedule`) and serve them",
+    )
+    serve.add_argument("configs", nargs="+", metavar="CONFIG", help="run config YAML files")
+    serve.add_argument(
+        "--limit", type=int, default=None, help="most runs executing at once (default: no limit)"
+    )
+    serve.set_defaults(func=cmd_serve)
+    trig = sub.add_parser(
+        "trigger", help="start a served deployment's run, wait, print its final state and summary"
+    )
+    trig.add_argument("name", help="deployment name (the config's name), or FLOW/DEPLOYMENT")
+    trig.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a config value for this run (YAML syntax), repeatable",
+    )
+    trig.add_argument(
+        "--timeout", type=float, default=None, help="stop waiting after this many seconds"
+    )
+    trig.add_argument("--poll", type=float, default=2.0, help=argparse.SUPPRESS)
+    trig.set_defaults(func=cmd_trigger)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="synthgen", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -46,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     from synthgen.cost_cli import add_cost_commands
 
     add_cost_commands(sub)
+    add_serve_commands(sub)
     return p
 
 

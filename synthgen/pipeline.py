@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 
 from synthgen.accounting import AttemptMeter, Counts
+from synthgen.clean import clean_shard
 from synthgen.config import RunConfig
 from synthgen.cost import kept_counts
 from synthgen.engines.base import GenRequest, prompt_seed
@@ -176,11 +177,9 @@ def run_shard(task: ShardTask) -> ShardResult:
         counts.engine_seconds = time.perf_counter() - t_engine
 
         table = _records_table(cfg, task.shard_id, prompts, completions, engine.info, worker, seeds)
-        kept = [c for c in completions if c.finish_reason != "rejected"]
-        drop_counts: dict[str, int] = {}
-        rejected = len(completions) - len(kept)
-        if rejected:
-            drop_counts["rejected_prompt"] = rejected
+        # clean on the worker: hashes, MinHash signatures, filter + in-shard duplicate reasons
+        table, drop_counts = clean_shard(table, cfg.clean)
+        rejected = sum(1 for c in completions if c.finish_reason == "rejected")
         counts.prompt_tokens = sum(c.prompt_tokens for c in completions)
         counts.completion_tokens = sum(c.completion_tokens for c in completions)
         # kept = not rejected and not dropped: count after the clean stage marked drop_reason
