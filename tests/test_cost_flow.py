@@ -185,6 +185,7 @@ def test_budget_stops_then_resume_with_higher_budget(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~9 min on 2 shared cores; the bundled model on CPU is slow
 def test_held_time_matches_worker_lifetime_on_embedded_default(
     tmp_path: Path, prefect_api: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
