@@ -9,8 +9,9 @@
   above or s3fs's `key`, `secret`, `token`, `endpoint_url`.
 
 The run's parameters and the config passed between tasks carry only the block's *name*;
-each process (the flow, every Dask worker task) resolves the block itself and adds the
-values to its own copy of `output.storage_options`. Values never reach parameters, logs,
+each process that opens a `synthgen.storage.Store` (the flow, every Dask worker running a
+synthgen task: importing flows.run imports this module, which installs the resolver)
+resolves the block itself. Values never reach parameters, logs,
 artifacts or manifests (those use `RunConfig.public_dict()`, which redacts them anyway).
 Without a block, s3fs reads the usual AWS_* environment variables.
 """
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from synthgen.errors import ConfigError
 
 if TYPE_CHECKING:
-    from synthgen.config import OutputConfig, RunConfig
+    from synthgen.config import OutputConfig
 
 BLOCK_TYPES = ("aws-credentials", "secret")
 _CACHE_TTL_S = 300.0
@@ -121,28 +122,21 @@ def merge_storage_options(base: dict[str, Any], creds: dict[str, Any]) -> dict[s
     return out
 
 
-def with_credentials(config: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a dumped RunConfig with the credentials block's values in storage_options.
-
-    Call it in the process that touches storage, on the config it was handed; never pass the
-    result on as a flow or task parameter.
-    """
-    ref = (config.get("output") or {}).get("credentials_block")
-    if not ref:
-        return config
-    out = copy.deepcopy(config)
-    output = out["output"]
-    output["storage_options"] = merge_storage_options(
-        output.get("storage_options") or {}, load_block_storage_options(ref)
-    )
-    return out
+def resolve_output_options(output: OutputConfig) -> dict[str, Any]:
+    """`output.storage_options` plus the block's credentials (for synthgen.storage.Store)."""
+    if not output.credentials_block:
+        return dict(output.storage_options)
+    creds = load_block_storage_options(output.credentials_block)
+    if "endpoint_url" in output.storage_options:  # the config's own endpoint wins
+        creds.get("client_kwargs", {}).pop("endpoint_url", None)
+    return merge_storage_options(output.storage_options, creds)
 
 
-def storage_output(cfg: RunConfig) -> OutputConfig:
-    """`cfg.output` with the credentials block resolved, for this process's own Store."""
-    if not cfg.output.credentials_block:
-        return cfg.output
-    opts = merge_storage_options(
-        cfg.output.storage_options, load_block_storage_options(cfg.output.credentials_block)
-    )
-    return cfg.output.model_copy(update={"storage_options": opts})
+def install() -> None:
+    """Let every `Store` in this process resolve `output.credentials_block` (import-time)."""
+    from synthgen import storage
+
+    storage.set_credentials_resolver(resolve_output_options)
+
+
+install()

@@ -22,6 +22,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.exceptions import MissingContextError
 from prefect.runtime import flow_run
 
+import flows.credentials  # noqa: F401 - every Store in this process resolves credentials blocks
 from flows.cost import (
     budget_message,
     cost_summary,
@@ -32,7 +33,6 @@ from flows.cost import (
     runner_kwargs,
     start_usage,
 )
-from flows.credentials import storage_output, with_credentials
 from flows.serve import deployment_default_config, resolve_config_ref
 from flows.task_runner import SynthgenTaskRunner
 from flows.trigger import SUMMARY_ARTIFACT_PREFIX, check_overrides
@@ -49,15 +49,14 @@ from synthgen.summary import RunSummary, per_worker
 
 @task(name="generate-shard", persist_result=False)
 def generate_shard(config: dict[str, Any], shard_id: str) -> dict[str, Any]:
-    # credentials are resolved here, on the worker, from output.credentials_block (if any)
-    return run_shard(ShardTask(with_credentials(config), shard_id)).as_dict()
+    return run_shard(ShardTask(config, shard_id)).as_dict()
 
 
 @task(name="publish-shard", persist_result=False, retries=2, retry_delay_seconds=2)
 def publish_shard_task(
     config: dict[str, Any], shard_id: str, drops: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    return publish_shard(with_credentials(config), shard_id, drops)
+    return publish_shard(config, shard_id, drops)
 
 
 @task(name="dedup-run", persist_result=False, retries=1, retry_delay_seconds=2)
@@ -158,7 +157,7 @@ def generate_flow(
     record_budget(cfg, budget_msg)
     if budget_msg:
         print(budget_msg)
-    store = Store(storage_output(cfg))
+    store = Store(cfg.output)
     committed = committed_shards(store, cfg.run_id or "")
     finish_usage(cfg, run_started_at)
     manifest = None
@@ -226,7 +225,7 @@ def synthgen_run(config: str, overrides: list[str] | None = None) -> dict[str, A
 
 def execute(cfg: RunConfig, started: float | None = None) -> dict[str, Any]:
     started = started or time.perf_counter()
-    store = Store(storage_output(cfg))
+    store = Store(cfg.output)
     store.check_writable()
     plan = write_plan(cfg, store)
     run_id = cfg.run_id or ""

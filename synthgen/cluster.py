@@ -192,17 +192,6 @@ def worker_advertised(environ: dict[str, str] | None = None) -> dict[str, Any]:
     return out
 
 
-def advertised_price(
-    device_type: str, price_per_hour: float, environ: dict[str, str] | None = None
-) -> tuple[str, float]:
-    """The worker's advertised (GPU type, hourly price) when its start script set a price;
-    otherwise the ones matched from the config's price table."""
-    adv = worker_advertised(environ)
-    if "price_per_hour" not in adv:
-        return device_type, price_per_hour
-    return adv.get("gpu_type", device_type), adv["price_per_hour"]
-
-
 def local_cluster(**kwargs: Any) -> Any:
     """A LocalCluster whose scheduler keeps no extra tasks queued on busy workers
     (`worker-saturation: 1.0`), so the last shards go to whichever worker frees up first."""

@@ -266,7 +266,7 @@ class NearDedupConfig(_Section):
     stratified: bool = Field(
         True,
         description="Stratified (SuperMinHash-style) signatures: about a third less estimator "
-        "spread on short texts for ~2x the hashing arithmetic; false = classic MinHash.",
+        "spread on short texts at the same cost; false = classic MinHash.",
     )
     max_bucket_pairs: int = Field(
         64,

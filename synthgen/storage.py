@@ -96,8 +96,25 @@ def retrying(fn: Callable[[], T], what: str, policy: RetryPolicy = DEFAULT_RETRY
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+# Resolves `output.credentials_block` to storage options (set by flows/credentials.py, which
+# may talk to Prefect; the library itself never does).
+_credentials_resolver: Callable[[OutputConfig], dict[str, Any]] | None = None
+
+
+def set_credentials_resolver(resolver: Callable[[OutputConfig], dict[str, Any]] | None) -> None:
+    global _credentials_resolver
+    _credentials_resolver = resolver
+
+
 def _storage_options(output: OutputConfig) -> dict[str, Any]:
     opts = dict(output.storage_options)
+    if output.credentials_block:
+        if _credentials_resolver is None:
+            raise StorageError(
+                f"output.credentials_block {output.credentials_block!r}: credentials blocks are "
+                "resolved through Prefect (flows.credentials); set AWS_* variables instead here"
+            )
+        opts = dict(_credentials_resolver(output))
     if output.uri.startswith("s3://"):
         # accept endpoint_url at top level (as users write it) and fail fast on dead endpoints
         endpoint = opts.pop("endpoint_url", None) or os.environ.get("AWS_ENDPOINT_URL")

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from synthgen.cluster import (
-    advertised_price,
     generate_resources,
     is_loopback_host,
     security_from_config,
@@ -174,14 +173,3 @@ def test_worker_advertised_reads_start_script_environment() -> None:
         worker_advertised({"SYNTHGEN_PRICE_PER_HOUR": "cheap"})
     with pytest.raises(ConfigError, match="non-negative"):
         worker_advertised({"SYNTHGEN_PRICE_PER_HOUR": "-1"})
-
-
-def test_advertised_price_overrides_price_table_only_when_set() -> None:
-    assert advertised_price("RTX 4090", 0.35, {}) == ("RTX 4090", 0.35)
-    assert advertised_price("RTX 4090", 0.35, {"SYNTHGEN_GPU_TYPE": "RTX 4090 (x)"}) == (
-        "RTX 4090",
-        0.35,
-    )
-    env = {"SYNTHGEN_GPU_TYPE": "RTX 3090", "SYNTHGEN_PRICE_PER_HOUR": "0.19"}
-    assert advertised_price("cpu-core", 0.04, env) == ("RTX 3090", 0.19)
-    assert advertised_price("A100", 1.2, {"SYNTHGEN_PRICE_PER_HOUR": "1.0"}) == ("A100", 1.0)

@@ -219,6 +219,9 @@ def test_held_time_matches_worker_lifetime_on_embedded_default(
     root = Path(__file__).resolve().parents[1]
     data = yaml.safe_load((root / "configs" / "default.yaml").read_text())
     data["output"] = {"uri": str(tmp_path / "out")}
+    # the embedded default (bundled model, transformers on CPU, LocalCluster), fewer tokens
+    data["prompts"]["limit"] = 8
+    data["sampling"]["max_new_tokens"] = 16
     path = tmp_path / "default.yaml"
     path.write_text(yaml.safe_dump(data))
     try:

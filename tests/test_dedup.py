@@ -138,3 +138,20 @@ def test_in_shard_dedup_respects_eligibility_and_switches() -> None:
     only_exact = duplicate_reasons(pids, hashes, sigs, np.ones(5, bool), None, exact=True)
     assert {pids[i] for i in only_exact} == {"p3"}
     assert duplicate_reasons(pids, hashes, sigs, np.ones(5, bool), None, exact=False) == {}
+
+
+def test_band_pairs_equals_candidate_pairs() -> None:
+    from synthgen.dedup.clusters import band_pairs
+
+    rng = np.random.default_rng(0)
+    n, b = 3000, 6
+    keys = rng.integers(0, 2**63, size=(n, b), dtype=np.uint64)
+    keys[5:2000:2, 3] = keys[4:1999:2, 3]  # many buckets of two
+    keys[10:13, 1] = keys[10, 1]  # a bucket of three
+    keys[20:120, 2] = keys[20, 2]  # a bucket over the cap
+    want = candidate_pairs(keys.ravel(), np.repeat(np.arange(n), b), 16)
+    got = band_pairs(keys, 16)
+    # 998 + 3 + (120 + 84), less 9 pairs found in two bands: (10, 11) and (20, 21)..(34, 35)
+    assert len(got) == 998 + 3 + 120 + 84 - 9
+    assert np.array_equal(got, want)
+    assert band_pairs(keys[:1]).shape == (0, 2)

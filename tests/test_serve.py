@@ -9,8 +9,8 @@ import pytest
 from flows.credentials import (
     merge_storage_options,
     parse_block_ref,
+    resolve_output_options,
     storage_options_from_block_data,
-    with_credentials,
 )
 from flows.serve import deployment_specs, require_prefect_api
 from flows.trigger import check_overrides, deployment_name
@@ -163,8 +163,8 @@ def test_block_ref_and_merge_rules() -> None:
         "secret": "s",
         "client_kwargs": {"endpoint_url": "http://mine", "region_name": "eu"},
     }
-    plain = config_from_dict({}).model_dump(mode="json")
-    assert with_credentials(plain) is plain  # no block: untouched, no Prefect call
+    plain = config_from_dict({})
+    assert resolve_output_options(plain.output) == {}  # no block: no Prefect call
 
 
 def test_config_ref_resolves_names_next_to_the_deployment_config(tmp_path: Path) -> None:

@@ -262,5 +262,5 @@ def test_flow_runs_over_tls_and_generate_tasks_land_on_gpu_worker(
     assert len(commits) == 6
     assert {c["worker"] for c in commits} == {addr_of[tls_cluster.gpu_worker]}
     assert all(c["worker"].startswith("tls://") for c in commits)
-    # the GPU worker's start script advertised its type and hourly price; the ledger used them
-    assert {(c["device_type"], c["price_per_hour"]) for c in commits} == {("Test GPU 24GB", 0.42)}
+    # the GPU worker's start script advertised its hourly price; the cost ledger charged it
+    assert {c["price_per_hour"] for c in commits} == {0.42}

@@ -51,6 +51,49 @@ def candidate_pairs(keys: np.ndarray, ids: np.ndarray, max_bucket_pairs: int = 6
     return np.unique(np.concatenate(out).astype(np.int64), axis=0)
 
 
+def band_pairs(keys: np.ndarray, max_bucket_pairs: int = 64) -> np.ndarray:
+    """Pairs (i, j), i < j, of row positions sharing a key in any column of `keys`
+    (n_rows x bands uint64); the same bucket rule as `candidate_pairs`.
+
+    Faster than `candidate_pairs` on one table: each band's keys are truncated and packed
+    with the row position into one uint64, so a plain (SIMD) sort replaces an argsort.
+    Truncation can only add candidates (they are verified afterwards), never lose one.
+    """
+    keys = np.asarray(keys, dtype=np.uint64)
+    n = keys.shape[0]
+    if n < 2:
+        return np.zeros((0, 2), dtype=np.int64)
+    bits = np.uint64(max(1, (n - 1).bit_length()))
+    mask = np.uint64((1 << int(bits)) - 1)
+    pos = np.arange(n, dtype=np.uint64)
+    out: list[np.ndarray] = []
+    for j in range(keys.shape[1]):
+        packed = np.sort(((keys[:, j] >> bits) << bits) | pos)
+        hi = packed >> bits
+        eq = hi[1:] == hi[:-1]
+        idx = np.flatnonzero(eq)
+        if len(idx) == 0:
+            continue
+        rows = (packed & mask).astype(np.int64)
+        # a run of k equal neighbours is a bucket of k+1 rows
+        run_start = idx[np.concatenate(([True], idx[1:] != idx[:-1] + 1))]
+        run_end = idx[np.concatenate((idx[1:] != idx[:-1] + 1, [True]))] + 1
+        size = run_end - run_start + 1
+        two = run_start[size == 2]
+        out.append(np.stack([rows[two], rows[two + 1]], axis=1))
+        for a, b in zip(run_start[size > 2], run_end[size > 2], strict=True):
+            members = rows[a : b + 1]  # sorted: positions are the low bits
+            head = members[:max_bucket_pairs]
+            iu, ju = np.triu_indices(len(head), k=1)
+            out.append(np.stack([head[iu], head[ju]], axis=1))
+            if len(members) > max_bucket_pairs:
+                rest = members[max_bucket_pairs:]
+                out.append(np.stack([np.full(len(rest), members[0]), rest], axis=1))
+    if not out:
+        return np.zeros((0, 2), dtype=np.int64)
+    return np.unique(np.concatenate(out), axis=0)
+
+
 def exact_pairs(hashes: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Pairs of ids with equal text hash, each joined to its group's smallest id."""
     hashes = np.asarray(hashes, dtype=np.uint64)

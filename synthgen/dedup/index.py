@@ -22,7 +22,7 @@ from synthgen.errors import ConfigError
 
 INDEX_DIR = "_dedup_index"
 META_FILE = "_meta.json"
-INDEX_VERSION = 2  # 2: stratified signatures in 16-bit lanes for num_perm <= 256
+INDEX_VERSION = 2  # 2: stratified signatures as A*i + (B + r)
 
 
 def index_meta(cfg: CleanConfig) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from synthgen.config import NearDedupConfig
-from synthgen.dedup.clusters import candidate_pairs, exact_pairs, resolve
+from synthgen.dedup.clusters import band_pairs, exact_pairs, resolve
 from synthgen.dedup.lsh import band_keys, estimated_jaccard
 
 
@@ -20,9 +20,7 @@ def verified_near_pairs(
     if n < 2:
         return np.zeros((0, 2), dtype=np.int64)
     bands, rows = cfg.lsh_params()
-    keys = band_keys(signatures, bands, rows)
-    rowpos = np.repeat(np.arange(n, dtype=np.int64), bands)
-    pairs = candidate_pairs(keys.ravel(), rowpos, cfg.max_bucket_pairs)
+    pairs = band_pairs(band_keys(signatures, bands, rows), cfg.max_bucket_pairs)
     if len(pairs) == 0:
         return pairs
     est = estimated_jaccard(signatures[pairs[:, 0]], signatures[pairs[:, 1]])
