@@ -19,7 +19,7 @@ from synthgen.budget import BudgetGate, Outcome, ScheduleResult, partial_message
 from synthgen.cluster import task_runner_kwargs
 from synthgen.config import RunConfig
 from synthgen.ledger import read_ledger, read_workers, write_worker_row
-from synthgen.report import Summary, summarize, to_markdown
+from synthgen.report import BUDGET_FILE, Summary, summarize, to_markdown
 from synthgen.storage import Store
 
 
@@ -75,10 +75,13 @@ def finish_usage(cfg: RunConfig, run_started_at: float) -> None:
     store = Store(cfg.output)
     root = store.run_path(cfg.run_id or "")
     client = _client()
-    for row in usage.collect(
-        client, cfg.run_id or "", cfg.cost, run_started_at, cfg.model.device, gpus_used(cfg)
-    ):
-        write_worker_row(store.fs, root, row)
+    try:
+        for row in usage.collect(
+            client, cfg.run_id or "", cfg.cost, run_started_at, cfg.model.device, gpus_used(cfg)
+        ):
+            write_worker_row(store.fs, root, row)
+    except Exception as exc:  # the shards are committed: a missing usage row must not fail the run
+        print(f"cost: could not write worker rows: {type(exc).__name__}: {exc}")
     if cfg.cluster.address:
         usage.unregister(client, cfg.run_id or "")
 
@@ -153,6 +156,23 @@ def budget_message(cfg: RunConfig, sched: ScheduleResult[str, Any], total: int) 
     return partial_message(cfg.run_id or "", d, remaining, total, hint)
 
 
+def record_budget(cfg: RunConfig, message: str | None) -> None:
+    """runs/RUN_ID/budget.json: the cap of the latest session and whether it stopped the run."""
+    store = Store(cfg.output)
+    path = store.run_path(cfg.run_id or "", BUDGET_FILE)
+    if cfg.budget.max_cost_usd is None and not store.exists(path):
+        return
+    store.write_json(
+        path,
+        {
+            "max_cost_usd": cfg.budget.max_cost_usd,
+            "partial": message is not None,
+            "message": message,
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    )
+
+
 def cost_summary(cfg: RunConfig) -> Summary | None:
     store = Store(cfg.output)
     root = store.run_path(cfg.run_id or "")
@@ -160,7 +180,9 @@ def cost_summary(cfg: RunConfig) -> Summary | None:
     workers = read_workers(store.fs, root).to_pylist()
     if not ledger and not workers:
         return None
-    return summarize(ledger, workers, run_id=cfg.run_id or "")
+    budget_path = store.run_path(cfg.run_id or "", BUDGET_FILE)
+    budget = store.read_json(budget_path) if store.exists(budget_path) else None
+    return summarize(ledger, workers, run_id=cfg.run_id or "", budget=budget)
 
 
 def artifact_key(run_id: str) -> str:
@@ -173,9 +195,13 @@ def publish_cost_artifact(cfg: RunConfig) -> Summary | None:
     summary = cost_summary(cfg)
     if summary is None:
         return None
-    create_markdown_artifact(
-        markdown=to_markdown(summary),
-        key=artifact_key(cfg.run_id or ""),
-        description=f"synthgen cost report for run {cfg.run_id} ({time.strftime('%Y-%m-%d %H:%M:%S')})",
-    )
+    try:
+        create_markdown_artifact(
+            markdown=to_markdown(summary),
+            key=artifact_key(cfg.run_id or ""),
+            description=f"synthgen cost report for run {cfg.run_id} "
+            f"({time.strftime('%Y-%m-%d %H:%M:%S')})",
+        )
+    except Exception as exc:  # the run's outcome does not depend on the UI artifact
+        print(f"cost: could not publish the Prefect artifact: {type(exc).__name__}: {exc}")
     return summary

@@ -28,6 +28,7 @@ from flows.cost import (
     cost_summary,
     finish_usage,
     publish_cost_artifact,
+    record_budget,
     run_budgeted,
     runner_kwargs,
     start_usage,
@@ -169,6 +170,7 @@ def generate_flow(
             sched = run_budgeted(cfg, shard_ids, submit, on_done, slots)
     gen_seconds = time.perf_counter() - started
     budget_msg = budget_message(cfg, sched, total) if sched is not None else None
+    record_budget(cfg, budget_msg)
     if budget_msg:
         print(budget_msg)
     store = Store(cfg.output)

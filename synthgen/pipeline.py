@@ -182,6 +182,7 @@ def run_shard(task: ShardTask) -> ShardResult:
         rejected = sum(1 for c in completions if c.finish_reason == "rejected")
         counts.prompt_tokens = sum(c.prompt_tokens for c in completions)
         counts.completion_tokens = sum(c.completion_tokens for c in completions)
+        # kept = not rejected and not dropped: count after the clean stage marked drop_reason
         counts.kept_records, counts.kept_tokens = kept_counts(table)
 
         path = shard_path(store, run_id, task.shard_id)

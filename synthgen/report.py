@@ -8,6 +8,7 @@ for the Prefect artifact, and the totals block of the dataset manifest.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 from synthgen.ledger import read_ledger, read_workers, run_fs
 
 Row = dict[str, Any]
+BUDGET_FILE = "budget.json"  # written by the flow: the latest session's cap and outcome
 
 
 def _per_million(cost: float, tokens: float) -> float | None:
@@ -34,6 +36,7 @@ class Summary:
     per_device: list[Row]
     workers: list[Row]
     attempts: list[Row] = field(repr=False, default_factory=list)
+    budget: Row | None = None  # {"max_cost_usd", "partial", "message"} when a cap was set
 
 
 def _final_success(rows: Sequence[Row]) -> Row | None:
@@ -41,7 +44,9 @@ def _final_success(rows: Sequence[Row]) -> Row | None:
     return max(ok, key=lambda r: r["finished_at"]) if ok else None
 
 
-def summarize(ledger: Sequence[Row], workers: Sequence[Row], run_id: str = "") -> Summary:
+def summarize(
+    ledger: Sequence[Row], workers: Sequence[Row], run_id: str = "", budget: Row | None = None
+) -> Summary:
     """Aggregate ledger rows and worker rows (lists of dicts as read from Parquet)."""
     by_shard: dict[str, list[Row]] = defaultdict(list)
     for row in ledger:
@@ -82,7 +87,7 @@ def summarize(ledger: Sequence[Row], workers: Sequence[Row], run_id: str = "") -
         run_id = ledger[0]["run_id"]
     elif not run_id and workers:
         run_id = workers[0]["run_id"]
-    return Summary(run_id, totals, per_shard, per_device, list(workers), list(ledger))
+    return Summary(run_id, totals, per_shard, per_device, list(workers), list(ledger), budget)
 
 
 def _held(workers: Sequence[Row]) -> Row:
@@ -186,7 +191,10 @@ def load_summary(run_uri: str, storage_options: dict[str, Any] | None = None) ->
     workers = read_workers(fs, root).to_pylist()
     if not ledger and not workers:
         raise FileNotFoundError(f"{run_uri}: no ledger/ or workers/ rows under this run")
-    return summarize(ledger, workers, run_id=root.rsplit("/", 1)[-1])
+    budget = None
+    if fs.exists(f"{root}/{BUDGET_FILE}"):
+        budget = json.loads(fs.cat_file(f"{root}/{BUDGET_FILE}"))
+    return summarize(ledger, workers, run_id=root.rsplit("/", 1)[-1], budget=budget)
 
 
 # --------------------------------------------------------------------------- formatting
@@ -298,6 +306,13 @@ def _total_lines(s: Summary) -> list[tuple[str, str]]:
             f"{_fmt(t['billed_usd'], 'usd')} -- what the workers bill; {_fmt(t['billed_usd_per_1m_kept_tokens'], 'usd')} per 1M kept tokens",
         ),
     ]
+    b = s.budget or {}
+    if b.get("max_cost_usd") is not None:
+        left = b["max_cost_usd"] - t["cost_usd"]
+        state = "stopped the run (partial)" if b.get("partial") else "not reached"
+        lines.append(
+            ("budget", f"{_fmt(b['max_cost_usd'], 'usd')} cap, {_fmt(left, 'usd')} left; {state}")
+        )
     if t["unpriced_devices"]:
         lines.append(
             ("UNPRICED", "no price for " + ", ".join(t["unpriced_devices"]) + " (counted as $0)")

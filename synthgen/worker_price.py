@@ -7,7 +7,7 @@ Either set the environment variable on the worker:
 or pass it as a worker option through this preload module:
 
     dask worker tls://scheduler:8786 --preload synthgen.worker_price \
-        --preload-argv --price-per-hour=0.31
+        --price-per-hour=0.31   (options after the preload are passed to it)
 
 Either overrides the config's price table for that worker only.
 """

@@ -152,3 +152,63 @@ def test_resumed_session_on_same_worker_gets_its_own_row(tmp_path: Path) -> None
     assert (row1["busy_seconds"], row1["held_seconds"]) == (2.0, pytest.approx(10.0))
     assert (row2["busy_seconds"], row2["held_seconds"]) == (3.0, pytest.approx(20.0))
     usage.reset()
+
+
+def _worker_price() -> float | None:
+    from synthgen.cost import worker_price_override
+
+    return worker_price_override()
+
+
+@pytest.mark.slow
+def test_per_worker_price_through_real_dask_worker_cli(tmp_path: Path) -> None:
+    """`dask worker --preload synthgen.worker_price --price-per-hour=X` and the env var,
+    on real worker processes started from the command line."""
+    import os
+    import subprocess
+    import sys
+
+    from distributed import Client
+
+    from tests.conftest import REPO, free_port
+
+    bindir = Path(sys.executable).parent
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("SYNTHGEN_PRICE_PER_HOUR", None)
+    common = ["--nthreads", "1", "--dashboard-address", "127.0.0.1:0", "--no-nanny"]
+    procs = [
+        subprocess.Popen(
+            [bindir / "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
+             "--dashboard-address", "127.0.0.1:0"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+    ]  # fmt: skip
+    try:
+        time.sleep(3)
+        address = f"tcp://127.0.0.1:{port}"
+        procs.append(
+            subprocess.Popen(
+                [bindir / "dask", "worker", address, *common, "--name", "opt",
+                 "--preload", "synthgen.worker_price", "--price-per-hour=0.31"],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        )  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                [bindir / "dask", "worker", address, *common, "--name", "env",
+                 "--preload", "synthgen.worker_price"],
+                env={**env, "SYNTHGEN_PRICE_PER_HOUR": "0.27"},
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        )  # fmt: skip
+        with Client(address, timeout=30) as client:
+            client.wait_for_workers(2, timeout=60)
+            names = {a: w["name"] for a, w in client.scheduler_info()["workers"].items()}
+            prices = {names[a]: p for a, p in client.run(_worker_price).items()}
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
+    assert prices == {"opt": 0.31, "env": 0.27}
