@@ -11,25 +11,31 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import dask
 from prefect import flow, get_run_logger, task
-from prefect.futures import as_completed
+from prefect.futures import as_completed, wait
 from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
 
+from synthgen.attempts import AttemptWatch
 from synthgen.cluster import task_runner_kwargs
 from synthgen.config import RunConfig, load_config
+from synthgen.lease import RunLease
 from synthgen.pipeline import ShardTask, committed_shards, run_shard
 from synthgen.plan import write_plan
+from synthgen.preflight import run_preflight
 from synthgen.publish import publish_shard, write_manifest
+from synthgen.redaction import check_overrides, protect, restore_secrets, stash_secrets
 from synthgen.storage import Store
 from synthgen.summary import RunSummary, per_worker
 
 
 @task(name="generate-shard", persist_result=False)
 def generate_shard(config: dict[str, Any], shard_id: str) -> dict[str, Any]:
+    protect(config)  # mask credentials in this worker process's logs too
     return run_shard(ShardTask(config, shard_id)).as_dict()
 
 
@@ -60,25 +66,31 @@ def _generate_name() -> str:
 )
 def generate_flow(config: dict[str, Any], shard_ids: list[str], total: int) -> dict[str, Any]:
     """Generate the given shards on the cluster, then publish if every shard is committed."""
+    config = restore_secrets(config)  # the parameters carry *** placeholders, tasks need keys
+    protect(config)
     cfg = RunConfig.model_validate(config)
+    # no Prefect timeout_seconds: it cannot interrupt a blocking call in a Dask worker thread;
+    # `cluster.shard_timeout_s` is enforced by `_collect` (re-submits overdue shards)
     gen = generate_shard.with_options(
         retries=cfg.cluster.task_retries,
         retry_delay_seconds=cfg.cluster.retry_delay_s,
-        timeout_seconds=cfg.cluster.shard_timeout_s,
     )
     started = time.perf_counter()
     with _gpu_annotation(cfg):
-        futures = [gen.submit(config, sid) for sid in shard_ids]
+        futures = {sid: gen.submit(config, sid) for sid in shard_ids}
     done_before = total - len(shard_ids)
     results: list[dict[str, Any]] = []
     tokens = 0
     failures: list[str] = []
-    for fut in as_completed(futures):
-        try:
-            res = fut.result()
-        except Exception as exc:  # the task exhausted its retries
-            failures.append(f"{exc}")
-            print(f"shard failed after retries: {type(exc).__name__}: {exc}")
+
+    def resubmit(sid: str) -> Any:
+        with _gpu_annotation(cfg):
+            return gen.submit(config, sid)
+
+    for sid, res, exc in _collect(cfg, futures, resubmit):
+        if exc is not None:  # the task exhausted its retries (or its timeouts)
+            failures.append(f"{sid}: {exc}")
+            print(f"shard {sid} failed after retries: {type(exc).__name__}: {exc}")
             continue
         results.append(res)
         tokens += res["completion_tokens"]
@@ -104,6 +116,59 @@ def generate_flow(config: dict[str, Any], shard_ids: list[str], total: int) -> d
     }
 
 
+def _collect(
+    cfg: RunConfig, futures: dict[str, Any], resubmit: Callable[[str], Any], poll_s: float = 1.0
+) -> Iterator[tuple[str, dict[str, Any] | None, BaseException | None]]:
+    """Yield (shard_id, result, error) as shards finish. With `cluster.shard_timeout_s`, an
+    attempt running longer is abandoned and its shard re-submitted (at most
+    `cluster.task_retries` times); a late result of an abandoned attempt is ignored."""
+    timeout = cfg.cluster.shard_timeout_s
+    if timeout is None:
+        by_future = {id(f): sid for sid, f in futures.items()}
+        for fut in as_completed(list(futures.values())):
+            sid = by_future[id(fut)]
+            try:
+                yield sid, fut.result(), None
+            except Exception as exc:
+                yield sid, None, exc
+        return
+    watch = AttemptWatch(Store(cfg.output), cfg.run_id or "", timeout)
+    pending = dict(futures)
+    reruns: dict[str, int] = {}
+    while pending:
+        done = wait(list(pending.values()), timeout=poll_s).done
+        for sid, fut in list(pending.items()):
+            if fut in done:
+                del pending[sid]
+                try:
+                    yield sid, fut.result(), None
+                except Exception as exc:
+                    yield sid, None, exc
+        watch.poll()
+        for sid in list(pending):
+            attempt = watch.overdue(sid)
+            if attempt is None:
+                continue
+            if reruns.get(sid, 0) >= cfg.cluster.task_retries:
+                del pending[sid]
+                yield (
+                    sid,
+                    None,
+                    TimeoutError(
+                        f"shard {sid}: attempt {attempt} ran past cluster.shard_timeout_s="
+                        f"{timeout:g}s and no re-runs are left (cluster.task_retries="
+                        f"{cfg.cluster.task_retries})"
+                    ),
+                )
+                continue
+            reruns[sid] = reruns.get(sid, 0) + 1
+            print(
+                f"shard {sid}: attempt {attempt} ran past cluster.shard_timeout_s={timeout:g}s; "
+                f"abandoning it and re-running the shard (re-run {reruns[sid]})"
+            )
+            pending[sid] = resubmit(sid)
+
+
 def _run_name() -> str:
     params = flow_run.parameters or {}
     try:
@@ -117,14 +182,23 @@ def _run_name() -> str:
 def synthgen_run(config: str, overrides: list[str] | None = None) -> dict[str, Any]:
     """Run (or resume) the run described by the YAML config at `config` plus overrides."""
     started = time.perf_counter()
+    check_overrides(overrides)
     cfg = load_config(config, overrides)
     return execute(cfg, started)
 
 
 def execute(cfg: RunConfig, started: float | None = None) -> dict[str, Any]:
     started = started or time.perf_counter()
+    protect(cfg.model_dump(mode="json"))
+    print(run_preflight(cfg).render())  # model, scheduler, credentials, writable: before GPUs
     store = Store(cfg.output)
-    store.check_writable()
+    with RunLease(store, cfg.run_id or "", ttl_s=cfg.output.lease_ttl_s) as lease:
+        return _execute_leased(cfg, store, lease, started)
+
+
+def _execute_leased(
+    cfg: RunConfig, store: Store, lease: RunLease, started: float
+) -> dict[str, Any]:
     plan = write_plan(cfg, store)
     run_id = cfg.run_id or ""
     already = committed_shards(store, run_id)
@@ -137,9 +211,10 @@ def execute(cfg: RunConfig, started: float | None = None) -> dict[str, Any]:
         print(
             f"{plan.rejects} bad prompt records quarantined: {store.url('runs', run_id, 'rejects.jsonl')}"
         )
-    config = cfg.model_dump(mode="json")
+    config = stash_secrets(cfg.model_dump(mode="json"))  # flow parameters: no credentials
     runner = DaskTaskRunner(**task_runner_kwargs(cfg.cluster))
     gen = generate_flow.with_options(task_runner=runner)(config, todo, len(plan.shards))
+    lease.check()
     committed = committed_shards(store, run_id)
     missing = [s.shard_id for s in plan.shards if s.shard_id not in committed]
     status = "complete" if not missing else "failed"

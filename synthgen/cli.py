@@ -12,9 +12,15 @@ from synthgen.errors import SynthgenError
 
 def cmd_run(args: argparse.Namespace) -> int:
     from synthgen.config import load_config
+    from synthgen.preflight import run_preflight
+    from synthgen.redaction import check_overrides, protect
 
+    check_overrides(args.set)  # credentials never become Prefect parameters
     cfg = load_config(args.config, args.set)  # fail on a bad config before anything starts
+    protect(cfg.model_dump(mode="json"))
     print(f"synthgen: run {cfg.run_id} ({args.config}) -> {cfg.output.uri}", flush=True)
+    # model, scheduler, credentials, writable output: before the Prefect server or any GPU
+    print(f"synthgen: {run_preflight(cfg).render()}", flush=True)
     from synthgen.prefect_env import prefect_api
 
     with prefect_api():
@@ -51,7 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except SynthgenError as exc:
-        print(f"synthgen: error: {exc}", file=sys.stderr)
+        from synthgen.redaction import MASKER
+
+        print(f"synthgen: error: {MASKER.mask(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("synthgen: interrupted; committed shards are kept, re-run to resume", file=sys.stderr)

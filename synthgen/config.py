@@ -94,6 +94,11 @@ class FakeOptions(_Section):
     seconds_per_token: float = Field(0.0, ge=0.0, description="Simulated engine time per token.")
     seconds_per_shard: float = Field(0.0, ge=0.0, description="Simulated fixed time per shard.")
     tokens_per_completion: PositiveInt = 16
+    hang_shards: list[str] = Field(
+        default_factory=list,
+        description="Test hook: these shards hang (sleep hang_seconds) on their first attempt.",
+    )
+    hang_seconds: float = Field(3600.0, ge=0.0)
 
 
 class ModelConfig(_Section):
@@ -154,6 +159,9 @@ class ClusterConfig(_Section):
     shard_timeout_s: float | None = Field(
         None, gt=0, description="A shard attempt running longer than this is abandoned and re-run."
     )
+    connect_timeout_s: float = Field(
+        5.0, gt=0, description="Preflight: how long to wait for `address` to accept a connection."
+    )
 
 
 # --------------------------------------------------------------------------- output
@@ -165,6 +173,17 @@ class OutputConfig(_Section):
         "may also come from the AWS_* environment variables.",
     )
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+    retry_attempts: PositiveInt = Field(
+        8, description="Tries per storage operation on transient errors (connection, 5xx)."
+    )
+    retry_base_delay_s: float = Field(0.25, gt=0.0, description="First backoff delay.")
+    retry_max_delay_s: float = Field(8.0, gt=0.0, description="Cap of the exponential backoff.")
+    lease_ttl_s: float = Field(
+        60.0,
+        ge=1.0,
+        description="Run lease expiry (renewed every third of it while the flow runs); a crashed "
+        "flow's lease can be taken over after this (at once on the same host).",
+    )
 
 
 # --------------------------------------------------------------------------- later stages
@@ -248,12 +267,14 @@ _SECRET_KEY = re.compile(r"(secret|password|token|passwd|credential|session|^key
 
 
 def redact(value: Any, key: str = "") -> Any:
-    """Recursively replace values whose key looks like a credential with '***'."""
+    """Recursively replace string values whose key looks like a credential with '***'.
+
+    Only strings: numbers under keys like `max_new_tokens` are settings, not credentials."""
     if isinstance(value, dict):
         return {k: redact(v, str(k)) for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v, key) for v in value]
-    if key and _SECRET_KEY.search(key) and value not in (None, "", {}):
+    if key and isinstance(value, str) and value and _SECRET_KEY.search(key):
         return "***"
     return value
 

@@ -22,6 +22,7 @@ from synthgen.config import RunConfig
 from synthgen.devices import detect_device
 from synthgen.engines.base import GenRequest, prompt_seed
 from synthgen.engines.cache import get_engine, worker_identity
+from synthgen.engines.fake import maybe_hang
 from synthgen.plan import read_shard_prompts
 from synthgen.schema import RECORD_SCHEMA
 from synthgen.storage import Store
@@ -37,7 +38,7 @@ class ShardTask:
 class ShardResult:
     run_id: str
     shard_id: str
-    status: str  # "done" | "skipped" (already committed)
+    status: str  # "done" | "skipped" (already committed) | "superseded" (a re-run committed first)
     attempt: int = 0
     prompts: int = 0
     rows: int = 0
@@ -167,6 +168,7 @@ def run_shard(task: ShardTask) -> ShardResult:
         },
     )
 
+    maybe_hang(cfg.model, task.shard_id, attempt)
     prompts = read_shard_prompts(store, run_id, task.shard_id)
     engine = get_engine(cfg.model)
     seeds = [prompt_seed(cfg.sampling.seed, p.prompt_id) for p in prompts]
@@ -183,6 +185,11 @@ def run_shard(task: ShardTask) -> ShardResult:
         drop_counts["rejected_prompt"] = rejected
 
     path = shard_path(store, run_id, task.shard_id)
+    if store.exists(marker):
+        # a later attempt (this one was timed out and re-run) committed first: never
+        # overwrite its file or marker; the shard has exactly one committed copy
+        done = store.read_json(marker)
+        return ShardResult(**{**done["result"], "status": "superseded", "attempt": attempt})
     size, sha = store.write_table(path, table)
     wall = time.perf_counter() - t0
     device = detect_device(cfg.model.device if cfg.model.engine != "fake" else "cpu")
