@@ -10,16 +10,18 @@ shard ids, paths and counts, never the generated text.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import dask
 from prefect import flow, get_run_logger, task
+from prefect.exceptions import MissingContextError
 from prefect.futures import as_completed, wait
 from prefect.runtime import flow_run
-from prefect_dask import DaskTaskRunner
 
+from flows.task_runner import SynthgenTaskRunner
 from synthgen.attempts import AttemptWatch
 from synthgen.cluster import task_runner_kwargs
 from synthgen.config import RunConfig, load_config
@@ -76,8 +78,12 @@ def generate_flow(config: dict[str, Any], shard_ids: list[str], total: int) -> d
         retry_delay_seconds=cfg.cluster.retry_delay_s,
     )
     started = time.perf_counter()
+    futures: dict[str, Any] = {}
     with _gpu_annotation(cfg):
-        futures = {sid: gen.submit(config, sid) for sid in shard_ids}
+        for i, sid in enumerate(shard_ids):
+            # plan order first: with guided sizing the big shards start early, small ones last
+            with dask.annotate(priority=len(shard_ids) - i):
+                futures[sid] = gen.submit(config, sid)
     done_before = total - len(shard_ids)
     results: list[dict[str, Any]] = []
     tokens = 0
@@ -169,6 +175,13 @@ def _collect(
             pending[sid] = resubmit(sid)
 
 
+def _logger() -> Any:
+    try:
+        return get_run_logger()
+    except MissingContextError:  # execute() called outside a flow run (benchmarks)
+        return logging.getLogger("synthgen")
+
+
 def _run_name() -> str:
     params = flow_run.parameters or {}
     try:
@@ -212,7 +225,7 @@ def _execute_leased(
             f"{plan.rejects} bad prompt records quarantined: {store.url('runs', run_id, 'rejects.jsonl')}"
         )
     config = stash_secrets(cfg.model_dump(mode="json"))  # flow parameters: no credentials
-    runner = DaskTaskRunner(**task_runner_kwargs(cfg.cluster))
+    runner = SynthgenTaskRunner(**task_runner_kwargs(cfg.cluster))
     gen = generate_flow.with_options(task_runner=runner)(config, todo, len(plan.shards))
     lease.check()
     committed = committed_shards(store, run_id)
@@ -233,7 +246,7 @@ def _execute_leased(
         rejects=plan.rejects,
         workers=per_worker(gen["results"]),
     )
-    get_run_logger().info("summary\n%s", summary.render_text())
+    _logger().info("summary\n%s", summary.render_text())
     if missing:
         raise RuntimeError(
             f"run {run_id}: {len(missing)} of {len(plan.shards)} shards failed "

@@ -12,7 +12,7 @@ def task_runner_kwargs(cfg: ClusterConfig) -> dict[str, Any]:
     if cfg.address:
         return {"address": cfg.address}
     return {
-        "cluster_class": "distributed.LocalCluster",
+        "cluster_class": "synthgen.cluster.local_cluster",
         "cluster_kwargs": {
             "n_workers": cfg.n_workers,
             "threads_per_worker": cfg.threads_per_worker,
@@ -21,3 +21,13 @@ def task_runner_kwargs(cfg: ClusterConfig) -> dict[str, Any]:
             "dashboard_address": "127.0.0.1:0",
         },
     }
+
+
+def local_cluster(**kwargs: Any) -> Any:
+    """A LocalCluster whose scheduler keeps no extra tasks queued on busy workers
+    (`worker-saturation: 1.0`), so the last shards go to whichever worker frees up first."""
+    import dask
+    from distributed import LocalCluster
+
+    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+        return LocalCluster(**kwargs)

@@ -78,16 +78,52 @@ class InputConfig(_Section):
 
 
 class ShardsConfig(_Section):
-    size: PositiveInt = Field(8, description="Prompts per shard.")
+    size: PositiveInt = Field(8, description="Prompts per shard (the largest shard if guided).")
+    sizing: Literal["uniform", "guided"] = Field(
+        "uniform",
+        description="uniform: every shard `size` prompts. guided: decreasing sizes so fast "
+        "and slow GPUs finish together (benchmarks/hetero_sched.py).",
+    )
+    expected_workers: PositiveInt = Field(
+        1, description="(guided) workers the sizes are planned for; part of the run's identity."
+    )
 
 
 # --------------------------------------------------------------------------- model
 class VllmOptions(_Section):
+    """vLLM engine settings. Unset values come from the GPU preset chosen on each worker
+    (configs/presets/); a value set here is pinned and wins over every preset."""
+
+    preset: str | None = Field(
+        None,
+        description="Force this preset by name on every worker; 'none' disables presets. "
+        "Unset: chosen per worker from the detected GPU name and memory.",
+    )
+    presets_dir: str | None = Field(
+        None, description="Directory of preset YAML files. Unset: the bundled configs/presets/."
+    )
     gpu_memory_utilization: float | None = Field(None, gt=0.0, le=1.0)
     max_num_seqs: PositiveInt | None = None
     tensor_parallel_size: PositiveInt = 1
-    quantization: str | None = None
+    quantization: str | None = Field(
+        None, description="vLLM quantization method (awq, gptq, fp8...). Pinned when set."
+    )
+    quantized_path: str | None = Field(
+        None,
+        description="A quantised variant of `model.path` (e.g. an AWQ checkpoint), used on "
+        "cards where the 16-bit weights do not fit (24 GB cards with large models).",
+    )
+    model_size_gb: float | None = Field(
+        None,
+        gt=0.0,
+        description="16-bit weight size in GB, for the fit check. Unset: summed from the "
+        "weight files of a local `model.path` (unknown for hub ids: no check).",
+    )
     enforce_eager: bool = False
+    trust_remote_code: bool = False
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="Passed verbatim to vllm.LLM(...); wins over all."
+    )
 
 
 class FakeOptions(_Section):

@@ -61,3 +61,26 @@ def detect_device(prefer: str = "auto") -> DeviceInfo:
         except Exception:  # torch missing or CUDA broken: fall back to CPU
             pass
     return DeviceInfo(kind="cpu", name=cpu_model_name(), count=usable_cores())
+
+
+# --------------------------------------------------------------------------- dtype choice
+BF16_MIN_CAPABILITY: tuple[int, int] = (8, 0)  # Ampere and newer
+
+
+def preferred_dtype(device: DeviceInfo) -> str:
+    """The 16-bit dtype a device runs best: bfloat16 from compute capability 8.0 (Ampere:
+    A100, RTX 30xx/40xx, L4, H100), float16 on older GPUs; float32 on CPU."""
+    if device.kind != "cuda":
+        return "float32"
+    if device.compute_capability is not None and device.compute_capability >= BF16_MIN_CAPABILITY:
+        return "bfloat16"
+    return "float16"
+
+
+def gpu_short_name(name: str) -> str:
+    """'NVIDIA GeForce RTX 4090' -> 'RTX 4090'; 'NVIDIA A100-SXM4-80GB' -> 'A100-SXM4-80GB'."""
+    short = name.strip()
+    for prefix in ("NVIDIA ", "GeForce ", "Tesla "):
+        if short.startswith(prefix):
+            short = short[len(prefix) :]
+    return short or name

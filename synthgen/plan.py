@@ -48,7 +48,13 @@ def write_plan(cfg: RunConfig, store: Store, prompt_set: PromptSet | None = None
     """Write (or, for an existing run, check and reuse) the plan of `cfg.run_id`."""
     run_id = cfg.run_id or ""
     ps = prompt_set or load_prompts(cfg)
-    shards = make_shards(ps.records, cfg.shards.size)
+    if cfg.shards.sizing == "guided":
+        from synthgen.scheduling import make_sized_shards, plan_shard_sizes
+
+        sizes = plan_shard_sizes(len(ps.records), cfg.shards.size, cfg.shards.expected_workers)
+        shards = make_sized_shards([r.prompt_id for r in ps.records], sizes)
+    else:
+        shards = make_shards(ps.records, cfg.shards.size)
     index = {
         "run_id": run_id,
         "fingerprint": cfg.fingerprint(),

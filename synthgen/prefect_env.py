@@ -40,7 +40,14 @@ def prefect_api() -> Iterator[str]:
         yield url
     finally:
         _flush_logs()
-        server.stop()
+        import logging
+
+        # its "Stopping temporary server" line can outlive the console (pytest, pipes)
+        logging.getLogger("prefect").disabled = True
+        try:
+            server.stop()
+        finally:
+            logging.getLogger("prefect").disabled = False
         os.environ.pop("PREFECT_API_URL", None)
 
 

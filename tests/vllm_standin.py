@@ -1,0 +1,144 @@
+"""A small stand-in for the parts of vLLM's offline API the engine uses (no vllm install).
+
+Shapes follow vLLM's documented API: `LLM(**engine_args)`, `LLM.get_tokenizer()`,
+`LLM.generate(prompts: list[TokensPrompt], sampling_params: list[SamplingParams],
+use_tqdm=...) -> list[RequestOutput]`, `RequestOutput.prompt_token_ids`,
+`RequestOutput.outputs[0].text / token_ids / finish_reason`. Unknown keyword arguments
+raise TypeError, as the real classes do, so a misspelt argument fails the tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+# A subset of vllm.LLM / EngineArgs keyword arguments (vLLM >= 0.8).
+LLM_ARGS = {
+    "model",
+    "tokenizer",
+    "dtype",
+    "gpu_memory_utilization",
+    "max_model_len",
+    "max_num_seqs",
+    "tensor_parallel_size",
+    "quantization",
+    "seed",
+    "enforce_eager",
+    "trust_remote_code",
+    "swap_space",
+    "kv_cache_dtype",
+    "enable_prefix_caching",
+    "download_dir",
+}
+
+
+@dataclass
+class SamplingParams:
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_tokens: int | None = 16
+    seed: int | None = None
+    logprobs: int | None = None
+
+
+@dataclass
+class CompletionOutput:
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt_token_ids: list[int]
+    outputs: list[CompletionOutput] = field(default_factory=list)
+
+
+class Tokenizer:
+    """Word-level toy tokenizer with a chat template marker: one token per word."""
+
+    chat_template = "{% toy %}"
+
+    def __init__(self) -> None:
+        self.vocab: dict[str, int] = {}
+
+    def _id(self, word: str) -> int:
+        return self.vocab.setdefault(word, len(self.vocab) + 1)
+
+    def encode(self, text: str) -> list[int]:
+        return [self._id(w) for w in text.split()]
+
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool, tokenize: bool
+    ) -> list[int]:
+        if not (add_generation_prompt and tokenize):
+            raise TypeError("the engine must ask for token ids with a generation prompt")
+        ids: list[int] = []
+        for m in messages:
+            ids += [self._id(f"<{m['role']}>")] + self.encode(m["content"])
+        return ids + [self._id("<assistant>")]
+
+
+class LLM:
+    instances: list[LLM] = []
+
+    def __init__(self, **kwargs: Any) -> None:
+        unknown = set(kwargs) - LLM_ARGS
+        if unknown:
+            raise TypeError(f"LLM() got unexpected keyword arguments {sorted(unknown)}")
+        self.kwargs = kwargs
+        self.calls: list[tuple[list[dict[str, list[int]]], list[SamplingParams]]] = []
+        self._tok = Tokenizer()
+        self.llm_engine = SimpleNamespace(
+            model_config=SimpleNamespace(max_model_len=kwargs.get("max_model_len") or 64)
+        )
+        LLM.instances.append(self)
+
+    def get_tokenizer(self) -> Tokenizer:
+        return self._tok
+
+    def generate(
+        self, prompts: list[dict[str, list[int]]], sampling_params: list[SamplingParams], **kw: Any
+    ) -> list[RequestOutput]:
+        if set(kw) - {"use_tqdm"}:
+            raise TypeError(f"generate() got unexpected keyword arguments {sorted(kw)}")
+        if len(prompts) != len(sampling_params):
+            raise ValueError("one SamplingParams per prompt")
+        limit = self.llm_engine.model_config.max_model_len
+        self.calls.append((prompts, sampling_params))
+        outs = []
+        for i, (p, sp) in enumerate(zip(prompts, sampling_params, strict=True)):
+            ids = p["prompt_token_ids"]
+            if len(ids) + (sp.max_tokens or 0) > limit:  # what vLLM does: fail the whole call
+                raise ValueError(f"prompt {i} too long for max_model_len {limit}")
+            digest = hashlib.sha256(f"{ids}|{sp.seed}|{sp.temperature}".encode()).digest()
+            natural = 1 + digest[0] % 12  # a seeded "model" that stops after 1..12 tokens
+            n = min(natural, sp.max_tokens or 16)
+            toks = list(digest[1 : 1 + n])
+            outs.append(
+                RequestOutput(
+                    request_id=str(i),
+                    prompt_token_ids=list(ids),
+                    outputs=[
+                        CompletionOutput(
+                            0,
+                            " ".join(f"w{t}" for t in toks),
+                            toks,
+                            "length" if n == sp.max_tokens and natural > n else "stop",
+                        )
+                    ],
+                )
+            )
+        return outs
+
+
+def module() -> SimpleNamespace:
+    """An object that stands in for the `vllm` module."""
+    LLM.instances.clear()
+    return SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams)
