@@ -59,7 +59,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SynthgenError as exc:
         from synthgen.redaction import MASKER
 
-        print(f"synthgen: error: {MASKER.mask(str(exc))}", file=sys.stderr)
+        from synthgen.errors import StorageError
+
+        hint = ""
+        if isinstance(exc, StorageError):
+            hint = "\nsynthgen: committed shards are kept; re-run the same command to resume"
+        print(f"synthgen: error: {MASKER.mask(str(exc))}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("synthgen: interrupted; committed shards are kept, re-run to resume", file=sys.stderr)
