@@ -94,7 +94,7 @@ def generate_flow(config: dict[str, Any], shard_ids: list[str], total: int) -> d
             return gen.submit(config, sid)
 
     for sid, res, exc in _collect(cfg, futures, resubmit):
-        if exc is not None:  # the task exhausted its retries (or its timeouts)
+        if exc is not None or res is None:  # the task exhausted its retries (or timeouts)
             failures.append(f"{sid}: {exc}")
             print(f"shard {sid} failed after retries: {type(exc).__name__}: {exc}")
             continue

@@ -57,9 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except SynthgenError as exc:
-        from synthgen.redaction import MASKER
-
         from synthgen.errors import StorageError
+        from synthgen.redaction import MASKER
 
         hint = ""
         if isinstance(exc, StorageError):
