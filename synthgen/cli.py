@@ -21,6 +21,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"synthgen: run {cfg.run_id} ({args.config}) -> {cfg.output.uri}", flush=True)
     # model, scheduler, credentials, writable output: before the Prefect server or any GPU
     print(f"synthgen: {run_preflight(cfg).render()}", flush=True)
+    from synthgen.lease import RunLease
+    from synthgen.storage import Store
+
+    RunLease(Store(cfg.output), cfg.run_id or "").ensure_free()  # refuse before any startup
     from synthgen.prefect_env import prefect_api
 
     with prefect_api():

@@ -319,7 +319,24 @@ class RunLease:
     def where(self) -> str:
         return self.store.url("runs", self.run_id)
 
+    def _refusal(self, info: LeaseInfo) -> RunLockedError:
+        return RunLockedError(
+            f"run {self.run_id!r} at {self.where()} is being run by another live "
+            f"process: {info.describe()}. Two runs must not write the same run id "
+            "at once; wait for it to finish (or, if it is gone, until the lease "
+            f"expires), or choose another run_id. Lease object: "
+            f"{self.store.url('runs', self.run_id, LEASE_NAME)}"
+        )
+
     # ---------------------------------------------------------------- API
+    def ensure_free(self) -> None:
+        """Raise RunLockedError if another live run holds the lease (takes nothing): lets the
+        CLI refuse before it starts a Prefect server or a cluster."""
+        data, _ = self._backend.read()
+        info = self._parse(data) if data is not None else None
+        if info is not None and info.holder != self.holder and not self._is_stale(info):
+            raise self._refusal(info)
+
     def acquire(self) -> RunLease:
         """Take the lease, or raise RunLockedError naming the live holder."""
         for _ in range(5):
@@ -341,13 +358,7 @@ class RunLease:
                         return self
                     continue
                 if info is not None and not self._is_stale(info):
-                    raise RunLockedError(
-                        f"run {self.run_id!r} at {self.where()} is being run by another live "
-                        f"process: {info.describe()}. Two runs must not write the same run id "
-                        "at once; wait for it to finish (or, if it is gone, until the lease "
-                        f"expires), or choose another run_id. Lease object: "
-                        f"{self.store.url('runs', self.run_id, LEASE_NAME)}"
-                    )
+                    raise self._refusal(info)
                 self.acquired_at = _iso(time.time())
                 payload = self._payload()
                 if self._backend.replace(payload, version or ""):

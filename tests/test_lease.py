@@ -36,10 +36,13 @@ def test_second_holder_is_refused_with_holder_host_and_expiry(store):
     msg = str(err.value)
     assert first.holder in msg and info.host in msg and info.expires_at in msg
     assert "r1" in msg and "_lease.json" in msg
+    with pytest.raises(RunLockedError, match=first.holder):
+        RunLease(store, "r1").ensure_free()
     # another run id on the same output is independent
     RunLease(store, "r2", ttl_s=30).acquire().release()
     first.release()
     assert read_lease(store, "r1") is None
+    RunLease(store, "r1").ensure_free()
     RunLease(store, "r1", ttl_s=30).acquire().release()
 
 

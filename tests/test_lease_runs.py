@@ -32,6 +32,8 @@ def test_second_concurrent_run_is_refused_and_the_first_completes(tmp_path, pref
     assert "is being run by another live process" in text
     assert holder.holder in text and holder.host in text and f"pid {holder.pid}" in text
     assert "expires" in text and cfg.run_id in text
+    assert "Starting temporary server" not in text  # refused by the CLI before any startup
+    assert "Flow run" not in text
 
     assert first.wait(timeout=240) == 0, (tmp_path / "first.log").read_text()[-3000:]
     result = json.loads((tmp_path / "first.json").read_text())
