@@ -9,6 +9,7 @@ a committed shard or one that will be generated again (overwriting the same keys
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -17,12 +18,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from synthgen.config import RunConfig
 from synthgen.devices import detect_device
 from synthgen.engines.base import GenRequest, prompt_seed
 from synthgen.engines.cache import get_engine, worker_identity
 from synthgen.engines.fake import maybe_hang
+from synthgen.errors import StorageError
 from synthgen.plan import read_shard_prompts
 from synthgen.schema import RECORD_SCHEMA
 from synthgen.storage import Store
@@ -71,6 +74,24 @@ def commit_path(store: Store, run_id: str, shard_id: str) -> str:
 
 def shard_path(store: Store, run_id: str, shard_id: str) -> str:
     return store.run_path(run_id, "shards", f"{shard_id}.parquet")
+
+
+def read_committed_shard(store: Store, run_id: str, shard_id: str) -> pa.Table:
+    """The rows of a committed shard, checked against its commit marker's sha256.
+
+    A file that does not match its marker (overwritten after the commit, corrupted) is never
+    used: the marker is removed, so that a re-run generates the shard again, and the error
+    says so."""
+    marker_path = commit_path(store, run_id, shard_id)
+    marker = store.read_json(marker_path)
+    data = store.read_bytes(marker.get("file") or shard_path(store, run_id, shard_id))
+    if hashlib.sha256(data).hexdigest() != marker.get("sha256"):
+        store.rm(marker_path)
+        raise StorageError(
+            f"run {run_id}: shard {shard_id}: the file does not match its commit marker "
+            "(sha256 differs); the commit was withdrawn, re-run to generate the shard again"
+        )
+    return pq.read_table(pa.BufferReader(data))
 
 
 def committed_shards(store: Store, run_id: str) -> dict[str, dict[str, Any]]:
@@ -220,15 +241,15 @@ def run_shard(task: ShardTask) -> ShardResult:
         file=path,
         drop_counts=drop_counts,
     )
-    store.write_json(
-        marker,
-        {
-            "shard_id": task.shard_id,
-            "file": path,
-            "bytes": size,
-            "sha256": sha,
-            "rows": table.num_rows,
-            "result": result.as_dict(),
-        },
-    )
+    commit = {
+        "shard_id": task.shard_id,
+        "file": path,
+        "bytes": size,
+        "sha256": sha,
+        "rows": table.num_rows,
+        "result": result.as_dict(),
+    }
+    # first commit wins: a concurrent attempt (a timed-out one returning late) never replaces it
+    if not store.create_bytes(marker, json.dumps(commit, indent=2, sort_keys=True).encode()):
+        return ShardResult(**{**result.as_dict(), "status": "superseded"})
     return result

@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 
 from synthgen import __version__
 from synthgen.config import RunConfig
-from synthgen.pipeline import committed_shards, shard_path
+from synthgen.pipeline import committed_shards, read_committed_shard
 from synthgen.schema import DATASET_COLUMNS
 from synthgen.storage import Store
 
@@ -33,7 +33,7 @@ def publish_shard(
     """Write the kept records of one committed shard to dataset/; return its file entry."""
     cfg = RunConfig.model_validate(config)
     store = Store(cfg.output)
-    table = store.read_table(shard_path(store, cfg.run_id or "", shard_id))
+    table = read_committed_shard(store, cfg.run_id or "", shard_id)  # checksum-verified
     kept = kept_rows(table, set(extra_drops or []))
     name = f"{shard_id}.parquet"
     size, sha = store.write_table(store.path(DATASET_DIR, name), kept)

@@ -164,6 +164,41 @@ class Store:
 
         retrying(_write, f"writing {self._show(path)}", self.policy)
 
+    def create_bytes(self, path: str, data: bytes) -> bool:
+        """Atomically create `path` with `data` unless it exists; False if it already did.
+
+        Local files: a complete temporary file hard-linked into place (link fails if the name
+        exists). S3: one PUT with `If-None-Match: *`. Other stores: check, then write."""
+
+        def _create() -> bool:
+            if self.local:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                try:
+                    os.link(tmp, path)
+                    return True
+                except FileExistsError:
+                    return False
+                finally:
+                    os.unlink(tmp)
+            if self.output.uri.startswith("s3://"):
+                try:
+                    self.fs.pipe_file(path, data, mode="create")
+                    return True
+                except FileExistsError:
+                    return False
+            self.fs.invalidate_cache(path)
+            if self.fs.exists(path):
+                return False
+            self.fs.pipe_file(path, data)
+            return True
+
+        return retrying(_create, f"creating {self._show(path)}", self.policy)
+
     def read_bytes(self, path: str) -> bytes:
         return retrying(lambda: self.fs.cat_file(path), f"reading {self._show(path)}", self.policy)
 

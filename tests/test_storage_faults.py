@@ -137,3 +137,48 @@ def test_outage_past_the_retry_budget_fails_clearly_then_resumes(tmp_path, prefe
     assert summary["shards_generated"] == SHARDS - len(commits)
     ids = _dataset_ids(store)
     assert len(ids) == 24 and len(set(ids)) == 24
+
+
+# --------------------------------------------------------------------------- commit integrity
+@pytest.fixture(params=["local", "s3"])
+def any_store(request, tmp_path):
+    from synthgen.config import OutputConfig
+
+    if request.param == "local":
+        return Store(OutputConfig(uri=str(tmp_path / "out")))
+    s3_server = request.getfixturevalue("s3_server")
+    bucket = request.getfixturevalue("s3_bucket")
+    return Store(
+        OutputConfig(uri=f"s3://{bucket}/pre", storage_options={"endpoint_url": s3_server})
+    )
+
+
+def test_create_bytes_never_replaces_an_existing_object(any_store):
+    path = any_store.path("runs", "r", "_commits", "shard-00000.json")
+    assert any_store.create_bytes(path, b"first")
+    assert not any_store.create_bytes(path, b"second")
+    assert any_store.read_bytes(path) == b"first"
+    assert any_store.ls(any_store.path("runs", "r", "_commits")) == ["shard-00000.json"]
+
+
+def test_a_shard_file_that_no_longer_matches_its_commit_is_never_published(tmp_path):
+    from synthgen.errors import StorageError as SGStorageError
+    from synthgen.pipeline import ShardTask, commit_path, run_shard, shard_path
+    from synthgen.plan import write_plan
+    from synthgen.publish import publish_shard
+
+    cfg = config_from_dict(fake_config(str(tmp_path / "out")))
+    store = Store(cfg.output)
+    write_plan(cfg, store)
+    config = cfg.model_dump(mode="json")
+    assert run_shard(ShardTask(config, "shard-00000")).status == "done"
+    assert publish_shard(config, "shard-00000")["rows"] == 5
+    # something rewrites the shard after its commit (a late attempt, a stray tool)
+    other = pq.read_table(store.run_path(cfg.run_id, "shards", "shard-00000.parquet")).slice(0, 2)
+    store.write_table(shard_path(store, cfg.run_id, "shard-00000"), other)
+    with pytest.raises(SGStorageError, match="shard-00000: the file does not match its commit"):
+        publish_shard(config, "shard-00000")
+    assert not store.exists(commit_path(store, cfg.run_id, "shard-00000"))  # withdrawn
+    again = run_shard(ShardTask(config, "shard-00000"))  # the re-run regenerates it
+    assert again.status == "done" and again.rows == 5
+    assert publish_shard(config, "shard-00000")["rows"] == 5
