@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pyarrow.dataset as ds
 import pytest
@@ -106,12 +107,19 @@ def test_sigkill_of_the_flow_process_then_rerun_generates_only_missing_shards(
     os.kill(cli.pid, signal.SIGKILL)
     cli.wait(timeout=10)
     assert not (out / "dataset" / "_manifest.json").exists()
-    # shards already running on the workers may still commit; let them land first
-    wait_for(
-        lambda: all(a["outcome"] != "running" for a in attempt_history(store, cfg.run_id)),
-        30,
-        "in-flight attempts to finish",
-    )
+    # shards already handed to the workers may still start and commit; let them land first:
+    # no attempt running, and nothing new for 4 s (longer than a shard plus task start-up)
+    last: dict = {"state": None, "since": time.monotonic()}
+
+    def settled() -> bool:
+        history = attempt_history(store, cfg.run_id)
+        state = (len(history), sum(a["outcome"] == "committed" for a in history))
+        if state != last["state"] or any(a["outcome"] == "running" for a in history):
+            last.update(state=state, since=time.monotonic())
+            return False
+        return time.monotonic() - last["since"] >= 4.0
+
+    wait_for(settled, 60, "in-flight attempts to finish", every=0.25)
     before = len(committed_shards(store, cfg.run_id))
     assert 2 <= before < SHARDS
 
