@@ -11,47 +11,92 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import dask
+from distributed import worker_client
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.exceptions import MissingContextError
-from prefect.futures import as_completed, wait
 from prefect.runtime import flow_run
 
+from flows.cost import (
+    budget_message,
+    cost_summary,
+    finish_usage,
+    publish_cost_artifact,
+    run_budgeted,
+    runner_kwargs,
+    start_usage,
+)
+from flows.credentials import storage_output, with_credentials
+from flows.serve import deployment_default_config, resolve_config_ref
 from flows.task_runner import SynthgenTaskRunner
-from synthgen.attempts import AttemptWatch
-from synthgen.cluster import task_runner_kwargs
+from flows.timeouts import ShardTimeouts
+from flows.trigger import SUMMARY_ARTIFACT_PREFIX, check_overrides
+from synthgen.cluster import generate_resources
 from synthgen.config import RunConfig, load_config
+from synthgen.dedup.stage import dedup_run
 from synthgen.lease import RunLease
 from synthgen.pipeline import ShardTask, committed_shards, run_shard
 from synthgen.plan import write_plan
 from synthgen.preflight import run_preflight
 from synthgen.publish import publish_shard, write_manifest
-from synthgen.redaction import check_overrides, protect, restore_secrets, stash_secrets
+from synthgen.redaction import protect, restore_secrets, stash_secrets
+from synthgen.report import manifest_totals
 from synthgen.storage import Store
 from synthgen.summary import RunSummary, per_worker
 
 
 @task(name="generate-shard", persist_result=False)
 def generate_shard(config: dict[str, Any], shard_id: str) -> dict[str, Any]:
+    # credentials are resolved here, on the worker, from output.credentials_block (if any)
+    config = with_credentials(config)
     protect(config)  # mask credentials in this worker process's logs too
     return run_shard(ShardTask(config, shard_id)).as_dict()
 
 
 @task(name="publish-shard", persist_result=False, retries=2, retry_delay_seconds=2)
 def publish_shard_task(
-    config: dict[str, Any], shard_id: str, drops: list[str] | None = None
+    config: dict[str, Any], shard_id: str, drops: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    return publish_shard(config, shard_id, drops)
+    return publish_shard(with_credentials(config), shard_id, drops)
+
+
+@task(name="dedup-run", persist_result=False, retries=1, retry_delay_seconds=2)
+def dedup_task(config: dict[str, Any], shard_ids: list[str]) -> dict[str, Any]:
+    """Run-wide dedup on the cluster this task runs in (its map/shuffle/verify tasks are
+    submitted through the worker's client; this task's thread is seceded meanwhile)."""
+    cfg = RunConfig.model_validate(config)
+    store = Store(cfg.output)
+    started = time.perf_counter()
+    with worker_client() as client:
+        res = dedup_run(client, cfg, store, shard_ids)
+    return {
+        "rows_checked": res.rows,
+        "candidate_pairs": res.candidate_pairs,
+        "verified_pairs": res.verified_pairs,
+        "drop_counts": res.counts,
+        "seconds": round(time.perf_counter() - started, 3),
+        "drops_file": store.url("runs", cfg.run_id or "", "dedup", "drops.parquet"),
+        "drops": res.by_shard(),  # shard_id -> {prompt_id: reason}: duplicates only
+    }
 
 
 def _gpu_annotation(cfg: RunConfig) -> contextlib.AbstractContextManager[Any]:
-    if cfg.model.needs_gpu:
-        return dask.annotate(resources={cfg.cluster.gpu_resource: 1})
+    """Generate tasks that need a GPU ask for one unit of it: only GPU workers receive them."""
+    resources = generate_resources(cfg)
+    if resources:
+        return dask.annotate(resources=resources)
     return contextlib.nullcontext()
+
+
+def _backoff(cfg: RunConfig) -> list[float]:
+    """Exponential backoff between shard attempts: d, 2d, 4d, ... (capped at 5 minutes)."""
+    d = cfg.cluster.retry_delay_s
+    return [min(d * 2**i, 300.0) for i in range(cfg.cluster.task_retries)] or [0.0]
 
 
 def _generate_name() -> str:
@@ -66,113 +111,106 @@ def _generate_name() -> str:
     persist_result=False,
     flow_run_name=_generate_name,
 )
-def generate_flow(config: dict[str, Any], shard_ids: list[str], total: int) -> dict[str, Any]:
-    """Generate the given shards on the cluster, then publish if every shard is committed."""
+def generate_flow(
+    config: dict[str, Any], shard_ids: list[str], total: int, run_started_at: float | None = None
+) -> dict[str, Any]:
+    """Generate the given shards on the cluster (within the budget, if one is set), then
+    publish if every shard is committed."""
     config = restore_secrets(config)  # the parameters carry *** placeholders, tasks need keys
-    protect(config)
     cfg = RunConfig.model_validate(config)
     # no Prefect timeout_seconds: it cannot interrupt a blocking call in a Dask worker thread;
-    # `cluster.shard_timeout_s` is enforced by `_collect` (re-submits overdue shards)
+    # `cluster.shard_timeout_s` is enforced by ShardTimeouts (re-submits overdue shards)
     gen = generate_shard.with_options(
         retries=cfg.cluster.task_retries,
-        retry_delay_seconds=cfg.cluster.retry_delay_s,
+        retry_delay_seconds=_backoff(cfg),
+        retry_jitter_factor=0.2,
     )
+    run_started_at = run_started_at or time.time()
+    slots = start_usage(cfg, run_started_at)  # workers are held (and billed) from here
     started = time.perf_counter()
-    futures: dict[str, Any] = {}
-    with _gpu_annotation(cfg):
-        for i, sid in enumerate(shard_ids):
-            # plan order first: with guided sizing the big shards start early, small ones last
-            with dask.annotate(priority=len(shard_ids) - i):
-                futures[sid] = gen.submit(config, sid)
+    order = {sid: i for i, sid in enumerate(shard_ids)}
+
+    def submit_attempt(sid: str) -> Any:
+        # plan order first: with guided sizing the big shards start early, small ones last
+        with dask.annotate(priority=len(shard_ids) - order[sid]):
+            return gen.submit(config, sid)
+
+    timeouts = None
+    if cfg.cluster.shard_timeout_s is not None:
+        timeouts = ShardTimeouts(cfg, Store(storage_output(cfg)), submit_attempt)
+
+    def submit(sid: str) -> Any:
+        fut = submit_attempt(sid)
+        return timeouts.wrap(sid, fut) if timeouts else fut
+
     done_before = total - len(shard_ids)
     results: list[dict[str, Any]] = []
     tokens = 0
     failures: list[str] = []
 
-    def resubmit(sid: str) -> Any:
-        with _gpu_annotation(cfg):
-            return gen.submit(config, sid)
-
-    for sid, res, exc in _collect(cfg, futures, resubmit):
-        if exc is not None or res is None:  # the task exhausted its retries (or timeouts)
-            failures.append(f"{sid}: {exc}")
-            print(f"shard {sid} failed after retries: {type(exc).__name__}: {exc}")
-            continue
+    def on_done(fut: Any) -> bool:
+        nonlocal tokens
+        try:
+            res = fut.result()
+        except Exception as exc:  # the task exhausted its retries
+            failures.append(f"{exc}")
+            print(f"shard failed after retries: {type(exc).__name__}: {exc}")
+            return False
         results.append(res)
         tokens += res["completion_tokens"]
         elapsed = time.perf_counter() - started
         print(
             f"shard {res['shard_id']} done · {done_before + len(results)}/{total} shards · "
             f"{res['completion_tokens']} tokens in {res['engine_seconds']:.1f}s · "
-            f"run {tokens / elapsed:.1f} tokens/s"
+            f"${res['cost_usd']:.4f} · run {tokens / elapsed:.1f} tokens/s"
+        )
+        return True
+
+    with _gpu_annotation(cfg):
+        sched = run_budgeted(
+            cfg, shard_ids, submit, on_done, slots, timeouts.wait_any if timeouts else None
         )
     gen_seconds = time.perf_counter() - started
-    store = Store(cfg.output)
+    budget_msg = budget_message(cfg, sched, total)
+    if budget_msg:
+        print(budget_msg)
+    store = Store(storage_output(cfg))
     committed = committed_shards(store, cfg.run_id or "")
+    finish_usage(cfg, run_started_at)
     manifest = None
     if len(committed) == total:
-        # every shard committed: publish on the cluster (CPU work, any worker)
-        pubs = [publish_shard_task.submit(config, sid) for sid in sorted(committed)]
-        manifest = write_manifest(cfg, store, [p.result() for p in pubs])
+        # every shard committed: run-wide dedup, then publish, both on the cluster
+        drops: dict[str, dict[str, str]] = {}
+        extra = None
+        if cfg.clean.enabled and (cfg.clean.exact.enabled or cfg.clean.near.enabled):
+            dedup = dedup_task.submit(config, sorted(committed)).result()
+            drops = dedup.pop("drops")
+            extra = {"dedup": dedup}
+            print(
+                f"cross-shard dedup: {dedup['rows_checked']} kept rows checked, "
+                f"{dedup['verified_pairs']} duplicate pairs, dropped {dedup['drop_counts'] or 'none'}"
+            )
+        pubs = [
+            publish_shard_task.submit(config, sid, drops.get(sid, {})) for sid in sorted(committed)
+        ]
+        files = [p.result() for p in pubs]
+        summary = cost_summary(cfg)
+        if summary:
+            extra = {**(extra or {}), "cost": manifest_totals(summary)}
+        manifest = write_manifest(cfg, store, files, extra)
     return {
         "results": results,
         "failures": failures,
         "generate_seconds": gen_seconds,
         "manifest": manifest,
+        "budget_message": budget_msg,
     }
 
 
-def _collect(
-    cfg: RunConfig, futures: dict[str, Any], resubmit: Callable[[str], Any], poll_s: float = 1.0
-) -> Iterator[tuple[str, dict[str, Any] | None, BaseException | None]]:
-    """Yield (shard_id, result, error) as shards finish. With `cluster.shard_timeout_s`, an
-    attempt running longer is abandoned and its shard re-submitted (at most
-    `cluster.task_retries` times); a late result of an abandoned attempt is ignored."""
-    timeout = cfg.cluster.shard_timeout_s
-    if timeout is None:
-        by_future = {id(f): sid for sid, f in futures.items()}
-        for fut in as_completed(list(futures.values())):
-            sid = by_future[id(fut)]
-            try:
-                yield sid, fut.result(), None
-            except Exception as exc:
-                yield sid, None, exc
-        return
-    watch = AttemptWatch(Store(cfg.output), cfg.run_id or "", timeout)
-    pending = dict(futures)
-    reruns: dict[str, int] = {}
-    while pending:
-        done = wait(list(pending.values()), timeout=poll_s).done
-        for sid, fut in list(pending.items()):
-            if fut in done:
-                del pending[sid]
-                try:
-                    yield sid, fut.result(), None
-                except Exception as exc:
-                    yield sid, None, exc
-        watch.poll()
-        for sid in list(pending):
-            attempt = watch.overdue(sid)
-            if attempt is None:
-                continue
-            if reruns.get(sid, 0) >= cfg.cluster.task_retries:
-                del pending[sid]
-                yield (
-                    sid,
-                    None,
-                    TimeoutError(
-                        f"shard {sid}: attempt {attempt} ran past cluster.shard_timeout_s="
-                        f"{timeout:g}s and no re-runs are left (cluster.task_retries="
-                        f"{cfg.cluster.task_retries})"
-                    ),
-                )
-                continue
-            reruns[sid] = reruns.get(sid, 0) + 1
-            print(
-                f"shard {sid}: attempt {attempt} ran past cluster.shard_timeout_s={timeout:g}s; "
-                f"abandoning it and re-running the shard (re-run {reruns[sid]})"
-            )
-            pending[sid] = resubmit(sid)
+def summary_artifact_key(run_id: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", run_id.lower()).strip("-")
+    return f"{SUMMARY_ARTIFACT_PREFIX}-{slug}"[:100]
 
 
 def _logger() -> Any:
@@ -185,7 +223,8 @@ def _logger() -> Any:
 def _run_name() -> str:
     params = flow_run.parameters or {}
     try:
-        cfg = load_config(params["config"], params.get("overrides"))
+        path = resolve_config_ref(params["config"], deployment_default_config())
+        cfg = load_config(path, params.get("overrides"))
         return f"{cfg.name}/{cfg.run_id}"
     except Exception:
         return f"invalid-config/{params.get('config', '?')}"
@@ -195,16 +234,19 @@ def _run_name() -> str:
 def synthgen_run(config: str, overrides: list[str] | None = None) -> dict[str, Any]:
     """Run (or resume) the run described by the YAML config at `config` plus overrides."""
     started = time.perf_counter()
-    check_overrides(overrides)
+    check_overrides(overrides or [], "overrides")  # no credentials in run parameters
+    config = resolve_config_ref(config, deployment_default_config())
     cfg = load_config(config, overrides)
     return execute(cfg, started)
 
 
 def execute(cfg: RunConfig, started: float | None = None) -> dict[str, Any]:
     started = started or time.perf_counter()
-    protect(cfg.model_dump(mode="json"))
-    print(run_preflight(cfg).render())  # model, scheduler, credentials, writable: before GPUs
-    store = Store(cfg.output)
+    output = storage_output(cfg)  # credentials from output.credentials_block, if any
+    protect(cfg.model_dump(mode="json") | {"output": output.model_dump(mode="json")})
+    # model, scheduler, credentials, writable output: all checked before any GPU time
+    print(run_preflight(cfg, output).render())
+    store = Store(output)
     with RunLease(store, cfg.run_id or "", ttl_s=cfg.output.lease_ttl_s) as lease:
         return _execute_leased(cfg, store, lease, started)
 
@@ -225,12 +267,16 @@ def _execute_leased(
             f"{plan.rejects} bad prompt records quarantined: {store.url('runs', run_id, 'rejects.jsonl')}"
         )
     config = stash_secrets(cfg.model_dump(mode="json"))  # flow parameters: no credentials
-    runner = SynthgenTaskRunner(**task_runner_kwargs(cfg.cluster))
-    gen = generate_flow.with_options(task_runner=runner)(config, todo, len(plan.shards))
+    runner = SynthgenTaskRunner(**runner_kwargs(cfg))  # embedded: metered to process exit
+    gen = generate_flow.with_options(task_runner=runner)(
+        config, todo, len(plan.shards), time.time()
+    )
     lease.check()
+    publish_cost_artifact(cfg)  # after the cluster closed: workers' final rows are in
     committed = committed_shards(store, run_id)
     missing = [s.shard_id for s in plan.shards if s.shard_id not in committed]
-    status = "complete" if not missing else "failed"
+    partial = bool(missing and gen["budget_message"])
+    status = "complete" if not missing else ("partial" if partial else "failed")
     manifest = gen["manifest"]
     summary = RunSummary.build(
         cfg=cfg,
@@ -247,7 +293,15 @@ def _execute_leased(
         workers=per_worker(gen["results"]),
     )
     _logger().info("summary\n%s", summary.render_text())
-    if missing:
+    if flow_run.id:  # a Prefect flow run (not a bare execute() call in a benchmark)
+        create_markdown_artifact(
+            key=summary_artifact_key(run_id),
+            markdown=f"## synthgen run `{cfg.name}` / `{run_id}`\n\n{summary.render_markdown()}",
+            description=f"cost and throughput of run {run_id}",
+        )
+    if partial:
+        print(gen["budget_message"])
+    elif missing:
         raise RuntimeError(
             f"run {run_id}: {len(missing)} of {len(plan.shards)} shards failed "
             f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}); committed shards "

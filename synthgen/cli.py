@@ -20,11 +20,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     protect(cfg.model_dump(mode="json"))
     print(f"synthgen: run {cfg.run_id} ({args.config}) -> {cfg.output.uri}", flush=True)
     # model, scheduler, credentials, writable output: before the Prefect server or any GPU
-    print(f"synthgen: {run_preflight(cfg).render()}", flush=True)
-    from synthgen.lease import RunLease
-    from synthgen.storage import Store
+    in_block = cfg.output.credentials_block is not None  # readable only once Prefect is up
+    print(f"synthgen: {run_preflight(cfg, storage=not in_block).render()}", flush=True)
+    if not in_block:
+        from synthgen.lease import RunLease
+        from synthgen.storage import Store
 
-    RunLease(Store(cfg.output), cfg.run_id or "").ensure_free()  # refuse before any startup
+        RunLease(Store(cfg.output), cfg.run_id or "").ensure_free()  # refuse before startup
     from synthgen.prefect_env import prefect_api
 
     with prefect_api():
@@ -37,6 +39,57 @@ def cmd_run(args: argparse.Namespace) -> int:
         with open(args.summary_json, "w", encoding="utf-8") as fh:
             json.dump(result, fh, indent=2, default=str)
     return 0 if result["status"] == "complete" else 3
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from synthgen.prefect_env import quiet_defaults
+
+    quiet_defaults()
+    from flows.serve import serve_configs
+
+    serve_configs(args.configs, limit=args.limit)
+    return 0
+
+
+def cmd_trigger(args: argparse.Namespace) -> int:
+    from synthgen.prefect_env import quiet_defaults
+
+    quiet_defaults()
+    from flows.trigger import trigger
+
+    result = trigger(args.name, args.set, timeout=args.timeout, poll_interval=args.poll)
+    print(result.render(), flush=True)
+    if not result.final:
+        return 4
+    return 0 if result.ok else 3
+
+
+def add_serve_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    serve = sub.add_parser(
+        "serve",
+        help="register one Prefect deployment per config (cron from `schedule`) and serve them",
+    )
+    serve.add_argument("configs", nargs="+", metavar="CONFIG", help="run config YAML files")
+    serve.add_argument(
+        "--limit", type=int, default=None, help="most runs executing at once (default: no limit)"
+    )
+    serve.set_defaults(func=cmd_serve)
+    trig = sub.add_parser(
+        "trigger", help="start a served deployment's run, wait, print its final state and summary"
+    )
+    trig.add_argument("name", help="deployment name (the config's name), or FLOW/DEPLOYMENT")
+    trig.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a config value for this run (YAML syntax), repeatable",
+    )
+    trig.add_argument(
+        "--timeout", type=float, default=None, help="stop waiting after this many seconds"
+    )
+    trig.add_argument("--poll", type=float, default=2.0, help=argparse.SUPPRESS)
+    trig.set_defaults(func=cmd_trigger)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--summary-json", metavar="PATH", help="also write the summary as JSON")
     run.set_defaults(func=cmd_run)
+    from synthgen.cost_cli import add_cost_commands
+
+    add_cost_commands(sub)
+    add_serve_commands(sub)
     return p
 
 

@@ -9,11 +9,20 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from synthgen.errors import ConfigError
 
@@ -189,7 +198,16 @@ class ClusterConfig(_Section):
     allow_insecure: bool = Field(
         False, description="Allow plain tcp:// to a non-loopback scheduler (not recommended)."
     )
-    gpu_resource: str = Field("GPU", description="Dask resource name GPU workers advertise.")
+    gpu_resource: str = Field(
+        "GPU",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Dask resource name GPU workers advertise (--resources GPU=1).",
+    )
+    gpu_tasks: bool | None = Field(
+        None,
+        description="Generate tasks ask for one `gpu_resource` on an existing cluster. "
+        "Unset: when the engine needs a GPU (vllm, or device cuda).",
+    )
     task_retries: int = Field(2, ge=0, description="Retries per shard task (transient failures).")
     retry_delay_s: float = Field(2.0, ge=0.0)
     shard_timeout_s: float | None = Field(
@@ -198,6 +216,15 @@ class ClusterConfig(_Section):
     connect_timeout_s: float = Field(
         5.0, gt=0, description="Preflight: how long to wait for `address` to accept a connection."
     )
+
+    @model_validator(mode="after")
+    def _check_transport(self) -> ClusterConfig:
+        from synthgen.cluster import transport_problem
+
+        problem = transport_problem(self)
+        if problem:
+            raise ValueError(problem)
+        return self
 
 
 # --------------------------------------------------------------------------- output
@@ -209,6 +236,13 @@ class OutputConfig(_Section):
         "may also come from the AWS_* environment variables.",
     )
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+    credentials_block: str | None = Field(
+        None,
+        pattern=r"^(aws-credentials|secret)/[a-z0-9][a-z0-9-]*$",
+        description="Prefect block holding the object-store credentials "
+        "('aws-credentials/NAME' or 'secret/NAME'); resolved by each process that writes, "
+        "never passed as a parameter.",
+    )
     retry_attempts: PositiveInt = Field(
         8, description="Tries per storage operation on transient errors (connection, 5xx)."
     )
@@ -223,35 +257,324 @@ class OutputConfig(_Section):
 
 
 # --------------------------------------------------------------------------- later stages
+class ExactDedupConfig(_Section):
+    enabled: bool = Field(
+        True,
+        description="Drop records whose normalised completion (NFKC, case-fold, "
+        "collapsed whitespace) hashes equal to an earlier prompt_id's (xxhash64).",
+    )
+
+
+class NearDedupConfig(_Section):
+    enabled: bool = Field(True, description="MinHash-LSH near-duplicate removal.")
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash signature length.")
+    shingle: Literal["word", "char"] = Field(
+        "word", description="Shingle kind: word or character n-grams."
+    )
+    shingle_size: int = Field(3, ge=1, le=32, description="n of the n-gram shingles.")
+    threshold: float = Field(
+        0.8,
+        gt=0.0,
+        lt=1.0,
+        description="Estimated Jaccard at or above which two records are near duplicates.",
+    )
+    bands: int | None = Field(
+        None, ge=1, description="LSH bands; unset = derived from threshold and num_perm."
+    )
+    seed: int = Field(1, description="Seed of the MinHash permutations.")
+    stratified: bool = Field(
+        True,
+        description="Stratified (SuperMinHash-style) signatures: about a third less estimator "
+        "spread on short texts for ~2x the hashing arithmetic; false = classic MinHash.",
+    )
+    max_bucket_pairs: int = Field(
+        64,
+        ge=2,
+        description="LSH buckets larger than this are checked against their first members only.",
+    )
+    against_published: bool = Field(
+        False,
+        description="Also drop records that duplicate the dataset already published under "
+        "OUTPUT/dataset/ (its band index is stored in dataset/_dedup_index/).",
+    )
+
+    @property
+    def rows(self) -> int:
+        return self.lsh_params()[1]
+
+    def lsh_params(self) -> tuple[int, int]:
+        """(bands, rows): given `bands`, or the pair minimising false positives + negatives."""
+        from synthgen.dedup.lsh import optimal_bands_rows
+
+        if self.bands is not None:
+            if self.bands > self.num_perm:
+                raise ConfigError(
+                    f"clean.near.bands={self.bands} exceeds clean.near.num_perm={self.num_perm}"
+                )
+            return self.bands, self.num_perm // self.bands
+        return optimal_bands_rows(self.threshold, self.num_perm)
+
+
+class WordCountFilterConfig(_Section):
+    enabled: bool = True
+    min_words: int = Field(5, ge=0, description="Fewer words than this: drop (too_few_words).")
+    max_words: int = Field(
+        100_000, ge=1, description="More words than this: drop (too_many_words)."
+    )
+
+
+class GopherQualityConfig(_Section):
+    enabled: bool = True
+    min_avg_word_length: float = Field(3.0, ge=0.0)
+    max_avg_word_length: float = Field(10.0, ge=0.0)
+    max_symbol_word_ratio: float = Field(0.1, ge=0.0, description="'#' and '...' per word.")
+    max_bullet_lines_ratio: float = Field(0.9, ge=0.0, le=1.0)
+    max_ellipsis_lines_ratio: float = Field(0.3, ge=0.0, le=1.0)
+    min_alpha_words_ratio: float = Field(
+        0.8, ge=0.0, le=1.0, description="Fraction of words with at least one letter."
+    )
+    min_stop_words: int = Field(2, ge=0, description="English stop words required (the, of, ...).")
+
+
+class GopherRepetitionConfig(_Section):
+    enabled: bool = True
+    dup_line_frac: float = Field(0.3, ge=0.0, le=1.0)
+    dup_para_frac: float = Field(0.3, ge=0.0, le=1.0)
+    dup_line_char_frac: float = Field(0.2, ge=0.0, le=1.0)
+    dup_para_char_frac: float = Field(0.2, ge=0.0, le=1.0)
+    top_n_grams: dict[int, float] = Field(
+        default_factory=lambda: {2: 0.2, 3: 0.18, 4: 0.16},
+        description="n -> max character fraction covered by the most frequent n-gram.",
+    )
+    dup_n_grams: dict[int, float] = Field(
+        default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10},
+        description="n -> max character fraction covered by duplicated n-grams.",
+    )
+
+
+class TruncatedFilterConfig(_Section):
+    enabled: bool = Field(True, description="Drop completions cut at max_new_tokens.")
+    finish_reasons: list[str] = Field(default_factory=lambda: ["length"])
+
+
+class RefusalFilterConfig(_Section):
+    enabled: bool = True
+    patterns: list[str] = Field(
+        default_factory=lambda: [
+            r"\bas an ai(?: language)? model\b",
+            r"\bas a large language model\b",
+            r"\bi(?:'m| am) (?:just )?an ai\b",
+            r"\bi (?:cannot|can't|can not|am unable to|'m unable to|won't) "
+            r"(?:help|assist|provide|comply|fulfill)\b",
+            r"\bi'm sorry,? but i (?:cannot|can't)\b",
+            r"\bi do not have (?:personal )?(?:opinions|feelings|access)\b",
+        ],
+        description="Case-insensitive regexes; a match anywhere drops the record (refusal).",
+    )
+
+
+class LanguageFilterConfig(_Section):
+    enabled: bool = Field(
+        False, description="Language check with py3langid (model ships in the wheel)."
+    )
+    languages: list[str] = Field(default_factory=lambda: ["en"], min_length=1)
+    min_chars: int = Field(
+        20, ge=0, description="Shorter texts are not checked (too short to identify)."
+    )
+
+
+class FiltersConfig(_Section):
+    word_count: WordCountFilterConfig = Field(default_factory=WordCountFilterConfig)
+    gopher_quality: GopherQualityConfig = Field(default_factory=GopherQualityConfig)
+    gopher_repetition: GopherRepetitionConfig = Field(default_factory=GopherRepetitionConfig)
+    truncated: TruncatedFilterConfig = Field(default_factory=TruncatedFilterConfig)
+    refusal: RefusalFilterConfig = Field(default_factory=RefusalFilterConfig)
+    language: LanguageFilterConfig = Field(default_factory=LanguageFilterConfig)
+
+
 class CleanConfig(_Section):
     """Exact/near dedup and quality filters (issue 3)."""
 
     enabled: bool = True
+    exact: ExactDedupConfig = Field(default_factory=ExactDedupConfig)
+    near: NearDedupConfig = Field(default_factory=NearDedupConfig)
+    filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    global_partitions: int | None = Field(
+        None,
+        ge=1,
+        description="Band-key partitions of the cross-shard stage; unset = 2 per worker.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> CleanConfig:
+        self.near.lsh_params()  # raises on bands > num_perm
+        return self
+
+
+DEFAULT_PRICES: dict[str, float] = {
+    "RTX 3090": 0.22,
+    "RTX 4090": 0.35,
+    "L4": 0.45,
+    "A100": 1.20,
+    "H100": 2.20,
+    "cpu-core": 0.02,
+}
 
 
 class CostConfig(_Section):
-    """Device prices in USD per hour; matched against the name the worker detects."""
+    """Device prices in USD per hour, matched against the device name each worker detects.
+
+    Keys match as whole words of the detected name ("RTX 4090" matches "NVIDIA GeForce RTX
+    4090", "L4" does not match "L40S"); the longest matching key wins. CPU workers pay
+    `cpu-core` x usable cores unless a key matches the CPU model. A worker started with
+    SYNTHGEN_PRICE_PER_HOUR (or the `synthgen.worker_price` preload option) overrides the table.
+    """
 
     prices: dict[str, float] = Field(
-        default_factory=lambda: {
-            "RTX 3090": 0.22,
-            "RTX 4090": 0.35,
-            "L4": 0.45,
-            "A100": 1.20,
-            "H100": 2.20,
-            "cpu-core": 0.02,
-        },
-        description="USD per hour by device type; 'cpu-core' is per CPU core-hour.",
+        default_factory=lambda: dict(DEFAULT_PRICES),
+        description="USD per hour by device type; 'cpu-core' is per CPU core-hour. Keys given "
+        "are merged over the defaults; a key set to null removes a default.",
     )
+    unknown_device: Literal["zero", "error"] = Field(
+        "zero",
+        description="A device no price key matches: 'zero' records price 0 (flagged in the "
+        "report; refused when a budget is set), 'error' fails the shard.",
+    )
+    throughput_hints: dict[str, float] = Field(
+        default_factory=dict,
+        description="Completion tokens/s per worker by device type, used by `synthgen estimate` "
+        "for devices with no measurement.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_default_prices(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("prices"), dict):
+            merged: dict[str, Any] = dict(DEFAULT_PRICES)
+            for key, price in data["prices"].items():
+                if price is None:
+                    merged.pop(key, None)
+                else:
+                    merged[key] = price
+            data = {**data, "prices": merged}
+        return data
+
+    @model_validator(mode="after")
+    def _check_prices(self) -> CostConfig:
+        for key, value in {**self.prices, **self.throughput_hints}.items():
+            if not key.strip():
+                raise ValueError("cost: empty device key")
+            if value < 0:
+                raise ValueError(f"cost: {key!r}: must be >= 0, got {value}")
+        return self
 
 
 class BudgetConfig(_Section):
-    max_cost_usd: float | None = Field(None, gt=0.0)
+    max_cost_usd: float | None = Field(
+        None,
+        gt=0.0,
+        description="No new shard starts once the run's ledger plus the running shards' "
+        "projected cost would pass this; the run ends partial and resumes with a higher cap.",
+    )
+
+
+_CRON_FIELDS: tuple[tuple[str, int, int, Sequence[str]], ...] = (  # name, low, high, names
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day of month", 1, 31, ()),
+    ("month", 1, 12, ("jan feb mar apr may jun jul aug sep oct nov dec".split())),
+    ("day of week", 0, 7, ("sun mon tue wed thu fri sat".split())),
+)
+_CRON_MACROS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
+
+
+def _cron_value(token: str, low: int, names: Sequence[str]) -> int:
+    if token.lower() in names:
+        return names.index(token.lower()) + (1 if low == 1 else 0)
+    if not token.isdigit():
+        raise ValueError(f"{token!r} is not a number")
+    return int(token)
+
+
+def cron_problem(expr: str) -> str | None:
+    """Why a standard 5-field cron expression is invalid, or None (no prefect import)."""
+    if expr in _CRON_MACROS:
+        return None
+    fields = expr.split(" ")
+    if len(fields) != 5:
+        return f"needs 5 fields (minute hour day month weekday), got {len(fields)}"
+    for text, (name, low, high, names) in zip(fields, _CRON_FIELDS, strict=True):
+        for part in text.split(","):
+            rng, _, step = part.partition("/")
+            try:
+                if step and (not step.isdigit() or int(step) == 0):
+                    raise ValueError(f"bad step {step!r}")
+                if rng == "*":
+                    continue
+                a, dash, b = rng.partition("-")
+                lo = _cron_value(a, low, names)
+                hi = _cron_value(b, low, names) if dash else lo
+                for v in (lo, hi):
+                    if not low <= v <= high:
+                        raise ValueError(f"{v} is outside {low}-{high}")
+                if lo > hi:
+                    raise ValueError(f"range {rng!r} runs backwards")
+            except ValueError as exc:
+                return f"{name} field {text!r}: {exc}"
+    return None
 
 
 class ScheduleConfig(_Section):
-    cron: str | None = None
-    timezone: str = "UTC"
+    """When `synthgen serve` runs this config, as a Prefect deployment (issue 5)."""
+
+    cron: str | None = Field(
+        None,
+        description="Cron expression (5 fields, e.g. '0 3 * * *'); unset = no schedule, "
+        "the deployment runs only when triggered.",
+    )
+    timezone: str = Field("UTC", description="IANA time zone the cron is read in.")
+    deployment: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Deployment name; unset = the config's `name`.",
+    )
+    active: bool = Field(True, description="False: register the schedule paused.")
+    overrides: list[str] = Field(
+        default_factory=list,
+        description="Default `key.path=value` overrides for scheduled runs (editable per run).",
+    )
+    tags: list[str] = Field(default_factory=list, description="Prefect tags of the deployment.")
+
+    @field_validator("cron")
+    @classmethod
+    def _check_cron(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = " ".join(value.split())
+        problem = cron_problem(value)
+        if problem:
+            raise ValueError(f"cron {value!r}: {problem}")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r} (use an IANA name like Europe/Berlin)"
+            ) from None
+        return value
+
+    @field_validator("overrides")
+    @classmethod
+    def _check_overrides(cls, value: list[str]) -> list[str]:
+        for item in value:
+            parse_override(item)
+        return value
 
 
 class VerifyConfig(_Section):
@@ -311,7 +634,7 @@ def redact(value: Any, key: str = "") -> Any:
     if isinstance(value, list):
         return [redact(v, key) for v in value]
     if key and isinstance(value, str) and value and _SECRET_KEY.search(key):
-        return "***"
+        return value if key == "credentials_block" else "***"  # a block's name is no secret
     return value
 
 

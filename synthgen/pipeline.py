@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -20,8 +21,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from synthgen.accounting import AttemptMeter, Counts
+from synthgen.clean import clean_shard
 from synthgen.config import RunConfig
-from synthgen.devices import detect_device
+from synthgen.cost import kept_counts
 from synthgen.engines.base import GenRequest, prompt_seed
 from synthgen.engines.cache import get_engine, worker_identity
 from synthgen.engines.fake import maybe_hang
@@ -29,6 +32,8 @@ from synthgen.errors import StorageError
 from synthgen.plan import read_shard_prompts
 from synthgen.schema import RECORD_SCHEMA
 from synthgen.storage import Store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -76,6 +81,14 @@ def shard_path(store: Store, run_id: str, shard_id: str) -> str:
     return store.run_path(run_id, "shards", f"{shard_id}.parquet")
 
 
+class _Superseded(Exception):
+    def __init__(self, shard_id: str, attempt: int) -> None:
+        super().__init__(
+            f"shard {shard_id}: attempt {attempt} superseded (another attempt committed the "
+            "shard first; nothing written)"
+        )
+
+
 def read_committed_shard(store: Store, run_id: str, shard_id: str) -> pa.Table:
     """The rows of a committed shard, checked against its commit marker's sha256.
 
@@ -103,18 +116,6 @@ def committed_shards(store: Store, run_id: str) -> dict[str, dict[str, Any]]:
                 store.run_path(run_id, "_commits", name)
             )
     return out
-
-
-def match_price(device_label: str, prices: dict[str, float], cores: int) -> tuple[str, float]:
-    """(device type, USD per hour) for a detected device; CPU is priced per core-hour."""
-    if device_label.startswith("cpu"):
-        return "cpu-core", prices.get("cpu-core", 0.0) * cores
-    name = device_label.lower()
-    best = ""
-    for key in prices:
-        if key.lower() in name and len(key) > len(best):
-            best = key
-    return (best, prices[best]) if best else (device_label, 0.0)
 
 
 def _now() -> str:
@@ -172,7 +173,6 @@ def run_shard(task: ShardTask) -> ShardResult:
         return ShardResult(**{**done["result"], "status": "skipped"})
 
     started_at = _now()
-    t0 = time.perf_counter()
     worker, host = worker_identity()
     attempt_dir = store.run_path(run_id, "attempts")
     attempt = 1 + sum(1 for n in store.ls(attempt_dir) if n.startswith(task.shard_id + "."))
@@ -189,32 +189,54 @@ def run_shard(task: ShardTask) -> ShardResult:
         },
     )
 
-    maybe_hang(cfg.model, task.shard_id, attempt)
-    prompts = read_shard_prompts(store, run_id, task.shard_id)
+    # the engine loads before the attempt's clock starts: load time is the worker's (held)
+    # cost, recorded in its worker row, not this shard's
     engine = get_engine(cfg.model)
-    seeds = [prompt_seed(cfg.sampling.seed, p.prompt_id) for p in prompts]
-    requests = [GenRequest(p.prompt_id, p.messages, s) for p, s in zip(prompts, seeds, strict=True)]
-    t_engine = time.perf_counter()
-    completions = engine.generate(requests, cfg.sampling)
-    engine_seconds = time.perf_counter() - t_engine
+    meter = AttemptMeter.start(cfg, task.shard_id, attempt, engine.info.device, engine.info.model)
+    fs, run_root = store.fs, store.run_path(run_id)
+    counts = Counts()
+    try:
+        maybe_hang(cfg.model, task.shard_id, attempt)  # test hook (fake engine only)
+        prompts = read_shard_prompts(store, run_id, task.shard_id)
+        counts.prompts = len(prompts)
+        seeds = [prompt_seed(cfg.sampling.seed, p.prompt_id) for p in prompts]
+        requests = [
+            GenRequest(p.prompt_id, p.messages, s) for p, s in zip(prompts, seeds, strict=True)
+        ]
+        t_engine = time.perf_counter()
+        completions = engine.generate(requests, cfg.sampling)
+        counts.engine_seconds = time.perf_counter() - t_engine
 
-    table = _records_table(cfg, task.shard_id, prompts, completions, engine.info, worker, seeds)
-    kept = [c for c in completions if c.finish_reason != "rejected"]
-    drop_counts: dict[str, int] = {}
-    rejected = len(completions) - len(kept)
-    if rejected:
-        drop_counts["rejected_prompt"] = rejected
+        table = _records_table(cfg, task.shard_id, prompts, completions, engine.info, worker, seeds)
+        # clean on the worker: hashes, MinHash signatures, filter + in-shard duplicate reasons
+        table, drop_counts = clean_shard(table, cfg.clean)
+        rejected = sum(1 for c in completions if c.finish_reason == "rejected")
+        counts.prompt_tokens = sum(c.prompt_tokens for c in completions)
+        counts.completion_tokens = sum(c.completion_tokens for c in completions)
+        counts.kept_records, counts.kept_tokens = kept_counts(table)
 
-    path = shard_path(store, run_id, task.shard_id)
-    if store.exists(marker):
-        # a later attempt (this one was timed out and re-run) committed first: never
-        # overwrite its file or marker; the shard has exactly one committed copy
+        path = shard_path(store, run_id, task.shard_id)
+        if store.exists(marker):
+            # another attempt (this one was timed out and re-run) committed first: never
+            # overwrite its file or marker; the shard has exactly one committed copy
+            raise _Superseded(task.shard_id, attempt)
+        size, sha = store.write_table(path, table)
+    except _Superseded as exc:
+        meter.finish(fs, run_root, counts, "failed", error=str(exc))
         done = store.read_json(marker)
         return ShardResult(**{**done["result"], "status": "superseded", "attempt": attempt})
-    size, sha = store.write_table(path, table)
-    wall = time.perf_counter() - t0
-    device = detect_device(cfg.model.device if cfg.model.engine != "fake" else "cpu")
-    device_type, price = match_price(engine.info.device, cfg.cost.prices, device.count)
+    except Exception as exc:
+        # a failed attempt cost money too: record it, then let the task retry
+        try:
+            meter.finish(fs, run_root, counts, "failed", error=f"{type(exc).__name__}: {exc}")
+        except Exception as ledger_exc:  # never hide the original failure
+            log.warning(
+                "shard %s: could not write the failed attempt's ledger row: %s",
+                task.shard_id,
+                ledger_exc,
+            )
+        raise
+    row = meter.finish(fs, run_root, counts, "succeeded")  # written before the commit marker
     result = ShardResult(
         run_id=run_id,
         shard_id=task.shard_id,
@@ -223,21 +245,21 @@ def run_shard(task: ShardTask) -> ShardResult:
         prompts=len(prompts),
         rows=table.num_rows,
         rejected=rejected,
-        prompt_tokens=sum(c.prompt_tokens for c in completions),
-        completion_tokens=sum(c.completion_tokens for c in completions),
-        kept_records=len(kept),
-        kept_tokens=sum(c.completion_tokens for c in kept),
-        wall_seconds=wall,
-        engine_seconds=engine_seconds,
+        prompt_tokens=counts.prompt_tokens,
+        completion_tokens=counts.completion_tokens,
+        kept_records=counts.kept_records,
+        kept_tokens=counts.kept_tokens,
+        wall_seconds=row["wall_seconds"],
+        engine_seconds=counts.engine_seconds,
         device=engine.info.device,
-        device_type=device_type,
-        price_per_hour=price,
-        cost_usd=price * wall / 3600.0,
+        device_type=row["device_type"],
+        price_per_hour=row["price_per_hour"],
+        cost_usd=row["cost_usd"],
         worker=worker,
         host=host,
         load_id=engine.info.load_id,
-        started_at=started_at,
-        finished_at=_now(),
+        started_at=row["started_at"].isoformat(),
+        finished_at=row["finished_at"].isoformat(),
         file=path,
         drop_counts=drop_counts,
     )

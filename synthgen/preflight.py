@@ -136,10 +136,18 @@ def check_output(output: OutputConfig) -> str:
     return f"output: {store.url()} writable"
 
 
-def run_preflight(cfg: RunConfig) -> PreflightReport:
-    """Every check that can fail before GPU time is spent, cheapest first."""
+def run_preflight(
+    cfg: RunConfig, output: OutputConfig | None = None, storage: bool = True
+) -> PreflightReport:
+    """Every check that can fail before GPU time is spent, cheapest first. `output`: the
+    output config with credentials resolved (from a Prefect block); `storage=False` skips the
+    storage check (the CLI, when credentials live in a block it cannot read yet)."""
     started = time.perf_counter()
-    checks = [check_model(cfg.model), check_scheduler(cfg.cluster), check_output(cfg.output)]
+    checks = [check_model(cfg.model), check_scheduler(cfg.cluster)]
+    if storage:
+        checks.append(check_output(output or cfg.output))
+    else:
+        checks.append("output: checked by the flow (credentials from output.credentials_block)")
     return PreflightReport(checks, time.perf_counter() - started)
 
 

@@ -12,6 +12,8 @@ import pyarrow.compute as pc
 
 from synthgen import __version__
 from synthgen.config import RunConfig
+from synthgen.dedup.cross import apply_drops
+from synthgen.dedup.index import index_rows, write_index
 from synthgen.pipeline import committed_shards, read_committed_shard
 from synthgen.schema import DATASET_COLUMNS
 from synthgen.storage import Store
@@ -28,16 +30,44 @@ def kept_rows(table: pa.Table, extra_drops: set[str] | None = None) -> pa.Table:
 
 
 def publish_shard(
-    config: dict[str, Any], shard_id: str, extra_drops: list[str] | None = None
+    config: dict[str, Any],
+    shard_id: str,
+    extra_drops: dict[str, str] | list[str] | None = None,
 ) -> dict[str, Any]:
-    """Write the kept records of one committed shard to dataset/; return its file entry."""
+    """Write the kept records of one committed shard to dataset/; return its file entry.
+
+    `extra_drops`: prompt_id -> reason from the run-wide dedup stage (a plain list means
+    reason "dropped"). The entry counts the shard's records: generated = rows + dropped,
+    with drop_counts per reason (filters, in-shard and cross-shard duplicates).
+    """
     cfg = RunConfig.model_validate(config)
     store = Store(cfg.output)
     table = read_committed_shard(store, cfg.run_id or "", shard_id)  # checksum-verified
-    kept = kept_rows(table, set(extra_drops or []))
+    if isinstance(extra_drops, list):
+        extra_drops = dict.fromkeys(extra_drops, "dropped")
+    table = apply_drops(table, extra_drops or {})
+    kept = kept_rows(table)
     name = f"{shard_id}.parquet"
     size, sha = store.write_table(store.path(DATASET_DIR, name), kept)
-    return {"path": name, "shard_id": shard_id, "rows": kept.num_rows, "bytes": size, "sha256": sha}
+    reasons = Counter(r for r in table["drop_reason"].to_pylist() if r is not None)
+    if cfg.clean.enabled and cfg.clean.near.enabled:
+        write_index(
+            store.fs,
+            store.path(DATASET_DIR),
+            f"{cfg.run_id}--{shard_id}",
+            index_rows(table),
+            cfg.clean,
+        )
+    return {
+        "path": name,
+        "shard_id": shard_id,
+        "rows": kept.num_rows,
+        "bytes": size,
+        "sha256": sha,
+        "generated": table.num_rows,
+        "kept_tokens": int(pc.sum(kept["completion_tokens"]).as_py() or 0),
+        "drop_counts": dict(sorted(reasons.items())),
+    }
 
 
 def totals_from(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -81,7 +111,7 @@ def write_manifest(
         "rows": sum(f["rows"] for f in files),
         "schema": [{"name": f.name, "type": str(f.type)} for f in schema],
         "config": cfg.public_dict(),
-        "totals": totals_from(results),
+        "totals": _with_clean_totals(totals_from(results), files),
         **(extra or {}),
     }
     base = store.path(DATASET_DIR)
@@ -93,6 +123,24 @@ def write_manifest(
     store.write_bytes(store.path(DATASET_DIR, "_README.md"), _card(manifest).encode())
     store.write_json(store.path(DATASET_DIR, MANIFEST), manifest)
     return manifest
+
+
+def _with_clean_totals(totals: dict[str, Any], files: list[dict[str, Any]]) -> dict[str, Any]:
+    """Final record counts from the published files (after the run-wide dedup stage):
+    generated = kept + dropped, with drops per reason."""
+    if not files or "drop_counts" not in files[0]:
+        return totals
+    drops: Counter[str] = Counter()
+    for f in files:
+        drops.update(f.get("drop_counts", {}))
+    kept = sum(f["rows"] for f in files)
+    totals = dict(totals)
+    totals["generated"] = sum(f.get("generated", f["rows"]) for f in files)
+    totals["kept_records"] = kept
+    totals["kept_tokens"] = sum(f.get("kept_tokens", 0) for f in files)
+    totals["dropped"] = sum(drops.values())
+    totals["drop_counts"] = dict(sorted(drops.items()))
+    return totals
 
 
 def _dataset_schema() -> list[pa.Field]:

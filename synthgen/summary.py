@@ -54,6 +54,7 @@ class RunSummary:
     rejects: int
     drop_counts: dict[str, int] = field(default_factory=dict)
     workers: list[dict[str, Any]] = field(default_factory=list)
+    generated: int = 0  # records generated (all committed shards); = kept + dropped
 
     @classmethod
     def build(
@@ -100,6 +101,8 @@ class RunSummary:
             rejects=rejects,
             drop_counts=dict(drops),
             workers=workers,
+            generated=(manifest["totals"].get("generated", 0) if manifest else 0)
+            or sum(r.get("rows", 0) for r in committed),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -125,6 +128,15 @@ class RunSummary:
             ("wall time", f"{self.wall_seconds:.1f}s"),
             ("output", self.output),
         ]
+        if self.drop_counts or self.generated:
+            dropped = sum(self.drop_counts.values())
+            rows.append(
+                (
+                    "records",
+                    f"{self.generated} generated = {self.generated - dropped} kept + "
+                    f"{dropped} dropped",
+                )
+            )
         if self.drop_counts:
             rows.append(("dropped", ", ".join(f"{k}={v}" for k, v in self.drop_counts.items())))
         if self.rejects:

@@ -46,6 +46,9 @@ def test_synthgen_run_bundled_model_to_s3_and_resume(tmp_path, s3_server, s3_buc
         "shards.size=3",
         "--set",
         "sampling.max_new_tokens=12",
+        # 12-token answers are cut by design here: keep them, run every other filter
+        "--set",
+        "clean.filters.truncated.enabled=false",
         "--summary-json",
         str(tmp_path / "s1.json"),
     ]
@@ -60,9 +63,17 @@ def test_synthgen_run_bundled_model_to_s3_and_resume(tmp_path, s3_server, s3_buc
     table = ds.dataset(f"{s3_bucket}/synth/dataset", format="parquet", filesystem=fs).to_table()
     manifest = json.loads(fs.cat_file(f"{s3_bucket}/synth/dataset/_manifest.json"))
 
-    # one row per prompt, real text, provenance filled in
+    # only kept records are published, and the counts add up: generated = kept + dropped
+    totals = manifest["totals"]
+    assert totals["generated"] == 6 == totals["kept_records"] + totals["dropped"]
+    assert totals["kept_records"] == table.num_rows == manifest["rows"]
+    assert sum(totals["drop_counts"].values()) == totals["dropped"]
+    assert s1["drop_counts"] == totals["drop_counts"] and s1["generated"] == 6
+    assert "generated = " in first.stdout
+    assert table.num_rows >= 1
+    # one row per kept prompt, real text, provenance filled in
     ids = table["prompt_id"].to_pylist()
-    assert len(ids) == len(set(ids)) == 6
+    assert len(ids) == len(set(ids)) == table.num_rows
     assert all(len(c.split()) >= 2 for c in table["completion"].to_pylist())
     assert set(table["model"].to_pylist()) == {"SmolLM2-135M-Instruct"}
     assert set(table["engine"].to_pylist()) == {"transformers"}
@@ -72,11 +83,11 @@ def test_synthgen_run_bundled_model_to_s3_and_resume(tmp_path, s3_server, s3_buc
     assert all(w for w in table["worker"].to_pylist())
     assert set(table["finish_reason"].to_pylist()) <= {"stop", "length"}
     seeds = table["seed"].to_pylist()
-    assert len(set(seeds)) == 6
+    assert len(set(seeds)) == table.num_rows
     # manifest totals equal the rows
     assert manifest["rows"] == table.num_rows
     assert sum(f["rows"] for f in manifest["files"]) == table.num_rows
-    assert manifest["totals"]["completion_tokens"] == sum(table["completion_tokens"].to_pylist())
+    assert totals["kept_tokens"] == sum(table["completion_tokens"].to_pylist())
     assert manifest["totals"]["cost_usd"] > 0
 
     # resume: same run id, nothing regenerated, dataset unchanged

@@ -35,6 +35,8 @@ def test_flow_writes_one_row_per_prompt_and_resumes_without_regenerating(tmp_pat
     assert manifest["rows"] == table.num_rows == sum(f["rows"] for f in manifest["files"])
     assert manifest["totals"]["completion_tokens"] == sum(table["completion_tokens"].to_pylist())
     assert manifest["totals"]["prompts"] == 24
+    t = manifest["totals"]  # counts add up: generated = kept + dropped
+    assert t["generated"] == 24 == t["kept_records"] + t["dropped"] and t["dropped"] == 0
     assert manifest["run_id"] == first["run_id"]
 
     # the engine was loaded once per worker process and reused for every shard it ran

@@ -1,0 +1,148 @@
+"""Object-store credentials from a Prefect block, resolved where they are used.
+
+`output.credentials_block` names a block as `TYPE/NAME`:
+
+- `aws-credentials/NAME`: a prefect-aws `AwsCredentials` block (access key id, secret key,
+  session token, `aws_client_parameters.endpoint_url`). Read as a raw block document, so the
+  prefect-aws package need not be installed where synthgen runs.
+- `secret/NAME`: a Prefect `Secret` whose value is a JSON object with either the AWS names
+  above or s3fs's `key`, `secret`, `token`, `endpoint_url`.
+
+The run's parameters and the config passed between tasks carry only the block's *name*;
+each process (the flow, every Dask worker task) resolves the block itself and adds the
+values to its own copy of `output.storage_options`. Values never reach parameters, logs,
+artifacts or manifests (those use `RunConfig.public_dict()`, which redacts them anyway).
+Without a block, s3fs reads the usual AWS_* environment variables.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from synthgen.errors import ConfigError
+
+if TYPE_CHECKING:
+    from synthgen.config import OutputConfig, RunConfig
+
+BLOCK_TYPES = ("aws-credentials", "secret")
+_CACHE_TTL_S = 300.0
+_cache: dict[str, tuple[float, dict[str, Any]]] = {}
+_lock = threading.Lock()
+
+
+def parse_block_ref(ref: str) -> tuple[str, str]:
+    slug, sep, name = ref.partition("/")
+    if not sep or slug not in BLOCK_TYPES or not name:
+        raise ConfigError(
+            f"output.credentials_block {ref!r}: expected 'aws-credentials/NAME' or 'secret/NAME'"
+        )
+    return slug, name
+
+
+def storage_options_from_block_data(slug: str, data: dict[str, Any], ref: str) -> dict[str, Any]:
+    """Map a block document's data to s3fs storage options (pure)."""
+    if slug == "secret":
+        value = data.get("value")
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise ConfigError(
+                    f"output.credentials_block {ref!r}: the secret's value must be a JSON object "
+                    "with key/secret (or aws_access_key_id/aws_secret_access_key)"
+                ) from None
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"output.credentials_block {ref!r}: the secret's value is not a JSON object"
+            )
+        data = value
+    params = data.get("aws_client_parameters") or {}
+    key = data.get("aws_access_key_id") or data.get("key")
+    secret = data.get("aws_secret_access_key") or data.get("secret")
+    if not key or not secret:
+        raise ConfigError(
+            f"output.credentials_block {ref!r}: no access key id and secret access key in the block"
+        )
+    out: dict[str, Any] = {"key": str(key), "secret": str(secret)}
+    token = data.get("aws_session_token") or data.get("token")
+    if token:
+        out["token"] = str(token)
+    client_kwargs: dict[str, Any] = {}
+    endpoint = params.get("endpoint_url") or data.get("endpoint_url")
+    if endpoint:
+        client_kwargs["endpoint_url"] = str(endpoint)
+    if data.get("region_name"):
+        client_kwargs["region_name"] = str(data["region_name"])
+    if client_kwargs:
+        out["client_kwargs"] = client_kwargs
+    return out
+
+
+def load_block_storage_options(ref: str) -> dict[str, Any]:
+    """Storage options from the block `ref` (cached per process for a few minutes)."""
+    slug, name = parse_block_ref(ref)
+    now = time.monotonic()
+    with _lock:
+        hit = _cache.get(ref)
+        if hit and now - hit[0] < _CACHE_TTL_S:
+            return copy.deepcopy(hit[1])
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            doc = client.read_block_document_by_name(
+                name, block_type_slug=slug, include_secrets=True
+            )
+        except ObjectNotFound:
+            raise ConfigError(
+                f"output.credentials_block {ref!r}: no such block on the Prefect server"
+            ) from None
+    opts = storage_options_from_block_data(slug, dict(doc.data or {}), ref)
+    with _lock:
+        _cache[ref] = (now, opts)
+    return copy.deepcopy(opts)
+
+
+def merge_storage_options(base: dict[str, Any], creds: dict[str, Any]) -> dict[str, Any]:
+    """Credentials fill what the config leaves unset; explicit config values win."""
+    out = copy.deepcopy(base)
+    for k, v in creds.items():
+        if k == "client_kwargs":
+            ck = out.setdefault("client_kwargs", {})
+            for ck_key, ck_val in v.items():
+                ck.setdefault(ck_key, ck_val)
+        else:
+            out.setdefault(k, v)
+    return out
+
+
+def with_credentials(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a dumped RunConfig with the credentials block's values in storage_options.
+
+    Call it in the process that touches storage, on the config it was handed; never pass the
+    result on as a flow or task parameter.
+    """
+    ref = (config.get("output") or {}).get("credentials_block")
+    if not ref:
+        return config
+    out = copy.deepcopy(config)
+    output = out["output"]
+    output["storage_options"] = merge_storage_options(
+        output.get("storage_options") or {}, load_block_storage_options(ref)
+    )
+    return out
+
+
+def storage_output(cfg: RunConfig) -> OutputConfig:
+    """`cfg.output` with the credentials block resolved, for this process's own Store."""
+    if not cfg.output.credentials_block:
+        return cfg.output
+    opts = merge_storage_options(
+        cfg.output.storage_options, load_block_storage_options(cfg.output.credentials_block)
+    )
+    return cfg.output.model_copy(update={"storage_options": opts})
