@@ -1,6 +1,6 @@
 """Credentials given by config or environment never appear in logs, Prefect parameters or
-logs or artifacts, the dataset, the manifest or anything under runs/: plant recognisable
-secrets, run, and search everything."""
+logs or artifacts, the dataset, the manifest, the ledger or anything under runs/: plant
+recognisable secrets, run, and search everything (stdout/stderr: the CLI test)."""
 
 from __future__ import annotations
 
@@ -91,15 +91,45 @@ def test_secret_overrides_are_refused_without_echoing_them():
 
 
 # --------------------------------------------------------------------------- a real run
-@pytest.mark.slow
-def test_planted_secrets_reach_no_output_log_or_prefect_record(
-    tmp_path, s3_server, s3_bucket, prefect_api, monkeypatch, capfd
-):
+def _search_prefect_and_bucket(secrets, run_id, s3_server, s3_bucket):
+    """Every object in the bucket, and every flow run, task run, log and artifact of the run
+    in the Prefect API: none may hold any of `secrets`."""
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, LogFilter
 
-    from flows.run import synthgen_run
     from synthgen.prefect_env import _flush_logs
+
+    _flush_logs()
+    objects = _bucket_text(s3_server, s3_bucket)
+    assert any(p.endswith("_manifest.json") for p in objects)
+    assert any("/runs/" in p for p in objects) and any("/dataset/" in p for p in objects)
+    for path, blob in objects.items():
+        _assert_absent(secrets, path, blob)
+
+    with get_client(sync_client=True) as client:
+        runs = [r for r in client.read_flow_runs(limit=200) if run_id in (r.name or "")]
+        assert {r.name.split("/")[0] for r in runs} >= {"generate"}
+        ids = [r.id for r in runs]
+        for r in runs:
+            _assert_absent(secrets, f"flow run {r.name} parameters", repr(r.parameters))
+            _assert_absent(secrets, f"flow run {r.name}", r.model_dump_json())
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": ids}), limit=200)
+        assert tasks
+        for t in tasks:
+            _assert_absent(secrets, f"task run {t.name}", t.model_dump_json())
+        logs = client.read_logs(LogFilter(flow_run_id={"any_": ids}), limit=200)
+        assert logs
+        for log in logs:
+            _assert_absent(secrets, "run log", log.message)
+        for art in client.read_artifacts(limit=200):
+            _assert_absent(secrets, f"artifact {art.key}", art.model_dump_json())
+
+
+@pytest.mark.slow
+def test_planted_secrets_reach_no_output_log_or_prefect_record(
+    tmp_path, s3_server, s3_bucket, prefect_api, monkeypatch
+):
+    from flows.run import synthgen_run
 
     cfg_secret = _planted("cfgsecret")
     cfg_key = _planted("cfgkey")
@@ -119,33 +149,30 @@ def test_planted_secrets_reach_no_output_log_or_prefect_record(
     probe.warning("env token is %s", env_token)  # the environment's secrets are masked too
     probe.removeHandler(handler)
     assert buf.getvalue() == "env token is ***\n"
-    _flush_logs()
+    _search_prefect_and_bucket(secrets, res["run_id"], s3_server, s3_bucket)
 
-    objects = _bucket_text(s3_server, s3_bucket)
-    assert any(p.endswith("_manifest.json") for p in objects)
-    assert any("/runs/" in p for p in objects) and any("/dataset/" in p for p in objects)
-    for path, blob in objects.items():
-        _assert_absent(secrets, path, blob)
 
-    with get_client(sync_client=True) as client:
-        runs = [r for r in client.read_flow_runs(limit=200) if res["run_id"] in (r.name or "")]
-        assert {r.name.split("/")[0] for r in runs} >= {"t", "generate"}
-        ids = [r.id for r in runs]
-        for r in runs:
-            _assert_absent(secrets, f"flow run {r.name} parameters", repr(r.parameters))
-            _assert_absent(secrets, f"flow run {r.name}", r.model_dump_json())
-        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": ids}), limit=200)
-        assert tasks
-        for t in tasks:
-            _assert_absent(secrets, f"task run {t.name}", t.model_dump_json())
-        logs = client.read_logs(LogFilter(flow_run_id={"any_": ids}), limit=200)
-        assert logs
-        for log in logs:
-            _assert_absent(secrets, "run log", log.message)
-        for art in client.read_artifacts(limit=200):
-            _assert_absent(secrets, f"artifact {art.key}", art.model_dump_json())
-    out, err = capfd.readouterr()
-    _assert_absent(secrets, "captured stdout/stderr", out + err)
+@pytest.mark.slow
+def test_planted_block_secret_reaches_no_output_log_or_prefect_record(
+    tmp_path, s3_server, s3_bucket, prefect_api
+):
+    from prefect.blocks.system import Secret
+
+    from flows.run import synthgen_run
+
+    block_secret = _planted("blocksecret")
+    block_key = _planted("blockkey")
+    name = f"robust-{uuid.uuid4().hex[:8]}"
+    Secret(value={"key": block_key, "secret": block_secret}).save(name, overwrite=True)
+    data = fake_config(
+        f"s3://{s3_bucket}/out",
+        output__storage_options={"endpoint_url": s3_server},
+        output__credentials_block=f"secret/{name}",
+    )
+    res = synthgen_run(config=write_config(tmp_path / "c.yaml", data))
+    assert res["status"] == "complete"
+    secrets = [block_secret, block_key]
+    _search_prefect_and_bucket(secrets, res["run_id"], s3_server, s3_bucket)
 
 
 @pytest.mark.slow
