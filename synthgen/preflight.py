@@ -77,6 +77,9 @@ def check_scheduler(cluster: ClusterConfig) -> str:
     """An existing scheduler accepts TCP connections within `cluster.connect_timeout_s`."""
     if not cluster.address:
         return "cluster: local Dask cluster"
+    scheme = cluster.address.split("://", 1)[0] if "://" in cluster.address else "tcp"
+    if scheme not in ("tcp", "tls", "ws", "wss"):  # inproc:// (tests), ucx://: no TCP probe
+        return f"cluster: scheduler {cluster.address} (not probed: {scheme} transport)"
     host, port = _host_port(cluster.address)
     try:
         with socket.create_connection((host, port), timeout=cluster.connect_timeout_s):

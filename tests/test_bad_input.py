@@ -73,8 +73,10 @@ def test_unreachable_scheduler_fails_fast_naming_the_address(tmp_path):
         run_preflight(cfg)
     assert time.perf_counter() - started < 5
     with pytest.raises(PreflightError, match="not a scheduler address"):
-        check_scheduler(_cfg(tmp_path, cluster__address="tls://no-port-here").cluster)
+        check_scheduler(_cfg(tmp_path, cluster__address="tcp://127.0.0.1").cluster)
     assert "local Dask cluster" in check_scheduler(_cfg(tmp_path).cluster)
+    inproc = check_scheduler(_cfg(tmp_path, cluster__address="inproc://10.0.0.1/1/1").cluster)
+    assert "not probed" in inproc
 
 
 # --------------------------------------------------------------------------- output
