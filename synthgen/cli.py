@@ -129,6 +129,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("synthgen: interrupted; committed shards are kept, re-run to resume", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from synthgen.redaction import MASKER
+        from synthgen.storage import is_transient
+
+        if not is_transient(exc):
+            raise
+        # a storage/network error that escaped the retry helper (already retried by botocore)
+        print(
+            f"synthgen: error: storage unreachable: {type(exc).__name__}: "
+            f"{MASKER.mask(str(exc))}\n"
+            "synthgen: committed shards are kept; re-run the same command to resume",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":
