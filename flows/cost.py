@@ -20,7 +20,7 @@ from synthgen.cluster import task_runner_kwargs
 from synthgen.config import RunConfig
 from synthgen.ledger import read_ledger, read_workers, write_worker_row
 from synthgen.report import Summary, summarize, to_markdown
-from synthgen.storage import Store
+from synthgen.storage import Store, retrying
 
 
 def _client() -> Any:
@@ -83,6 +83,15 @@ def finish_usage(cfg: RunConfig, run_started_at: float) -> None:
         usage.unregister(client, cfg.run_id or "")
 
 
+def _ledger(store: Store, root: str, shard_id: str | None = None) -> Any:
+    """read_ledger through the storage retry helper (an outage must not fail the flow)."""
+    return retrying(
+        lambda: read_ledger(store.fs, root, shard_id),
+        f"reading the ledger under {root}",
+        store.policy,
+    )
+
+
 def run_budgeted(
     cfg: RunConfig,
     shard_ids: list[str],
@@ -99,7 +108,7 @@ def run_budgeted(
     """
     store = Store(cfg.output)
     root = store.run_path(cfg.run_id or "")
-    before = read_ledger(store.fs, root).to_pylist()
+    before = _ledger(store, root).to_pylist()
     seen = {r["attempt_id"] for r in before}
     gate = BudgetGate.from_ledger(cfg.budget.max_cost_usd, before)
     shard_of: dict[PrefectFuture[Any], str] = {}
@@ -127,9 +136,7 @@ def run_budgeted(
                 # first try of this session succeeded: its cost is in the result, no listing
                 return Outcome(float(res["cost_usd"]), 1, True)
         rows = [
-            r
-            for r in read_ledger(store.fs, root, shard_id).to_pylist()
-            if r["attempt_id"] not in seen
+            r for r in _ledger(store, root, shard_id).to_pylist() if r["attempt_id"] not in seen
         ]
         seen.update(r["attempt_id"] for r in rows)
         return Outcome(sum(r["cost_usd"] for r in rows), len(rows), ok)
@@ -158,7 +165,7 @@ def budget_message(cfg: RunConfig, sched: ScheduleResult[str, Any], total: int) 
 def cost_summary(cfg: RunConfig) -> Summary | None:
     store = Store(cfg.output)
     root = store.run_path(cfg.run_id or "")
-    ledger = read_ledger(store.fs, root).to_pylist()
+    ledger = _ledger(store, root).to_pylist()
     workers = read_workers(store.fs, root).to_pylist()
     if not ledger and not workers:
         return None
