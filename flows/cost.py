@@ -20,7 +20,7 @@ from synthgen.cluster import task_runner_kwargs
 from synthgen.config import RunConfig
 from synthgen.ledger import read_ledger, read_workers, write_worker_row
 from synthgen.report import BUDGET_FILE, Summary, summarize, to_markdown
-from synthgen.storage import Store
+from synthgen.storage import Store, retrying
 
 
 def _client() -> Any:
@@ -86,12 +86,22 @@ def finish_usage(cfg: RunConfig, run_started_at: float) -> None:
         usage.unregister(client, cfg.run_id or "")
 
 
+def _ledger(store: Store, root: str, shard_id: str | None = None) -> Any:
+    """read_ledger through the storage retry helper (an outage must not fail the flow)."""
+    return retrying(
+        lambda: read_ledger(store.fs, root, shard_id),
+        f"reading the ledger under {root}",
+        store.policy,
+    )
+
+
 def run_budgeted(
     cfg: RunConfig,
     shard_ids: list[str],
     submit: Callable[[str], PrefectFuture[Any]],
     on_done: Callable[[PrefectFuture[Any]], bool],
     slots: int,
+    wait_any: Callable[[set[Any]], set[Any]] | None = None,
 ) -> ScheduleResult[str, PrefectFuture[Any]]:
     """Submit shards while the budget allows (all at once without a budget).
 
@@ -101,7 +111,7 @@ def run_budgeted(
     """
     store = Store(cfg.output)
     root = store.run_path(cfg.run_id or "")
-    before = read_ledger(store.fs, root).to_pylist()
+    before = _ledger(store, root).to_pylist()
     seen = {r["attempt_id"] for r in before}
     gate = BudgetGate.from_ledger(cfg.budget.max_cost_usd, before)
     shard_of: dict[PrefectFuture[Any], str] = {}
@@ -129,9 +139,7 @@ def run_budgeted(
                 # first try of this session succeeded: its cost is in the result, no listing
                 return Outcome(float(res["cost_usd"]), 1, True)
         rows = [
-            r
-            for r in read_ledger(store.fs, root, shard_id).to_pylist()
-            if r["attempt_id"] not in seen
+            r for r in _ledger(store, root, shard_id).to_pylist() if r["attempt_id"] not in seen
         ]
         seen.update(r["attempt_id"] for r in rows)
         return Outcome(sum(r["cost_usd"] for r in rows), len(rows), ok)
@@ -141,7 +149,8 @@ def run_budgeted(
             f"budget: ${gate.spent_usd:.4f} of ${gate.max_cost_usd:.2f} already spent by this run"
         )
     in_flight = slots if cfg.budget.max_cost_usd is not None else None
-    return schedule(shard_ids, _submit, _wait_any, _outcome, gate, in_flight)
+    # wait_any: the flow's shard-timeout watcher (flows/timeouts.py), when one is configured
+    return schedule(shard_ids, _submit, wait_any or _wait_any, _outcome, gate, in_flight)
 
 
 def budget_message(cfg: RunConfig, sched: ScheduleResult[str, Any], total: int) -> str | None:
@@ -176,7 +185,7 @@ def record_budget(cfg: RunConfig, message: str | None) -> None:
 def cost_summary(cfg: RunConfig) -> Summary | None:
     store = Store(cfg.output)
     root = store.run_path(cfg.run_id or "")
-    ledger = read_ledger(store.fs, root).to_pylist()
+    ledger = _ledger(store, root).to_pylist()
     workers = read_workers(store.fs, root).to_pylist()
     if not ledger and not workers:
         return None

@@ -35,14 +35,18 @@ from flows.cost import (
 )
 from flows.serve import deployment_default_config, resolve_config_ref
 from flows.task_runner import SynthgenTaskRunner
+from flows.timeouts import ShardTimeouts
 from flows.trigger import SUMMARY_ARTIFACT_PREFIX, check_overrides
 from flows.verify import generate_verified
 from synthgen.cluster import generate_resources
 from synthgen.config import RunConfig, load_config
 from synthgen.dedup.stage import dedup_run
+from synthgen.lease import RunLease
 from synthgen.pipeline import ShardTask, committed_shards, run_shard
 from synthgen.plan import write_plan
+from synthgen.preflight import run_preflight
 from synthgen.publish import publish_shard, write_manifest
+from synthgen.redaction import protect, restore_secrets, stash_secrets
 from synthgen.report import manifest_totals
 from synthgen.storage import Store
 from synthgen.summary import RunSummary, per_worker
@@ -50,6 +54,7 @@ from synthgen.summary import RunSummary, per_worker
 
 @task(name="generate-shard", persist_result=False)
 def generate_shard(config: dict[str, Any], shard_id: str) -> dict[str, Any]:
+    protect(config)  # mask credentials in this worker process's logs too
     return run_shard(ShardTask(config, shard_id)).as_dict()
 
 
@@ -111,22 +116,32 @@ def generate_flow(
 ) -> dict[str, Any]:
     """Generate the given shards on the cluster (within the budget, if one is set), then
     publish if every shard is committed."""
+    config = restore_secrets(config)  # the parameters carry *** placeholders, tasks need keys
     cfg = RunConfig.model_validate(config)
+    # no Prefect timeout_seconds: it cannot interrupt a blocking call in a Dask worker thread;
+    # `cluster.shard_timeout_s` is enforced by ShardTimeouts (re-submits overdue shards)
     gen = generate_shard.with_options(
         retries=cfg.cluster.task_retries,
         retry_delay_seconds=_backoff(cfg),
         retry_jitter_factor=0.2,
-        timeout_seconds=cfg.cluster.shard_timeout_s,
     )
     run_started_at = run_started_at or time.time()
     slots = start_usage(cfg, run_started_at)  # workers are held (and billed) from here
     started = time.perf_counter()
     order = {sid: i for i, sid in enumerate(shard_ids)}
 
-    def submit(sid: str) -> Any:
+    def submit_attempt(sid: str) -> Any:
         # plan order first: with guided sizing the big shards start early, small ones last
         with dask.annotate(priority=len(shard_ids) - order[sid]):
             return gen.submit(config, sid)
+
+    timeouts = None
+    if cfg.cluster.shard_timeout_s is not None:
+        timeouts = ShardTimeouts(cfg, Store(cfg.output), submit_attempt)
+
+    def submit(sid: str) -> Any:
+        fut = submit_attempt(sid)
+        return timeouts.wrap(sid, fut) if timeouts else fut
 
     done_before = total - len(shard_ids)
     results: list[dict[str, Any]] = []
@@ -167,7 +182,9 @@ def generate_flow(
         verification = vrun.summary(sum(r["engine_seconds"] for r in all_attempts))
     else:
         with _gpu_annotation(cfg):
-            sched = run_budgeted(cfg, shard_ids, submit, on_done, slots)
+            sched = run_budgeted(
+                cfg, shard_ids, submit, on_done, slots, timeouts.wait_any if timeouts else None
+            )
     gen_seconds = time.perf_counter() - started
     budget_msg = budget_message(cfg, sched, total) if sched is not None else None
     record_budget(cfg, budget_msg)
@@ -242,8 +259,18 @@ def synthgen_run(config: str, overrides: list[str] | None = None) -> dict[str, A
 
 def execute(cfg: RunConfig, started: float | None = None) -> dict[str, Any]:
     started = started or time.perf_counter()
-    store = Store(cfg.output)
-    store.check_writable()
+    output = cfg.output  # a Store resolves output.credentials_block itself (flows.credentials)
+    protect(cfg.model_dump(mode="json") | {"output": output.model_dump(mode="json")})
+    # model, scheduler, credentials, writable output: all checked before any GPU time
+    print(run_preflight(cfg, output).render())
+    store = Store(output)
+    with RunLease(store, cfg.run_id or "", ttl_s=cfg.output.lease_ttl_s) as lease:
+        return _execute_leased(cfg, store, lease, started)
+
+
+def _execute_leased(
+    cfg: RunConfig, store: Store, lease: RunLease, started: float
+) -> dict[str, Any]:
     plan = write_plan(cfg, store)
     run_id = cfg.run_id or ""
     already = committed_shards(store, run_id)
@@ -256,11 +283,12 @@ def execute(cfg: RunConfig, started: float | None = None) -> dict[str, Any]:
         print(
             f"{plan.rejects} bad prompt records quarantined: {store.url('runs', run_id, 'rejects.jsonl')}"
         )
-    config = cfg.model_dump(mode="json")
+    config = stash_secrets(cfg.model_dump(mode="json"))  # flow parameters: no credentials
     runner = SynthgenTaskRunner(**runner_kwargs(cfg))  # embedded: metered to process exit
     gen = generate_flow.with_options(task_runner=runner)(
         config, todo, len(plan.shards), time.time()
     )
+    lease.check()
     publish_cost_artifact(cfg)  # after the cluster closed: workers' final rows are in
     committed = committed_shards(store, run_id)
     missing = [s.shard_id for s in plan.shards if s.shard_id not in committed]

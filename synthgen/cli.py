@@ -12,9 +12,21 @@ from synthgen.errors import SynthgenError
 
 def cmd_run(args: argparse.Namespace) -> int:
     from synthgen.config import load_config
+    from synthgen.preflight import run_preflight
+    from synthgen.redaction import check_overrides, protect
 
+    check_overrides(args.set)  # credentials never become Prefect parameters
     cfg = load_config(args.config, args.set)  # fail on a bad config before anything starts
+    protect(cfg.model_dump(mode="json"))
     print(f"synthgen: run {cfg.run_id} ({args.config}) -> {cfg.output.uri}", flush=True)
+    # model, scheduler, credentials, writable output: before the Prefect server or any GPU
+    in_block = cfg.output.credentials_block is not None  # readable only once Prefect is up
+    print(f"synthgen: {run_preflight(cfg, storage=not in_block).render()}", flush=True)
+    if not in_block:
+        from synthgen.lease import RunLease
+        from synthgen.storage import Store
+
+        RunLease(Store(cfg.output), cfg.run_id or "").ensure_free()  # refuse before startup
     from synthgen.prefect_env import prefect_api
 
     with prefect_api():
@@ -106,11 +118,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except SynthgenError as exc:
-        print(f"synthgen: error: {exc}", file=sys.stderr)
+        from synthgen.errors import StorageError
+        from synthgen.redaction import MASKER
+
+        hint = ""
+        if isinstance(exc, StorageError):
+            hint = "\nsynthgen: committed shards are kept; re-run the same command to resume"
+        print(f"synthgen: error: {MASKER.mask(str(exc))}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("synthgen: interrupted; committed shards are kept, re-run to resume", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from synthgen.redaction import MASKER
+        from synthgen.storage import is_transient
+
+        if not is_transient(exc):
+            raise
+        # a storage/network error that escaped the retry helper (already retried by botocore)
+        print(
+            f"synthgen: error: storage unreachable: {type(exc).__name__}: "
+            f"{MASKER.mask(str(exc))}\n"
+            "synthgen: committed shards are kept; re-run the same command to resume",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

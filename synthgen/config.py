@@ -139,6 +139,11 @@ class FakeOptions(_Section):
     seconds_per_token: float = Field(0.0, ge=0.0, description="Simulated engine time per token.")
     seconds_per_shard: float = Field(0.0, ge=0.0, description="Simulated fixed time per shard.")
     tokens_per_completion: PositiveInt = 16
+    hang_shards: list[str] = Field(
+        default_factory=list,
+        description="Test hook: these shards hang (sleep hang_seconds) on their first attempt.",
+    )
+    hang_seconds: float = Field(3600.0, ge=0.0)
 
 
 class ModelConfig(_Section):
@@ -208,6 +213,9 @@ class ClusterConfig(_Section):
     shard_timeout_s: float | None = Field(
         None, gt=0, description="A shard attempt running longer than this is abandoned and re-run."
     )
+    connect_timeout_s: float = Field(
+        5.0, gt=0, description="Preflight: how long to wait for `address` to accept a connection."
+    )
 
     @model_validator(mode="after")
     def _check_transport(self) -> ClusterConfig:
@@ -234,6 +242,17 @@ class OutputConfig(_Section):
         description="Prefect block holding the object-store credentials "
         "('aws-credentials/NAME' or 'secret/NAME'); resolved by each process that writes, "
         "never passed as a parameter.",
+    )
+    retry_attempts: PositiveInt = Field(
+        8, description="Tries per storage operation on transient errors (connection, 5xx)."
+    )
+    retry_base_delay_s: float = Field(0.25, gt=0.0, description="First backoff delay.")
+    retry_max_delay_s: float = Field(8.0, gt=0.0, description="Cap of the exponential backoff.")
+    lease_ttl_s: float = Field(
+        60.0,
+        ge=1.0,
+        description="Run lease expiry (renewed every third of it while the flow runs); a crashed "
+        "flow's lease can be taken over after this (at once on the same host).",
     )
 
 
@@ -656,13 +675,15 @@ _SECRET_KEY = re.compile(r"(secret|password|token|passwd|credential|session|^key
 
 
 def redact(value: Any, key: str = "") -> Any:
-    """Recursively replace values whose key looks like a credential with '***'."""
+    """Recursively replace string values whose key looks like a credential with '***'.
+
+    Only strings: numbers under keys like `max_new_tokens` are settings, not credentials."""
     if isinstance(value, dict):
         return {k: redact(v, str(k)) for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v, key) for v in value]
-    if key and _SECRET_KEY.search(key) and value not in (None, "", {}):
-        return "***"
+    if key and isinstance(value, str) and value and _SECRET_KEY.search(key):
+        return value if key == "credentials_block" else "***"  # a block's name is no secret
     return value
 
 

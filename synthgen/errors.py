@@ -27,6 +27,10 @@ class MissingDependencyError(SynthgenError, ImportError):
     """An optional dependency is missing; the message holds the pip command."""
 
 
+class PreflightError(SynthgenError, RuntimeError):
+    """A check before any GPU time failed (model path, scheduler, ...); names the config key."""
+
+
 class RunLockedError(SynthgenError, RuntimeError):
     """Another live run holds the lease on this output prefix and run id."""
 

@@ -9,6 +9,7 @@ a committed shard or one that will be generated again (overwriting the same keys
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -18,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from synthgen.accounting import AttemptMeter, Counts
 from synthgen.clean import clean_shard
@@ -25,6 +27,8 @@ from synthgen.config import RunConfig
 from synthgen.cost import kept_counts
 from synthgen.engines.base import GenRequest, prompt_seed
 from synthgen.engines.cache import get_engine, worker_identity
+from synthgen.engines.fake import maybe_hang
+from synthgen.errors import StorageError
 from synthgen.plan import read_shard_prompts
 from synthgen.schema import RECORD_SCHEMA
 from synthgen.storage import Store
@@ -42,7 +46,7 @@ class ShardTask:
 class ShardResult:
     run_id: str
     shard_id: str
-    status: str  # "done" | "skipped" (already committed)
+    status: str  # "done" | "skipped" (already committed) | "superseded" (a re-run committed first)
     attempt: int = 0
     prompts: int = 0
     rows: int = 0
@@ -75,6 +79,32 @@ def commit_path(store: Store, run_id: str, shard_id: str) -> str:
 
 def shard_path(store: Store, run_id: str, shard_id: str) -> str:
     return store.run_path(run_id, "shards", f"{shard_id}.parquet")
+
+
+class _Superseded(Exception):
+    def __init__(self, shard_id: str, attempt: int) -> None:
+        super().__init__(
+            f"shard {shard_id}: attempt {attempt} superseded (another attempt committed the "
+            "shard first; nothing written)"
+        )
+
+
+def read_committed_shard(store: Store, run_id: str, shard_id: str) -> pa.Table:
+    """The rows of a committed shard, checked against its commit marker's sha256.
+
+    A file that does not match its marker (overwritten after the commit, corrupted) is never
+    used: the marker is removed, so that a re-run generates the shard again, and the error
+    says so."""
+    marker_path = commit_path(store, run_id, shard_id)
+    marker = store.read_json(marker_path)
+    data = store.read_bytes(marker.get("file") or shard_path(store, run_id, shard_id))
+    if hashlib.sha256(data).hexdigest() != marker.get("sha256"):
+        store.rm(marker_path)
+        raise StorageError(
+            f"run {run_id}: shard {shard_id}: the file does not match its commit marker "
+            "(sha256 differs); the commit was withdrawn, re-run to generate the shard again"
+        )
+    return pq.read_table(pa.BufferReader(data))
 
 
 def committed_shards(store: Store, run_id: str) -> dict[str, dict[str, Any]]:
@@ -166,6 +196,7 @@ def run_shard(task: ShardTask) -> ShardResult:
     fs, run_root = store.fs, store.run_path(run_id)
     counts = Counts()
     try:
+        maybe_hang(cfg.model, task.shard_id, attempt)  # test hook (fake engine only)
         prompts = read_shard_prompts(store, run_id, task.shard_id)
         counts.prompts = len(prompts)
         seeds = [prompt_seed(cfg.sampling.seed, p.prompt_id) for p in prompts]
@@ -186,7 +217,15 @@ def run_shard(task: ShardTask) -> ShardResult:
         counts.kept_records, counts.kept_tokens = kept_counts(table)
 
         path = shard_path(store, run_id, task.shard_id)
+        if store.exists(marker):
+            # another attempt (this one was timed out and re-run) committed first: never
+            # overwrite its file or marker; the shard has exactly one committed copy
+            raise _Superseded(task.shard_id, attempt)
         size, sha = store.write_table(path, table)
+    except _Superseded as exc:
+        meter.finish(fs, run_root, counts, "failed", error=str(exc))
+        done = store.read_json(marker)
+        return ShardResult(**{**done["result"], "status": "superseded", "attempt": attempt})
     except Exception as exc:
         # a failed attempt cost money too: record it, then let the task retry
         try:
@@ -225,15 +264,15 @@ def run_shard(task: ShardTask) -> ShardResult:
         file=path,
         drop_counts=drop_counts,
     )
-    store.write_json(
-        marker,
-        {
-            "shard_id": task.shard_id,
-            "file": path,
-            "bytes": size,
-            "sha256": sha,
-            "rows": table.num_rows,
-            "result": result.as_dict(),
-        },
-    )
+    commit = {
+        "shard_id": task.shard_id,
+        "file": path,
+        "bytes": size,
+        "sha256": sha,
+        "rows": table.num_rows,
+        "result": result.as_dict(),
+    }
+    # first commit wins: a concurrent attempt (a timed-out one returning late) never replaces it
+    if not store.create_bytes(marker, json.dumps(commit, indent=2, sort_keys=True).encode()):
+        return ShardResult(**{**result.as_dict(), "status": "superseded"})
     return result

@@ -14,7 +14,7 @@ from synthgen import __version__
 from synthgen.config import RunConfig
 from synthgen.dedup.cross import apply_drops
 from synthgen.dedup.index import index_rows, write_index
-from synthgen.pipeline import committed_shards, shard_path
+from synthgen.pipeline import committed_shards, read_committed_shard
 from synthgen.schema import DATASET_COLUMNS
 from synthgen.storage import Store
 
@@ -42,7 +42,7 @@ def publish_shard(
     """
     cfg = RunConfig.model_validate(config)
     store = Store(cfg.output)
-    table = store.read_table(shard_path(store, cfg.run_id or "", shard_id))
+    table = read_committed_shard(store, cfg.run_id or "", shard_id)  # checksum-verified
     if isinstance(extra_drops, list):
         extra_drops = dict.fromkeys(extra_drops, "dropped")
     table = apply_drops(table, extra_drops or {})

@@ -137,6 +137,11 @@ class Store:
 
     def __init__(self, output: OutputConfig) -> None:
         self.output = output
+        self.policy = RetryPolicy(
+            attempts=output.retry_attempts,
+            base=output.retry_base_delay_s,
+            cap=output.retry_max_delay_s,
+        )
         self.uri = output.uri.rstrip("/") or output.uri
         self.fs, root = fsspec.core.url_to_fs(self.uri, **_storage_options(output))
         self.root = root.rstrip("/") if root != "/" else root
@@ -174,17 +179,52 @@ class Store:
             else:
                 self.fs.pipe_file(path, data)
 
-        retrying(_write, f"writing {self._show(path)}")
+        retrying(_write, f"writing {self._show(path)}", self.policy)
+
+    def create_bytes(self, path: str, data: bytes) -> bool:
+        """Atomically create `path` with `data` unless it exists; False if it already did.
+
+        Local files: a complete temporary file hard-linked into place (link fails if the name
+        exists). S3: one PUT with `If-None-Match: *`. Other stores: check, then write."""
+
+        def _create() -> bool:
+            if self.local:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                try:
+                    os.link(tmp, path)
+                    return True
+                except FileExistsError:
+                    return False
+                finally:
+                    os.unlink(tmp)
+            if self.output.uri.startswith("s3://"):
+                try:
+                    self.fs.pipe_file(path, data, mode="create")
+                    return True
+                except FileExistsError:
+                    return False
+            self.fs.invalidate_cache(path)
+            if self.fs.exists(path):
+                return False
+            self.fs.pipe_file(path, data)
+            return True
+
+        return retrying(_create, f"creating {self._show(path)}", self.policy)
 
     def read_bytes(self, path: str) -> bytes:
-        return retrying(lambda: self.fs.cat_file(path), f"reading {self._show(path)}")
+        return retrying(lambda: self.fs.cat_file(path), f"reading {self._show(path)}", self.policy)
 
     def exists(self, path: str) -> bool:
         def _exists() -> bool:
             self.fs.invalidate_cache(path)
             return bool(self.fs.exists(path))
 
-        return retrying(_exists, f"checking {self._show(path)}")
+        return retrying(_exists, f"checking {self._show(path)}", self.policy)
 
     def ls(self, path: str) -> list[str]:
         """Names (not paths) of the files directly under `path`; [] if it does not exist."""
@@ -197,7 +237,7 @@ class Store:
                 return []
             return sorted(posixpath.basename(e.rstrip("/")) for e in entries)
 
-        return retrying(_ls, f"listing {self._show(path)}")
+        return retrying(_ls, f"listing {self._show(path)}", self.policy)
 
     def rm(self, path: str) -> None:
         def _rm() -> None:
@@ -206,7 +246,7 @@ class Store:
             except FileNotFoundError:
                 pass
 
-        retrying(_rm, f"removing {self._show(path)}")
+        retrying(_rm, f"removing {self._show(path)}", self.policy)
 
     def write_json(self, path: str, obj: Any) -> None:
         self.write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
@@ -236,7 +276,9 @@ class Store:
         try:
             if not self.local and self.output.uri.startswith("s3://"):
                 bucket = self.root.split("/", 1)[0]
-                if not retrying(lambda: self.fs.exists(bucket), f"checking bucket {bucket}"):
+                if not retrying(
+                    lambda: self.fs.exists(bucket), f"checking bucket {bucket}", self.policy
+                ):
                     raise StorageError(f"output.uri: bucket {bucket!r} does not exist")
             self.write_bytes(probe, b"ok")
             self.rm(probe)

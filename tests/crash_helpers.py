@@ -1,0 +1,129 @@
+"""Real processes for crash tests: a `dask scheduler` + `dask worker`s on loopback, and the
+`synthgen` CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.conftest import REPO, free_port
+
+DASK = str(Path(sys.executable).with_name("dask"))
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    env.update(extra)
+    return env
+
+
+def wait_for(pred: Callable[[], bool], timeout: float, what: str, every: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(every)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@dataclass
+class DaskProcs:
+    address: str
+    scheduler: subprocess.Popen[bytes]
+    workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)  # address -> proc
+    logs: Path | None = None
+
+    def kill_worker(self, address: str) -> None:
+        proc = self.workers[address]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        for proc in [*self.workers.values(), self.scheduler]:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in [*self.workers.values(), self.scheduler]:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+
+def start_dask(tmp: Path, n_workers: int = 2) -> DaskProcs:
+    """`dask scheduler` and `dask worker --no-nanny` processes (a SIGKILLed worker stays dead)."""
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = child_env()
+    log = (tmp / "dask.log").open("ab")
+    scheduler = subprocess.Popen(
+        [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+         "--dashboard-address", "127.0.0.1:0"],
+        cwd=REPO, env=env, stdout=log, stderr=log,
+    )  # fmt: skip
+    procs = DaskProcs(address, scheduler, logs=tmp / "dask.log")
+    for i in range(n_workers):
+        wport = free_port()
+        waddr = f"tcp://127.0.0.1:{wport}"
+        procs.workers[waddr] = subprocess.Popen(
+            [DASK, "worker", address, "--no-nanny", "--nthreads", "1", "--host", "127.0.0.1",
+             "--worker-port", str(wport), "--dashboard-address", "127.0.0.1:0",
+             "--name", f"w{i}", "--memory-limit", "0"],
+            cwd=REPO, env=env, stdout=log, stderr=log,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: _n_workers(address) == n_workers, 60, f"{n_workers} dask workers")
+    except Exception:
+        procs.stop()
+        raise
+    return procs
+
+
+def _n_workers(address: str) -> int:
+    code = (
+        "from distributed import Client;"
+        f"c=Client('{address}',timeout=5);print(len(c.scheduler_info()['workers']));c.close()"
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+            env=child_env(),
+        )  # fmt: skip
+        return int(out.stdout.strip().splitlines()[-1])
+    except Exception:
+        return -1
+
+
+def start_cli(
+    config: str, summary: Path, log: Path, *args: str, **env: str
+) -> subprocess.Popen[bytes]:
+    """`synthgen run CONFIG` in its own process (using the test session's Prefect API)."""
+    fh = log.open("wb")
+    return subprocess.Popen(
+        [sys.executable, "-m", "synthgen.cli", "run", config, "--summary-json", str(summary), *args],
+        cwd=REPO, env=child_env(**env), stdout=fh, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def run_cli(config: str, tmp: Path, name: str, *args: str, timeout: float = 240, **env: str):
+    """Run the CLI to completion; returns (exit code, summary dict or None, output text)."""
+    summary = tmp / f"{name}.summary.json"
+    log = tmp / f"{name}.log"
+    proc = start_cli(config, summary, log, *args, **env)
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    text = log.read_text(errors="replace")
+    data = json.loads(summary.read_text()) if summary.is_file() else None
+    return code, data, text
