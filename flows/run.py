@@ -42,6 +42,7 @@ from synthgen.cluster import generate_resources
 from synthgen.config import RunConfig, load_config
 from synthgen.dedup.stage import dedup_run
 from synthgen.lease import RunLease
+from synthgen.lost import record_lost_attempts
 from synthgen.pipeline import ShardTask, committed_shards, run_shard
 from synthgen.plan import write_plan
 from synthgen.preflight import run_preflight
@@ -192,6 +193,12 @@ def generate_flow(
         print(budget_msg)
     store = Store(cfg.output)
     committed = committed_shards(store, cfg.run_id or "")
+    try:  # attempts whose worker died wrote no ledger row: price them from their markers
+        lost = record_lost_attempts(store, cfg.run_id or "")
+        if lost:
+            print(f"{lost} lost attempt(s) (worker died mid-shard) recorded in the ledger")
+    except Exception as exc:  # bookkeeping never fails a run
+        print(f"warning: could not record lost attempts: {type(exc).__name__}: {exc}")
     finish_usage(cfg, run_started_at)
     manifest = None
     if len(committed) == total:

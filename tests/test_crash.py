@@ -12,6 +12,7 @@ import pytest
 
 from synthgen.attempts import attempt_history
 from synthgen.config import config_from_dict
+from synthgen.ledger import read_ledger
 from synthgen.pipeline import committed_shards
 from synthgen.storage import Store
 from tests.crash_helpers import run_cli, start_cli, start_dask, wait_for
@@ -79,6 +80,11 @@ def test_sigkill_of_a_dask_worker_mid_shard_loses_and_doubles_nothing(
     assert any(
         a["shard_id"] == victim["shard_id"] and a["worker"] == victim["worker"] for a in lost
     ), history
+    # the ledger shows the lost attempt too (status "lost", priced from that worker's rows)
+    ledger = read_ledger(store.fs, store.run_path(cfg.run_id)).to_pylist()
+    lost_rows = [r for r in ledger if r["status"] == "lost" and r["shard_id"] == victim["shard_id"]]
+    assert [r["worker"] for r in lost_rows] == [victim["worker"]], ledger
+    assert lost_rows[0]["wall_seconds"] >= 0 and lost_rows[0]["cost_usd"] >= 0
     redo = [a for a in history if a["shard_id"] == victim["shard_id"]]
     assert redo[-1]["outcome"] == "committed" and redo[-1]["worker"] != victim["worker"]
     assert len(committed_shards(store, cfg.run_id)) == SHARDS
