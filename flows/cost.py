@@ -18,6 +18,7 @@ from synthgen.accounting import gpus_used
 from synthgen.budget import BudgetGate, Outcome, ScheduleResult, partial_message, schedule
 from synthgen.cluster import task_runner_kwargs
 from synthgen.config import RunConfig
+from synthgen.cost import is_verification
 from synthgen.ledger import read_ledger, read_workers, write_worker_row
 from synthgen.report import BUDGET_FILE, Summary, summarize, to_markdown
 from synthgen.storage import Store, retrying
@@ -126,6 +127,8 @@ def run_budgeted(
 
     earlier: dict[str, int] = {}
     for r in before:
+        if is_verification(r):  # a check's cost row, not an attempt
+            continue
         earlier[r["shard_id"]] = earlier.get(r["shard_id"], 0) + 1
 
     def _outcome(fut: PrefectFuture[Any]) -> Outcome:

@@ -1,7 +1,7 @@
 """Budget cap: may another shard start without the run passing `budget.max_cost_usd`?
 
 The rule: a new shard starts only if
-    spent (every ledger row of the run, failed attempts included)
+    spent (every ledger row of the run, failed attempts and verification checks included)
   + projected cost of each running shard
   + projected cost of the new shard
   <= max_cost_usd,
@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+from synthgen.cost import VERIFICATION_STATUS
 
 F = TypeVar("F", bound=Hashable)  # a future
 T = TypeVar("T")  # a shard to run
@@ -68,7 +70,11 @@ class BudgetGate:
     ) -> BudgetGate:
         gate = cls(max_cost_usd)
         for row in rows:
-            gate.record(float(row["cost_usd"]), attempts=1, succeeded=row["status"] == "succeeded")  # type: ignore[arg-type]
+            cost = float(row["cost_usd"])  # type: ignore[arg-type]
+            if row["status"] == VERIFICATION_STATUS:
+                gate.spent_usd += cost  # money spent, but no shard attempt
+                continue
+            gate.record(cost, attempts=1, succeeded=row["status"] == "succeeded")
         return gate
 
     @property

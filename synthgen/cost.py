@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -25,6 +25,8 @@ PRICE_ENV = "SYNTHGEN_PRICE_PER_HOUR"
 CPU_CORE_KEY = "cpu-core"
 PriceSource = Literal["table", "worker", "unknown"]
 AttemptStatus = Literal["succeeded", "failed"]
+# A verification check's own engine time (issue 8): money spent, but not a shard attempt.
+VERIFICATION_STATUS = "verification"
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -262,6 +264,65 @@ def ledger_row(a: ShardAttempt) -> dict[str, Any]:
         "usd_per_1m_completion_tokens": usd_per_million(cost, a.completion_tokens),
         "usd_per_1m_kept_tokens": usd_per_million(cost, a.kept_tokens),
     }
+
+
+def verification_row(
+    run_id: str,
+    shard_id: str,
+    attempt: int,
+    check_id: str,
+    worker: str,
+    host: str,
+    device: str,
+    model: str,
+    price: Price,
+    started_at: datetime,
+    seconds: float,
+) -> dict[str, Any]:
+    """The ledger row of one verification check of `shard_id`'s attempt `attempt`.
+
+    Priced on the verify seconds (the scoring time): `cost_usd = price * seconds / 3600`;
+    token columns 0; status "verification", which the report and the budget never count as
+    a shard attempt.
+    """
+    if started_at.tzinfo is None:
+        raise ValueError(f"verify {shard_id}: started_at must be timezone-aware")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(
+            f"verify {shard_id}: verify seconds must be finite and >= 0, got {seconds}"
+        )
+    cost = cost_of(price.per_hour, seconds)
+    return {
+        "run_id": run_id,
+        "shard_id": shard_id,
+        "attempt": attempt,
+        "attempt_id": check_id,
+        "worker": worker,
+        "host": host,
+        "device": device,
+        "device_type": price.device_type,
+        "model": model,
+        "price_per_hour": price.per_hour,
+        "price_source": price.source,
+        "started_at": started_at,
+        "finished_at": started_at + timedelta(seconds=seconds),
+        "wall_seconds": seconds,
+        "engine_seconds": seconds,
+        "prompts": 0,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "kept_records": None,
+        "kept_tokens": None,
+        "status": VERIFICATION_STATUS,
+        "error": None,
+        "cost_usd": cost,
+        "usd_per_1m_completion_tokens": None,
+        "usd_per_1m_kept_tokens": None,
+    }
+
+
+def is_verification(row: Mapping[str, Any]) -> bool:
+    return row["status"] == VERIFICATION_STATUS
 
 
 def ledger_table(rows: list[dict[str, Any]]) -> pa.Table:

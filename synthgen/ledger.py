@@ -2,6 +2,9 @@
 
 Layout under a run root (OUTPUT/runs/RUN_ID):
     ledger/SHARD_ID-attempt-N-ATTEMPTID.parquet   one row (LEDGER_SCHEMA)
+    ledger/SHARD_ID-verify-aN-CHECKID.parquet     one verification check's row (status
+                                                  "verification"; not matched by the
+                                                  per-shard attempt glob)
     workers/WORKER_ID.parquet                     one row (WORKER_SCHEMA), overwritten
 One file per writer means concurrent workers never write the same key.
 """
@@ -43,6 +46,10 @@ def ledger_path(run_root: str, shard_id: str, attempt: int, attempt_id: str) -> 
     return f"{run_root}/{LEDGER_DIR}/{safe_key(shard_id)}-attempt-{attempt}-{safe_key(attempt_id)[:12]}.parquet"
 
 
+def verify_ledger_path(run_root: str, shard_id: str, attempt: int, check_id: str) -> str:
+    return f"{run_root}/{LEDGER_DIR}/{safe_key(shard_id)}-verify-a{attempt}-{safe_key(check_id)[:12]}.parquet"
+
+
 def worker_path(run_root: str, worker_id: str) -> str:
     return f"{run_root}/{WORKERS_DIR}/{safe_key(worker_id)}.parquet"
 
@@ -81,6 +88,12 @@ def write_ledger_row(fs: AbstractFileSystem, run_root: str, row: dict[str, Any])
     return path
 
 
+def write_verification_row(fs: AbstractFileSystem, run_root: str, row: dict[str, Any]) -> str:
+    path = verify_ledger_path(run_root, row["shard_id"], row["attempt"], row["attempt_id"])
+    write_one(fs, path, ledger_table([row]))
+    return path
+
+
 def write_worker_row(fs: AbstractFileSystem, run_root: str, row: dict[str, Any]) -> str:
     path = worker_path(run_root, row["worker_id"])
     write_one(fs, path, worker_table([row]))
@@ -104,7 +117,8 @@ def _read_dir(
 
 
 def read_ledger(fs: AbstractFileSystem, run_root: str, shard_id: str | None = None) -> pa.Table:
-    """Every attempt row of the run (or of one shard), sorted by start time."""
+    """Every row of the run, verification checks included, sorted by start time; with
+    `shard_id`, that shard's attempt rows only (never its verification rows)."""
     pattern = f"{safe_key(shard_id)}-attempt-*" if shard_id else "*"
     table = _read_dir(fs, f"{run_root}/{LEDGER_DIR}", LEDGER_SCHEMA, pattern)
     return table.sort_by([("started_at", "ascending"), ("shard_id", "ascending")])

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from synthgen.cost import is_verification
 from synthgen.ledger import read_ledger, read_workers, run_fs
 
 Row = dict[str, Any]
@@ -47,7 +48,14 @@ def _final_success(rows: Sequence[Row]) -> Row | None:
 def summarize(
     ledger: Sequence[Row], workers: Sequence[Row], run_id: str = "", budget: Row | None = None
 ) -> Summary:
-    """Aggregate ledger rows and worker rows (lists of dicts as read from Parquet)."""
+    """Aggregate ledger rows and worker rows (lists of dicts as read from Parquet).
+
+    Verification rows (status "verification") are money spent but not shard attempts:
+    they are summed apart (`verification_cost_usd`), never in the per-shard figures.
+    """
+    checks = [r for r in ledger if is_verification(r)]
+    everything = ledger
+    ledger = [r for r in ledger if not is_verification(r)]
     by_shard: dict[str, list[Row]] = defaultdict(list)
     for row in ledger:
         by_shard[row["shard_id"]].append(row)
@@ -81,10 +89,10 @@ def summarize(
             }
         )
 
-    per_device = _per_device(ledger, per_shard, workers)
-    totals = _totals(ledger, per_shard, workers)
-    if not run_id and ledger:
-        run_id = ledger[0]["run_id"]
+    per_device = _per_device(ledger, per_shard, workers, checks)
+    totals = _totals(ledger, per_shard, workers, checks)
+    if not run_id and everything:
+        run_id = everything[0]["run_id"]
     elif not run_id and workers:
         run_id = workers[0]["run_id"]
     return Summary(run_id, totals, per_shard, per_device, list(workers), list(ledger), budget)
@@ -106,8 +114,11 @@ def _held(workers: Sequence[Row]) -> Row:
     }
 
 
-def _totals(ledger: Sequence[Row], per_shard: Sequence[Row], workers: Sequence[Row]) -> Row:
+def _totals(
+    ledger: Sequence[Row], per_shard: Sequence[Row], workers: Sequence[Row], checks: Sequence[Row]
+) -> Row:
     cost = sum(r["cost_usd"] for r in ledger)
+    verify_cost = sum(r["cost_usd"] for r in checks)
     failed_cost = sum(r["cost_usd"] for r in ledger if r["status"] == "failed")
     done = [s for s in per_shard if s["status"] == "succeeded"]
     comp = sum(s["completion_tokens"] for s in done)
@@ -121,7 +132,9 @@ def _totals(ledger: Sequence[Row], per_shard: Sequence[Row], workers: Sequence[R
     held = _held(workers)
     # a worker that left no row (it died) still billed at least its attempts
     known = {w["worker"] for w in workers}
-    billed = held["held_cost_usd"] + sum(r["cost_usd"] for r in ledger if r["worker"] not in known)
+    billed = held["held_cost_usd"] + sum(
+        r["cost_usd"] for r in [*ledger, *checks] if r["worker"] not in known
+    )
     return {
         "shards": len(done),
         "shards_failed": len(per_shard) - len(done),
@@ -136,6 +149,11 @@ def _totals(ledger: Sequence[Row], per_shard: Sequence[Row], workers: Sequence[R
         "failed_share": _ratio(failed_cost, cost),
         "usd_per_1m_completion_tokens": _per_million(cost, comp),
         "usd_per_1m_kept_tokens": _per_million(cost, kept),
+        "verification_checks": len(checks),
+        "verification_seconds": sum(r["wall_seconds"] for r in checks),
+        "verification_cost_usd": verify_cost,
+        "verification_share": _ratio(verify_cost, cost),  # of the generation cost
+        "spent_usd": cost + verify_cost,  # generation + verification: what a budget counts
         "tokens_per_s_per_worker": _ratio(comp, busy_ok),
         "tokens_per_s_run": _ratio(comp, span),
         "run_span_seconds": span,
@@ -143,7 +161,7 @@ def _totals(ledger: Sequence[Row], per_shard: Sequence[Row], workers: Sequence[R
         "billed_usd": billed,
         "billed_usd_per_1m_kept_tokens": _per_million(billed, kept),
         "unpriced_devices": sorted(
-            {r["device"] for r in ledger if r["price_source"] == "unknown"}
+            {r["device"] for r in [*ledger, *checks] if r["price_source"] == "unknown"}
             | {w["device"] for w in workers if w["price_source"] == "unknown"}
         ),
         "worker_priced": sorted({r["worker"] for r in ledger if r["price_source"] == "worker"}),
@@ -151,9 +169,11 @@ def _totals(ledger: Sequence[Row], per_shard: Sequence[Row], workers: Sequence[R
 
 
 def _per_device(
-    ledger: Sequence[Row], per_shard: Sequence[Row], workers: Sequence[Row]
+    ledger: Sequence[Row], per_shard: Sequence[Row], workers: Sequence[Row], checks: Sequence[Row]
 ) -> list[Row]:
-    types = sorted({r["device_type"] for r in ledger} | {w["device_type"] for w in workers})
+    types = sorted(
+        {r["device_type"] for r in [*ledger, *checks]} | {w["device_type"] for w in workers}
+    )
     final_ids = {s["final_attempt_id"] for s in per_shard if s["final_attempt_id"]}
     out = []
     for dt in types:
@@ -176,6 +196,9 @@ def _per_device(
                 "failed_share": _ratio(failed_cost, cost),
                 "usd_per_1m_completion_tokens": _per_million(cost, comp),
                 "usd_per_1m_kept_tokens": _per_million(cost, kept),
+                "verification_cost_usd": sum(
+                    r["cost_usd"] for r in checks if r["device_type"] == dt
+                ),
                 **_held([w for w in workers if w["device_type"] == dt]),
             }
         )
@@ -240,6 +263,7 @@ DEVICE_COLUMNS = [
     ("$/1M tok", "usd_per_1m_completion_tokens", "usd"),
     ("$/1M kept", "usd_per_1m_kept_tokens", "usd"),
     ("failed $", "failed_share", "pct"),
+    ("verify $", "verification_cost_usd", "usd"),
     ("held $", "held_cost_usd", "usd"),
     ("util", "utilisation", "pct"),
 ]
@@ -286,6 +310,10 @@ def _total_lines(s: Summary) -> list[tuple[str, str]]:
             f"{_fmt(t['cost_usd'], 'usd')} (failed attempts {_fmt(t['failed_cost_usd'], 'usd')} = {_fmt(t['failed_share'], 'pct')})",
         ),
         (
+            "verification",
+            f"{_fmt(t['verification_cost_usd'], 'usd')} ({t['verification_checks']} checks, {_fmt(t['verification_seconds'], 's')} s) = {_fmt(t['verification_share'], 'pct')} of the generation cost",
+        ),
+        (
             "$ per 1M tokens",
             f"{_fmt(t['usd_per_1m_completion_tokens'], 'usd')} completion, {_fmt(t['usd_per_1m_kept_tokens'], 'usd')} kept",
         ),
@@ -308,7 +336,7 @@ def _total_lines(s: Summary) -> list[tuple[str, str]]:
     ]
     b = s.budget or {}
     if b.get("max_cost_usd") is not None:
-        left = b["max_cost_usd"] - t["cost_usd"]
+        left = b["max_cost_usd"] - t["spent_usd"]
         state = "stopped the run (partial)" if b.get("partial") else "not reached"
         lines.append(
             ("budget", f"{_fmt(b['max_cost_usd'], 'usd')} cap, {_fmt(left, 'usd')} left; {state}")
@@ -356,7 +384,8 @@ def manifest_totals(s: Summary) -> Row:
         "kept_tokens", "cost_usd", "failed_cost_usd", "usd_per_1m_completion_tokens",
         "usd_per_1m_kept_tokens", "held_seconds", "held_cost_usd", "load_cost_usd",
         "idle_cost_usd", "utilisation", "billed_usd", "billed_usd_per_1m_kept_tokens",
-        "unpriced_devices",
+        "verification_checks", "verification_seconds", "verification_cost_usd",
+        "verification_share", "spent_usd", "unpriced_devices",
     ]  # fmt: skip
     return {k: t[k] for k in keys}
 

@@ -14,6 +14,8 @@ import pytest
 from distributed import Client, LocalCluster
 
 from flows.run import synthgen_run
+from synthgen.ledger import read_ledger, run_fs
+from synthgen.report import load_summary, to_markdown
 from synthgen.verify.cheats import install_cheat
 from tests.helpers import fake_config, write_config
 
@@ -64,6 +66,28 @@ def test_honest_workers_pass_and_every_check_runs_on_another_worker(
     assert all(c["verify_seconds"] >= 0 and c["device"] and c["price_per_hour"] > 0 for c in checks)
     assert len({c["generator"] for c in checks}) >= 2  # work was spread, checks crossed over
     assert not (out / "runs" / res["run_id"] / "quarantine").exists()
+    # what trust costs: one ledger row per check, priced on its verify seconds
+    run_dir = out / "runs" / res["run_id"]
+    rows = read_ledger(*run_fs(str(run_dir))).to_pylist()
+    vrows = [r for r in rows if r["status"] == "verification"]
+    assert len(vrows) == 12 and len(list((run_dir / "ledger").glob("*-verify-a*.parquet"))) == 12
+    by_shard = {c["shard_id"]: c for c in checks}
+    for r in vrows:
+        c = by_shard[r["shard_id"]]
+        assert (r["worker"], r["attempt"], r["device"]) == (
+            c["verifier"],
+            c["attempt"],
+            c["device"],
+        )
+        assert r["wall_seconds"] == pytest.approx(c["verify_seconds"])
+        assert r["price_per_hour"] > 0 and r["completion_tokens"] == 0
+        assert r["cost_usd"] == pytest.approx(r["price_per_hour"] * r["wall_seconds"] / 3600)
+    summary = load_summary(str(run_dir))
+    t = summary.totals
+    assert t["attempts"] == 12 and t["shards"] == 12  # checks are not shard attempts
+    assert t["verification_checks"] == 12 and t["verification_cost_usd"] > 0
+    assert t["verification_cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in vrows))
+    assert "**verification**: $" in to_markdown(summary)
 
 
 def test_cheating_worker_is_caught_quarantined_regenerated_and_named(

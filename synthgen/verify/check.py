@@ -4,7 +4,8 @@
 commit marker (who generated it, which attempt, the file's sha256), re-scores a secret random
 sample of the records with this worker's engine, judges the scores, and writes a verification
 record `runs/RUN_ID/verify/SHARD_ID.aATTEMPT.json` carrying its own engine seconds, worker and
-device, so the verification can be priced like generation. A failed shard is moved to
+device, so the verification can be priced like generation, and one ledger row
+(`ledger/SHARD_ID-verify-aATTEMPT-ID.parquet`, status "verification") with its cost. A failed shard is moved to
 `runs/RUN_ID/quarantine/` (file + marker + verdict) and its commit marker removed, so it is
 neither published nor counted as done: the flow regenerates it on another worker.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -162,19 +164,40 @@ def verify_shard(task: VerifyTask) -> VerifyResult:
             f"verify {run_id}/{task.shard_id}: engine {cfg.model.engine!r} cannot score "
             "completions; disable verify.enabled or use an engine with score()"
         )
+    started_at = datetime.now(UTC)
     t0 = time.perf_counter()
     scores = engine.score(requests, cfg.sampling, top_k=vcfg.top_k) if requests else []
     seconds = time.perf_counter() - t0
     verdict = judge(scores, vcfg)
 
     from synthgen.accounting import worker_price
+    from synthgen.cost import Price, verification_row
     from synthgen.errors import ConfigError
+    from synthgen.ledger import write_verification_row
 
     try:  # priced like a generation attempt on this worker
         p = worker_price(cfg, engine.info.device)
-        device_type, price = p.device_type, p.per_hour
     except ConfigError:  # unpriced device under a budget: record the seconds, price unknown
-        device_type, price = engine.info.device, 0.0
+        p = Price(0.0, engine.info.device, "unknown")
+    device_type, price = p.device_type, p.per_hour
+    # what trust costs: one ledger row per check, pass or fail (before quarantining)
+    write_verification_row(
+        store.fs,
+        store.run_path(run_id),
+        verification_row(
+            run_id=run_id,
+            shard_id=task.shard_id,
+            attempt=attempt,
+            check_id=uuid.uuid4().hex[:12],
+            worker=verifier,
+            host=host,
+            device=engine.info.device,
+            model=engine.info.model,
+            price=p,
+            started_at=started_at,
+            seconds=seconds,
+        ),
+    )
     stats = verdict.stats
     result = VerifyResult(
         shard_id=task.shard_id,
