@@ -20,6 +20,9 @@ from synthgen.ledger import read_ledger, read_workers, run_fs
 Row = dict[str, Any]
 BUDGET_FILE = "budget.json"  # written by the flow: the latest session's cap and outcome
 
+# attempts that produced nothing: failed ones, and lost ones (their worker died mid-shard)
+UNSUCCESSFUL = ("failed", "lost")
+
 
 def _per_million(cost: float, tokens: float) -> float | None:
     return cost / tokens * 1e6 if tokens else None
@@ -74,7 +77,7 @@ def summarize(
                 "final_attempt_id": ok["attempt_id"] if ok else None,
                 "status": "succeeded" if ok else "failed",
                 "attempts": len(rows),
-                "failed_attempts": sum(r["status"] == "failed" for r in rows),
+                "failed_attempts": sum(r["status"] in UNSUCCESSFUL for r in rows),
                 "device_type": ref["device_type"],
                 "worker": ref["worker"],
                 "wall_seconds": ok["wall_seconds"] if ok else 0.0,
@@ -83,7 +86,7 @@ def summarize(
                 "kept_tokens": kept,
                 "tokens_per_s": _ratio(comp, ok["wall_seconds"]) if ok else None,
                 "cost_usd": cost,
-                "failed_cost_usd": sum(r["cost_usd"] for r in rows if r["status"] == "failed"),
+                "failed_cost_usd": sum(r["cost_usd"] for r in rows if r["status"] in UNSUCCESSFUL),
                 "usd_per_1m_completion_tokens": _per_million(cost, comp),
                 "usd_per_1m_kept_tokens": _per_million(cost, kept),
             }
@@ -119,7 +122,7 @@ def _totals(
 ) -> Row:
     cost = sum(r["cost_usd"] for r in ledger)
     verify_cost = sum(r["cost_usd"] for r in checks)
-    failed_cost = sum(r["cost_usd"] for r in ledger if r["status"] == "failed")
+    failed_cost = sum(r["cost_usd"] for r in ledger if r["status"] in UNSUCCESSFUL)
     done = [s for s in per_shard if s["status"] == "succeeded"]
     comp = sum(s["completion_tokens"] for s in done)
     kept = sum(s["kept_tokens"] for s in done)
@@ -139,7 +142,7 @@ def _totals(
         "shards": len(done),
         "shards_failed": len(per_shard) - len(done),
         "attempts": len(ledger),
-        "failed_attempts": sum(r["status"] == "failed" for r in ledger),
+        "failed_attempts": sum(r["status"] in UNSUCCESSFUL for r in ledger),
         "prompts": sum(s["prompts"] for s in done),
         "prompt_tokens": sum(r["prompt_tokens"] for r in ledger if r["status"] == "succeeded"),
         "completion_tokens": comp,
@@ -180,7 +183,7 @@ def _per_device(
         rows = [r for r in ledger if r["device_type"] == dt]
         done = [r for r in rows if r["attempt_id"] in final_ids]
         cost = sum(r["cost_usd"] for r in rows)
-        failed_cost = sum(r["cost_usd"] for r in rows if r["status"] == "failed")
+        failed_cost = sum(r["cost_usd"] for r in rows if r["status"] in UNSUCCESSFUL)
         comp = sum(r["completion_tokens"] for r in done)
         kept = sum(r["kept_tokens"] or 0 for r in done)
         wall = sum(r["wall_seconds"] for r in done)
