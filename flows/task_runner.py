@@ -17,6 +17,10 @@ from prefect_dask.task_runners import PrefectDaskFuture
 
 from flows import _fast_context
 
+# Installed at import: the worker processes import this module when they unpickle a task
+# of flows.run, so the worker-side part (the API client's TLS context) applies there too.
+_fast_context.install()
+
 
 class SynthgenTaskRunner(DaskTaskRunner):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
