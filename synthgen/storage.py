@@ -132,6 +132,17 @@ def _storage_options(output: OutputConfig) -> dict[str, Any]:
     return opts
 
 
+def _synced_temp(path: str, data: bytes) -> str:
+    """A complete, fsynced temporary file beside local `path`, to be moved/linked into place."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return tmp
+
+
 class Store:
     """The output location of a run: `ROOT/runs/RUN_ID/...` and `ROOT/dataset/`."""
 
@@ -169,12 +180,7 @@ class Store:
 
         def _write() -> None:
             if self.local:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-                with open(tmp, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                tmp = _synced_temp(path, data)
                 os.replace(tmp, path)
             else:
                 self.fs.pipe_file(path, data)
@@ -189,12 +195,7 @@ class Store:
 
         def _create() -> bool:
             if self.local:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-                with open(tmp, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                tmp = _synced_temp(path, data)
                 try:
                     os.link(tmp, path)
                     return True
