@@ -2,6 +2,14 @@
 vs a bare transformers `generate` loop over the same prompts, model, batch size and
 sampling, in the same invocation. Target: pipeline / bare >= 0.9.
 
+Three measurements per round:
+- `bare`: stock transformers sampling (`do_sample=True`, temperature, top-p) in this process;
+- `bare+sampler`: the same loop with synthgen's per-prompt seeded sampler instead, so that
+  `pipeline / bare+sampler` is the cost of the pipeline itself (cluster, Prefect, Parquet,
+  model load in the worker), with the sampler's speed-up taken out;
+- `pipeline`: `flows.run.execute` on a LocalCluster with one worker; tokens/s over the
+  generate phase, which includes the worker's one-time model load (import + weights).
+
     .venv/bin/python benchmarks/bench_engine.py [--prompts 64] [--batch 32] [--new 64]
 """
 
@@ -18,12 +26,13 @@ from synthgen.config import config_from_dict
 from synthgen.prompts import load_prompts
 
 
-def bare_loop(cfg, records) -> tuple[int, float]:
-    """Plain transformers: chat template, left-padded batches, model.generate sampling."""
+def bare_loop(cfg, records, synthgen_sampler: bool = False) -> tuple[int, float]:
+    """Plain transformers: chat template, left-padded batches, model.generate sampling
+    (stock, or with synthgen's seeded sampler as the only logits processor)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
 
-    from synthgen.engines.transformers import _load_gguf_cached, bundled_model
+    from synthgen.engines.transformers import _load_gguf_cached, _SeededSampler, bundled_model
 
     directory = _load_gguf_cached(*bundled_model())
     tok = AutoTokenizer.from_pretrained(directory)
@@ -40,14 +49,23 @@ def bare_loop(cfg, records) -> tuple[int, float]:
             for r in batch
         ]
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        if synthgen_sampler:
+            seeds = [s.seed + i + k for k in range(len(batch))]
+            sampling = {
+                "do_sample": False,
+                "temperature": None,
+                "top_p": None,
+                "top_k": None,
+                "logits_processor": LogitsProcessorList([_SeededSampler(seeds, s)]),
+            }
+        else:
+            sampling = {"do_sample": True, "temperature": s.temperature, "top_p": s.top_p}
         with torch.inference_mode():
             out = model.generate(
                 **enc,
                 max_new_tokens=s.max_new_tokens,
-                do_sample=True,
-                temperature=s.temperature,
-                top_p=s.top_p,
                 pad_token_id=tok.pad_token_id,
+                **sampling,
             )
         new = out[:, enc["input_ids"].shape[1] :]
         for row in new.tolist():
@@ -56,14 +74,21 @@ def bare_loop(cfg, records) -> tuple[int, float]:
     return tokens, time.perf_counter() - started
 
 
-def pipeline(cfg_dict) -> tuple[int, float, float]:
+def pipeline(cfg_dict) -> tuple[int, float, float, float]:
+    """(completion tokens, generate-phase seconds, whole-call seconds, engine seconds)."""
     from flows.run import execute
     from synthgen.config import config_from_dict
 
     cfg = config_from_dict(cfg_dict)
     t0 = time.perf_counter()
     summary = execute(cfg)
-    return summary["completion_tokens"], summary["generate_seconds"], time.perf_counter() - t0
+    engine = sum(w["engine_seconds"] for w in summary["workers"])
+    return (
+        summary["completion_tokens"],
+        summary["generate_seconds"],
+        time.perf_counter() - t0,
+        engine,
+    )
 
 
 def main() -> None:
@@ -95,22 +120,30 @@ def main() -> None:
         rows = []
         for r in range(args.rounds):
             b_tok, b_sec = bare_loop(cfg, records)
+            s_tok, s_sec = bare_loop(cfg, records, synthgen_sampler=True)
             d = json.loads(json.dumps(base))
             d["output"] = {"uri": f"{tmp}/out{r}"}
-            p_tok, p_sec, p_wall = pipeline(d)
-            rows.append((b_tok / b_sec, p_tok / p_sec, p_tok / p_wall))
+            p_tok, p_sec, p_wall, p_engine = pipeline(d)
+            bare, same, pipe = b_tok / b_sec, s_tok / s_sec, p_tok / p_sec
+            rows.append((bare, same, pipe))
             print(
-                f"round {r}: bare {b_tok} tok in {b_sec:.1f}s = {b_tok / b_sec:.1f} tok/s | "
-                f"pipeline {p_tok} tok in {p_sec:.1f}s generate phase = {p_tok / p_sec:.1f} tok/s "
-                f"(incl. plan/cluster start/publish: {p_wall:.1f}s, {p_tok / p_wall:.1f} tok/s) | "
-                f"ratio {p_tok / p_sec / (b_tok / b_sec):.3f}",
+                f"round {r}: bare {b_tok} tok in {b_sec:.1f}s = {bare:.1f} tok/s | "
+                f"bare+sampler {s_tok} tok in {s_sec:.1f}s = {same:.1f} tok/s | "
+                f"pipeline {p_tok} tok in {p_sec:.1f}s generate phase = {pipe:.1f} tok/s "
+                f"(engine calls {p_engine:.1f}s = {p_tok / p_engine:.1f} tok/s; whole call incl. "
+                f"plan/cluster start/publish {p_wall:.1f}s = {p_tok / p_wall:.1f} tok/s) | "
+                f"pipeline/bare {pipe / bare:.3f}, pipeline/bare+sampler {pipe / same:.3f}",
                 flush=True,
             )
     bare = sum(r[0] for r in rows) / len(rows)
-    pipe = sum(r[1] for r in rows) / len(rows)
+    same = sum(r[1] for r in rows) / len(rows)
+    pipe = sum(r[2] for r in rows) / len(rows)
     print(f"\nmachine: {machine()}")
     print(f"prompts={args.prompts} batch={args.batch} max_new_tokens={args.new}")
-    print(f"mean bare {bare:.1f} tok/s, pipeline {pipe:.1f} tok/s, ratio {pipe / bare:.3f}")
+    print(
+        f"mean bare {bare:.1f} tok/s, bare+sampler {same:.1f} tok/s, pipeline {pipe:.1f} tok/s; "
+        f"pipeline/bare {pipe / bare:.3f}, pipeline/bare+sampler {pipe / same:.3f}"
+    )
 
 
 if __name__ == "__main__":

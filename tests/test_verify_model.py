@@ -65,9 +65,11 @@ def test_honest_completions_score_like_an_honest_sampler(engine):
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_every_cheating_strategy_fails_the_check(engine, strategy):
-    sampling = SamplingConfig(max_new_tokens=16)
+    # enough prompts and tokens that even a cheater whose completions stop early gives the
+    # judge verify.min_tokens to decide on
+    sampling = SamplingConfig(max_new_tokens=24)
     cheater = CheatingEngine(engine, strategy, seed=1)
-    verdict, _ = _verdict(engine, cheater, _requests(3, 12), sampling)
+    verdict, _ = _verdict(engine, cheater, _requests(4, 12), sampling)
     assert verdict.status == "fail", (strategy, verdict.as_dict())
     assert verdict.stats is not None and verdict.stats.z is not None and verdict.stats.z < -5
 

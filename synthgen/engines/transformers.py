@@ -21,6 +21,7 @@ from typing import Any
 from synthgen.config import ModelConfig, SamplingConfig
 from synthgen.devices import DeviceInfo, detect_device
 from synthgen.engines.base import Completion, EngineInfo, GenRequest, Score, ScoreRequest
+from synthgen.engines.sampling import draw
 from synthgen.errors import EngineError, MissingDependencyError
 
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
@@ -103,8 +104,44 @@ def _pick_dtype(cfg: ModelConfig, device: DeviceInfo) -> Any:
     return torch.float32
 
 
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # glibc's ceiling on 64-bit
+_TRIM_THRESHOLD = 256 * 1024 * 1024
+
+
+def tune_malloc_for_tensors() -> bool:
+    """Keep multi-MB tensor buffers in the heap instead of a fresh mmap per allocation.
+
+    A Dask nanny starts its workers with MALLOC_TRIM_THRESHOLD_=65536 (to give memory back
+    to the OS). Any explicit threshold turns off glibc's dynamic mmap threshold, so every
+    logits/KV-cache buffer over 128 KiB the decoder allocates per step is mmapped, faulted
+    in page by page and unmapped again. Measured on the bundled model, batch 32, 2 cores:
+    ~100 tok/s with 15 s of system time vs ~130 tok/s without the variable. Raising both
+    thresholds in the process that runs the CPU engine restores the in-process speed; the
+    cost is that up to 256 MiB of freed heap is kept rather than returned. glibc only:
+    returns False (and changes nothing) elsewhere.
+    """
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
+        ok &= libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+    except (OSError, AttributeError):
+        return False
+    return bool(ok)
+
+
 class _SeededSampler:
-    """LogitsProcessor: sample each row with its own generator; output a one-hot mask."""
+    """LogitsProcessor: draw each row's token with that prompt's own generator (one uniform
+    per row and step, then one vectorised inverse-CDF draw for the batch); return a mask
+    that leaves only the drawn token, for greedy decoding to pick."""
 
     def __init__(self, seeds: list[int], sampling: SamplingConfig) -> None:
         import torch
@@ -115,28 +152,10 @@ class _SeededSampler:
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         torch = self.torch
-        s = self.sampling
-        logits = scores.float()
-        if s.temperature == 0:
-            choice = logits.argmax(dim=-1)
-        else:
-            logits = logits / s.temperature
-            if s.top_k is not None and s.top_k < logits.shape[-1]:
-                kth = torch.topk(logits, s.top_k, dim=-1).values[..., -1:]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            if s.top_p < 1.0:
-                sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
-                cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-                remove = cum - sorted_logits.softmax(dim=-1) > s.top_p
-                sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
-                logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
-            probs = logits.softmax(dim=-1).cpu()
-            choice = torch.stack(
-                [
-                    torch.multinomial(probs[i], 1, generator=g)[0]
-                    for i, g in enumerate(self.generators)
-                ]
-            ).to(scores.device)
+        uniforms = torch.stack(
+            [torch.rand((), generator=g, dtype=torch.float64) for g in self.generators]
+        )
+        choice = draw(scores, self.sampling, uniforms)
         out = torch.full_like(scores, float("-inf"))
         out.scatter_(-1, choice.view(-1, 1), 0.0)
         return out
@@ -161,9 +180,11 @@ class TransformersEngine:
             raise EngineError("model.device is 'cuda' but torch sees no CUDA device")
         self.device = device
         self.torch_device = "cuda" if device.kind == "cuda" else "cpu"
+        self.malloc_tuned = False
         if device.kind == "cpu":
             self.cpu_threads = cfg.cpu_threads or device.count
             torch.set_num_threads(self.cpu_threads)
+            self.malloc_tuned = tune_malloc_for_tensors()
         directory, gguf, name = resolve_model(cfg)
         if gguf is not None:
             directory = _load_gguf_cached(directory, gguf)

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from synthgen.config import SamplingConfig
-
-_NUCLEUS_CANDIDATES = 512
+from synthgen.engines.sampling import claimed_probs
 
 
 @dataclass
@@ -38,27 +37,7 @@ class TokenStats:
 
 def sampling_probs(logits: Any, sampling: SamplingConfig) -> Any:
     """The claimed sampling distribution q over the vocabulary at each position ([T, V])."""
-    import torch
-
-    logits = logits.float()
-    if sampling.temperature == 0:
-        return torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.shape[-1]).float()
-    scaled = logits / sampling.temperature
-    if sampling.top_k is not None and sampling.top_k < scaled.shape[-1]:
-        kth = torch.topk(scaled, sampling.top_k, dim=-1).values[..., -1:]
-        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-    if sampling.top_p < 1.0:
-        probs = scaled.softmax(dim=-1)
-        # the nucleus is almost always among the top few hundred tokens: a partial sort
-        # (topk) is much cheaper than sorting the whole vocabulary at every position
-        k = min(_NUCLEUS_CANDIDATES, probs.shape[-1])
-        top, idx = torch.topk(probs, k, dim=-1)
-        if bool((top.sum(dim=-1) < sampling.top_p).any()):
-            top, idx = torch.sort(probs, descending=True, dim=-1)
-        remove = top.cumsum(dim=-1) - top > sampling.top_p
-        kept = torch.zeros_like(probs).scatter(-1, idx, (~remove).to(probs.dtype))
-        scaled = scaled.masked_fill(kept == 0, float("-inf"))
-    return scaled.softmax(dim=-1)
+    return claimed_probs(logits, sampling)
 
 
 def token_stats(
