@@ -1,72 +1,159 @@
-"""Cheaper per-task submission for prefect-dask.
+"""Cheaper per-task submission for Prefect tasks on Dask (used by `flows.task_runner`).
 
-`prefect_dask.PrefectDaskClient.submit` serialises the whole Prefect context for every
-task, and most of that cost (~0.2 s per task on 2 cores, measured in
-benchmarks/bench_orchestration.py) is dumping the Settings model, which does not change
-while a flow submits its tasks. This wraps the module-level `serialize_context` used by
-prefect-dask so the settings part is passed as the (picklable) Settings objects themselves:
-no per-task dump on the flow side and no per-task re-validation of the whole Settings tree
-on the worker (which read the environment and dotenv files for every task: ~40 % of a
-zero-work task's time, measured with py-spy). Everything else (flow/task/tags/asset
-context) is still serialised per task.
+Measured with cProfile and py-spy on benchmarks/bench_orchestration.py (2 cores, zero-work
+shards; numbers in benchmarks/RESULTS.md):
+
+- Settings: prefect-dask dumped the whole Settings model into every task's context, and the
+  worker re-validated it (reading the environment and dotenv files) per task. The Settings
+  objects themselves are sent instead.
+- Constant context: the flow run's part (flow, flow run, parameters) and the Settings are
+  the same for every task of a flow, but were pickled per task by the client and again by
+  the scheduler. `_Prepickled` pickles them once; the worker unpickles them (`materialize`).
+- TLS: every task run's API client loaded the CA bundle again (`install_client_tls_cache`).
+- Logging: one "Finished in state Completed()" record per successful task, formatted for the
+  console and stored by the server (`quiet_task_success`).
 """
 
 from __future__ import annotations
 
+import logging
+import pickle
 import threading
 from typing import Any
 
 _LOCK = threading.Lock()
-_CACHE: dict[int, tuple[Any, dict[str, Any]]] = {}
+_CACHE: dict[int, tuple[Any, Any]] = {}
+_FLOW_CACHE: dict[int, tuple[tuple[Any, ...], Any]] = {}
 _INSTALLED = False
 
 
+class _Prepickled:
+    """A value pickled once and sent as those bytes every time after.
+
+    The flow run's part of the context (flow, flow run, parameters: ~25 KB) and the
+    Settings (~10 KB) are the same for every task a flow submits, but were pickled again for
+    every task, twice: by the client, and by the scheduler when it sends the task to a worker
+    (~5 ms per task on 2 cores). This stays bytes through the client, the scheduler and any
+    copies; the worker turns it back into the value (`materialize`) before Prefect reads the
+    context.
+    """
+
+    __slots__ = ("blob",)
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+
+    @classmethod
+    def of(cls, value: Any) -> _Prepickled:
+        import cloudpickle
+
+        return cls(cloudpickle.dumps(value))
+
+    def value(self) -> Any:
+        return pickle.loads(self.blob)
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        return (_Prepickled, (self.blob,))
+
+    def __copy__(self) -> _Prepickled:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Prepickled:
+        return self
+
+
+def materialize(context: dict[str, Any]) -> dict[str, Any]:
+    """The serialized context as Prefect expects it: pre-pickled parts turned back into values."""
+    return {k: v.value() if isinstance(v, _Prepickled) else v for k, v in context.items()}
+
+
+def _flow_part(flow_ctx: Any) -> Any:
+    """`flow_ctx.serialize()`, pickled once per flow run (and again if its state changes)."""
+    if flow_ctx is None:
+        return {}
+    flow_run = getattr(flow_ctx, "flow_run", None)
+    marks = (flow_ctx, flow_run, getattr(flow_run, "state", None), flow_ctx.parameters)
+    key = id(flow_ctx)
+    with _LOCK:
+        hit = _FLOW_CACHE.get(key)
+        if hit is None or any(a is not b for a, b in zip(hit[0], marks, strict=True)):
+            hit = (marks, _Prepickled.of(flow_ctx.serialize()))
+            _FLOW_CACHE.clear()
+            _FLOW_CACHE[key] = hit
+    return hit[1]
+
+
+def serialize_context(asset_ctx_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`prefect.context.serialize_context` with the constant parts pre-pickled (see
+    `_Prepickled`); whoever runs the task must `materialize` it first
+    (`flows.task_runner.run_prefect_task` does)."""
+    import prefect.context as pctx
+
+    settings_ctx = pctx.SettingsContext.get()
+    if settings_ctx is None:
+        return pctx.serialize_context(asset_ctx_kwargs)
+    key = id(settings_ctx)
+    with _LOCK:
+        hit = _CACHE.get(key)
+        if hit is None or hit[0] is not settings_ctx:
+            # the models themselves, not their dump: unpickling a pydantic model does not
+            # re-run validation, while SettingsContext(**dump) on the worker rebuilt the
+            # whole Settings tree (reading the environment and dotenv files) per task
+            hit = (
+                settings_ctx,
+                _Prepickled.of(
+                    {"profile": settings_ctx.profile, "settings": settings_ctx.settings}
+                ),
+            )
+            _CACHE.clear()
+            _CACHE[key] = hit
+    flow_ctx = pctx.EngineContext.get()
+    task_ctx = pctx.TaskRunContext.get()
+    tags_ctx = pctx.TagsContext.get()
+    deployment_id = pctx._deployment_id.get()
+    return {
+        "flow_run_context": _flow_part(flow_ctx),
+        "task_run_context": task_ctx.serialize() if task_ctx else {},
+        "tags_context": tags_ctx.serialize() if tags_ctx else {},
+        "settings_context": hit[1],
+        "asset_context": pctx.AssetContext.from_task_and_inputs(**asset_ctx_kwargs).serialize()
+        if asset_ctx_kwargs
+        else {},
+        "deployment_id": str(deployment_id) if deployment_id else None,
+        "deployment_parameters": pctx._deployment_parameters.get(),
+    }
+
+
 def install() -> None:
+    """Worker-side fixes, applied in every process that imports `flows.task_runner`."""
     global _INSTALLED
     if _INSTALLED:
         return
-    import prefect.context as pctx
-    import prefect_dask.client as pdc
-
-    original = pctx.serialize_context
-
-    def serialize_context(asset_ctx_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
-        settings_ctx = pctx.SettingsContext.get()
-        if settings_ctx is None:
-            return original(asset_ctx_kwargs)
-        key = id(settings_ctx)
-        with _LOCK:
-            hit = _CACHE.get(key)
-            if hit is None or hit[0] is not settings_ctx:
-                # the models themselves, not their dump: unpickling a pydantic model does not
-                # re-run validation, while SettingsContext(**dump) on the worker rebuilt the
-                # whole Settings tree (reading the environment and dotenv files) per task
-                hit = (
-                    settings_ctx,
-                    {"profile": settings_ctx.profile, "settings": settings_ctx.settings},
-                )
-                _CACHE.clear()
-                _CACHE[key] = hit
-        settings_dump = hit[1]
-        flow_ctx = pctx.EngineContext.get()
-        task_ctx = pctx.TaskRunContext.get()
-        tags_ctx = pctx.TagsContext.get()
-        deployment_id = pctx._deployment_id.get()
-        return {
-            "flow_run_context": flow_ctx.serialize() if flow_ctx else {},
-            "task_run_context": task_ctx.serialize() if task_ctx else {},
-            "tags_context": tags_ctx.serialize() if tags_ctx else {},
-            "settings_context": settings_dump,
-            "asset_context": pctx.AssetContext.from_task_and_inputs(**asset_ctx_kwargs).serialize()
-            if asset_ctx_kwargs
-            else {},
-            "deployment_id": str(deployment_id) if deployment_id else None,
-            "deployment_parameters": pctx._deployment_parameters.get(),
-        }
-
-    pdc.serialize_context = serialize_context
     install_client_tls_cache()
+    quiet_task_success()
     _INSTALLED = True
+
+
+class _DropRoutineSuccess(logging.Filter):
+    """Drops the task engine's INFO "Finished in state Completed()" line, nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.levelno == logging.INFO
+            and isinstance(record.msg, str)
+            and record.msg.startswith("Finished in state Completed(")
+        )
+
+
+def quiet_task_success() -> None:
+    """No log record per successful task run: the flow prints a progress line per shard,
+    and the UI shows each task run's state. Formatting that line for the console and
+    shipping it to the API cost ~4 ms of a worker's time per task, and the server as much
+    again to store it (py-spy, benchmarks/bench_orchestration.py). Failures, retries and
+    the tasks' own log lines are kept."""
+    logger = logging.getLogger("prefect.task_runs")
+    if not any(isinstance(f, _DropRoutineSuccess) for f in logger.filters):
+        logger.addFilter(_DropRoutineSuccess())
 
 
 def install_client_tls_cache() -> None:

@@ -4,6 +4,7 @@ and the cost artifact. Thin: the arithmetic lives in synthgen.cost/budget/report
 from __future__ import annotations
 
 import math
+import queue
 import re
 import time
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import FlowRunContext
-from prefect.futures import PrefectFuture, as_completed
+from prefect.futures import PrefectFuture
 
 from synthgen import usage
 from synthgen.accounting import gpus_used
@@ -117,13 +118,22 @@ def run_budgeted(
     gate = BudgetGate.from_ledger(cfg.budget.max_cost_usd, before)
     shard_of: dict[PrefectFuture[Any], str] = {}
 
+    # futures in completion order, one done-callback each (prefect's as_completed over the
+    # pending set on every wait registered a callback per pending future: O(shards^2))
+    finished: queue.SimpleQueue[PrefectFuture[Any]] = queue.SimpleQueue()
+
     def _submit(shard_id: str) -> PrefectFuture[Any]:
         fut = submit(shard_id)
         shard_of[fut] = shard_id
+        if wait_any is None:
+            fut.add_done_callback(finished.put)
         return fut
 
     def _wait_any(pending: set[PrefectFuture[Any]]) -> set[PrefectFuture[Any]]:
-        return {next(iter(as_completed(list(pending))))}
+        while True:
+            fut = finished.get()
+            if fut in pending:
+                return {fut}
 
     earlier: dict[str, int] = {}
     for r in before:

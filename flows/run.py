@@ -34,7 +34,7 @@ from flows.cost import (
     start_usage,
 )
 from flows.serve import deployment_default_config, resolve_config_ref
-from flows.task_runner import SynthgenTaskRunner
+from flows.task_runner import Opaque, SynthgenTaskRunner, unwrap
 from flows.timeouts import ShardTimeouts
 from flows.trigger import SUMMARY_ARTIFACT_PREFIX, check_overrides
 from flows.verify import generate_verified
@@ -54,23 +54,24 @@ from synthgen.summary import RunSummary, per_worker
 
 
 @task(name="generate-shard", persist_result=False)
-def generate_shard(config: dict[str, Any], shard_id: str) -> dict[str, Any]:
+def generate_shard(config: dict[str, Any] | Opaque, shard_id: str) -> dict[str, Any]:
+    config = unwrap(config)
     protect(config)  # mask credentials in this worker process's logs too
     return run_shard(ShardTask(config, shard_id)).as_dict()
 
 
 @task(name="publish-shard", persist_result=False, retries=2, retry_delay_seconds=2)
 def publish_shard_task(
-    config: dict[str, Any], shard_id: str, drops: dict[str, str] | None = None
+    config: dict[str, Any] | Opaque, shard_id: str, drops: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    return publish_shard(config, shard_id, drops)
+    return publish_shard(unwrap(config), shard_id, drops)
 
 
 @task(name="dedup-run", persist_result=False, retries=1, retry_delay_seconds=2)
-def dedup_task(config: dict[str, Any], shard_ids: list[str]) -> dict[str, Any]:
+def dedup_task(config: dict[str, Any] | Opaque, shard_ids: list[str]) -> dict[str, Any]:
     """Run-wide dedup on the cluster this task runs in (its map/shuffle/verify tasks are
     submitted through the worker's client; this task's thread is seceded meanwhile)."""
-    cfg = RunConfig.model_validate(config)
+    cfg = RunConfig.model_validate(unwrap(config))
     store = Store(cfg.output)
     started = time.perf_counter()
     with worker_client() as client:
@@ -119,6 +120,7 @@ def generate_flow(
     publish if every shard is committed."""
     config = restore_secrets(config)  # the parameters carry *** placeholders, tasks need keys
     cfg = RunConfig.model_validate(config)
+    task_config = Opaque(config)  # one value to Prefect: not walked for futures per task
     # no Prefect timeout_seconds: it cannot interrupt a blocking call in a Dask worker thread;
     # `cluster.shard_timeout_s` is enforced by ShardTimeouts (re-submits overdue shards)
     gen = generate_shard.with_options(
@@ -134,7 +136,7 @@ def generate_flow(
     def submit_attempt(sid: str) -> Any:
         # plan order first: with guided sizing the big shards start early, small ones last
         with dask.annotate(priority=len(shard_ids) - order[sid]):
-            return gen.submit(config, sid)
+            return gen.submit(task_config, sid)
 
     timeouts = None
     if cfg.cluster.shard_timeout_s is not None:
@@ -159,11 +161,19 @@ def generate_flow(
         report(res)
         return True
 
+    last_line = [float("-inf")]
+
     def report(res: dict[str, Any]) -> None:
         nonlocal tokens
         results.append(res)
         tokens += res["completion_tokens"]
-        elapsed = time.perf_counter() - started
+        now = time.perf_counter()
+        elapsed = now - started
+        # a line per shard, at most one a second (plus the first and last): thousands of
+        # small shards would otherwise flood the terminal and the Prefect run's log
+        if now - last_line[0] < 1.0 and len(results) not in (1, len(shard_ids)):
+            return
+        last_line[0] = now
         print(
             f"shard {res['shard_id']} done · {done_before + len(results)}/{total} shards · "
             f"{res['completion_tokens']} tokens in {res['engine_seconds']:.1f}s · "
@@ -206,7 +216,7 @@ def generate_flow(
         drops: dict[str, dict[str, str]] = {}
         extra = None
         if cfg.clean.enabled and (cfg.clean.exact.enabled or cfg.clean.near.enabled):
-            dedup = dedup_task.submit(config, sorted(committed)).result()
+            dedup = dedup_task.submit(task_config, sorted(committed)).result()
             drops = dedup.pop("drops")
             extra = {"dedup": dedup}
             print(
@@ -214,7 +224,8 @@ def generate_flow(
                 f"{dedup['verified_pairs']} duplicate pairs, dropped {dedup['drop_counts'] or 'none'}"
             )
         pubs = [
-            publish_shard_task.submit(config, sid, drops.get(sid, {})) for sid in sorted(committed)
+            publish_shard_task.submit(task_config, sid, drops.get(sid, {}))
+            for sid in sorted(committed)
         ]
         files = [p.result() for p in pubs]
         summary = cost_summary(cfg)

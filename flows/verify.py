@@ -20,6 +20,7 @@ import dask
 import distributed
 from prefect import task
 
+from flows.task_runner import Opaque, unwrap
 from synthgen.cluster import generate_resources
 from synthgen.config import RunConfig
 from synthgen.pipeline import committed_shards
@@ -30,8 +31,10 @@ VERIFY_PRIORITY = 10**9  # above generation (plan-order priorities): checks star
 
 
 @task(name="verify-shard", persist_result=False, retries=1, retry_delay_seconds=1)
-def verify_shard_task(config: dict[str, Any], shard_id: str, attempt: int) -> dict[str, Any]:
-    return verify_shard(VerifyTask(config, shard_id, attempt)).as_dict()
+def verify_shard_task(
+    config: dict[str, Any] | Opaque, shard_id: str, attempt: int
+) -> dict[str, Any]:
+    return verify_shard(VerifyTask(unwrap(config), shard_id, attempt)).as_dict()
 
 
 @dataclass
@@ -113,6 +116,7 @@ def generate_verified(
 ) -> VerifyRun:
     """Generate `shard_ids` with `gen` (a Prefect task) and verify each commit elsewhere."""
     vcfg = cfg.verify
+    task_config = Opaque(config)  # see flows.task_runner.Opaque
     client = _runner_client()
     resources = generate_resources(cfg)  # verify tasks load the same engine
     out = VerifyRun()
@@ -141,7 +145,7 @@ def generate_verified(
         # plan order first, as without verification; a regeneration goes to the front
         priority = len(shard_ids) - order[sid] if sid not in regens else len(shard_ids) + 1
         with gpu_annotation(), _restrict(allowed, priority):
-            fut: Any = gen.submit(config, sid)
+            fut: Any = gen.submit(task_config, sid)
         meta[fut.wrapped_future.key] = ("gen", fut, sid)
         pending.add(fut.wrapped_future)
         nonlocal in_flight
@@ -168,7 +172,7 @@ def generate_verified(
             if sid in out.skipped:
                 return
         with gpu_annotation(), _restrict(others, VERIFY_PRIORITY):  # scoring needs the engine
-            fut: Any = verify_shard_task.submit(config, sid, int(res["attempt"]))
+            fut: Any = verify_shard_task.submit(task_config, sid, int(res["attempt"]))
         meta[fut.wrapped_future.key] = ("verify", fut, sid)
         pending.add(fut.wrapped_future)
 
