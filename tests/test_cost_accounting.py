@@ -56,3 +56,23 @@ def test_meter_uses_worker_override_and_refuses_unpriced_under_budget(
     with pytest.raises(ConfigError, match="RTX 3060.*budget"):
         AttemptMeter.start(capped, "s", 1, "NVIDIA GeForce RTX 3060", "m")
     assert AttemptMeter.start(cfg, "s", 1, "NVIDIA GeForce RTX 3060", "m").price.source == "unknown"
+
+
+def test_process_start_time_is_exact_to_a_tick() -> None:
+    """A worker is held from its process's start: read from /proc to a clock tick, not
+    psutil's create_time(), which counts from a whole-second boot time."""
+    import subprocess
+    import sys
+    import time
+
+    from synthgen.usage import _process_start
+
+    before = time.time()
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(2)"])
+    after = time.time()
+    try:
+        started = _process_start(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert before - 0.02 <= started <= after + 0.02, (before, started, after)

@@ -207,11 +207,13 @@ def test_held_time_matches_worker_lifetime_on_embedded_default(
                     continue
                 try:
                     cmd = " ".join(p.cmdline())
-                    started = p.create_time()
                 except psutil.Error:
                     continue
+                # first and last time this loop saw the process, by the wall clock (to the
+                # poll interval): psutil's create_time() counts from a boot time in whole
+                # seconds and can be up to a second early
                 if "spawn_main" in cmd:
-                    seen.setdefault(p.pid, [started, now])[1] = now
+                    seen.setdefault(p.pid, [now, now])[1] = now
             time.sleep(0.02)
 
     watcher = threading.Thread(target=watch, daemon=True)
