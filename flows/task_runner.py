@@ -24,7 +24,8 @@ from prefect_dask.task_runners import PrefectDaskFuture
 from flows import _fast_context
 
 # Installed at import: the worker processes import this module when they unpickle a task
-# of flows.run, so the worker-side part (the API client's TLS context) applies there too.
+# (`run_prefect_task`), so the worker-side parts (the API client's TLS context, no log
+# record per successful task) apply there too.
 _fast_context.install()
 
 
@@ -34,8 +35,9 @@ class Opaque:
     Prefect walks every task parameter looking for futures and states: on the flow side
     (prefect-dask's submit, twice) and on the worker (the task run's inputs, then parameter
     resolution). A run config is a few hundred nested nodes and holds no futures; passing it
-    as an `Opaque` skips those walks (measured: ~25 % of a zero-work shard's orchestration
-    cost, benchmarks/bench_orchestration.py). Tasks take `unwrap(param)`.
+    as an `Opaque` skips those walks (measured with py-spy on
+    benchmarks/bench_orchestration.py: the worker's walks of task inputs went from 246 to 32
+    samples over 240 tasks). Tasks take `unwrap(param)`.
     """
 
     __slots__ = ("value",)
@@ -97,7 +99,7 @@ class SynthgenTaskRunner(DaskTaskRunner):
             self.client,
             run_prefect_task,
             # the key prefix names the task in the Dask dashboard, as prefect-dask's did
-            key=f"{task.fn.__name__}-{task_run_id.hex}",
+            key=f"{getattr(task.fn, '__name__', task.name)}-{task_run_id.hex}",
             pure=False,
             task=task,
             task_run_id=task_run_id,

@@ -25,6 +25,32 @@ os.environ.pop("AWS_ENDPOINT_URL", None)
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_leftover_prefect_servers() -> Iterator[None]:
+    """After the session, no Prefect server process started by it may outlive it.
+
+    A flow run whose settings have no API URL starts a temporary Prefect server of its own,
+    and in the full suite one such server (source not pinned down) was left running after
+    pytest exited. This stops any that remain, and says so, once every other session
+    fixture (the shared server included) has been torn down."""
+    yield
+    import psutil
+
+    me = psutil.Process()
+    for child in me.children(recursive=True):
+        try:
+            cmd = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        if "uvicorn" in cmd and "prefect.server" in cmd:
+            print(f"\nstopping a Prefect server left running by the test session: pid {child.pid}")
+            child.terminate()
+            try:
+                child.wait(10)
+            except psutil.TimeoutExpired:
+                child.kill()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -10,6 +10,7 @@ import pickle
 from distributed import LocalCluster
 from prefect import flow, tags, task
 from prefect.runtime import flow_run, task_run
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows._fast_context import _DropRoutineSuccess, _Prepickled, materialize
 from flows.task_runner import Opaque, SynthgenTaskRunner, unwrap
@@ -46,7 +47,10 @@ def test_flow_context_and_opaque_parameters_reach_the_worker(prefect_api) -> Non
             api = get_settings_context().settings.api.url
             return str(flow_run.id), api, [f.result() for f in futs]
 
-        flow_id, flow_api, results = probe()
+        # this module imports prefect before the fixture sets PREFECT_API_URL: without this,
+        # the flow would start (and leave behind) a temporary server of its own
+        with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
+            flow_id, flow_api, results = probe()
     finally:
         cluster.close()
     assert [r["value"] for r in results] == [0, 7, 14, 21]
@@ -54,7 +58,8 @@ def test_flow_context_and_opaque_parameters_reach_the_worker(prefect_api) -> Non
     assert {r["flow_run_id"] for r in results} == {flow_id}
     assert len({r["task_run_id"] for r in results}) == 4  # one task run each
     assert all(r["tags"] == ["probe-tag"] for r in results)
-    assert {r["api_url"] for r in results} == {flow_api}  # the flow's settings, as they were
+    assert flow_api == prefect_api
+    assert {r["api_url"] for r in results} == {prefect_api}  # the flow's settings reached them
 
 
 def test_prepickled_stays_bytes_through_pickling_and_copies() -> None:
