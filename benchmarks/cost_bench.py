@@ -82,11 +82,13 @@ def held(args: argparse.Namespace) -> None:
                 if p.pid in before:
                     continue
                 try:
-                    cmd, started = " ".join(p.cmdline()), p.create_time()
+                    cmd = " ".join(p.cmdline())
                 except psutil.Error:
                     continue
+                # first/last seen by the wall clock: psutil's create_time() counts from a
+                # whole-second boot time and can be up to a second early
                 if "spawn_main" in cmd:
-                    seen.setdefault(p.pid, [started, now])[1] = now
+                    seen.setdefault(p.pid, [now, now])[1] = now
             time.sleep(0.02)
 
     cfg = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
