@@ -29,26 +29,32 @@ REPO = Path(__file__).resolve().parents[1]
 def no_leftover_prefect_servers() -> Iterator[None]:
     """After the session, no Prefect server process started by it may outlive it.
 
-    A flow run whose settings have no API URL starts a temporary Prefect server of its own,
-    and in the full suite one such server (source not pinned down) was left running after
-    pytest exited. This stops any that remain, and says so, once every other session
-    fixture (the shared server included) has been torn down."""
+    A `synthgen run` child that a crash test SIGKILLs, or a flow run whose settings have no
+    API URL, leaves a temporary Prefect server behind (one per full suite was seen running
+    after pytest exited). Every process this session started carries its private
+    PREFECT_HOME; any Prefect server with that home still running once the other session
+    fixtures are torn down is stopped here, and reported."""
+    home = os.environ["PREFECT_HOME"]
     yield
     import psutil
 
-    me = psutil.Process()
-    for child in me.children(recursive=True):
+    for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
-            cmd = " ".join(child.cmdline())
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if not ("uvicorn" in cmd and "prefect.server" in cmd):
+                continue
+            if proc.environ().get("PREFECT_HOME") != home:
+                continue
         except psutil.Error:
             continue
-        if "uvicorn" in cmd and "prefect.server" in cmd:
-            print(f"\nstopping a Prefect server left running by the test session: pid {child.pid}")
-            child.terminate()
-            try:
-                child.wait(10)
-            except psutil.TimeoutExpired:
-                child.kill()
+        print(f"\nstopping a Prefect server left running by the test session: pid {proc.pid}")
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except psutil.TimeoutExpired:
+            proc.kill()
+        except psutil.Error:
+            pass
 
 
 def free_port() -> int:
