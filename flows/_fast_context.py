@@ -22,9 +22,18 @@ import threading
 from typing import Any
 
 _LOCK = threading.Lock()
-_CACHE: dict[int, tuple[Any, Any]] = {}
-_FLOW_CACHE: dict[int, tuple[tuple[Any, ...], Any]] = {}
+_CACHES: dict[str, tuple[tuple[Any, ...], Any]] = {}
 _INSTALLED = False
+
+
+def _once(name: str, marks: tuple[Any, ...], build: Any) -> Any:
+    """`build()`, cached under `name` while every object in `marks` is the same object."""
+    with _LOCK:
+        hit = _CACHES.get(name)
+        if hit is None or any(a is not b for a, b in zip(hit[0], marks, strict=True)):
+            hit = (marks, build())
+            _CACHES[name] = hit
+    return hit[1]
 
 
 class _Prepickled:
@@ -73,14 +82,7 @@ def _flow_part(flow_ctx: Any) -> Any:
         return {}
     flow_run = getattr(flow_ctx, "flow_run", None)
     marks = (flow_ctx, flow_run, getattr(flow_run, "state", None), flow_ctx.parameters)
-    key = id(flow_ctx)
-    with _LOCK:
-        hit = _FLOW_CACHE.get(key)
-        if hit is None or any(a is not b for a, b in zip(hit[0], marks, strict=True)):
-            hit = (marks, _Prepickled.of(flow_ctx.serialize()))
-            _FLOW_CACHE.clear()
-            _FLOW_CACHE[key] = hit
-    return hit[1]
+    return _once("flow", marks, lambda: _Prepickled.of(flow_ctx.serialize()))
 
 
 def serialize_context(asset_ctx_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -92,21 +94,16 @@ def serialize_context(asset_ctx_kwargs: dict[str, Any] | None = None) -> dict[st
     settings_ctx = pctx.SettingsContext.get()
     if settings_ctx is None:
         return pctx.serialize_context(asset_ctx_kwargs)
-    key = id(settings_ctx)
-    with _LOCK:
-        hit = _CACHE.get(key)
-        if hit is None or hit[0] is not settings_ctx:
-            # the models themselves, not their dump: unpickling a pydantic model does not
-            # re-run validation, while SettingsContext(**dump) on the worker rebuilt the
-            # whole Settings tree (reading the environment and dotenv files) per task
-            hit = (
-                settings_ctx,
-                _Prepickled.of(
-                    {"profile": settings_ctx.profile, "settings": settings_ctx.settings}
-                ),
-            )
-            _CACHE.clear()
-            _CACHE[key] = hit
+    # the models themselves, not their dump: unpickling a pydantic model does not re-run
+    # validation, while SettingsContext(**dump) on the worker rebuilt the whole Settings
+    # tree (reading the environment and dotenv files) per task
+    settings = _once(
+        "settings",
+        (settings_ctx,),
+        lambda: _Prepickled.of(
+            {"profile": settings_ctx.profile, "settings": settings_ctx.settings}
+        ),
+    )
     flow_ctx = pctx.EngineContext.get()
     task_ctx = pctx.TaskRunContext.get()
     tags_ctx = pctx.TagsContext.get()
@@ -115,7 +112,7 @@ def serialize_context(asset_ctx_kwargs: dict[str, Any] | None = None) -> dict[st
         "flow_run_context": _flow_part(flow_ctx),
         "task_run_context": task_ctx.serialize() if task_ctx else {},
         "tags_context": tags_ctx.serialize() if tags_ctx else {},
-        "settings_context": hit[1],
+        "settings_context": settings,
         "asset_context": pctx.AssetContext.from_task_and_inputs(**asset_ctx_kwargs).serialize()
         if asset_ctx_kwargs
         else {},

@@ -161,19 +161,19 @@ def generate_flow(
         report(res)
         return True
 
-    last_line = [float("-inf")]
+    last_line = float("-inf")
 
     def report(res: dict[str, Any]) -> None:
-        nonlocal tokens
+        nonlocal tokens, last_line
         results.append(res)
         tokens += res["completion_tokens"]
         now = time.perf_counter()
         elapsed = now - started
         # a line per shard, at most one a second (plus the first and last): thousands of
         # small shards would otherwise flood the terminal and the Prefect run's log
-        if now - last_line[0] < 1.0 and len(results) not in (1, len(shard_ids)):
+        if now - last_line < 1.0 and len(results) not in (1, len(shard_ids)):
             return
-        last_line[0] = now
+        last_line = now
         print(
             f"shard {res['shard_id']} done · {done_before + len(results)}/{total} shards · "
             f"{res['completion_tokens']} tokens in {res['engine_seconds']:.1f}s · "

@@ -64,10 +64,6 @@ def run_prefect_task(task: Any, **run_task_kwargs: Any) -> Any:
 
 
 class SynthgenTaskRunner(DaskTaskRunner):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        _fast_context.install()
-
     def submit(  # type: ignore[override]
         self,
         task: Any,

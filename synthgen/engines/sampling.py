@@ -66,10 +66,11 @@ def claimed_probs(logits: Any, sampling: SamplingConfig) -> Any:
     return torch.zeros_like(probs).scatter(-1, idx, vals)
 
 
-def draw(logits: Any, sampling: SamplingConfig, uniforms: Any) -> Any:
+def draw(logits: Any, sampling: SamplingConfig, uniforms: Any | None) -> Any:
     """One token id per row of `logits` ([B, V]), by inverse CDF with `uniforms` ([B], each
     in [0, 1)) over the claimed distribution: the row's token depends only on its logits and
-    its own uniform, never on the other rows."""
+    its own uniform, never on the other rows. Greedy (temperature 0) takes the argmax and
+    needs no uniforms."""
     import torch
 
     logits = logits.float()

@@ -152,9 +152,11 @@ class _SeededSampler:
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         torch = self.torch
-        uniforms = torch.stack(
-            [torch.rand((), generator=g, dtype=torch.float64) for g in self.generators]
-        )
+        uniforms = None  # greedy decoding draws nothing
+        if self.sampling.temperature > 0:
+            uniforms = torch.stack(
+                [torch.rand((), generator=g, dtype=torch.float64) for g in self.generators]
+            )
         choice = draw(scores, self.sampling, uniforms)
         out = torch.full_like(scores, float("-inf"))
         out.scatter_(-1, choice.view(-1, 1), 0.0)
