@@ -150,39 +150,29 @@ class _S3Backend(_Backend):
 
         return retrying(_create, f"creating lease {self.store._show(self.path)}", self.store.policy)
 
-    def replace(self, data: bytes, version: str) -> bool:
+    def _if_match(self, method: str, what: str, version: str, **params: Any) -> bool:
+        """`method` on the lease object only if it is still at `version`; False when it is
+        not (or is gone)."""
         bucket, key = self._bucket_key()
 
-        def _put() -> bool:
+        def _call() -> bool:
             try:
-                self.store.fs.call_s3(
-                    "put_object", Bucket=bucket, Key=key, Body=data, IfMatch=version
-                )
+                self.store.fs.call_s3(method, Bucket=bucket, Key=key, IfMatch=version, **params)
                 return True
             except (OSError, FileNotFoundError) as exc:
                 if isinstance(exc, FileNotFoundError) or _precondition_failed(exc):
                     return False
                 raise
 
-        ok = retrying(_put, f"renewing lease {self.store._show(self.path)}", self.store.policy)
+        ok = retrying(_call, f"{what} lease {self.store._show(self.path)}", self.store.policy)
         self.store.fs.invalidate_cache(self.path)
         return ok
+
+    def replace(self, data: bytes, version: str) -> bool:
+        return self._if_match("put_object", "renewing", version, Body=data)
 
     def delete(self, version: str) -> bool:
-        bucket, key = self._bucket_key()
-
-        def _delete() -> bool:
-            try:
-                self.store.fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=version)
-                return True
-            except (OSError, FileNotFoundError) as exc:
-                if isinstance(exc, FileNotFoundError) or _precondition_failed(exc):
-                    return False
-                raise
-
-        ok = retrying(_delete, f"releasing lease {self.store._show(self.path)}", self.store.policy)
-        self.store.fs.invalidate_cache(self.path)
-        return ok
+        return self._if_match("delete_object", "releasing", version)
 
 
 class _LocalBackend(_Backend):
