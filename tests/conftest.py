@@ -57,6 +57,21 @@ def no_leftover_prefect_servers() -> Iterator[None]:
             pass
 
 
+@pytest.fixture(params=["local", "s3"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path):
+    """A Store on a local directory, then on the live S3-protocol endpoint."""
+    from synthgen.config import OutputConfig
+    from synthgen.storage import Store
+
+    if request.param == "local":
+        return Store(OutputConfig(uri=str(tmp_path / "out")))
+    s3_server = request.getfixturevalue("s3_server")
+    bucket = request.getfixturevalue("s3_bucket")
+    return Store(
+        OutputConfig(uri=f"s3://{bucket}/pre", storage_options={"endpoint_url": s3_server})
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -10,58 +10,45 @@ import time
 
 import pytest
 
-from synthgen.config import OutputConfig
 from synthgen.errors import RunLockedError
 from synthgen.lease import LeaseLostError, RunLease, read_lease
-from synthgen.storage import Store
 
 
-@pytest.fixture(params=["local", "s3"])
-def store(request, tmp_path):
-    if request.param == "local":
-        return Store(OutputConfig(uri=str(tmp_path / "out")))
-    s3_server = request.getfixturevalue("s3_server")
-    bucket = request.getfixturevalue("s3_bucket")
-    return Store(
-        OutputConfig(uri=f"s3://{bucket}/pre", storage_options={"endpoint_url": s3_server})
-    )
-
-
-def test_second_holder_is_refused_with_holder_host_and_expiry(store):
-    first = RunLease(store, "r1", ttl_s=30).acquire()
-    info = read_lease(store, "r1")
+def test_second_holder_is_refused_with_holder_host_and_expiry(any_store):
+    first = RunLease(any_store, "r1", ttl_s=30).acquire()
+    info = read_lease(any_store, "r1")
     assert info is not None and info.holder == first.holder and info.pid > 0
     with pytest.raises(RunLockedError) as err:
-        RunLease(store, "r1", ttl_s=30).acquire()
+        RunLease(any_store, "r1", ttl_s=30).acquire()
     msg = str(err.value)
     assert first.holder in msg and info.host in msg and info.expires_at in msg
     assert "r1" in msg and "_lease.json" in msg
     with pytest.raises(RunLockedError, match=first.holder):
-        RunLease(store, "r1").ensure_free()
+        RunLease(any_store, "r1").ensure_free()
     # another run id on the same output is independent
-    RunLease(store, "r2", ttl_s=30).acquire().release()
+    RunLease(any_store, "r2", ttl_s=30).acquire().release()
     first.release()
-    assert read_lease(store, "r1") is None
-    RunLease(store, "r1").ensure_free()
-    RunLease(store, "r1", ttl_s=30).acquire().release()
+    assert read_lease(any_store, "r1") is None
+    RunLease(any_store, "r1").ensure_free()
+    RunLease(any_store, "r1", ttl_s=30).acquire().release()
 
 
-def test_expired_lease_is_taken_over(store):
-    old = RunLease(store, "r", ttl_s=1).acquire()
+def test_expired_lease_is_taken_over(any_store):
+    old = RunLease(any_store, "r", ttl_s=1).acquire()
     time.sleep(1.2)
-    new = RunLease(store, "r", ttl_s=30).acquire()
+    new = RunLease(any_store, "r", ttl_s=30).acquire()
     assert new.took_over is not None and new.took_over.holder == old.holder
-    assert read_lease(store, "r").holder == new.holder
+    assert read_lease(any_store, "r").holder == new.holder
     # the old holder notices on its next renewal and never deletes the new holder's lease
     with pytest.raises(LeaseLostError, match=new.holder):
         old.renew()
     assert old.lost.is_set()
     old.release()
-    assert read_lease(store, "r").holder == new.holder
+    assert read_lease(any_store, "r").holder == new.holder
 
 
-def test_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(store):
-    lease = RunLease(store, "r", ttl_s=300)
+def test_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(any_store):
+    lease = RunLease(any_store, "r", ttl_s=300)
     proc = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
         check=True,
@@ -70,29 +57,29 @@ def test_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(store):
     )
     lease.pid = int(proc.stdout)  # as if a flow process that has since died had written it
     lease.acquire()
-    successor = RunLease(store, "r", ttl_s=300).acquire()
+    successor = RunLease(any_store, "r", ttl_s=300).acquire()
     assert successor.took_over is not None and successor.took_over.pid == lease.pid
 
 
-def test_heartbeat_pushes_the_expiry_forward(store):
-    with RunLease(store, "r", ttl_s=1.5, heartbeat_s=0.3) as lease:
-        first = read_lease(store, "r").expires_epoch
+def test_heartbeat_pushes_the_expiry_forward(any_store):
+    with RunLease(any_store, "r", ttl_s=1.5, heartbeat_s=0.3) as lease:
+        first = read_lease(any_store, "r").expires_epoch
         time.sleep(2.0)  # past the first expiry: only the heartbeat keeps it live
-        later = read_lease(store, "r")
+        later = read_lease(any_store, "r")
         assert later.holder == lease.holder and later.expires_epoch > first + 1.0
         with pytest.raises(RunLockedError):
-            RunLease(store, "r", ttl_s=1.5).acquire()
+            RunLease(any_store, "r", ttl_s=1.5).acquire()
         lease.check()
-    assert read_lease(store, "r") is None
+    assert read_lease(any_store, "r") is None
 
 
-def test_concurrent_acquirers_exactly_one_wins(store):
+def test_concurrent_acquirers_exactly_one_wins(any_store):
     winners: list[str] = []
     refused: list[str] = []
     barrier = threading.Barrier(6)
 
     def contend() -> None:
-        lease = RunLease(store, "race", ttl_s=30)
+        lease = RunLease(any_store, "race", ttl_s=30)
         barrier.wait()
         try:
             lease.acquire()
@@ -107,12 +94,13 @@ def test_concurrent_acquirers_exactly_one_wins(store):
         t.join()
     assert len(winners) == 1, winners
     assert len(refused) == 5 and all(winners[0] in m for m in refused)
-    assert read_lease(store, "race").holder == winners[0]
+    assert read_lease(any_store, "race").holder == winners[0]
 
 
-def test_unreadable_lease_counts_as_stale(store):
-    store.write_bytes(store.run_path("r", "_lease.json"), b"{not json")
-    lease = RunLease(store, "r", ttl_s=30).acquire()
+def test_unreadable_lease_counts_as_stale(any_store):
+    any_store.write_bytes(any_store.run_path("r", "_lease.json"), b"{not json")
+    lease = RunLease(any_store, "r", ttl_s=30).acquire()
     assert (
-        json.loads(store.read_bytes(store.run_path("r", "_lease.json")))["holder"] == lease.holder
+        json.loads(any_store.read_bytes(any_store.run_path("r", "_lease.json")))["holder"]
+        == lease.holder
     )

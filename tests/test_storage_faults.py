@@ -140,19 +140,6 @@ def test_outage_past_the_retry_budget_fails_clearly_then_resumes(tmp_path, prefe
 
 
 # --------------------------------------------------------------------------- commit integrity
-@pytest.fixture(params=["local", "s3"])
-def any_store(request, tmp_path):
-    from synthgen.config import OutputConfig
-
-    if request.param == "local":
-        return Store(OutputConfig(uri=str(tmp_path / "out")))
-    s3_server = request.getfixturevalue("s3_server")
-    bucket = request.getfixturevalue("s3_bucket")
-    return Store(
-        OutputConfig(uri=f"s3://{bucket}/pre", storage_options={"endpoint_url": s3_server})
-    )
-
-
 def test_create_bytes_never_replaces_an_existing_object(any_store):
     path = any_store.path("runs", "r", "_commits", "shard-00000.json")
     assert any_store.create_bytes(path, b"first")
