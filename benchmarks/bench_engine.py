@@ -32,9 +32,9 @@ def bare_loop(cfg, records, synthgen_sampler: bool = False) -> tuple[int, float]
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
 
-    from synthgen.engines.transformers import _load_gguf_cached, _SeededSampler, bundled_model
+    from synthgen.engines.transformers import dequantised_dir, _SeededSampler, bundled_model
 
-    directory = _load_gguf_cached(*bundled_model())
+    directory = dequantised_dir(*bundled_model())
     tok = AutoTokenizer.from_pretrained(directory)
     tok.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()

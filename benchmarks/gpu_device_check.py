@@ -12,7 +12,7 @@ runs to max_new_tokens).
 
     python3 benchmarks/gpu_device_check.py --model-files DIR [--out report.json]
 
-DIR holds config.json and the tokenizer files of the model (what `_load_gguf_cached` wrote
+DIR holds config.json and the tokenizer files of the model (what `dequantised_dir` wrote
 under ~/.cache/synthgen/models/, without the weights).
 """
 

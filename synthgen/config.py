@@ -100,8 +100,9 @@ class ShardsConfig(_Section):
 
 # --------------------------------------------------------------------------- model
 class VllmOptions(_Section):
-    """vLLM engine settings. Unset values come from the GPU preset chosen on each worker
-    (configs/presets/); a value set here is pinned and wins over every preset."""
+    """vLLM engine settings. Unset values come from the preset chosen on each worker
+    (configs/presets/: one per GPU family, and `cpu` for vLLM's CPU build); a value set here
+    is pinned and wins over every preset."""
 
     preset: str | None = Field(
         None,
@@ -111,7 +112,16 @@ class VllmOptions(_Section):
     presets_dir: str | None = Field(
         None, description="Directory of preset YAML files. Unset: the bundled configs/presets/."
     )
-    gpu_memory_utilization: float | None = Field(None, gt=0.0, le=1.0)
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0.0, le=1.0, description="GPU only (an error on CPU workers)."
+    )
+    kv_cache_gb: float | None = Field(
+        None,
+        gt=0.0,
+        description="KV-cache size in GiB (vLLM's kv_cache_memory_bytes, which "
+        "VLLM_CPU_KVCACHE_SPACE also sets). Unset: the preset's (cpu: 2); on GPUs unset "
+        "means sized from gpu_memory_utilization.",
+    )
     max_num_seqs: PositiveInt | None = None
     tensor_parallel_size: PositiveInt = 1
     quantization: str | None = Field(
@@ -128,7 +138,16 @@ class VllmOptions(_Section):
         description="16-bit weight size in GB, for the fit check. Unset: summed from the "
         "weight files of a local `model.path` (unknown for hub ids: no check).",
     )
-    enforce_eager: bool = False
+    enforce_eager: bool | None = Field(
+        None,
+        description="Run without torch.compile / CUDA graphs. Unset: the preset's (cpu: true, "
+        "measured fastest to load at no throughput loss; GPUs: false).",
+    )
+    multiprocessing: bool | None = Field(
+        None,
+        description="Run vLLM's engine core in a child process. Unset: yes, except in a "
+        "daemonic process (a Dask worker under a nanny), which cannot start children.",
+    )
     trust_remote_code: bool = False
     extra: dict[str, Any] = Field(
         default_factory=dict, description="Passed verbatim to vllm.LLM(...); wins over all."
@@ -169,7 +188,9 @@ class ModelConfig(_Section):
 
     @property
     def needs_gpu(self) -> bool:
-        return self.engine == "vllm" or self.device == "cuda"
+        """Generate tasks must land on GPU workers: `device: cuda`, or vLLM unless
+        `device: cpu` (vLLM's CPU build)."""
+        return self.device == "cuda" or (self.engine == "vllm" and self.device != "cpu")
 
 
 class SamplingConfig(_Section):

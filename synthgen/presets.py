@@ -1,9 +1,10 @@
-"""Per-GPU vLLM engine presets (configs/presets/*.yaml) and their resolution on a worker.
+"""vLLM engine presets (configs/presets/*.yaml) and their resolution on a worker.
 
-A worker detects its GPU (synthgen.devices), picks the preset whose name pattern and
-memory range match, and merges it with the user's config: a value the user set is pinned
-and always wins; dtype follows compute capability (bf16 from 8.0, fp16 before) unless
-pinned; 24 GB cards switch to the quantised model variant when 16-bit weights do not fit.
+A worker detects the device vLLM runs on (synthgen.devices). On a GPU it picks the preset
+whose name pattern and memory range match; on vLLM's CPU build, the `device: cpu` preset.
+The preset is merged with the user's config: a value the user set is pinned and always
+wins; dtype follows compute capability (bf16 from 8.0, fp16 before) unless pinned; 24 GB
+cards switch to the quantised model variant when 16-bit weights do not fit.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
@@ -30,6 +31,9 @@ class GpuPreset(BaseModel):
 
     name: str
     description: str = ""
+    device: Literal["cuda", "cpu"] = Field(
+        "cuda", description="cpu: the preset for vLLM's CPU build (GPU-only keys unused)."
+    )
     match: list[str] = Field(
         default_factory=list, description="Whole-word patterns matched in the GPU name."
     )
@@ -47,9 +51,15 @@ class GpuPreset(BaseModel):
     quantization: str | None = Field(
         None, description="Method used with model.vllm.quantized_path when weights do not fit."
     )
+    kv_cache_gb: float | None = Field(
+        None, gt=0.0, description="KV-cache GiB (kv_cache_memory_bytes). Unset on GPUs."
+    )
+    enforce_eager: bool | None = Field(None, description="Unset: false (compile).")
 
     def matches(self, device: DeviceInfo) -> bool:
-        if self.fallback or device.kind != "cuda":
+        if device.kind == "cpu":
+            return self.device == "cpu"
+        if self.fallback or device.kind != "cuda" or self.device != "cuda":
             return False
         if not any(_word_in(p, device.name) for p in self.match):
             return False
@@ -96,15 +106,23 @@ def select_preset(
     device: DeviceInfo, presets: list[GpuPreset], forced: str | None = None
 ) -> GpuPreset | None:
     """The preset for `device`: `forced` by name ('none' = no preset), else the first
-    name+memory match, else the fallback preset; None on CPU."""
+    name+memory match, else the fallback preset (GPUs); the `device: cpu` preset on CPU.
+    A GPU preset forced on a CPU worker (or the reverse) is an error."""
     if forced is not None:
         if forced.lower() == "none":
             return None
         for p in presets:
             if p.name == forced:
+                if p.device != device.kind:
+                    raise EngineError(
+                        f"model.vllm.preset: {forced!r} is a {p.device} preset but this vLLM "
+                        f"worker runs on {device.label}"
+                    )
                 return p
         names = ", ".join(p.name for p in presets)
         raise ConfigError(f"model.vllm.preset: unknown preset {forced!r} (known: {names})")
+    if device.kind == "cpu":
+        return next((p for p in presets if p.matches(device)), None)
     if device.kind != "cuda":
         return None
     for p in presets:
@@ -166,12 +184,18 @@ class VllmSettings:
     preset: str | None
     sources: dict[str, str] = field(default_factory=dict)  # key -> pinned|preset:X|device|default
     fit: str = "unknown"  # fits | quantized | unknown
+    device: str = "cuda"  # what vLLM runs on: cuda | cpu
+    kv_cache_gb: float | None = None
+    enforce_eager: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
 _DEFAULTS = {"gpu_memory_utilization": 0.9, "max_num_seqs": 128}
+# vLLM's own CPU default sizes the KV cache from gpu_memory_utilization x *all* RAM and fails
+# when other processes hold some; a fixed size works on a shared host.
+CPU_KV_CACHE_GB = 2.0
 
 
 def resolve_vllm_settings(
@@ -180,8 +204,8 @@ def resolve_vllm_settings(
     """Merge pinned config, the device's preset and defaults into vLLM settings."""
     if not model.path:
         raise ConfigError(
-            "model.path: the vllm engine needs a model (local Hugging Face directory or hub id); "
-            "the bundled GGUF is for the transformers engine"
+            "model.path: the vllm engine needs a model directory here (the engine resolves an "
+            "unset path to the de-quantised bundled model before calling this)"
         )
     opts = model.vllm
     if presets is None:
@@ -226,6 +250,18 @@ def resolve_vllm_settings(
     else:
         dtype, sources["dtype"] = preferred_dtype(device), "device"
 
+    # recorded in `sources` only where set (GPUs leave both to vLLM by default)
+    kv_gb = opts.kv_cache_gb or (preset.kv_cache_gb if preset else None)
+    if kv_gb is None and device.kind == "cpu":
+        kv_gb = pick("kv_cache_gb", None, None, CPU_KV_CACHE_GB)
+    elif kv_gb is not None:
+        kv_gb = pick("kv_cache_gb", opts.kv_cache_gb, preset.kv_cache_gb if preset else None, 0)
+    eager = bool(opts.enforce_eager if opts.enforce_eager is not None else False)
+    if opts.enforce_eager is not None or (preset and preset.enforce_eager is not None):
+        eager = pick(
+            "enforce_eager", opts.enforce_eager, preset.enforce_eager if preset else None, False
+        )
+
     settings = VllmSettings(
         model=model.path,
         dtype=dtype,
@@ -236,6 +272,9 @@ def resolve_vllm_settings(
         quantization=opts.quantization,
         preset=preset.name if preset else None,
         sources=sources,
+        device=device.kind,
+        kv_cache_gb=kv_gb,
+        enforce_eager=eager,
     )
     if opts.quantization is not None:
         sources["quantization"] = "pinned"

@@ -53,7 +53,10 @@ def test_bundled_presets_cover_the_issue_cards() -> None:
 
 def test_select_preset_cpu_forced_and_none() -> None:
     presets = load_presets()
-    assert select_preset(DeviceInfo("cpu", "x", 2), presets) is None
+    cpu = select_preset(DeviceInfo("cpu", "x", 2), presets)  # vLLM's CPU build
+    assert cpu is not None and cpu.name == "cpu" and cpu.device == "cpu"
+    assert select_preset(DeviceInfo("cpu", "x", 2), [p for p in presets if p != cpu]) is None
+    assert all(p.device == "cuda" for p in presets if p.matches(dev("NVIDIA GeForce RTX 4090")))
     forced = select_preset(dev("Tesla T4"), presets, forced="a100-80gb")
     assert forced is not None and forced.name == "a100-80gb"
     assert select_preset(dev("Tesla T4"), presets, forced="none") is None

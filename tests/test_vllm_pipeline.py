@@ -27,7 +27,7 @@ RTX4090 = DeviceInfo("cuda", "NVIDIA GeForce RTX 4090", 1, 23.6, (8, 9))
 def gpu_world(monkeypatch: pytest.MonkeyPatch):
     fake_vllm = vllm_standin.module()
     monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
-    monkeypatch.setattr("synthgen.engines.vllm.detect_device", lambda prefer="auto": RTX4090)
+    monkeypatch.setattr("synthgen.engines.vllm.detect_vllm_device", lambda prefer="auto": RTX4090)
     cache.clear()
     yield fake_vllm
     cache.clear()

