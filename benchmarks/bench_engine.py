@@ -32,7 +32,7 @@ def bare_loop(cfg, records, synthgen_sampler: bool = False) -> tuple[int, float]
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
 
-    from synthgen.engines.transformers import dequantised_dir, _SeededSampler, bundled_model
+    from synthgen.engines.transformers import _SeededSampler, bundled_model, dequantised_dir
 
     directory = dequantised_dir(*bundled_model())
     tok = AutoTokenizer.from_pretrained(directory)
