@@ -2,7 +2,7 @@
 
 vLLM is imported lazily; without it the error names `pip install 'synthgen[gpu]'`, and
 without a CUDA device the error says so. Engine settings come from the worker's GPU
-preset merged with pinned config (synthgen.presets). Prompts are rendered with the
+preset merged with pinned config (synthgen.engines.presets). Prompts are rendered with the
 model's own chat template and checked one by one against the context: an over-long prompt
 is rejected (finish_reason="rejected") or truncated per `model.long_prompts`,
 never failing the shard.
@@ -19,7 +19,6 @@ from types import ModuleType
 from typing import Any
 
 from synthgen.config import ModelConfig, SamplingConfig
-from synthgen.devices import DeviceInfo, detect_device
 from synthgen.engines.base import (
     Completion,
     EngineInfo,
@@ -28,8 +27,9 @@ from synthgen.engines.base import (
     Score,
     ScoreRequest,
 )
+from synthgen.engines.devices import DeviceInfo, detect_device
+from synthgen.engines.presets import GpuPreset, VllmSettings, resolve_vllm_settings
 from synthgen.errors import EngineError, MissingDependencyError
-from synthgen.presets import GpuPreset, VllmSettings, resolve_vllm_settings
 
 INSTALL_HINT = "pip install 'synthgen[gpu]'"
 LLM_SEED = 0  # engine-wide seed; every request carries its own seed in SamplingParams
@@ -265,8 +265,8 @@ class VllmEngine:
         """Teacher-forced scores (verification): prefill prompt + completion with
         `prompt_logprobs`, generate one throw-away token. The expectation under `sampling`
         is computed over the top SCORE_LOGPROBS tokens per position
-        (`synthgen.verify.tokenstats.stats_from_top_logprobs`)."""
-        from synthgen.verify.tokenstats import score_from_stats, stats_from_top_logprobs
+        (`synthgen.engines.tokenstats.stats_from_top_logprobs`)."""
+        from synthgen.engines.tokenstats import score_from_stats, stats_from_top_logprobs
 
         n_lp = max(top_k, SCORE_LOGPROBS)
         seqs: list[tuple[list[int], int]] = []
