@@ -12,7 +12,7 @@ if str(REPO) not in sys.path:
 
 
 def machine() -> str:
-    from synthgen.devices import detect_device
+    from synthgen.engines.devices import detect_device
 
     d = detect_device()
     return f"{d.label}, Python {platform.python_version()}"

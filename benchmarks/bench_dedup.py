@@ -22,8 +22,8 @@ import time
 import numpy as np
 
 from synthgen.config import NearDedupConfig
-from synthgen.dedup.local import verified_near_pairs
-from synthgen.dedup.minhash import MinHasher, jaccard, word_shingles
+from synthgen.stages.dedup.local import verified_near_pairs
+from synthgen.stages.dedup.minhash import MinHasher, jaccard, word_shingles
 
 
 def corpus(n_docs: int, n_pairs: int, seed: int) -> tuple[list[str], list[tuple[int, int]]]:
@@ -104,8 +104,8 @@ def run_cluster(
     from distributed import Client, LocalCluster
 
     from synthgen.config import CleanConfig
-    from synthgen.dedup.cross import cross_shard_dedup
-    from synthgen.dedup.normalize import text_hash
+    from synthgen.stages.dedup.cross import cross_shard_dedup
+    from synthgen.stages.dedup.normalize import text_hash
 
     m = MinHasher(num_perm=cfg.num_perm, seed=cfg.seed, stratified=cfg.stratified)
     clean = CleanConfig(near=cfg, exact={"enabled": True})

@@ -23,7 +23,7 @@ import time
 from _common import machine
 
 from synthgen.config import config_from_dict
-from synthgen.prompts import load_prompts
+from synthgen.stages.prompts import load_prompts
 
 
 def bare_loop(cfg, records, synthgen_sampler: bool = False) -> tuple[int, float]:
@@ -99,7 +99,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
 
-    from synthgen.prefect_env import prefect_api
+    from flows.prefect_env import prefect_api
 
     with prefect_api(), tempfile.TemporaryDirectory() as tmp:
         base = {

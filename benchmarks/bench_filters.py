@@ -17,8 +17,8 @@ import time
 from collections import Counter
 
 from synthgen.config import FiltersConfig
-from synthgen.quality import Doc, FilterSet, build_filters
-from synthgen.quality.gopher import GopherQualityFilter, GopherRepetitionFilter
+from synthgen.stages.quality import Doc, FilterSet, build_filters
+from synthgen.stages.quality.gopher import GopherQualityFilter, GopherRepetitionFilter
 
 _WORDS = (
     "river mountain engine garden window market letter silver yellow planet ocean bridge "

@@ -39,10 +39,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 
-    from synthgen.pipeline import ShardTask, run_shard
-    from synthgen.plan import write_plan
-    from synthgen.prefect_env import prefect_api
-    from synthgen.storage import Store
+    from flows.prefect_env import prefect_api
+    from synthgen.io.store import Store
+    from synthgen.stages.generate import ShardTask, run_shard
+    from synthgen.stages.plan import write_plan
 
     with tempfile.TemporaryDirectory() as tmp:
         # baseline: the shard function in a plain loop (same storage writes)

@@ -22,11 +22,11 @@ from collections.abc import Callable
 
 from _common import machine
 
+from synthgen.cluster.preflight import check_scheduler, run_preflight
 from synthgen.config import ClusterConfig, OutputConfig, RunConfig
 from synthgen.errors import PreflightError, StorageError
-from synthgen.lease import RunLease
-from synthgen.preflight import check_scheduler, run_preflight
-from synthgen.storage import Store
+from synthgen.io.lease import RunLease
+from synthgen.io.store import Store
 
 
 def _free_port() -> int:

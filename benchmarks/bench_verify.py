@@ -29,7 +29,7 @@ from _common import machine
 
 from synthgen.config import ModelConfig, RunConfig, SamplingConfig, VerifyConfig
 from synthgen.engines.base import GenRequest, ScoreRequest, prompt_seed
-from synthgen.prompts import load_prompts
+from synthgen.stages.prompts import load_prompts
 from synthgen.verify import judge, sample_size
 from synthgen.verify.calibrate import calibrate
 from synthgen.verify.cheats import STRATEGIES, CheatingEngine

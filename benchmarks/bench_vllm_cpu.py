@@ -43,7 +43,7 @@ VARIANTS = {
 def _prompts(n: int) -> list:
     from synthgen.config import RunConfig
     from synthgen.engines.base import GenRequest, prompt_seed
-    from synthgen.prompts import load_prompts
+    from synthgen.stages.prompts import load_prompts
 
     base = load_prompts(RunConfig()).records
     out = []
@@ -142,7 +142,7 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     from flows.run import execute
     from synthgen.config import config_from_dict
     from synthgen.engines.base import prompt_seed
-    from synthgen.prompts import load_prompts
+    from synthgen.stages.prompts import load_prompts
 
     print(machine())
     out = Path(tempfile.mkdtemp(prefix="bench-vllm-"))

@@ -26,7 +26,7 @@ from _common import REPO, machine  # noqa: F401  (puts the repo on sys.path)
 
 
 def _run(config: dict[str, Any], tmp: Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    from synthgen.prefect_env import prefect_api
+    from flows.prefect_env import prefect_api
 
     path = tmp / "bench.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -38,7 +38,7 @@ def _run(config: dict[str, Any], tmp: Path, overrides: list[str] | None = None) 
 
 def accuracy(args: argparse.Namespace) -> None:
     """Each ledger row's wall_seconds vs the fake engine's known time per shard."""
-    from synthgen.ledger import read_ledger, run_fs
+    from synthgen.cost.ledger import read_ledger, run_fs
 
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -68,7 +68,7 @@ def held(args: argparse.Namespace) -> None:
     """Report's held seconds vs the worker processes' lifetime seen through the OS."""
     import psutil
 
-    from synthgen.report import load_summary
+    from synthgen.cost.report import load_summary
 
     me = psutil.Process()
     before = {p.pid for p in me.children(recursive=True)}
@@ -119,7 +119,7 @@ def held(args: argparse.Namespace) -> None:
 
 
 def _attempt(i: int, t0: datetime) -> Any:
-    from synthgen.cost import Price, ShardAttempt
+    from synthgen.cost.prices import Price, ShardAttempt
 
     price = [Price(0.35, "RTX 4090", "table"), Price(2.2, "H100", "table")][i % 2]
     return ShardAttempt(
@@ -132,10 +132,10 @@ def _attempt(i: int, t0: datetime) -> Any:
 
 def overhead(args: argparse.Namespace) -> None:
     """Milliseconds per shard the accounting adds: ledger row + worker row, local and S3."""
-    from synthgen import usage
-    from synthgen.accounting import AttemptMeter, Counts
     from synthgen.config import config_from_dict
-    from synthgen.ledger import open_run
+    from synthgen.cost import usage
+    from synthgen.cost.ledger import open_run
+    from synthgen.cost.meter import AttemptMeter, Counts
 
     def measure(output: dict[str, Any]) -> list[float]:
         cfg = config_from_dict({"run_id": "bench", "output": output})
@@ -186,9 +186,9 @@ def overhead(args: argparse.Namespace) -> None:
 
 def report(args: argparse.Namespace) -> None:
     """Time to summarise, format and chart a large ledger (in memory, no I/O)."""
-    from synthgen.cost import ledger_row
-    from synthgen.report import format_text, summarize, to_markdown
-    from synthgen.report_chart import render_png
+    from synthgen.cost.chart import render_png
+    from synthgen.cost.prices import ledger_row
+    from synthgen.cost.report import format_text, summarize, to_markdown
 
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     rows = [ledger_row(_attempt(i, t0)) for i in range(args.n)]

@@ -158,7 +158,7 @@ def main() -> None:
 
     import torch
 
-    from synthgen.devices import detect_device
+    from synthgen.engines.devices import detect_device
 
     report: dict[str, Any] = {}
 

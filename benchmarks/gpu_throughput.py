@@ -2,7 +2,7 @@
 
 The same prompts, seeds and shard sizes go through (1) the engine alone: one
 `engine.generate` call per shard-sized chunk, and (2) the pipeline: plan written to storage,
-then `synthgen.pipeline.run_shard` per shard (read plan, generate, build records, write the
+then `synthgen.stages.generate.run_shard` per shard (read plan, generate, build records, write the
 Parquet shard, ledger row and commit marker). Both reuse the same loaded engine (the
 per-process cache), so load time is excluded from both; the ratio is what the pipeline
 keeps of the engine's throughput. Runs the transformers engine on CUDA, and vLLM when it is
@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from synthgen.config import RunConfig, config_from_dict
-from synthgen.devices import detect_device
 from synthgen.engines import GenRequest, get_engine, prompt_seed
-from synthgen.pipeline import ShardTask, run_shard
-from synthgen.plan import read_shard_prompts, write_plan
-from synthgen.storage import Store
+from synthgen.engines.devices import detect_device
+from synthgen.io.store import Store
+from synthgen.stages.generate import ShardTask, run_shard
+from synthgen.stages.plan import read_shard_prompts, write_plan
 
 TOPICS = [
     "photosynthesis", "the water cycle", "binary search", "compound interest", "volcanoes",

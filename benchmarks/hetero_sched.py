@@ -24,8 +24,8 @@ import dask
 import numpy as np
 from distributed import Client, LocalCluster, get_worker
 
-from synthgen.scheduling import max_shard_size, plan_shard_sizes
-from synthgen.summary import per_worker
+from synthgen.cluster.scheduling import max_shard_size, plan_shard_sizes
+from synthgen.cost.summary import per_worker
 
 SPEED_CYCLE = (1.0, 1.6, 3.0)
 
@@ -185,7 +185,7 @@ def main() -> None:
     for name, k, rs, _ in rows:
         print(f"| {name} | {k} | {statistics.median(rs):.3f} | {rs[0]:.3f}..{rs[-1]:.3f} |")
     best = min(rows, key=lambda r: statistics.median(r[2]))
-    print(f"\nper-worker throughput for '{best[0]}' (synthgen.summary.per_worker):")
+    print(f"\nper-worker throughput for '{best[0]}' (synthgen.cost.summary.per_worker):")
     shard_rows = [
         {
             "worker": r.worker,

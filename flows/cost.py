@@ -1,5 +1,5 @@
 """Cost wiring for the flows: worker usage on the cluster, the budget-gated submission loop,
-and the cost artifact. Thin: the arithmetic lives in synthgen.cost/budget/report."""
+and the cost artifact. Thin: the arithmetic lives in synthgen.cost.prices/budget/report."""
 
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 
-from synthgen import usage
-from synthgen.accounting import gpus_used
-from synthgen.budget import BudgetGate, Outcome, ScheduleResult, partial_message, schedule
-from synthgen.cluster import task_runner_kwargs
+from synthgen.cluster.client import task_runner_kwargs
 from synthgen.config import RunConfig
-from synthgen.cost import is_verification
-from synthgen.ledger import read_ledger, read_workers, write_worker_row
-from synthgen.report import BUDGET_FILE, Summary, summarize, to_markdown
-from synthgen.storage import Store, retrying
+from synthgen.cost import usage
+from synthgen.cost.budget import BudgetGate, Outcome, ScheduleResult, partial_message, schedule
+from synthgen.cost.ledger import read_ledger, read_workers, write_worker_row
+from synthgen.cost.meter import gpus_used
+from synthgen.cost.prices import is_verification
+from synthgen.cost.report import BUDGET_FILE, Summary, summarize, to_markdown
+from synthgen.io.store import Store, retrying
 
 
 def _client() -> Any:

@@ -9,7 +9,7 @@
   above or s3fs's `key`, `secret`, `token`, `endpoint_url`.
 
 The run's parameters and the config passed between tasks carry only the block's *name*;
-each process that opens a `synthgen.storage.Store` (the flow, every Dask worker running a
+each process that opens a `synthgen.io.store.Store` (the flow, every Dask worker running a
 synthgen task: importing flows.run imports this module, which installs the resolver)
 resolves the block itself. Values never reach parameters, logs,
 artifacts or manifests (those use `RunConfig.public_dict()`, which redacts them anyway).
@@ -123,7 +123,7 @@ def merge_storage_options(base: dict[str, Any], creds: dict[str, Any]) -> dict[s
 
 
 def resolve_output_options(output: OutputConfig) -> dict[str, Any]:
-    """`output.storage_options` plus the block's credentials (for synthgen.storage.Store)."""
+    """`output.storage_options` plus the block's credentials (for synthgen.io.store.Store)."""
     if not output.credentials_block:
         return dict(output.storage_options)
     creds = load_block_storage_options(output.credentials_block)
@@ -134,7 +134,7 @@ def resolve_output_options(output: OutputConfig) -> dict[str, Any]:
 
 def install() -> None:
     """Let every `Store` in this process resolve `output.credentials_block` (import-time)."""
-    from synthgen import storage
+    from synthgen.io import store as storage
 
     storage.set_credentials_resolver(resolve_output_options)
 

@@ -33,24 +33,23 @@ from flows.cost import (
     runner_kwargs,
     start_usage,
 )
-from flows.serve import deployment_default_config, resolve_config_ref
+from flows.refs import SUMMARY_ARTIFACT_PREFIX, deployment_default_config, resolve_config_ref
 from flows.task_runner import Opaque, SynthgenTaskRunner, unwrap
 from flows.timeouts import ShardTimeouts
-from flows.trigger import SUMMARY_ARTIFACT_PREFIX, check_overrides
 from flows.verify import generate_verified
-from synthgen.cluster import generate_resources
+from synthgen.cluster.client import generate_resources
+from synthgen.cluster.preflight import run_preflight
 from synthgen.config import RunConfig, load_config
-from synthgen.dedup.stage import dedup_run
-from synthgen.lease import RunLease
-from synthgen.lost import record_lost_attempts
-from synthgen.pipeline import ShardTask, committed_shards, run_shard
-from synthgen.plan import write_plan
-from synthgen.preflight import run_preflight
-from synthgen.publish import publish_shard, write_manifest
-from synthgen.redaction import protect, restore_secrets, stash_secrets
-from synthgen.report import manifest_totals
-from synthgen.storage import Store
-from synthgen.summary import RunSummary, per_worker
+from synthgen.config.secrets import check_overrides, protect, restore_secrets, stash_secrets
+from synthgen.cost.lost import record_lost_attempts
+from synthgen.cost.report import manifest_totals
+from synthgen.cost.summary import RunSummary, per_worker
+from synthgen.io.lease import RunLease
+from synthgen.io.store import Store
+from synthgen.stages.dedup.stage import dedup_run
+from synthgen.stages.generate import ShardTask, committed_shards, run_shard
+from synthgen.stages.plan import write_plan
+from synthgen.stages.publish import publish_shard, write_manifest
 
 
 @task(name="generate-shard", persist_result=False)

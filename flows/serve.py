@@ -23,26 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from flows.refs import FLOW_NAME, require_prefect_api
 from synthgen.config import load_config
 from synthgen.errors import ConfigError
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
-
-FLOW_NAME = "synthgen-run"
-
-
-def require_prefect_api(what: str) -> str:
-    """PREFECT_API_URL, or a clear error: without it Prefect silently starts a throw-away server."""
-    import os
-
-    url = os.environ.get("PREFECT_API_URL", "").strip()
-    if not url:
-        raise ConfigError(
-            f"{what}: PREFECT_API_URL is not set; export the Prefect server's API URL, e.g. "
-            "PREFECT_API_URL=http://127.0.0.1:4200/api (infra/start-prefect-server.sh)"
-        )
-    return url
 
 
 @dataclass(frozen=True)
@@ -61,50 +47,6 @@ class DeploymentSpec:
     @property
     def full_name(self) -> str:
         return f"{FLOW_NAME}/{self.name}"
-
-
-def resolve_config_ref(ref: str, default_path: str | None) -> str:
-    """A run's `config` parameter: a path, or the name of a config next to the deployment's own.
-
-    In the UI's custom-run form an operator may type `weekly` instead of a full path: it is
-    looked up as `weekly.yaml`/`weekly.yml`, then by the `name:` inside, among the YAML files
-    in the directory of the deployment's default config.
-    """
-    if "/" in ref or ref.endswith((".yaml", ".yml")) or not default_path:
-        return ref
-    folder = Path(default_path).parent
-    for suffix in (".yaml", ".yml"):
-        if (folder / f"{ref}{suffix}").is_file():
-            return str(folder / f"{ref}{suffix}")
-    import yaml
-
-    names: dict[str, Path] = {}
-    for candidate in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
-        try:
-            data = yaml.safe_load(candidate.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
-            continue
-        if isinstance(data, dict) and isinstance(data.get("name"), str):
-            names.setdefault(data["name"], candidate)
-    if ref in names:
-        return str(names[ref])
-    raise ConfigError(
-        f"config {ref!r}: no such file, and no config named {ref!r} in {folder} "
-        f"(available: {', '.join(sorted(names)) or 'none'})"
-    )
-
-
-def deployment_default_config() -> str | None:
-    """The `config` default of the deployment running this flow run (None outside one)."""
-    from prefect.client.orchestration import get_client
-    from prefect.runtime import deployment
-
-    dep_id = deployment.id
-    if not dep_id:
-        return None
-    with get_client(sync_client=True) as client:
-        value = (client.read_deployment(dep_id).parameters or {}).get("config")
-    return value if isinstance(value, str) else None
 
 
 def deployment_spec(path: str | Path) -> DeploymentSpec:

@@ -2,12 +2,12 @@
 
 Prefect's task `timeout_seconds` cannot interrupt a blocking call (a stuck engine, a hung
 socket) in a Dask worker thread: measured, it fires only after the call returns. So the flow
-watches the attempts instead (`synthgen.attempts.AttemptWatch`): once a shard's current
+watches the attempts instead (`synthgen.io.attempts.AttemptWatch`): once a shard's current
 attempt has run past the timeout, the shard is submitted again (at most
 `cluster.task_retries` times) and the abandoned attempt's result, should it ever come, is
 ignored (and it commits nothing: `run_shard` reports it `superseded`).
 
-The scheduler (`synthgen.budget.schedule`, through `flows.cost.run_budgeted`) sees one
+The scheduler (`synthgen.cost.budget.schedule`, through `flows.cost.run_budgeted`) sees one
 `ShardRun` per shard; its `result()` is that of the shard's latest attempt.
 """
 
@@ -18,9 +18,9 @@ from typing import Any
 
 from prefect.futures import wait
 
-from synthgen.attempts import AttemptWatch
 from synthgen.config import RunConfig
-from synthgen.storage import Store
+from synthgen.io.attempts import AttemptWatch
+from synthgen.io.store import Store
 
 
 class ShardRun:

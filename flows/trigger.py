@@ -8,54 +8,19 @@ is readable from this shell the whole config is validated too, with the CLI's me
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
-from flows.serve import FLOW_NAME, require_prefect_api
-from synthgen.config import load_config, parse_override
+from flows.refs import FLOW_NAME, SUMMARY_ARTIFACT_PREFIX, require_prefect_api
+from synthgen.config import load_config
+from synthgen.config.secrets import check_overrides
 from synthgen.errors import ConfigError
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
-
-SUMMARY_ARTIFACT_PREFIX = "synthgen-summary"
-# Credential-looking override keys: these would be stored as run parameters in Prefect.
-_SECRET_PART = re.compile(
-    r"^(key|secret|token|password|passwd|session_token|aws_access_key_id|"
-    r"aws_secret_access_key|aws_session_token)$|secret|password|credential",
-    re.I,
-)
-
-
-def check_overrides(overrides: Sequence[str], source: str = "--set") -> list[str]:
-    """Parse every override (same rules as the CLI) and refuse credential-looking keys."""
-    for item in overrides:
-        path, value = parse_override(item)
-        if path and path[-1].lower() == "credentials_block":
-            continue  # the block's *name* is not a secret
-        if any(_SECRET_PART.search(p) for p in path) or _has_secret_key(value):
-            raise ConfigError(
-                f"{source} {'.'.join(path)}=…: credentials may not be passed as run parameters "
-                "(Prefect stores and shows them); use output.credentials_block or the AWS_* "
-                "environment variables of the serving host and workers"
-            )
-    return list(overrides)
-
-
-def _has_secret_key(value: Any) -> bool:
-    """A mapping value (`output.storage_options={key: …, secret: …}`) hiding credentials."""
-    if isinstance(value, dict):
-        return any(
-            (_SECRET_PART.search(str(k)) and str(k) != "credentials_block") or _has_secret_key(v)
-            for k, v in value.items()
-        )
-    if isinstance(value, list):
-        return any(_has_secret_key(v) for v in value)
-    return False
 
 
 @dataclass

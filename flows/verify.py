@@ -21,10 +21,10 @@ import distributed
 from prefect import task
 
 from flows.task_runner import Opaque, unwrap
-from synthgen.cluster import generate_resources
+from synthgen.cluster.client import generate_resources
 from synthgen.config import RunConfig
-from synthgen.pipeline import committed_shards
-from synthgen.storage import Store
+from synthgen.io.store import Store
+from synthgen.stages.generate import committed_shards
 from synthgen.verify.check import VerifyTask, distrust_shard, verify_path, verify_shard
 
 VERIFY_PRIORITY = 10**9  # above generation (plan-order priorities): checks start first

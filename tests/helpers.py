@@ -23,7 +23,7 @@ def fake_config(out: str, **overrides: Any) -> dict[str, Any]:
         "cluster": {"n_workers": 1},
         "output": {"uri": out},
         # the fake engine's word salad fails the quality filters by design; orchestration
-        # tests keep every record (tests/test_clean_flow.py runs the clean stage)
+        # tests keep every record (tests/e2e/test_clean_flow.py runs the clean stage)
         "clean": {"enabled": False},
     }
     for key, value in overrides.items():

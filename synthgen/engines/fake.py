@@ -9,8 +9,8 @@ import uuid
 from collections.abc import Sequence
 
 from synthgen.config import ModelConfig, SamplingConfig
-from synthgen.devices import detect_device
 from synthgen.engines.base import Completion, EngineInfo, GenRequest, Score, ScoreRequest
+from synthgen.engines.devices import detect_device
 
 _WORDS = (
     "the a data model river light stone garden quiet system table market window music "

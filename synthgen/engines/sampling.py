@@ -1,7 +1,7 @@
 """The sampling distribution synthgen's engines claim: temperature, then top-k, then top-p.
 
 One definition serves the transformers engine's sampler and verification's "what would an
-honest sampler score here" (`synthgen.verify.tokenstats`), so the two cannot drift apart.
+honest sampler score here" (`synthgen.engines.tokenstats`), so the two cannot drift apart.
 
 Sorting the whole vocabulary at every step (what transformers' `TopPLogitsWarper` does) costs
 ~50 ms for a 32 x 49k batch on 2 CPU cores, about as much as the forward pass of a 135M

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from synthgen.config import ModelConfig, SamplingConfig
-from synthgen.devices import DeviceInfo, detect_device
 from synthgen.engines.base import Completion, EngineInfo, GenRequest, Score, ScoreRequest
+from synthgen.engines.devices import DeviceInfo, detect_device
 from synthgen.engines.sampling import draw
 from synthgen.errors import EngineError, MissingDependencyError
 
@@ -318,11 +318,11 @@ class TransformersEngine:
 
         The prompt is templated exactly as `generate` does; logits at the positions before
         each completion token give its log-prob, top-k membership and (with `sampling`) the
-        expected log-prob of an honest sampler there (`synthgen.verify.tokenstats`).
+        expected log-prob of an honest sampler there (`synthgen.engines.tokenstats`).
         """
         import torch
 
-        from synthgen.verify.tokenstats import score_from_stats, token_stats
+        from synthgen.engines.tokenstats import score_from_stats, token_stats
 
         self._use_threads()
 

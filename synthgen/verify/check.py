@@ -27,8 +27,8 @@ from synthgen.config import RunConfig
 from synthgen.engines.base import ScoreRequest, ScoringEngine
 from synthgen.engines.cache import get_engine, worker_identity
 from synthgen.errors import EngineError, StorageError
-from synthgen.pipeline import commit_path, shard_path
-from synthgen.storage import Store
+from synthgen.io.store import Store
+from synthgen.stages.generate import commit_path, shard_path
 from synthgen.verify.sample import choose_sample, new_sample_seed
 from synthgen.verify.verdict import judge
 
@@ -170,10 +170,10 @@ def verify_shard(task: VerifyTask) -> VerifyResult:
     seconds = time.perf_counter() - t0
     verdict = judge(scores, vcfg)
 
-    from synthgen.accounting import worker_price
-    from synthgen.cost import Price, verification_row
+    from synthgen.cost.ledger import write_verification_row
+    from synthgen.cost.meter import worker_price
+    from synthgen.cost.prices import Price, verification_row
     from synthgen.errors import ConfigError
-    from synthgen.ledger import write_verification_row
 
     try:  # priced like a generation attempt on this worker
         p = worker_price(cfg, engine.info.device)

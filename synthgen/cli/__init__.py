@@ -1,0 +1,149 @@
+"""The `synthgen` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from synthgen.errors import SynthgenError
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from synthgen.cluster.preflight import run_preflight
+    from synthgen.config import load_config
+    from synthgen.config.secrets import check_overrides, protect
+
+    check_overrides(args.set)  # credentials never become Prefect parameters
+    cfg = load_config(args.config, args.set)  # fail on a bad config before anything starts
+    protect(cfg.model_dump(mode="json"))
+    print(f"synthgen: run {cfg.run_id} ({args.config}) -> {cfg.output.uri}", flush=True)
+    # model, scheduler, credentials, writable output: before the Prefect server or any GPU
+    in_block = cfg.output.credentials_block is not None  # readable only once Prefect is up
+    print(f"synthgen: {run_preflight(cfg, storage=not in_block).render()}", flush=True)
+    if not in_block:
+        from synthgen.io.lease import RunLease
+        from synthgen.io.store import Store
+
+        RunLease(Store(cfg.output), cfg.run_id or "").ensure_free()  # refuse before startup
+    from flows.prefect_env import prefect_api
+
+    with prefect_api():
+        from flows.run import synthgen_run
+        from synthgen.cost.summary import RunSummary
+
+        result = synthgen_run(config=args.config, overrides=args.set or [])
+    print(RunSummary(**result).render_text())
+    if args.summary_json:
+        with open(args.summary_json, "w", encoding="utf-8") as fh:
+            json.dump(result, fh, indent=2, default=str)
+    return 0 if result["status"] == "complete" else 3
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.prefect_env import quiet_defaults
+
+    quiet_defaults()
+    from flows.serve import serve_configs
+
+    serve_configs(args.configs, limit=args.limit)
+    return 0
+
+
+def cmd_trigger(args: argparse.Namespace) -> int:
+    from flows.prefect_env import quiet_defaults
+
+    quiet_defaults()
+    from flows.trigger import trigger
+
+    result = trigger(args.name, args.set, timeout=args.timeout, poll_interval=args.poll)
+    print(result.render(), flush=True)
+    if not result.final:
+        return 4
+    return 0 if result.ok else 3
+
+
+def add_serve_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    serve = sub.add_parser(
+        "serve",
+        help="register one Prefect deployment per config (cron from `schedule`) and serve them",
+    )
+    serve.add_argument("configs", nargs="+", metavar="CONFIG", help="run config YAML files")
+    serve.add_argument(
+        "--limit", type=int, default=None, help="most runs executing at once (default: no limit)"
+    )
+    serve.set_defaults(func=cmd_serve)
+    trig = sub.add_parser(
+        "trigger", help="start a served deployment's run, wait, print its final state and summary"
+    )
+    trig.add_argument("name", help="deployment name (the config's name), or FLOW/DEPLOYMENT")
+    trig.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a config value for this run (YAML syntax), repeatable",
+    )
+    trig.add_argument(
+        "--timeout", type=float, default=None, help="stop waiting after this many seconds"
+    )
+    trig.add_argument("--poll", type=float, default=2.0, help=argparse.SUPPRESS)
+    trig.set_defaults(func=cmd_trigger)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="synthgen", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run (or resume) a generation run from a YAML config")
+    run.add_argument("config", help="path to a run config, e.g. configs/default.yaml")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a config value (YAML syntax), repeatable",
+    )
+    run.add_argument("--summary-json", metavar="PATH", help="also write the summary as JSON")
+    run.set_defaults(func=cmd_run)
+    from synthgen.cli.cost import add_cost_commands
+
+    add_cost_commands(sub)
+    add_serve_commands(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SynthgenError as exc:
+        from synthgen.config.secrets import MASKER
+        from synthgen.errors import StorageError
+
+        hint = ""
+        if isinstance(exc, StorageError):
+            hint = "\nsynthgen: committed shards are kept; re-run the same command to resume"
+        print(f"synthgen: error: {MASKER.mask(str(exc))}{hint}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("synthgen: interrupted; committed shards are kept, re-run to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        from synthgen.config.secrets import MASKER
+        from synthgen.io.store import is_transient
+
+        if not is_transient(exc):
+            raise
+        # a storage/network error that escaped the retry helper (already retried by botocore)
+        print(
+            f"synthgen: error: storage unreachable: {type(exc).__name__}: "
+            f"{MASKER.mask(str(exc))}\n"
+            "synthgen: committed shards are kept; re-run the same command to resume",
+            file=sys.stderr,
+        )
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Which Dask cluster a run uses, how it is reached (TLS), and where tasks may run.
+
+A run either starts a LocalCluster sized from config or joins an existing scheduler at
+`cluster.address`. Across machines the transport is TLS with a CA-signed client
+certificate (`cluster.tls`); plain `tcp://` is accepted only to a loopback host unless
+`cluster.allow_insecure` says otherwise. Generate tasks that need a GPU ask for one unit
+of the `cluster.gpu_resource` resource, which only GPU workers advertise.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from synthgen.config.transport import transport_problem
+from synthgen.errors import ConfigError
+
+if TYPE_CHECKING:
+    from distributed.security import Security
+
+    from synthgen.config import ClusterConfig, RunConfig
+
+# What a GPU worker started by infra/start-gpu-workers.sh advertises in its environment.
+ENV_GPU_TYPE = "SYNTHGEN_GPU_TYPE"
+ENV_PRICE_PER_HOUR = "SYNTHGEN_PRICE_PER_HOUR"
+
+
+def check_cluster(cfg: ClusterConfig) -> None:
+    problem = transport_problem(cfg)
+    if problem:
+        raise ConfigError(problem)
+
+
+def _readable(key: str, value: str) -> str:
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{key}: {path} does not exist (make it with infra/make-certs.sh)")
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(64)
+    except OSError as exc:
+        raise ConfigError(f"{key}: {path} is not readable: {exc.strerror}") from exc
+    if b"-----BEGIN" not in head:
+        raise ConfigError(f"{key}: {path} is not a PEM file")
+    return str(path)
+
+
+def security_from_config(cfg: ClusterConfig) -> Security | None:
+    """distributed `Security` for the client side (the flow), or None without TLS."""
+    check_cluster(cfg)
+    if cfg.tls is None:
+        return None
+    from distributed.security import Security
+
+    return Security(
+        tls_ca_file=_readable("cluster.tls.ca_file", cfg.tls.ca_file),
+        tls_client_cert=_readable("cluster.tls.cert_file", cfg.tls.cert_file),
+        tls_client_key=_readable("cluster.tls.key_file", cfg.tls.key_file),
+        require_encryption=True,
+    )
+
+
+def task_runner_kwargs(cfg: ClusterConfig) -> dict[str, Any]:
+    """Keyword arguments for `prefect_dask.DaskTaskRunner` (address checks and TLS applied)."""
+    check_cluster(cfg)
+    if cfg.address:
+        kwargs: dict[str, Any] = {"address": cfg.address}
+        security = security_from_config(cfg)
+        if security is not None:
+            kwargs["client_kwargs"] = {"security": security}
+        return kwargs
+    return {
+        "cluster_class": "synthgen.cluster.client.local_cluster",
+        "cluster_kwargs": {
+            "n_workers": cfg.n_workers,
+            "threads_per_worker": cfg.threads_per_worker,
+            "processes": True,
+            "memory_limit": cfg.memory_limit,
+            "dashboard_address": "127.0.0.1:0",
+        },
+    }
+
+
+def generate_needs_gpu(cfg: RunConfig) -> bool:
+    """Whether generate tasks must run on a GPU worker (`cluster.gpu_tasks`, else the engine)."""
+    if cfg.cluster.gpu_tasks is not None:
+        return cfg.cluster.gpu_tasks
+    return cfg.model.needs_gpu
+
+
+def generate_resources(cfg: RunConfig) -> dict[str, float] | None:
+    """Dask resources for one generate task: `{gpu_resource: 1}` or None (any worker).
+
+    Use as `with dask.annotate(resources=...)` around the task submission.
+    """
+    if not generate_needs_gpu(cfg):
+        return None
+    if cfg.cluster.address is None:
+        # A LocalCluster's workers share this machine's devices and advertise no resources:
+        # a constrained task would wait forever, so none is asked for.
+        return None
+    return {cfg.cluster.gpu_resource: 1.0}
+
+
+def worker_advertised(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """GPU type and hourly price this worker process was started with (worker side).
+
+    Set by infra/start-gpu-workers.sh; empty on workers started otherwise.
+    """
+    env = os.environ if environ is None else environ
+    out: dict[str, Any] = {}
+    gpu_type = env.get(ENV_GPU_TYPE, "").strip()
+    if gpu_type:
+        out["gpu_type"] = gpu_type
+    price = env.get(ENV_PRICE_PER_HOUR, "").strip()
+    if price:
+        try:
+            value = float(price)
+        except ValueError:
+            raise ConfigError(f"{ENV_PRICE_PER_HOUR}={price!r} is not a number") from None
+        if value < 0 or value != value:
+            raise ConfigError(f"{ENV_PRICE_PER_HOUR}={price!r} must be a non-negative number")
+        out["price_per_hour"] = value
+    return out
+
+
+def local_cluster(**kwargs: Any) -> Any:
+    """A LocalCluster whose scheduler keeps no extra tasks queued on busy workers
+    (`worker-saturation: 1.0`), so the last shards go to whichever worker frees up first."""
+    import dask
+    from distributed import LocalCluster
+
+    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+        return LocalCluster(**kwargs)

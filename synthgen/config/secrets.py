@@ -1,0 +1,182 @@
+"""Keeping credentials out of logs, Prefect parameters and outputs.
+
+- `SecretMasker` replaces every known secret value (from the config's credential-looking keys
+  and from credential environment variables) with `***` in every log record this process
+  creates, tracebacks included, whichever logger or handler (Prefect's API log handler too).
+- `stash_secrets` / `restore_secrets`: a config dict handed to a Prefect (sub)flow carries
+  `***` placeholders; the real values stay in this process's memory and are put back only
+  in the arguments of tasks, which Prefect does not store (they travel to Dask workers,
+  over TLS on a real cluster).
+- `check_overrides` refuses credentials given as `--set` overrides: those become Prefect
+  flow-run parameters, which are stored in plain text by the Prefect server.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import re
+import threading
+import traceback
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from synthgen.config import parse_override, redact
+from synthgen.errors import ConfigError
+
+MASK = "***"
+MIN_SECRET_LEN = 6  # shorter values would mask ordinary words in every log line
+_SECRET_ENV = re.compile(r"(SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|API_KEY|ACCESS_KEY)", re.I)
+
+
+def _walk_secrets(original: Any, redacted: Any, out: set[str]) -> None:
+    if isinstance(original, dict) and isinstance(redacted, dict):
+        for k, v in original.items():
+            _walk_secrets(v, redacted.get(k), out)
+    elif isinstance(original, list) and isinstance(redacted, list):
+        for a, b in zip(original, redacted, strict=False):
+            _walk_secrets(a, b, out)
+    elif redacted == MASK and original != MASK and original is not None:
+        out.add(str(original))
+
+
+def config_secrets(config: dict[str, Any]) -> set[str]:
+    """Values of the credential-looking keys of a config dict (the same rule as `redact`)."""
+    out: set[str] = set()
+    _walk_secrets(config, redact(config), out)
+    return {s for s in out if len(s) >= MIN_SECRET_LEN}
+
+
+def env_secrets(environ: dict[str, str] | None = None) -> set[str]:
+    """Values of environment variables whose names say they hold credentials."""
+    env = os.environ if environ is None else environ
+    return {v for k, v in env.items() if _SECRET_ENV.search(k) and len(v) >= MIN_SECRET_LEN}
+
+
+class SecretMasker:
+    """Masks known secret values in every log record of this process once installed."""
+
+    def __init__(self) -> None:
+        self._values: set[str] = set()
+        self._pattern: re.Pattern[str] | None = None
+        self._lock = threading.Lock()
+        self._previous: Any = None
+
+    def add(self, values: Iterable[str]) -> None:
+        with self._lock:
+            self._values.update(v for v in values if v and len(v) >= MIN_SECRET_LEN)
+            ordered = sorted(self._values, key=len, reverse=True)  # longest first
+            self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+
+    def mask(self, text: str) -> str:
+        pattern = self._pattern
+        return pattern.sub(MASK, text) if pattern is not None and text else text
+
+    def _factory(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = self._previous(*args, **kwargs)
+        if self._pattern is None:
+            return record
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string is logging's problem, not ours
+            return record
+        masked = self.mask(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and record.exc_info[1] is not None:
+            text = "".join(traceback.format_exception(*record.exc_info))
+            record.exc_text = self.mask(text).rstrip("\n")
+        return record
+
+    def install(self) -> None:
+        """Wrap the log-record factory (idempotent)."""
+        with self._lock:
+            if self._previous is not None:
+                return
+            self._previous = logging.getLogRecordFactory()
+            logging.setLogRecordFactory(self._factory)
+
+    def uninstall(self) -> None:
+        with self._lock:
+            if self._previous is not None:
+                logging.setLogRecordFactory(self._previous)
+                self._previous = None
+
+
+MASKER = SecretMasker()
+
+
+def protect(config: dict[str, Any] | None = None) -> SecretMasker:
+    """Install the process-wide masker with the config's and the environment's secrets."""
+    MASKER.add(env_secrets())
+    if config is not None:
+        MASKER.add(config_secrets(config))
+    MASKER.install()
+    return MASKER
+
+
+# --------------------------------------------------------------------------- flow parameters
+_STASH: dict[str, dict[str, Any]] = {}
+_STASH_LOCK = threading.Lock()
+
+
+def _key(config: dict[str, Any]) -> str:
+    return f"{config.get('name')}/{config.get('run_id')}"
+
+
+def stash_secrets(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `config` with credentials replaced by `***`; the original is kept in memory
+    for `restore_secrets` in this process."""
+    public = redact(config)
+    if public != config:
+        with _STASH_LOCK:
+            _STASH[_key(config)] = copy.deepcopy(config)
+    return public
+
+
+def restore_secrets(config: dict[str, Any]) -> dict[str, Any]:
+    """The full config for a `stash_secrets` copy (unchanged if it carries no placeholders)."""
+    if not config_has_placeholders(config):
+        return config
+    with _STASH_LOCK:
+        full = _STASH.get(_key(config))
+    if full is None:
+        raise ConfigError(
+            f"run {config.get('run_id')}: the config reached this process with its credentials "
+            "redacted; give them through the environment (AWS_ACCESS_KEY_ID, "
+            "AWS_SECRET_ACCESS_KEY) of the processes that run the flow and the workers"
+        )
+    return full
+
+
+def config_has_placeholders(config: Any) -> bool:
+    if isinstance(config, dict):
+        return any(config_has_placeholders(v) for v in config.values())
+    if isinstance(config, list):
+        return any(config_has_placeholders(v) for v in config)
+    return config == MASK
+
+
+def check_overrides(overrides: Sequence[str], source: str = "--set") -> list[str]:
+    """The one override check, for every way a run starts (CLI, trigger, flow parameters):
+    each override parses, and none carries a credential (overrides are stored as Prefect
+    flow-run parameters). What counts as a credential is the config's own rule (`redact`),
+    applied to the override as the nested mapping it sets."""
+    for item in overrides:
+        path, value = parse_override(item)
+        nested: dict[str, Any] = {}
+        node = nested
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+        if redact(nested) != nested:
+            raise ConfigError(
+                f"{source} {'.'.join(path)}=…: credentials may not be passed as run parameters: "
+                "overrides are stored as Prefect flow-run parameters; use "
+                "output.credentials_block, the environment of the serving host and workers "
+                "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE) "
+                "or the YAML config file (output.storage_options), which is never "
+                "sent to Prefect"
+            )
+    return list(overrides)

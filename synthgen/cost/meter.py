@@ -1,0 +1,127 @@
+"""The pipeline's side of the ledger: meter one shard attempt and write its row.
+
+    meter = AttemptMeter.start(cfg, shard_id, attempt, device)    # after the engine loaded
+    ...generate, write the shard...
+    row = meter.finish(fs, root, counts, "succeeded")             # before the commit marker
+On an exception, `meter.finish(..., status="failed", error=...)` writes the failed
+attempt's row too (it cost money), then the caller re-raises.
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from fsspec.spec import AbstractFileSystem
+
+from synthgen.config import RunConfig
+from synthgen.cost import usage
+from synthgen.cost.ledger import write_ledger_row, write_worker_row
+from synthgen.cost.prices import (
+    AttemptStatus,
+    Price,
+    ShardAttempt,
+    ledger_row,
+    parse_device_label,
+    price_for_device,
+    worker_price_override,
+)
+from synthgen.errors import ConfigError
+
+
+def gpus_used(cfg: RunConfig) -> int:
+    return cfg.model.vllm.tensor_parallel_size if cfg.model.engine == "vllm" else 1
+
+
+def worker_price(cfg: RunConfig, device_label: str) -> Price:
+    """This worker's price for `device_label`; refuses an unpriced device under a budget."""
+    price = price_for_device(
+        parse_device_label(device_label), cfg.cost, worker_price_override(), gpus_used(cfg)
+    )
+    if price.source == "unknown" and cfg.budget.max_cost_usd is not None:
+        raise ConfigError(
+            f"cost.prices: no price for device {device_label!r} and budget.max_cost_usd is set: "
+            f"a budget cannot be kept on an unpriced device; add cost.prices.<name> or start "
+            f"the worker with SYNTHGEN_PRICE_PER_HOUR"
+        )
+    return price
+
+
+@dataclass
+class Counts:
+    prompts: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    kept_records: int | None = None
+    kept_tokens: int | None = None
+    engine_seconds: float = 0.0
+
+
+@dataclass
+class AttemptMeter:
+    cfg: RunConfig
+    shard_id: str
+    attempt: int
+    device: str
+    model: str
+    price: Price
+    worker: str
+    started_at: datetime
+    attempt_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    @classmethod
+    def start(
+        cls, cfg: RunConfig, shard_id: str, attempt: int, device: str, model: str
+    ) -> AttemptMeter:
+        """Start the clock (call after the engine is loaded: load time is the worker's)."""
+        price = worker_price(cfg, device)
+        return cls(
+            cfg, shard_id, attempt, device, model, price, usage.worker_address(), datetime.now(UTC)
+        )
+
+    def finish(
+        self,
+        fs: AbstractFileSystem,
+        run_root: str,
+        counts: Counts,
+        status: AttemptStatus,
+        error: str | None = None,
+    ) -> dict[str, Any]:
+        """Stop the clock, write the ledger row and this worker's usage row; return the row."""
+        row = ledger_row(
+            ShardAttempt(
+                run_id=self.cfg.run_id or "",
+                shard_id=self.shard_id,
+                attempt=self.attempt,
+                attempt_id=self.attempt_id,
+                worker=self.worker,
+                host=socket.gethostname(),
+                device=self.device,
+                model=self.model,
+                price=self.price,
+                started_at=self.started_at,
+                finished_at=datetime.now(UTC),
+                engine_seconds=counts.engine_seconds,
+                prompts=counts.prompts,
+                prompt_tokens=counts.prompt_tokens,
+                completion_tokens=counts.completion_tokens,
+                kept_records=counts.kept_records,
+                kept_tokens=counts.kept_tokens,
+                status=status,
+                error=error[:2000] if error else None,
+            )
+        )
+        write_ledger_row(fs, run_root, row)
+        usage.record_attempt(row["run_id"], row["wall_seconds"], status == "succeeded", self.device)
+        # keep a worker row current, so a worker that dies later still has one
+        write_worker_row(
+            fs,
+            run_root,
+            usage.snapshot(
+                row["run_id"], self.cfg.cost, device_pref=self.cfg.model.device, price=self.price
+            ),
+        )
+        return row

@@ -1,0 +1,103 @@
+"""Shard attempts: which ran, which committed, which were lost; and the shard timeout.
+
+Every attempt of a shard writes `runs/RUN_ID/attempts/SHARD.N.UID.json` when it starts (see
+`pipeline.run_shard`). An attempt is *committed* when the shard's commit marker names its
+number, *lost* otherwise (its worker died, it was timed out, or it raised).
+
+`AttemptWatch` is the shard timeout. A Python thread cannot be interrupted inside a blocking
+call (Prefect's `timeout_seconds` only fires after the call returns when a task runs in a Dask
+worker thread), so the flow watches attempts instead: an attempt is timed from the moment the
+flow first sees its marker, on the flow's own clock (no cross-host clock skew), and the flow
+re-submits the shard once it is overdue. The abandoned attempt, should it ever return, finds
+the commit marker and writes nothing (`status="superseded"`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from synthgen.io.store import Store
+
+
+@dataclass(frozen=True)
+class AttemptName:
+    shard_id: str
+    attempt: int
+    name: str
+
+    @classmethod
+    def parse(cls, name: str) -> AttemptName | None:
+        parts = name.removesuffix(".json").rsplit(".", 2)
+        if len(parts) != 3 or not parts[1].isdigit():
+            return None
+        return cls(parts[0], int(parts[1]), name)
+
+
+def attempt_dir(store: Store, run_id: str) -> str:
+    return store.run_path(run_id, "attempts")
+
+
+def attempt_history(store: Store, run_id: str) -> list[dict[str, Any]]:
+    """Every attempt of the run, oldest first per shard, with `outcome` committed | lost |
+    running (no commit yet for its shard)."""
+    from synthgen.stages.generate import committed_shards
+
+    commits = committed_shards(store, run_id)
+    out = []
+    for name in store.ls(attempt_dir(store, run_id)):
+        parsed = AttemptName.parse(name)
+        if parsed is None:
+            continue
+        marker = store.read_json(store.run_path(run_id, "attempts", name))
+        commit = commits.get(parsed.shard_id)
+        if commit is None:
+            outcome = "running"
+        elif int(commit["result"].get("attempt", 0)) == parsed.attempt:
+            outcome = "committed"
+        else:
+            outcome = "lost"
+        out.append({**marker, "attempt": parsed.attempt, "outcome": outcome})
+    out.sort(key=lambda a: (a["shard_id"], a["attempt"]))
+    return out
+
+
+class AttemptWatch:
+    """Times shard attempts from when their start markers appear; says which are overdue."""
+
+    def __init__(
+        self,
+        store: Store,
+        run_id: str,
+        timeout_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.timeout_s = timeout_s
+        self.clock = clock
+        self._seen: dict[str, tuple[int, float]] = {}  # shard -> (latest attempt, first seen)
+        self._flagged: set[tuple[str, int]] = set()
+
+    def poll(self) -> None:
+        now = self.clock()
+        for name in self.store.ls(attempt_dir(self.store, self.run_id)):
+            parsed = AttemptName.parse(name)
+            if parsed is None:
+                continue
+            latest = self._seen.get(parsed.shard_id)
+            if latest is None or parsed.attempt > latest[0]:
+                self._seen[parsed.shard_id] = (parsed.attempt, now)
+
+    def overdue(self, shard_id: str) -> int | None:
+        """The attempt number of `shard_id` that has run past the timeout (once per attempt)."""
+        latest = self._seen.get(shard_id)
+        if latest is None:
+            return None
+        attempt, since = latest
+        if self.clock() - since < self.timeout_s or (shard_id, attempt) in self._flagged:
+            return None
+        self._flagged.add((shard_id, attempt))
+        return attempt

@@ -1,0 +1,95 @@
+"""The per-shard clean step, run on the worker right after generation.
+
+Fills `text_hash` (xxhash64 of the normalised completion), `minhash` (uint32 signature)
+and `drop_reason` (quality filters, then exact/near duplicates inside the shard; null =
+kept) and returns the count of each drop reason. Dropped rows stay in the raw shard.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+
+from synthgen.config import CleanConfig
+from synthgen.io.schema import RECORD_SCHEMA
+from synthgen.stages.dedup.local import duplicate_reasons
+from synthgen.stages.dedup.minhash import MinHasher
+from synthgen.stages.dedup.normalize import text_hash
+from synthgen.stages.quality import Doc, build_filters
+
+REJECTED = "rejected_prompt"
+
+
+def minhasher(cfg: CleanConfig) -> MinHasher:
+    n = cfg.near
+    return MinHasher(
+        num_perm=n.num_perm,
+        shingle=n.shingle,
+        shingle_size=n.shingle_size,
+        seed=n.seed,
+        stratified=n.stratified,
+    )
+
+
+def _set(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
+    idx = table.schema.get_field_index(name)
+    field = RECORD_SCHEMA.field(name)
+    if idx < 0:
+        return table.append_column(field, values)
+    return table.set_column(idx, field, values)
+
+
+def clean_shard(table: pa.Table, cfg: CleanConfig) -> tuple[pa.Table, dict[str, int]]:
+    """The table with text_hash, minhash and drop_reason filled, and {reason: count}."""
+    for col in ("prompt_id", "completion", "finish_reason"):
+        if col not in table.column_names:
+            shard = _first(table, "shard_id")
+            raise ValueError(f"clean_shard({shard}): the table has no {col!r} column")
+    texts = [t or "" for t in table.column("completion").to_pylist()]
+    finish = table.column("finish_reason").to_pylist()
+    prompt_ids = table.column("prompt_id").to_pylist()
+    n = len(texts)
+
+    hashes = np.fromiter((text_hash(t) for t in texts), dtype=np.uint64, count=n)
+    reasons: list[str | None] = [REJECTED if f == "rejected" else None for f in finish]
+
+    sigs: np.ndarray | None = None
+    if cfg.enabled and cfg.near.enabled:
+        sigs = minhasher(cfg).signatures(texts)
+
+    if cfg.enabled:
+        filters = build_filters(cfg.filters)
+        for i in range(n):
+            if reasons[i] is None:
+                reasons[i] = filters.reason(Doc(texts[i], finish[i] or "stop"))
+        eligible = np.array([r is None for r in reasons], dtype=bool)
+        dups = duplicate_reasons(
+            prompt_ids,
+            hashes,
+            sigs,
+            eligible,
+            cfg.near if cfg.near.enabled else None,
+            exact=cfg.exact.enabled,
+        )
+        for i, why in dups.items():
+            reasons[i] = why
+
+    table = _set(table, "text_hash", pa.array(hashes, type=pa.uint64()))
+    if sigs is None:
+        mh = pa.nulls(n, type=pa.list_(pa.uint32()))
+    else:
+        flat = pa.array(sigs.ravel(), type=pa.uint32())
+        offsets = pa.array(np.arange(0, n + 1, dtype=np.int32) * sigs.shape[1], type=pa.int32())
+        mh = pa.ListArray.from_arrays(offsets, flat)
+    table = _set(table, "minhash", mh)
+    table = _set(table, "drop_reason", pa.array(reasons, type=pa.string()))
+    counts = Counter(r for r in reasons if r is not None)
+    return table, dict(sorted(counts.items()))
+
+
+def _first(table: pa.Table, col: str) -> str:
+    if col in table.column_names and table.num_rows:
+        return str(table.column(col)[0].as_py())
+    return "<shard>"

@@ -1,0 +1,331 @@
+"""Cross-shard dedup on a Dask cluster: map (band keys) -> shuffle -> verify -> resolve.
+
+Only the columns prompt_id, shard_id, text_hash, minhash and drop_reason are read; the
+text never leaves the shard files. Stages, all run as tasks on the cluster:
+
+1. map:     per group of shard files, each kept row emits one key per LSH band plus its
+            text hash; keys are split into `partitions` parts by key value.
+2. reduce:  part j of every map output is gathered on one worker (the shuffle); rows
+            sharing a key become candidate pairs.
+3. verify:  per group of files, candidate pairs whose first row lives there are checked
+            (equal text hash, or estimated Jaccard >= threshold) with the signatures.
+4. resolve: union-find over the verified edges; in each cluster the lowest
+            (prompt_id, shard_id) is kept (a record of an earlier published dataset
+            always wins), every other member is dropped as exact or near duplicate.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from synthgen.config import CleanConfig
+from synthgen.stages.dedup.clusters import candidate_pairs, resolve
+from synthgen.stages.dedup.lsh import band_keys, estimated_jaccard
+from synthgen.stages.dedup.minhash import splitmix64
+
+COLUMNS = ["prompt_id", "shard_id", "text_hash", "minhash", "drop_reason"]
+INDEX_COLUMNS = ["prompt_id", "shard_id", "run_id", "text_hash", "minhash"]
+_EXACT_SALT = np.uint64(0xE8AC7D0D5EED)
+_ROW_BITS = 32
+
+DROPS_SCHEMA = pa.schema(
+    [
+        pa.field("shard_id", pa.string(), nullable=False),
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One file the stage reads: a committed shard, or a published dedup-index part."""
+
+    path: str
+    prior: bool = False  # rows of an earlier published dataset: never dropped
+
+
+@dataclass(frozen=True)
+class _Params:
+    bands: int
+    rows: int
+    threshold: float
+    exact: bool
+    near: bool
+    num_perm: int
+    max_bucket_pairs: int
+    partitions: int
+    run_id: str | None
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    filesystem: Any = None  # an fsspec filesystem (pickled to the workers); else from URLs
+
+
+@dataclass
+class DedupResult:
+    drops: pa.Table  # shard_id, prompt_id, reason (exact_duplicate | near_duplicate)
+    counts: dict[str, int]
+    candidate_pairs: int
+    verified_pairs: int
+    rows: int  # kept rows of the run's shards that took part
+
+    def by_shard(self) -> dict[str, dict[str, str]]:
+        """shard_id -> {prompt_id: reason}."""
+        out: dict[str, dict[str, str]] = {}
+        for s, p, r in zip(
+            *(self.drops.column(c).to_pylist() for c in DROPS_SCHEMA.names), strict=True
+        ):
+            out.setdefault(s, {})[p] = r
+        return out
+
+
+# ---------------------------------------------------------------------------- reading
+def _read(src: Source, p: _Params) -> pa.Table:
+    import fsspec
+
+    if p.filesystem is not None:
+        fs, path = p.filesystem, src.path
+    else:
+        fs, path = fsspec.core.url_to_fs(src.path, **p.storage_options)
+    try:
+        if src.prior:
+            t = pq.read_table(path, columns=INDEX_COLUMNS, filesystem=fs)
+            if p.run_id is not None:
+                import pyarrow.compute as pc
+
+                t = t.filter(pc.not_equal(t.column("run_id"), p.run_id))
+            return t.drop_columns(["run_id"])
+        t = pq.read_table(path, columns=COLUMNS, filesystem=fs)
+    except (OSError, pa.ArrowInvalid, KeyError) as exc:
+        raise OSError(f"cross-shard dedup: cannot read {src.path}: {exc}") from exc
+    import pyarrow.compute as pc
+
+    return t.filter(pc.is_null(t.column("drop_reason"))).drop_columns(["drop_reason"])
+
+
+def _signatures(t: pa.Table, src: Source, num_perm: int) -> np.ndarray:
+    col = t.column("minhash").combine_chunks()
+    if col.null_count:
+        raise ValueError(f"{src.path}: {col.null_count} kept rows have no minhash signature")
+    flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.uint32, copy=False)
+    if len(t) and len(flat) != len(t) * num_perm:
+        raise ValueError(
+            f"{src.path}: minhash signatures are not {num_perm} long "
+            f"(clean.near.num_perm changed since the shard was written?)"
+        )
+    return flat.reshape(len(t), num_perm)
+
+
+# ---------------------------------------------------------------------------- stages
+def _map(sources: list[tuple[int, Source]], p: _Params) -> list[Any]:
+    """Per partition: (keys, node ids, kind 0=exact/1=near); last item: kept rows read
+    from the run's own shards."""
+    keys_l, ids_l, kind_l = [], [], []
+    n_rows = 0
+    for fidx, src in sources:
+        t = _read(src, p)
+        n = len(t)
+        n_rows += 0 if src.prior else n
+        if n == 0:
+            continue
+        ids = (np.int64(fidx) << _ROW_BITS) + np.arange(n, dtype=np.int64)
+        if p.exact:
+            h = t.column("text_hash").to_numpy(zero_copy_only=False).astype(np.uint64)
+            keys_l.append(splitmix64(h ^ _EXACT_SALT))
+            ids_l.append(ids)
+            kind_l.append(np.zeros(n, np.uint8))
+        if p.near:
+            k = band_keys(_signatures(t, src, p.num_perm), p.bands, p.rows)
+            keys_l.append(k.ravel())
+            ids_l.append(np.repeat(ids, p.bands))
+            kind_l.append(np.ones(n * p.bands, np.uint8))
+    if not keys_l:
+        empty = (np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.uint8))
+        return [empty] * p.partitions + [n_rows]
+    keys, ids, kind = np.concatenate(keys_l), np.concatenate(ids_l), np.concatenate(kind_l)
+    part = (keys % np.uint64(p.partitions)).astype(np.int64)
+    order = np.argsort(part, kind="stable")
+    bounds = np.searchsorted(part[order], np.arange(p.partitions + 1))
+    out = []
+    for j in range(p.partitions):
+        sel = order[bounds[j] : bounds[j + 1]]
+        out.append((keys[sel], ids[sel], kind[sel]))
+    return [*out, n_rows]
+
+
+def _reduce(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], p: _Params) -> np.ndarray:
+    """Candidate pairs (a, b, kind) among rows sharing a key in this partition."""
+    if not parts:
+        return np.zeros((0, 3), np.int64)
+    keys = np.concatenate([x[0] for x in parts])
+    ids = np.concatenate([x[1] for x in parts])
+    kind = np.concatenate([x[2] for x in parts])
+    out = []
+    for k in (0, 1):
+        sel = kind == k
+        pairs = candidate_pairs(keys[sel], ids[sel], p.max_bucket_pairs)
+        out.append(np.column_stack([pairs, np.full(len(pairs), k, np.int64)]))
+    return np.concatenate(out)
+
+
+def _verify(
+    group: list[tuple[int, Source]],
+    all_sources: list[Source],
+    candidates: list[np.ndarray],
+    p: _Params,
+) -> list[tuple]:
+    """Verified edges whose first row lives in this group's files, with node metadata:
+    (node_a, node_b, kind, meta_a, meta_b), meta = (prompt_id, shard_id, hash, prior)."""
+    mine = {fidx for fidx, _ in group}
+    cand = np.concatenate(candidates) if candidates else np.zeros((0, 3), np.int64)
+    cand = cand[np.isin(cand[:, 0] >> _ROW_BITS, list(mine))] if len(cand) else cand
+    if len(cand) == 0:
+        return []
+    # one row per (a, b): exact wins over near
+    order = np.lexsort((cand[:, 2], cand[:, 1], cand[:, 0]))
+    cand = cand[order]
+    first = np.concatenate(([True], np.any(cand[1:, :2] != cand[:-1, :2], axis=1)))
+    cand = cand[first]
+    files = np.unique(np.concatenate([cand[:, 0], cand[:, 1]]) >> _ROW_BITS)
+    tables: dict[int, tuple[list[str], list[str], np.ndarray, np.ndarray | None]] = {}
+    for f in files.tolist():
+        src = all_sources[f]
+        t = _read(src, p)
+        sig = _signatures(t, src, p.num_perm) if p.near else None
+        h = t.column("text_hash").to_numpy(zero_copy_only=False).astype(np.uint64)
+        tables[f] = (t.column("prompt_id").to_pylist(), t.column("shard_id").to_pylist(), h, sig)
+
+    def meta(node: int) -> tuple[str, str, int, bool]:
+        f, r = node >> _ROW_BITS, node & ((1 << _ROW_BITS) - 1)
+        pid, sid, h, _ = tables[f]
+        return (pid[r], sid[r], int(h[r]), all_sources[f].prior)
+
+    def sig_of(nodes: np.ndarray) -> np.ndarray:
+        out = np.empty((len(nodes), p.num_perm), np.uint32)
+        for i, node in enumerate(nodes.tolist()):
+            f, r = node >> _ROW_BITS, node & ((1 << _ROW_BITS) - 1)
+            out[i] = tables[f][3][r]
+        return out
+
+    edges: list[tuple] = []
+    exact_mask = cand[:, 2] == 0
+    ex = cand[exact_mask]
+    for a, b, _k in ex.tolist():
+        ma, mb = meta(a), meta(b)
+        if ma[2] == mb[2]:  # equal text hash (guards against a band-key collision)
+            edges.append((a, b, 0, ma, mb))
+    near = cand[~exact_mask]
+    if len(near) and p.near:
+        est = estimated_jaccard(sig_of(near[:, 0]), sig_of(near[:, 1]))
+        for (a, b, _k), e in zip(near.tolist(), est.tolist(), strict=True):
+            if e >= p.threshold:
+                edges.append((a, b, 1, meta(a), meta(b)))
+    return edges
+
+
+def _resolve(edge_lists: list[list[tuple]]) -> tuple[pa.Table, int]:
+    rank: dict[int, tuple] = {}
+    hashes: dict[int, int] = {}
+    prior: list[int] = []
+    meta: dict[int, tuple] = {}
+    edges = []
+    for lst in edge_lists:
+        for a, b, _k, ma, mb in lst:
+            for node, m in ((a, ma), (b, mb)):
+                if node not in rank:
+                    rank[node] = (0 if m[3] else 1, m[0], m[1])
+                    hashes[node] = m[2]
+                    meta[node] = m
+                    if m[3]:
+                        prior.append(node)
+            edges.append((a, b))
+    reasons = resolve(edges, rank, hashes, keep_always=prior)
+    rows = sorted((meta[n][1], meta[n][0], r) for n, r in reasons.items())
+    cols = list(zip(*rows, strict=True)) if rows else [[], [], []]
+    table = pa.table([pa.array(c, pa.string()) for c in cols], schema=DROPS_SCHEMA)
+    return table, len(edges)
+
+
+# ---------------------------------------------------------------------------- driver
+def _groups(items: list[tuple[int, Source]], n: int) -> list[list[tuple[int, Source]]]:
+    n = max(1, min(n, len(items)))
+    return [items[i::n] for i in range(n)]
+
+
+def cross_shard_dedup(
+    client: Any,
+    shard_paths: Sequence[str],
+    cfg: CleanConfig,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    filesystem: Any = None,
+    prior_index_paths: Sequence[str] = (),
+    run_id: str | None = None,
+) -> DedupResult:
+    """Run-wide exact + near duplicates over committed shard files, on `client`'s cluster.
+
+    Paths are URLs opened with `storage_options`, or paths inside `filesystem` (an fsspec
+    filesystem, e.g. the run's `Store.fs`).
+    `prior_index_paths`: parts of a published dataset's dedup index (its rows always win);
+    rows of it that carry `run_id` are ignored (a re-published run does not drop itself).
+    Returns the rows to drop; the shard files are not modified.
+    """
+    bands, rows = cfg.near.lsh_params()
+    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    partitions = cfg.global_partitions or 2 * n_workers
+    p = _Params(
+        bands=bands,
+        rows=rows,
+        threshold=cfg.near.threshold,
+        exact=cfg.exact.enabled,
+        near=cfg.near.enabled,
+        num_perm=cfg.near.num_perm,
+        max_bucket_pairs=cfg.near.max_bucket_pairs,
+        partitions=partitions,
+        run_id=run_id,
+        storage_options=dict(storage_options or {}),
+        filesystem=filesystem,
+    )
+    sources = [Source(s) for s in sorted(shard_paths)] + [
+        Source(s, prior=True) for s in sorted(prior_index_paths)
+    ]
+    if not sources or not (p.exact or p.near):
+        return DedupResult(DROPS_SCHEMA.empty_table(), {}, 0, 0, 0)
+    indexed = list(enumerate(sources))
+    groups = _groups(indexed, 2 * n_workers)
+    maps = [client.submit(_map, g, p, pure=False) for g in groups]
+    counts = [client.submit(operator.getitem, m, partitions, pure=False) for m in maps]
+    reduces = []
+    for j in range(partitions):
+        parts = [client.submit(operator.getitem, m, j, pure=False) for m in maps]
+        reduces.append(client.submit(_reduce, parts, p, pure=False))
+    cand_n = client.submit(lambda xs: int(sum(len(x) for x in xs)), reduces, pure=False)
+    verified = [client.submit(_verify, g, sources, reduces, p, pure=False) for g in groups]
+    resolved = client.submit(_resolve, verified, pure=False)
+    drops, n_verified = resolved.result()
+    reasons = Counter(drops.column("reason").to_pylist())
+    return DedupResult(
+        drops=drops,
+        counts=dict(sorted(reasons.items())),
+        candidate_pairs=int(cand_n.result()),
+        verified_pairs=int(n_verified),
+        rows=int(sum(c.result() for c in counts)),
+    )
+
+
+def apply_drops(table: pa.Table, drops: dict[str, str]) -> pa.Table:
+    """Set drop_reason of the rows whose prompt_id is in `drops` (one shard's mapping)."""
+    if not drops:
+        return table
+    pids = table.column("prompt_id").to_pylist()
+    cur = table.column("drop_reason").to_pylist()
+    new = [drops.get(pid, r) if r is None else r for pid, r in zip(pids, cur, strict=True)]
+    idx = table.schema.get_field_index("drop_reason")
+    return table.set_column(idx, table.schema.field(idx), pa.array(new, pa.string()))

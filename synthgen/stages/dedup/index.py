@@ -1,0 +1,89 @@
+"""The dedup index stored with a published dataset (`dataset/_dedup_index/`).
+
+One Parquet part per published shard (`RUN_ID--SHARD_ID.parquet`) holds, for each published record, its prompt_id, shard_id,
+run_id, text hash and MinHash signature; `_meta.json` records the MinHash parameters, so
+a later run with different parameters is told so instead of silently missing duplicates.
+A later run with `clean.near.against_published` reads these parts as prior sources of
+the cross-shard stage.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from synthgen.config import CleanConfig
+from synthgen.errors import ConfigError
+from synthgen.stages.dedup.cross import INDEX_COLUMNS
+
+INDEX_DIR = "_dedup_index"
+META_FILE = "_meta.json"
+INDEX_VERSION = 2  # 2: stratified signatures as A*i + (B + r)
+
+
+def index_meta(cfg: CleanConfig) -> dict[str, Any]:
+    n = cfg.near
+    return {
+        "version": INDEX_VERSION,
+        "num_perm": n.num_perm,
+        "shingle": n.shingle,
+        "shingle_size": n.shingle_size,
+        "seed": n.seed,
+        "stratified": n.stratified,
+        "normalize": "nfkc-casefold-ws",
+    }
+
+
+def index_rows(table: pa.Table) -> pa.Table:
+    """The kept rows of a cleaned shard table, as index rows."""
+    if "drop_reason" in table.column_names:
+        table = table.filter(pc.is_null(table.column("drop_reason")))
+    return table.select(INDEX_COLUMNS)
+
+
+def write_index(fs: Any, dataset_dir: str, part_name: str, rows: pa.Table, cfg: CleanConfig) -> str:
+    """Write one index part (and the meta file); returns the part's path."""
+    root = f"{dataset_dir.rstrip('/')}/{INDEX_DIR}"
+    fs.makedirs(root, exist_ok=True)
+    meta_path = f"{root}/{META_FILE}"
+    meta = index_meta(cfg)
+    if fs.exists(meta_path):
+        _check_meta(fs, meta_path, meta)
+    else:
+        with fs.open(meta_path, "w") as f:
+            json.dump(meta, f, indent=2, sort_keys=True)
+    path = f"{root}/{part_name}.parquet"
+    tmp = f"{root}/.{part_name}.parquet.tmp"
+    with fs.open(tmp, "wb") as f:
+        pq.write_table(rows, f, compression="zstd")
+    fs.mv(tmp, path)
+    return path
+
+
+def index_paths(fs: Any, dataset_dir: str, cfg: CleanConfig) -> list[str]:
+    """Paths (inside `fs`) of the published index parts (empty when none), after a check
+    that they were built with the same MinHash parameters."""
+    root = f"{dataset_dir.rstrip('/')}/{INDEX_DIR}"
+    meta_path = f"{root}/{META_FILE}"
+    if not fs.exists(meta_path):
+        return []
+    _check_meta(fs, meta_path, index_meta(cfg))
+    fs.invalidate_cache(root)
+    return sorted(p for p in fs.glob(f"{root}/*.parquet"))
+
+
+def _check_meta(fs: Any, meta_path: str, want: dict[str, Any]) -> None:
+    with fs.open(meta_path, "r") as f:
+        have = json.load(f)
+    diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
+    if diff:
+        detail = ", ".join(f"{k}: published {a!r} vs config {b!r}" for k, (a, b) in diff.items())
+        raise ConfigError(
+            f"{meta_path}: the published dedup index was built with other MinHash "
+            f"parameters ({detail}); set clean.near.* to match or turn off "
+            "clean.near.against_published"
+        )

@@ -1,0 +1,278 @@
+"""The shard function: prompts of one shard -> completions -> one committed Parquet file.
+
+`run_shard` is what a Dask worker runs for each shard (Prefect wraps it in a task). It
+returns a small `ShardResult` (counts, seconds, cost), never the text. A shard is
+committed when its marker `runs/RUN_ID/_commits/SHARD_ID.json` exists; the marker is
+written last, after the shard file and its ledger row, so a crash at any point leaves either
+a committed shard or one that will be generated again (overwriting the same keys).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from synthgen.config import RunConfig
+from synthgen.cost.meter import AttemptMeter, Counts
+from synthgen.cost.prices import kept_counts
+from synthgen.engines.base import GenRequest, prompt_seed
+from synthgen.engines.cache import get_engine, worker_identity
+from synthgen.engines.fake import maybe_hang
+from synthgen.errors import StorageError
+from synthgen.io.schema import RECORD_SCHEMA
+from synthgen.io.store import Store
+from synthgen.stages.clean import clean_shard
+from synthgen.stages.plan import read_shard_prompts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ShardTask:
+    config: dict[str, Any]  # RunConfig.model_dump(mode="json")
+    shard_id: str
+
+
+@dataclass
+class ShardResult:
+    run_id: str
+    shard_id: str
+    status: str  # "done" | "skipped" (already committed) | "superseded" (a re-run committed first)
+    attempt: int = 0
+    prompts: int = 0
+    rows: int = 0
+    rejected: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    kept_records: int = 0
+    kept_tokens: int = 0
+    wall_seconds: float = 0.0
+    engine_seconds: float = 0.0
+    device: str = ""
+    device_type: str = ""
+    price_per_hour: float = 0.0
+    cost_usd: float = 0.0
+    worker: str = ""
+    host: str = ""
+    load_id: str = ""
+    started_at: str = ""
+    finished_at: str = ""
+    file: str = ""
+    drop_counts: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def commit_path(store: Store, run_id: str, shard_id: str) -> str:
+    return store.run_path(run_id, "_commits", f"{shard_id}.json")
+
+
+def shard_path(store: Store, run_id: str, shard_id: str) -> str:
+    return store.run_path(run_id, "shards", f"{shard_id}.parquet")
+
+
+class _Superseded(Exception):
+    def __init__(self, shard_id: str, attempt: int) -> None:
+        super().__init__(
+            f"shard {shard_id}: attempt {attempt} superseded (another attempt committed the "
+            "shard first; nothing written)"
+        )
+
+
+def read_committed_shard(store: Store, run_id: str, shard_id: str) -> pa.Table:
+    """The rows of a committed shard, checked against its commit marker's sha256.
+
+    A file that does not match its marker (overwritten after the commit, corrupted) is never
+    used: the marker is removed, so that a re-run generates the shard again, and the error
+    says so."""
+    marker_path = commit_path(store, run_id, shard_id)
+    marker = store.read_json(marker_path)
+    data = store.read_bytes(marker.get("file") or shard_path(store, run_id, shard_id))
+    if hashlib.sha256(data).hexdigest() != marker.get("sha256"):
+        store.rm(marker_path)
+        raise StorageError(
+            f"run {run_id}: shard {shard_id}: the file does not match its commit marker "
+            "(sha256 differs); the commit was withdrawn, re-run to generate the shard again"
+        )
+    return pq.read_table(pa.BufferReader(data))
+
+
+def committed_shards(store: Store, run_id: str) -> dict[str, dict[str, Any]]:
+    """shard_id -> commit marker, for every committed shard of the run."""
+    out = {}
+    for name in store.ls(store.run_path(run_id, "_commits")):
+        if name.endswith(".json"):
+            out[name.removesuffix(".json")] = store.read_json(
+                store.run_path(run_id, "_commits", name)
+            )
+    return out
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _records_table(
+    cfg: RunConfig,
+    shard_id: str,
+    prompts: list[Any],
+    completions: list[Any],
+    info: Any,
+    worker: str,
+    seeds: list[int],
+) -> pa.Table:
+    created = datetime.now(UTC)
+    sampling = json.dumps(cfg.sampling.model_dump(mode="json"), sort_keys=True)
+    rows = []
+    for p, c, seed in zip(prompts, completions, seeds, strict=True):
+        rows.append(
+            {
+                "run_id": cfg.run_id,
+                "shard_id": shard_id,
+                "prompt_id": p.prompt_id,
+                "prompt": p.text,
+                "messages": json.dumps(p.messages, ensure_ascii=False),
+                "completion": c.text,
+                "finish_reason": c.finish_reason,
+                "prompt_tokens": c.prompt_tokens,
+                "completion_tokens": c.completion_tokens,
+                "model": info.model,
+                "engine": info.engine,
+                "sampling": sampling,
+                "seed": seed,
+                "worker": worker,
+                "device": info.device,
+                "created_at": created,
+                "meta": json.dumps(p.meta, ensure_ascii=False, default=str),
+                "error": c.error,
+                "text_hash": None,
+                "minhash": None,
+                "drop_reason": "rejected_prompt" if c.finish_reason == "rejected" else None,
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)
+
+
+def run_shard(task: ShardTask) -> ShardResult:
+    cfg = RunConfig.model_validate(task.config)
+    run_id = cfg.run_id or ""
+    store = Store(cfg.output)
+    marker = commit_path(store, run_id, task.shard_id)
+    if store.exists(marker):
+        done = store.read_json(marker)
+        return ShardResult(**{**done["result"], "status": "skipped"})
+
+    started_at = _now()
+    worker, host = worker_identity()
+    attempt_dir = store.run_path(run_id, "attempts")
+    attempt = 1 + sum(1 for n in store.ls(attempt_dir) if n.startswith(task.shard_id + "."))
+    store.write_json(
+        store.run_path(
+            run_id, "attempts", f"{task.shard_id}.{attempt}.{uuid.uuid4().hex[:8]}.json"
+        ),
+        {
+            "shard_id": task.shard_id,
+            "attempt": attempt,
+            "worker": worker,
+            "host": host,
+            "started_at": started_at,
+        },
+    )
+
+    # the engine loads before the attempt's clock starts: load time is the worker's (held)
+    # cost, recorded in its worker row, not this shard's
+    engine = get_engine(cfg.model)
+    meter = AttemptMeter.start(cfg, task.shard_id, attempt, engine.info.device, engine.info.model)
+    fs, run_root = store.fs, store.run_path(run_id)
+    counts = Counts()
+    try:
+        maybe_hang(cfg.model, task.shard_id, attempt)  # test hook (fake engine only)
+        prompts = read_shard_prompts(store, run_id, task.shard_id)
+        counts.prompts = len(prompts)
+        seeds = [prompt_seed(cfg.sampling.seed, p.prompt_id) for p in prompts]
+        requests = [
+            GenRequest(p.prompt_id, p.messages, s) for p, s in zip(prompts, seeds, strict=True)
+        ]
+        t_engine = time.perf_counter()
+        completions = engine.generate(requests, cfg.sampling)
+        counts.engine_seconds = time.perf_counter() - t_engine
+
+        table = _records_table(cfg, task.shard_id, prompts, completions, engine.info, worker, seeds)
+        # clean on the worker: hashes, MinHash signatures, filter + in-shard duplicate reasons
+        table, drop_counts = clean_shard(table, cfg.clean)
+        rejected = sum(1 for c in completions if c.finish_reason == "rejected")
+        counts.prompt_tokens = sum(c.prompt_tokens for c in completions)
+        counts.completion_tokens = sum(c.completion_tokens for c in completions)
+        # kept = not rejected and not dropped: count after the clean stage marked drop_reason
+        counts.kept_records, counts.kept_tokens = kept_counts(table)
+
+        path = shard_path(store, run_id, task.shard_id)
+        if store.exists(marker):
+            # another attempt (this one was timed out and re-run) committed first: never
+            # overwrite its file or marker; the shard has exactly one committed copy
+            raise _Superseded(task.shard_id, attempt)
+        size, sha = store.write_table(path, table)
+    except _Superseded as exc:
+        meter.finish(fs, run_root, counts, "failed", error=str(exc))
+        done = store.read_json(marker)
+        return ShardResult(**{**done["result"], "status": "superseded", "attempt": attempt})
+    except Exception as exc:
+        # a failed attempt cost money too: record it, then let the task retry
+        try:
+            meter.finish(fs, run_root, counts, "failed", error=f"{type(exc).__name__}: {exc}")
+        except Exception as ledger_exc:  # never hide the original failure
+            log.warning(
+                "shard %s: could not write the failed attempt's ledger row: %s",
+                task.shard_id,
+                ledger_exc,
+            )
+        raise
+    row = meter.finish(fs, run_root, counts, "succeeded")  # written before the commit marker
+    result = ShardResult(
+        run_id=run_id,
+        shard_id=task.shard_id,
+        status="done",
+        attempt=attempt,
+        prompts=len(prompts),
+        rows=table.num_rows,
+        rejected=rejected,
+        prompt_tokens=counts.prompt_tokens,
+        completion_tokens=counts.completion_tokens,
+        kept_records=counts.kept_records,
+        kept_tokens=counts.kept_tokens,
+        wall_seconds=row["wall_seconds"],
+        engine_seconds=counts.engine_seconds,
+        device=engine.info.device,
+        device_type=row["device_type"],
+        price_per_hour=row["price_per_hour"],
+        cost_usd=row["cost_usd"],
+        worker=worker,
+        host=host,
+        load_id=engine.info.load_id,
+        started_at=row["started_at"].isoformat(),
+        finished_at=row["finished_at"].isoformat(),
+        file=path,
+        drop_counts=drop_counts,
+    )
+    commit = {
+        "shard_id": task.shard_id,
+        "file": path,
+        "bytes": size,
+        "sha256": sha,
+        "rows": table.num_rows,
+        "result": result.as_dict(),
+    }
+    # first commit wins: a concurrent attempt (a timed-out one returning late) never replaces it
+    if not store.create_bytes(marker, json.dumps(commit, indent=2, sort_keys=True).encode()):
+        return ShardResult(**{**result.as_dict(), "status": "superseded"})
+    return result

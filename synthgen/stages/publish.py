@@ -1,0 +1,170 @@
+"""Publish a finished run: kept records -> OUTPUT/dataset/ (Parquet, one file per shard),
+plus `_manifest.json` (files, rows, checksums, schema, config, totals) and a dataset card."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from synthgen import __version__
+from synthgen.config import RunConfig
+from synthgen.io.schema import DATASET_COLUMNS
+from synthgen.io.store import Store
+from synthgen.stages.dedup.cross import apply_drops
+from synthgen.stages.dedup.index import index_rows, write_index
+from synthgen.stages.generate import committed_shards, read_committed_shard
+
+DATASET_DIR = "dataset"
+MANIFEST = "_manifest.json"
+
+
+def kept_rows(table: pa.Table, extra_drops: set[str] | None = None) -> pa.Table:
+    mask = pc.is_null(table["drop_reason"])
+    if extra_drops:
+        mask = pc.and_(mask, pc.invert(pc.is_in(table["prompt_id"], pa.array(sorted(extra_drops)))))
+    return table.filter(mask).select(DATASET_COLUMNS)
+
+
+def publish_shard(
+    config: dict[str, Any],
+    shard_id: str,
+    extra_drops: dict[str, str] | list[str] | None = None,
+) -> dict[str, Any]:
+    """Write the kept records of one committed shard to dataset/; return its file entry.
+
+    `extra_drops`: prompt_id -> reason from the run-wide dedup stage (a plain list means
+    reason "dropped"). The entry counts the shard's records: generated = rows + dropped,
+    with drop_counts per reason (filters, in-shard and cross-shard duplicates).
+    """
+    cfg = RunConfig.model_validate(config)
+    store = Store(cfg.output)
+    table = read_committed_shard(store, cfg.run_id or "", shard_id)  # checksum-verified
+    if isinstance(extra_drops, list):
+        extra_drops = dict.fromkeys(extra_drops, "dropped")
+    table = apply_drops(table, extra_drops or {})
+    kept = kept_rows(table)
+    name = f"{shard_id}.parquet"
+    size, sha = store.write_table(store.path(DATASET_DIR, name), kept)
+    reasons = Counter(r for r in table["drop_reason"].to_pylist() if r is not None)
+    if cfg.clean.enabled and cfg.clean.near.enabled:
+        write_index(
+            store.fs,
+            store.path(DATASET_DIR),
+            f"{cfg.run_id}--{shard_id}",
+            index_rows(table),
+            cfg.clean,
+        )
+    return {
+        "path": name,
+        "shard_id": shard_id,
+        "rows": kept.num_rows,
+        "bytes": size,
+        "sha256": sha,
+        "generated": table.num_rows,
+        "kept_tokens": int(pc.sum(kept["completion_tokens"]).as_py() or 0),
+        "drop_counts": dict(sorted(reasons.items())),
+    }
+
+
+def totals_from(results: list[dict[str, Any]]) -> dict[str, Any]:
+    t: dict[str, Any] = Counter()
+    drops: Counter[str] = Counter()
+    for r in results:
+        for key in (
+            "prompts",
+            "rows",
+            "rejected",
+            "prompt_tokens",
+            "completion_tokens",
+            "kept_records",
+            "kept_tokens",
+        ):
+            t[key] += int(r.get(key, 0))
+        for key in ("cost_usd", "wall_seconds", "engine_seconds"):
+            t[key] += float(r.get(key, 0.0))
+        drops.update(r.get("drop_counts", {}))
+    out = dict(t)
+    out["cost_usd"] = round(out.get("cost_usd", 0.0), 6)
+    out["drop_counts"] = dict(sorted(drops.items()))
+    ct = out.get("completion_tokens", 0)
+    out["usd_per_1m_completion_tokens"] = (out["cost_usd"] / ct * 1e6) if ct else None
+    return out
+
+
+def write_manifest(
+    cfg: RunConfig, store: Store, files: list[dict[str, Any]], extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    run_id = cfg.run_id or ""
+    markers = committed_shards(store, run_id)
+    results = [m["result"] for m in markers.values()]
+    schema = pa.schema([f for f in _dataset_schema()])
+    manifest = {
+        "format": "synthgen-dataset/1",
+        "synthgen_version": __version__,
+        "run_id": run_id,
+        "published_at": datetime.now(UTC).isoformat(),
+        "files": sorted(files, key=lambda f: f["path"]),
+        "rows": sum(f["rows"] for f in files),
+        "schema": [{"name": f.name, "type": str(f.type)} for f in schema],
+        "config": cfg.public_dict(),
+        "totals": _with_clean_totals(totals_from(results), files),
+        **(extra or {}),
+    }
+    base = store.path(DATASET_DIR)
+    keep = {f["path"] for f in files}
+    for name in store.ls(base):
+        if name.endswith(".parquet") and name not in keep:
+            store.rm(store.path(DATASET_DIR, name))  # stale file from an earlier run
+    # "_" prefix: pyarrow, DuckDB and polars skip it when reading the directory
+    store.write_bytes(store.path(DATASET_DIR, "_README.md"), _card(manifest).encode())
+    store.write_json(store.path(DATASET_DIR, MANIFEST), manifest)
+    return manifest
+
+
+def _with_clean_totals(totals: dict[str, Any], files: list[dict[str, Any]]) -> dict[str, Any]:
+    """Final record counts from the published files (after the run-wide dedup stage):
+    generated = kept + dropped, with drops per reason."""
+    if not files or "drop_counts" not in files[0]:
+        return totals
+    drops: Counter[str] = Counter()
+    for f in files:
+        drops.update(f.get("drop_counts", {}))
+    kept = sum(f["rows"] for f in files)
+    totals = dict(totals)
+    totals["generated"] = sum(f.get("generated", f["rows"]) for f in files)
+    totals["kept_records"] = kept
+    totals["kept_tokens"] = sum(f.get("kept_tokens", 0) for f in files)
+    totals["dropped"] = sum(drops.values())
+    totals["drop_counts"] = dict(sorted(drops.items()))
+    return totals
+
+
+def _dataset_schema() -> list[pa.Field]:
+    from synthgen.io.schema import RECORD_SCHEMA
+
+    return [RECORD_SCHEMA.field(n) for n in DATASET_COLUMNS]
+
+
+def _card(m: dict[str, Any]) -> str:
+    t = m["totals"]
+    model = m["config"]["model"].get("path") or "SmolLM2-135M-Instruct (bundled)"
+    lines = [
+        f"# synthgen dataset — run `{m['run_id']}`",
+        "",
+        f"Published {m['published_at']} by synthgen {m['synthgen_version']}.",
+        "",
+        f"- rows: {m['rows']} in {len(m['files'])} Parquet files (zstd)",
+        f"- model: {model} ({m['config']['model']['engine']})",
+        f"- prompts: {t.get('prompts', 0)}; completion tokens: {t.get('completion_tokens', 0)}",
+        f"- cost: ${t.get('cost_usd', 0.0):.4f}",
+        f"- dropped: {t.get('drop_counts', {})}",
+        "",
+        "Read with `pyarrow.dataset.dataset(PATH, format='parquet')`, DuckDB "
+        "`read_parquet('PATH/*.parquet')`, polars or Hugging Face `datasets`. "
+        "`_manifest.json` lists every file with its row count and sha256.",
+    ]
+    return "\n".join(lines) + "\n"

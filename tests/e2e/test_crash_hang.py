@@ -1,0 +1,97 @@
+"""A worker that hangs (never returns) is timed out by `cluster.shard_timeout_s` and its shard
+re-run; the abandoned attempt, if it ever returns, writes nothing."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pyarrow.dataset as ds
+import pytest
+
+from flows.run import synthgen_run
+from synthgen.config import config_from_dict
+from synthgen.io.attempts import AttemptWatch, attempt_history
+from synthgen.io.store import Store
+from synthgen.stages.generate import ShardTask, commit_path, run_shard
+from synthgen.stages.plan import write_plan
+from tests.helpers import fake_config, write_config
+
+pytestmark = pytest.mark.slow
+
+
+def test_hung_shard_is_timed_out_and_rerun_on_a_dask_cluster(tmp_path, prefect_api):
+    out = tmp_path / "out"
+    data = fake_config(
+        str(out),
+        cluster__n_workers=2,
+        cluster__shard_timeout_s=3,
+        cluster__task_retries=1,
+        model__fake__seconds_per_shard=0.3,
+        model__fake__hang_shards=["shard-00001"],
+        model__fake__hang_seconds=120,  # a blocking call Prefect's timeout cannot interrupt
+    )
+    started = time.perf_counter()
+    res = synthgen_run(config=write_config(tmp_path / "c.yaml", data))
+    elapsed = time.perf_counter() - started
+    assert res["status"] == "complete", res
+    assert elapsed < 90, f"the hung attempt was waited for ({elapsed:.0f}s)"
+
+    table = ds.dataset(out / "dataset", format="parquet").to_table()
+    ids = table["prompt_id"].to_pylist()
+    assert len(ids) == 24 and len(set(ids)) == 24
+
+    store = Store(config_from_dict(data).output)
+    history = [a for a in attempt_history(store, res["run_id"]) if a["shard_id"] == "shard-00001"]
+    assert [(a["attempt"], a["outcome"]) for a in history] == [(1, "lost"), (2, "committed")]
+
+
+def test_abandoned_attempt_that_returns_late_writes_nothing(tmp_path):
+    cfg = config_from_dict(
+        fake_config(
+            str(tmp_path / "out"),
+            model__fake__hang_shards=["shard-00000"],
+            model__fake__hang_seconds=2.0,
+        )
+    )
+    store = Store(cfg.output)
+    write_plan(cfg, store)
+    config = cfg.model_dump(mode="json")
+    late: dict = {}
+    zombie = threading.Thread(
+        target=lambda: late.update(run_shard(ShardTask(config, "shard-00000")).as_dict())
+    )
+    zombie.start()
+    time.sleep(0.5)  # attempt 1 is hanging; the flow re-runs the shard: attempt 2 commits
+    rerun = run_shard(ShardTask(config, "shard-00000"))
+    assert rerun.status == "done" and rerun.attempt == 2
+    marker = store.read_json(commit_path(store, cfg.run_id, "shard-00000"))
+    file_bytes = store.read_bytes(marker["file"])
+    zombie.join()
+    assert late["status"] == "superseded" and late["attempt"] == 1
+    # neither the committed file nor its marker was touched by the late attempt
+    assert store.read_json(commit_path(store, cfg.run_id, "shard-00000")) == marker
+    assert store.read_bytes(marker["file"]) == file_bytes
+    outcomes = [(a["attempt"], a["outcome"]) for a in attempt_history(store, cfg.run_id)]
+    assert outcomes == [(1, "lost"), (2, "committed")]
+
+
+def test_attempt_watch_times_from_first_sight_on_its_own_clock(tmp_path):
+    store = Store(config_from_dict(fake_config(str(tmp_path / "o"))).output)
+    now = [100.0]
+    watch = AttemptWatch(store, "r", timeout_s=5, clock=lambda: now[0])
+    watch.poll()
+    assert watch.overdue("shard-00000") is None  # not started yet: never overdue
+    store.write_json(store.run_path("r", "attempts", "shard-00000.1.abcd.json"), {})
+    watch.poll()
+    now[0] = 104.0
+    assert watch.overdue("shard-00000") is None
+    now[0] = 105.5
+    assert watch.overdue("shard-00000") == 1
+    assert watch.overdue("shard-00000") is None  # reported once per attempt
+    store.write_json(store.run_path("r", "attempts", "shard-00000.2.ef01.json"), {})
+    watch.poll()  # the re-run started: its own clock
+    now[0] = 109.0
+    assert watch.overdue("shard-00000") is None
+    now[0] = 111.0
+    assert watch.overdue("shard-00000") == 2

@@ -1,0 +1,133 @@
+"""Cross-shard dedup on a real LocalCluster (2 worker processes)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import fsspec
+import pyarrow.parquet as pq
+import pytest
+from distributed import Client, LocalCluster
+
+from synthgen.config import CleanConfig
+from synthgen.errors import ConfigError
+from synthgen.stages.clean import clean_shard
+from synthgen.stages.dedup.cross import apply_drops, cross_shard_dedup
+from synthgen.stages.dedup.index import index_paths, index_rows, write_index
+from tests._cleanutil import mutate, records, text
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Client]:
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as c,
+    ):
+        yield c
+
+
+def _write_shards(
+    root: Path, shards: dict[str, list[tuple[str, str]]], cfg: CleanConfig, run_id: str = "run-1"
+) -> list[str]:
+    paths = []
+    for sid, rows in shards.items():
+        table, _ = clean_shard(records(rows, shard_id=sid, run_id=run_id), cfg)
+        p = root / f"{sid}.parquet"
+        pq.write_table(table, p)
+        paths.append(str(p))
+    return paths
+
+
+def _planted() -> dict[str, list[tuple[str, str]]]:
+    a, b, c = text(10), text(11), text(12)
+    return {
+        "shard-00000": [("p010", a), ("p011", text(20)), ("p012", mutate(b, 1, 5))],
+        "shard-00001": [("p020", a.upper()), ("p021", b), ("p022", text(21))],
+        "shard-00002": [("p001", "  " + a), ("p030", mutate(c, 1, 6)), ("p031", text(22))],
+        "shard-00003": [("p040", c), ("p041", mutate(c, 1, 8)), ("p042", text(23))],
+    }
+
+
+def test_cross_shard_drops_exact_and_near_keeps_lowest(client: Client, tmp_path: Path) -> None:
+    cfg = CleanConfig()
+    paths = _write_shards(tmp_path, _planted(), cfg)
+    res = cross_shard_dedup(client, paths, cfg)
+    got = {
+        (s, p): r
+        for s, p, r in zip(
+            *(res.drops[c].to_pylist() for c in ("shard_id", "prompt_id", "reason")), strict=True
+        )
+    }
+    # a: p001 (lowest) kept, p010 / p020 exact; b: p012 < p021 kept, p021 near
+    # c: p030 < p040 < p041 -> p030 kept (p041 was already dropped in its shard vs p040)
+    assert got == {
+        ("shard-00000", "p010"): "exact_duplicate",
+        ("shard-00001", "p020"): "exact_duplicate",
+        ("shard-00001", "p021"): "near_duplicate",
+        ("shard-00003", "p040"): "near_duplicate",
+    }
+    assert res.counts == {"exact_duplicate": 2, "near_duplicate": 2}
+    assert res.rows == 11  # 12 rows, p041 dropped in-shard
+    assert res.candidate_pairs >= res.verified_pairs >= 4
+    # a re-run (files listed in another order) drops exactly the same rows
+    again = cross_shard_dedup(client, list(reversed(paths)), cfg)
+    assert again.drops.equals(res.drops)
+
+
+def test_apply_drops_marks_rows(client: Client, tmp_path: Path) -> None:
+    cfg = CleanConfig()
+    paths = _write_shards(tmp_path, _planted(), cfg)
+    res = cross_shard_dedup(client, paths, cfg)
+    t = pq.read_table(paths[1])
+    marked = apply_drops(t, res.by_shard()["shard-00001"])
+    assert marked["drop_reason"].to_pylist() == ["exact_duplicate", "near_duplicate", None]
+
+
+def test_distinct_texts_all_kept(client: Client, tmp_path: Path) -> None:
+    cfg = CleanConfig()
+    shards = {
+        f"shard-{i:05d}": [(f"p{i}-{j}", text(100 * i + j)) for j in range(20)] for i in range(4)
+    }
+    res = cross_shard_dedup(client, _write_shards(tmp_path, shards, cfg), cfg)
+    assert res.drops.num_rows == 0 and res.rows == 80
+
+
+def test_against_published_index(client: Client, tmp_path: Path) -> None:
+    cfg = CleanConfig(near={"against_published": True})
+    fs = fsspec.filesystem("file")
+    dataset = str(tmp_path / "dataset")
+    old = records([("q1", text(50)), ("q2", text(51))], run_id="run-0")
+    old, _ = clean_shard(old, cfg)
+    write_index(fs, dataset, "run-0", index_rows(old), cfg)
+    prior = index_paths(fs, dataset, cfg)
+    assert len(prior) == 1
+    new = {
+        "shard-00000": [("a1", text(50).lower()), ("a2", mutate(text(51), 1, 3)), ("a3", text(52))]
+    }
+    (tmp_path / "new").mkdir()
+    paths = _write_shards(tmp_path / "new", new, cfg, run_id="run-1")
+    res = cross_shard_dedup(client, paths, cfg, prior_index_paths=prior, run_id="run-1")
+    got = dict(
+        zip(res.drops["prompt_id"].to_pylist(), res.drops["reason"].to_pylist(), strict=True)
+    )
+    assert got == {"a1": "exact_duplicate", "a2": "near_duplicate"}  # published rows never dropped
+    # the same run re-published does not drop itself
+    write_index(fs, dataset, "run-1", index_rows(pq.read_table(paths[0])), cfg)
+    res2 = cross_shard_dedup(
+        client, paths, cfg, prior_index_paths=index_paths(fs, dataset, cfg), run_id="run-1"
+    )
+    assert set(res2.drops["prompt_id"].to_pylist()) == {"a1", "a2"}
+    with pytest.raises(ConfigError, match="num_perm"):
+        index_paths(fs, dataset, CleanConfig(near={"num_perm": 64}))
+
+
+def test_exact_only_when_near_disabled(client: Client, tmp_path: Path) -> None:
+    cfg = CleanConfig(near={"enabled": False})
+    paths = _write_shards(tmp_path, _planted(), cfg)
+    res = cross_shard_dedup(client, paths, cfg)
+    assert set(res.counts) == {"exact_duplicate"}
+    assert set(res.drops["prompt_id"].to_pylist()) == {"p010", "p020"}
+    assert cross_shard_dedup(client, [], cfg).drops.num_rows == 0

