@@ -14,6 +14,7 @@ from synthgen import __version__
 from synthgen.config import RunConfig
 from synthgen.io.schema import DATASET_COLUMNS
 from synthgen.io.store import Store
+from synthgen.stages.base import Stage, run_stages
 from synthgen.stages.dedup.cross import apply_drops
 from synthgen.stages.dedup.index import index_rows, write_index
 from synthgen.stages.generate import committed_shards, read_committed_shard
@@ -27,6 +28,29 @@ def kept_rows(table: pa.Table, extra_drops: set[str] | None = None) -> pa.Table:
     if extra_drops:
         mask = pc.and_(mask, pc.invert(pc.is_in(table["prompt_id"], pa.array(sorted(extra_drops)))))
     return table.filter(mask).select(DATASET_COLUMNS)
+
+
+class RunDedupMarks(Stage):
+    """Run-wide dedup, per shard: flag the rows the run-wide search found to duplicate a row
+    of another shard (the search itself works on the whole run, on the cluster)."""
+
+    name = "dedup"
+
+    def __init__(self, drops: dict[str, str]) -> None:
+        self.drops = drops
+
+    def process(self, rows: pa.Table) -> pa.Table:
+        return apply_drops(rows, self.drops)
+
+
+class PublishStage(Stage):
+    """A committed shard's rows -> the rows its published file holds: the kept ones, in the
+    dataset's columns (rows flagged by an earlier stage were counted there, not here)."""
+
+    name = "publish"
+
+    def process(self, rows: pa.Table) -> pa.Table:
+        return kept_rows(rows)
 
 
 def publish_shard(
@@ -45,8 +69,9 @@ def publish_shard(
     table = read_committed_shard(store, cfg.run_id or "", shard_id)  # checksum-verified
     if isinstance(extra_drops, list):
         extra_drops = dict.fromkeys(extra_drops, "dropped")
-    table = apply_drops(table, extra_drops or {})
-    kept = kept_rows(table)
+    marks = RunDedupMarks(extra_drops or {})
+    table, _ = marks(table)
+    kept, _ = run_stages([PublishStage()], table)
     name = f"{shard_id}.parquet"
     size, sha = store.write_table(store.path(DATASET_DIR, name), kept)
     reasons = Counter(r for r in table["drop_reason"].to_pylist() if r is not None)
