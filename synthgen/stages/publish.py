@@ -12,11 +12,12 @@ import pyarrow.compute as pc
 
 from synthgen import __version__
 from synthgen.config import RunConfig
-from synthgen.io.schema import DATASET_COLUMNS
+from synthgen.io.schema import DATASET_COLUMNS, RECORD_SCHEMA
 from synthgen.io.store import Store
 from synthgen.stages.base import Stage, run_stages
 from synthgen.stages.dedup.cross import apply_drops
 from synthgen.stages.dedup.index import index_rows, write_index
+from synthgen.stages.dedup.stage import read_drops
 from synthgen.stages.generate import committed_shards, read_committed_shard
 
 DATASET_DIR = "dataset"
@@ -61,12 +62,15 @@ def publish_shard(
     """Write the kept records of one committed shard to dataset/; return its file entry.
 
     `extra_drops`: prompt_id -> reason from the run-wide dedup stage (a plain list means
-    reason "dropped"). The entry counts the shard's records: generated = rows + dropped,
+    reason "dropped"); None: this shard's entries of the run's drops file
+    (`runs/RUN_ID/dedup/drops.parquet`, written by the dedup stage), if there is one. The entry counts the shard's records: generated = rows + dropped,
     with drop_counts per reason (filters, in-shard and cross-shard duplicates).
     """
     cfg = RunConfig.model_validate(config)
     store = Store(cfg.output)
     table = read_committed_shard(store, cfg.run_id or "", shard_id)  # checksum-verified
+    if extra_drops is None:
+        extra_drops = read_drops(store, cfg.run_id or "").get(shard_id, {})
     if isinstance(extra_drops, list):
         extra_drops = dict.fromkeys(extra_drops, "dropped")
     marks = RunDedupMarks(extra_drops or {})
@@ -169,8 +173,6 @@ def _with_clean_totals(totals: dict[str, Any], files: list[dict[str, Any]]) -> d
 
 
 def _dataset_schema() -> list[pa.Field]:
-    from synthgen.io.schema import RECORD_SCHEMA
-
     return [RECORD_SCHEMA.field(n) for n in DATASET_COLUMNS]
 
 
