@@ -26,7 +26,6 @@ from synthgen.cost.meter import AttemptMeter, Counts
 from synthgen.cost.prices import kept_counts
 from synthgen.engines.base import GenRequest, prompt_seed
 from synthgen.engines.cache import get_engine, worker_identity
-from synthgen.engines.fake import maybe_hang
 from synthgen.errors import StorageError
 from synthgen.io.schema import RECORD_SCHEMA
 from synthgen.io.store import Store
@@ -196,7 +195,6 @@ def run_shard(task: ShardTask) -> ShardResult:
     fs, run_root = store.fs, store.run_path(run_id)
     counts = Counts()
     try:
-        maybe_hang(cfg.model, task.shard_id, attempt)  # test hook (fake engine only)
         prompts = read_shard_prompts(store, run_id, task.shard_id)
         counts.prompts = len(prompts)
         seeds = [prompt_seed(cfg.sampling.seed, p.prompt_id) for p in prompts]
