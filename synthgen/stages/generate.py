@@ -26,7 +26,6 @@ from synthgen.cost.meter import AttemptMeter, Counts
 from synthgen.cost.prices import kept_counts
 from synthgen.engines.base import GenRequest, prompt_seed
 from synthgen.engines.cache import get_engine, worker_identity
-from synthgen.engines.fake import maybe_hang
 from synthgen.errors import StorageError
 from synthgen.io.schema import RECORD_SCHEMA
 from synthgen.io.store import Store
@@ -232,7 +231,6 @@ def run_shard(task: ShardTask) -> ShardResult:
     fs, run_root = store.fs, store.run_path(run_id)
     counts = Counts()
     try:
-        maybe_hang(cfg.model, task.shard_id, attempt)  # test hook (fake engine only)
         rows = read_shard_rows(store, run_id, task.shard_id)
         counts.prompts = rows.num_rows
         generate = GenerateStage(cfg, task.shard_id, engine, worker)
