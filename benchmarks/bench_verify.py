@@ -5,7 +5,7 @@ With the bundled SmolLM2-135M-Instruct on CPU through the transformers engine:
 - honest shards: N shards, each with its own base seed and its own random prompts; each is
   judged on the records a spot check would sample (`--per-shard`, the default
   `verify.min_per_shard`). A failed honest shard is a false alarm.
-- cheating shards: M shards per strategy (`synthgen.verify.cheats`), judged the same way.
+- cheating shards: M shards per strategy (`tests/support/cheats.py`), judged the same way.
 - cost: engine seconds to score vs. to generate the same records, and from those the
   verification cost of a shard of `--shard-size` records at `verify.sample_rate`.
 - calibration: thresholds `synthgen.verify.calibrate` suggests from the honest shards.
@@ -32,7 +32,7 @@ from synthgen.engines.base import GenRequest, ScoreRequest, prompt_seed
 from synthgen.stages.prompts import load_prompts
 from synthgen.verify import judge, sample_size
 from synthgen.verify.calibrate import calibrate
-from synthgen.verify.cheats import STRATEGIES, CheatingEngine
+from tests.support.cheats import STRATEGIES, CheatingEngine
 
 
 def make_shards(n: int, per_shard: int, prompts: list, salt: int) -> list[list[GenRequest]]:

@@ -24,8 +24,8 @@ import dask
 import numpy as np
 from distributed import Client, LocalCluster, get_worker
 
-from synthgen.cluster.scheduling import max_shard_size, plan_shard_sizes
 from synthgen.cost.summary import per_worker
+from synthgen.stages.sizing import max_shard_size, plan_shard_sizes
 
 SPEED_CYCLE = (1.0, 1.6, 3.0)
 

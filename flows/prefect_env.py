@@ -12,6 +12,8 @@ def quiet_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # the temporary server's 20 s default start-up timeout was missed on a busy 2-core machine
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     # distributed's INFO chatter (worker start/stop) drowns the progress lines
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 

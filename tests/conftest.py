@@ -16,6 +16,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="synthgen-prefect-home-")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+# a busy machine (CI, parallel sessions) can miss the temporary server's 20 s start-up timeout
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 # moto accepts any credentials; real ones must never be used by tests
 os.environ["AWS_ACCESS_KEY_ID"] = "testing-key-id"
 os.environ["AWS_SECRET_ACCESS_KEY"] = "testing-secret"

@@ -158,11 +158,6 @@ class FakeOptions(_Section):
     seconds_per_token: float = Field(0.0, ge=0.0, description="Simulated engine time per token.")
     seconds_per_shard: float = Field(0.0, ge=0.0, description="Simulated fixed time per shard.")
     tokens_per_completion: PositiveInt = 16
-    hang_shards: list[str] = Field(
-        default_factory=list,
-        description="Test hook: these shards hang (sleep hang_seconds) on their first attempt.",
-    )
-    hang_seconds: float = Field(3600.0, ge=0.0)
 
 
 class ModelConfig(_Section):

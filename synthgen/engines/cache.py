@@ -21,12 +21,20 @@ _LOADS: list[dict[str, object]] = []
 _WRAPPER: Callable[[InferenceEngine], InferenceEngine] | None = None
 
 
-def wrap_engines(wrapper: Callable[[InferenceEngine], InferenceEngine] | None) -> None:
-    """Wrap every engine this process builds from now on (tests: a simulated cheating
-    worker, `synthgen.verify.cheats`). Clears the cache so the next shard gets a wrapped one."""
+def set_engine_wrapper(wrapper: Callable[[InferenceEngine], InferenceEngine] | None) -> None:
+    """Extension point: `wrapper(engine)` replaces every engine this process builds from now
+    on (`None` removes it; one wrapper at a time, a new one replaces the old). Clears the
+    cache, so the next shard gets a freshly built, wrapped engine.
+
+    The wrapped engine must keep the engine contract (`info`, `generate`, `close`, and
+    `score` when the inner engine scores). Nothing in synthgen sets one: it is how tests inject
+    test-only engine behaviour (a stuck GPU call, a dishonest worker: `tests/support/`) into a
+    worker process, through `client.run(...)` or a Dask worker preload module; an operator
+    can use it the same way (e.g. instrumentation from a preload)."""
     global _WRAPPER
     clear()
-    _WRAPPER = wrapper
+    with _LOCK:
+        _WRAPPER = wrapper
 
 
 def _key(cfg: ModelConfig) -> str:

@@ -20,13 +20,6 @@ _WORDS = (
 ).split()
 
 
-def maybe_hang(cfg: ModelConfig, shard_id: str, attempt: int) -> None:
-    """Test hook: hang (block in a sleep, like a stuck GPU call) on a chosen shard's first
-    attempt, so that timeouts and re-runs can be exercised with real workers."""
-    if cfg.engine == "fake" and attempt == 1 and shard_id in cfg.fake.hang_shards:
-        time.sleep(cfg.fake.hang_seconds)
-
-
 class FakeEngine:
     """Completions are seeded word salad; token count = words. Sleeps to simulate work."""
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from synthgen.config import SamplingConfig
 
 _FIRST_CANDIDATES = 256
@@ -29,8 +31,6 @@ def candidates(probs: Any, sampling: SamplingConfig) -> tuple[Any, Any | None]:
     top-p there is nothing to cut: `probs` itself is returned, in vocabulary order, and the
     ids are None.
     """
-    import torch
-
     vocab = probs.shape[-1]
     if sampling.top_k is not None and sampling.top_k < vocab:
         vals, idx = torch.topk(probs, sampling.top_k, dim=-1)
@@ -54,8 +54,6 @@ def candidates(probs: Any, sampling: SamplingConfig) -> tuple[Any, Any | None]:
 
 def claimed_probs(logits: Any, sampling: SamplingConfig) -> Any:
     """The claimed sampling distribution over the vocabulary ([..., V]) for `logits`."""
-    import torch
-
     logits = logits.float()
     if sampling.temperature == 0:
         return torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.shape[-1]).float()
@@ -71,8 +69,6 @@ def draw(logits: Any, sampling: SamplingConfig, uniforms: Any | None) -> Any:
     in [0, 1)) over the claimed distribution: the row's token depends only on its logits and
     its own uniform, never on the other rows. Greedy (temperature 0) takes the argmax and
     needs no uniforms."""
-    import torch
-
     logits = logits.float()
     if sampling.temperature == 0:
         return logits.argmax(dim=-1)

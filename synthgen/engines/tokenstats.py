@@ -21,7 +21,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from synthgen.config import SamplingConfig
+from synthgen.engines.base import Score
 from synthgen.engines.sampling import claimed_probs
 
 
@@ -44,8 +47,6 @@ def token_stats(
     logits: Any, targets: Any, top_k: int, sampling: SamplingConfig | None = None
 ) -> TokenStats:
     """Statistics of `targets` ([T] token ids) given `logits` ([T, V]) predicting them."""
-    import torch
-
     if logits.shape[0] != targets.shape[0]:
         raise ValueError(
             f"token_stats: {logits.shape[0]} logit rows for {targets.shape[0]} target tokens"
@@ -74,8 +75,6 @@ def token_stats(
 
 def score_from_stats(prompt_id: str, st: TokenStats) -> Any:
     """A `Score` (engine contract) from summed token statistics."""
-    from synthgen.engines.base import Score
-
     n = st.tokens
     if n == 0:
         return Score(prompt_id, 0.0, 1.0, 0, st.sum_expected, st.sum_variance, st.outside)

@@ -9,8 +9,11 @@ and cached as safetensors (reload ~0.4 s) under `$SYNTHGEN_CACHE_DIR` (default
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib.util
 import os
+import platform
 import shutil
 import time
 import uuid
@@ -18,11 +21,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from synthgen.config import ModelConfig, SamplingConfig
-from synthgen.engines.base import Completion, EngineInfo, GenRequest, Score, ScoreRequest
-from synthgen.engines.devices import DeviceInfo, detect_device
-from synthgen.engines.sampling import draw
-from synthgen.errors import EngineError, MissingDependencyError
+# nothing is downloaded at run time: set before transformers (and huggingface_hub) load.
+# This module is imported only when a transformers engine is built (engines/cache.py), so
+# processes that never run it (the flow, the CLI) do not pay for torch and transformers.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LogitsProcessorList,
+)
+
+from synthgen.config import ModelConfig, SamplingConfig  # noqa: E402
+from synthgen.engines.base import Completion, EngineInfo, GenRequest, Score, ScoreRequest  # noqa: E402
+from synthgen.engines.devices import DeviceInfo, detect_device  # noqa: E402
+from synthgen.engines.sampling import draw  # noqa: E402
+from synthgen.engines.tokenstats import score_from_stats, token_stats  # noqa: E402
+from synthgen.errors import EngineError, MissingDependencyError  # noqa: E402
 
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
 
@@ -69,15 +86,11 @@ def resolve_model(cfg: ModelConfig) -> tuple[Path, str | None, str]:
 def dequantised_dir(directory: Path, gguf: str) -> Path:
     """De-quantise a GGUF once into a safetensors directory; return that directory (the
     vLLM engine loads the same directory)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     src = directory / gguf
     stat = src.stat()
     target = cache_root() / "models" / f"{src.stem}-{stat.st_size}"
     if (target / ".complete").is_file():
         return target
-    import torch
-
     tmp = target.with_name(f"{target.name}.tmp-{uuid.uuid4().hex[:8]}")
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf)
     model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf, dtype=torch.float32)
@@ -95,8 +108,6 @@ def dequantised_dir(directory: Path, gguf: str) -> Path:
 
 
 def _pick_dtype(cfg: ModelConfig, device: DeviceInfo) -> Any:
-    import torch
-
     if cfg.dtype != "auto":
         return getattr(torch, cfg.dtype)
     if device.kind == "cuda":
@@ -124,10 +135,6 @@ def tune_malloc_for_tensors() -> bool:
     cost is that up to 256 MiB of freed heap is kept rather than returned. glibc only:
     returns False (and changes nothing) elsewhere.
     """
-    import ctypes
-    import ctypes.util
-    import platform
-
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:
@@ -145,8 +152,6 @@ class _SeededSampler:
     that leaves only the drawn token, for greedy decoding to pick."""
 
     def __init__(self, seeds: list[int], sampling: SamplingConfig) -> None:
-        import torch
-
         self.torch = torch
         self.generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
         self.sampling = sampling
@@ -166,16 +171,6 @@ class _SeededSampler:
 
 class TransformersEngine:
     def __init__(self, cfg: ModelConfig) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        try:
-            import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-        except ImportError as exc:
-            raise MissingDependencyError(
-                f"the transformers engine needs torch and transformers ({exc}): "
-                "pip install synthgen"
-            ) from None
         started = time.perf_counter()
         self.cfg = cfg
         device = detect_device(cfg.device)
@@ -247,17 +242,12 @@ class TransformersEngine:
         runs tasks in executor threads that start from the nanny's OMP_NUM_THREADS=1: set it
         in the thread that computes (measured: half the tokens/s in a worker without this)."""
         if self.device.kind == "cpu":
-            import torch
-
             if torch.get_num_threads() != self.cpu_threads:
                 torch.set_num_threads(self.cpu_threads)
 
     def generate(
         self, requests: Sequence[GenRequest], sampling: SamplingConfig
     ) -> list[Completion]:
-        import torch
-        from transformers import LogitsProcessorList
-
         self._use_threads()
         results: dict[int, Completion] = {}
         encoded: list[tuple[int, list[int]]] = []
@@ -320,10 +310,6 @@ class TransformersEngine:
         each completion token give its log-prob, top-k membership and (with `sampling`) the
         expected log-prob of an honest sampler there (`synthgen.engines.tokenstats`).
         """
-        import torch
-
-        from synthgen.engines.tokenstats import score_from_stats, token_stats
-
         self._use_threads()
 
         rows: list[tuple[int, list[int], int]] = []  # (request index, ids, prompt length)

@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from synthgen.config import CleanConfig
 from synthgen.io.schema import RECORD_SCHEMA
+from synthgen.stages.base import Stage
 from synthgen.stages.dedup.local import duplicate_reasons
 from synthgen.stages.dedup.minhash import MinHasher
 from synthgen.stages.dedup.normalize import text_hash
@@ -87,6 +88,19 @@ def clean_shard(table: pa.Table, cfg: CleanConfig) -> tuple[pa.Table, dict[str, 
     table = _set(table, "drop_reason", pa.array(reasons, type=pa.string()))
     counts = Counter(r for r in reasons if r is not None)
     return table, dict(sorted(counts.items()))
+
+
+class CleanStage(Stage):
+    """Per shard, on the worker right after generation: hashes, MinHash signatures, quality
+    filters and in-shard duplicates, all as flagged rows (`drop_reason`)."""
+
+    name = "clean"
+
+    def __init__(self, cfg: CleanConfig) -> None:
+        self.cfg = cfg
+
+    def process(self, rows: pa.Table) -> pa.Table:
+        return clean_shard(rows, self.cfg)[0]
 
 
 def _first(table: pa.Table, col: str) -> str:

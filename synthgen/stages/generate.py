@@ -26,12 +26,12 @@ from synthgen.cost.meter import AttemptMeter, Counts
 from synthgen.cost.prices import kept_counts
 from synthgen.engines.base import GenRequest, prompt_seed
 from synthgen.engines.cache import get_engine, worker_identity
-from synthgen.engines.fake import maybe_hang
 from synthgen.errors import StorageError
 from synthgen.io.schema import RECORD_SCHEMA
 from synthgen.io.store import Store
-from synthgen.stages.clean import clean_shard
-from synthgen.stages.plan import read_shard_prompts
+from synthgen.stages.base import Stage, merged_drops, run_stages
+from synthgen.stages.clean import CleanStage
+from synthgen.stages.plan import prompt_records, read_shard_rows
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ class ShardResult:
     finished_at: str = ""
     file: str = ""
     drop_counts: dict[str, int] = field(default_factory=dict)
+    stages: list[dict[str, Any]] = field(default_factory=list)  # StageStats per stage
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,6 +164,40 @@ def _records_table(
     return pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)
 
 
+class GenerateStage(Stage):
+    """Prompt rows (the plan's) -> one record per prompt: the engine's completion with its
+    provenance. A prompt the engine refused (too long for the context) is flagged
+    `rejected_prompt`; the shard never fails for it."""
+
+    name = "generate"
+
+    def __init__(self, cfg: RunConfig, shard_id: str, engine: Any, worker: str) -> None:
+        self.cfg = cfg
+        self.shard_id = shard_id
+        self.engine = engine
+        self.worker = worker
+        self.completions: list[Any] = []
+        self.engine_seconds = 0.0
+
+    def process(self, rows: pa.Table) -> pa.Table:
+        prompts = prompt_records(rows)
+        seeds = [prompt_seed(self.cfg.sampling.seed, p.prompt_id) for p in prompts]
+        requests = [
+            GenRequest(p.prompt_id, p.messages, s) for p, s in zip(prompts, seeds, strict=True)
+        ]
+        started = time.perf_counter()
+        self.completions = self.engine.generate(requests, self.cfg.sampling)
+        self.engine_seconds = time.perf_counter() - started
+        return _records_table(
+            self.cfg, self.shard_id, prompts, self.completions, self.engine.info, self.worker, seeds
+        )
+
+
+def after_generate(cfg: RunConfig) -> list[Stage]:
+    """The stages a shard goes through on its worker after generation, in order."""
+    return [CleanStage(cfg.clean)]
+
+
 def run_shard(task: ShardTask) -> ShardResult:
     cfg = RunConfig.model_validate(task.config)
     run_id = cfg.run_id or ""
@@ -196,20 +231,14 @@ def run_shard(task: ShardTask) -> ShardResult:
     fs, run_root = store.fs, store.run_path(run_id)
     counts = Counts()
     try:
-        maybe_hang(cfg.model, task.shard_id, attempt)  # test hook (fake engine only)
-        prompts = read_shard_prompts(store, run_id, task.shard_id)
-        counts.prompts = len(prompts)
-        seeds = [prompt_seed(cfg.sampling.seed, p.prompt_id) for p in prompts]
-        requests = [
-            GenRequest(p.prompt_id, p.messages, s) for p, s in zip(prompts, seeds, strict=True)
-        ]
-        t_engine = time.perf_counter()
-        completions = engine.generate(requests, cfg.sampling)
-        counts.engine_seconds = time.perf_counter() - t_engine
-
-        table = _records_table(cfg, task.shard_id, prompts, completions, engine.info, worker, seeds)
-        # clean on the worker: hashes, MinHash signatures, filter + in-shard duplicate reasons
-        table, drop_counts = clean_shard(table, cfg.clean)
+        rows = read_shard_rows(store, run_id, task.shard_id)
+        counts.prompts = rows.num_rows
+        generate = GenerateStage(cfg, task.shard_id, engine, worker)
+        # on the worker: generate, then clean (hashes, MinHash, filter + in-shard duplicates)
+        table, stats = run_stages([generate, *after_generate(cfg)], rows)
+        completions = generate.completions
+        counts.engine_seconds = generate.engine_seconds
+        drop_counts = merged_drops(stats)
         rejected = sum(1 for c in completions if c.finish_reason == "rejected")
         counts.prompt_tokens = sum(c.prompt_tokens for c in completions)
         counts.completion_tokens = sum(c.completion_tokens for c in completions)
@@ -243,7 +272,7 @@ def run_shard(task: ShardTask) -> ShardResult:
         shard_id=task.shard_id,
         status="done",
         attempt=attempt,
-        prompts=len(prompts),
+        prompts=rows.num_rows,
         rows=table.num_rows,
         rejected=rejected,
         prompt_tokens=counts.prompt_tokens,
@@ -263,6 +292,7 @@ def run_shard(task: ShardTask) -> ShardResult:
         finished_at=row["finished_at"].isoformat(),
         file=path,
         drop_counts=drop_counts,
+        stages=[st.as_dict() for st in stats],
     )
     commit = {
         "shard_id": task.shard_id,

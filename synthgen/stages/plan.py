@@ -11,8 +11,10 @@ import pyarrow as pa
 from synthgen.config import RunConfig
 from synthgen.errors import ConfigError
 from synthgen.io.store import Store
+from synthgen.stages.base import Stage
 from synthgen.stages.prompts import PromptRecord, PromptSet, load_prompts
 from synthgen.stages.sharding import Shard, make_shards
+from synthgen.stages.sizing import make_sized_shards, plan_shard_sizes
 
 PLAN_SCHEMA = pa.schema(
     [
@@ -44,17 +46,59 @@ def _plan_table(records: list[PromptRecord]) -> pa.Table:
     )
 
 
+class PromptsStage(Stage):
+    """The prompt source -> prompt rows (PLAN_SCHEMA), with stable ids. Records that cannot
+    be used are kept aside as rejects (`prompt_set.rejects`), not rows."""
+
+    name = "prompts"
+    scope = "run"
+
+    def __init__(self, cfg: RunConfig, prompt_set: PromptSet | None = None) -> None:
+        self.cfg = cfg
+        self.prompt_set = prompt_set
+
+    def process(self, rows: pa.Table) -> pa.Table:
+        if self.prompt_set is None:
+            self.prompt_set = load_prompts(self.cfg)
+        return _plan_table(self.prompt_set.records)
+
+
+class PlanStage(Stage):
+    """Prompt rows -> the same rows cut into shards (`shards` holds them, in plan order):
+    consecutive, in source order, so the same source and config always give the same
+    shards; sized uniformly, or by expected worker speed (`shards.sizing: guided`)."""
+
+    name = "plan"
+    scope = "run"
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self.shards: list[Shard] = []
+
+    def process(self, rows: pa.Table) -> pa.Table:
+        ids = rows.column("prompt_id").to_pylist()
+        if self.cfg.shards.sizing == "guided":
+            sizes = plan_shard_sizes(
+                len(ids), self.cfg.shards.size, self.cfg.shards.expected_workers
+            )
+            self.shards = make_sized_shards(ids, sizes)
+        else:
+            records = [PromptRecord(pid, [], {}, None) for pid in ids]
+            self.shards = make_shards(records, self.cfg.shards.size)
+        return rows
+
+
 def write_plan(cfg: RunConfig, store: Store, prompt_set: PromptSet | None = None) -> Plan:
     """Write (or, for an existing run, check and reuse) the plan of `cfg.run_id`."""
     run_id = cfg.run_id or ""
-    ps = prompt_set or load_prompts(cfg)
-    if cfg.shards.sizing == "guided":
-        from synthgen.cluster.scheduling import make_sized_shards, plan_shard_sizes
-
-        sizes = plan_shard_sizes(len(ps.records), cfg.shards.size, cfg.shards.expected_workers)
-        shards = make_sized_shards([r.prompt_id for r in ps.records], sizes)
-    else:
-        shards = make_shards(ps.records, cfg.shards.size)
+    source = PromptsStage(cfg, prompt_set)
+    rows, _ = source(_plan_table([]))
+    ps = source.prompt_set
+    if ps is None:  # process() always sets it
+        raise RuntimeError("the prompts stage produced no prompt set")
+    planner = PlanStage(cfg)
+    rows, _ = planner(rows)
+    shards = planner.shards
     index = {
         "run_id": run_id,
         "fingerprint": cfg.fingerprint(),
@@ -70,11 +114,12 @@ def write_plan(cfg: RunConfig, store: Store, prompt_set: PromptSet | None = None
                 f"run_id {run_id!r} already exists at {store.url('runs', run_id)} with a "
                 "different config or prompt source; choose another run_id (or remove that run)"
             )
-    by_id = {r.prompt_id: r for r in ps.records}
-    for shard in shards:
+    start = 0
+    for shard in shards:  # consecutive slices of the rows, in plan order
         path = store.run_path(run_id, "plan", "prompts", f"{shard.shard_id}.parquet")
         if not store.exists(path):
-            store.write_table(path, _plan_table([by_id[p] for p in shard.prompt_ids]))
+            store.write_table(path, rows.slice(start, len(shard)))
+        start += len(shard)
     if ps.rejects:
         lines = "\n".join(
             json.dumps({"source": r.source, "line": r.line, "reason": r.reason, "raw": r.raw})
@@ -85,8 +130,17 @@ def write_plan(cfg: RunConfig, store: Store, prompt_set: PromptSet | None = None
     return Plan(run_id, shards, len(ps.records), len(ps.rejects))
 
 
+def read_shard_rows(store: Store, run_id: str, shard_id: str) -> pa.Table:
+    """One shard's prompt rows (PLAN_SCHEMA), as the plan wrote them."""
+    return store.read_table(store.run_path(run_id, "plan", "prompts", f"{shard_id}.parquet"))
+
+
 def read_shard_prompts(store: Store, run_id: str, shard_id: str) -> list[PromptRecord]:
-    table = store.read_table(store.run_path(run_id, "plan", "prompts", f"{shard_id}.parquet"))
+    return prompt_records(read_shard_rows(store, run_id, shard_id))
+
+
+def prompt_records(table: pa.Table) -> list[PromptRecord]:
+    """PLAN_SCHEMA rows -> prompt records."""
     out = []
     for row in table.to_pylist():
         out.append(

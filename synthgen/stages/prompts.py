@@ -21,6 +21,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from synthgen.config import (
     BuiltinSource,
     InputConfig,
@@ -185,8 +189,6 @@ def _load_jsonl_lines(source: str, data: bytes, id_field: str, policy: InputConf
 
 
 def _read_bytes(path: str) -> bytes:
-    import fsspec
-
     try:
         with fsspec.open(path, "rb") as fh:
             return fh.read()
@@ -201,12 +203,8 @@ def load_jsonl(src: JsonlSource, policy: InputConfig) -> PromptSet:
 
 
 def load_parquet(src: ParquetSource, policy: InputConfig) -> PromptSet:
-    import pyarrow.parquet as pq
-
     data = _read_bytes(src.path)
     try:
-        import pyarrow as pa
-
         table = pq.read_table(pa.BufferReader(data))
     except Exception as exc:
         raise PromptError(f"{src.path}: not a readable Parquet file ({exc})") from None

@@ -12,10 +12,12 @@ import pyarrow.compute as pc
 
 from synthgen import __version__
 from synthgen.config import RunConfig
-from synthgen.io.schema import DATASET_COLUMNS
+from synthgen.io.schema import DATASET_COLUMNS, RECORD_SCHEMA
 from synthgen.io.store import Store
+from synthgen.stages.base import Stage, run_stages
 from synthgen.stages.dedup.cross import apply_drops
 from synthgen.stages.dedup.index import index_rows, write_index
+from synthgen.stages.dedup.stage import read_drops
 from synthgen.stages.generate import committed_shards, read_committed_shard
 
 DATASET_DIR = "dataset"
@@ -29,6 +31,29 @@ def kept_rows(table: pa.Table, extra_drops: set[str] | None = None) -> pa.Table:
     return table.filter(mask).select(DATASET_COLUMNS)
 
 
+class RunDedupMarks(Stage):
+    """Run-wide dedup, per shard: flag the rows the run-wide search found to duplicate a row
+    of another shard (the search itself works on the whole run, on the cluster)."""
+
+    name = "dedup"
+
+    def __init__(self, drops: dict[str, str]) -> None:
+        self.drops = drops
+
+    def process(self, rows: pa.Table) -> pa.Table:
+        return apply_drops(rows, self.drops)
+
+
+class PublishStage(Stage):
+    """A committed shard's rows -> the rows its published file holds: the kept ones, in the
+    dataset's columns (rows flagged by an earlier stage were counted there, not here)."""
+
+    name = "publish"
+
+    def process(self, rows: pa.Table) -> pa.Table:
+        return kept_rows(rows)
+
+
 def publish_shard(
     config: dict[str, Any],
     shard_id: str,
@@ -37,16 +62,20 @@ def publish_shard(
     """Write the kept records of one committed shard to dataset/; return its file entry.
 
     `extra_drops`: prompt_id -> reason from the run-wide dedup stage (a plain list means
-    reason "dropped"). The entry counts the shard's records: generated = rows + dropped,
+    reason "dropped"); None: this shard's entries of the run's drops file
+    (`runs/RUN_ID/dedup/drops.parquet`, written by the dedup stage), if there is one. The entry counts the shard's records: generated = rows + dropped,
     with drop_counts per reason (filters, in-shard and cross-shard duplicates).
     """
     cfg = RunConfig.model_validate(config)
     store = Store(cfg.output)
     table = read_committed_shard(store, cfg.run_id or "", shard_id)  # checksum-verified
+    if extra_drops is None:
+        extra_drops = read_drops(store, cfg.run_id or "").get(shard_id, {})
     if isinstance(extra_drops, list):
         extra_drops = dict.fromkeys(extra_drops, "dropped")
-    table = apply_drops(table, extra_drops or {})
-    kept = kept_rows(table)
+    marks = RunDedupMarks(extra_drops or {})
+    table, _ = marks(table)
+    kept, _ = run_stages([PublishStage()], table)
     name = f"{shard_id}.parquet"
     size, sha = store.write_table(store.path(DATASET_DIR, name), kept)
     reasons = Counter(r for r in table["drop_reason"].to_pylist() if r is not None)
@@ -144,8 +173,6 @@ def _with_clean_totals(totals: dict[str, Any], files: list[dict[str, Any]]) -> d
 
 
 def _dataset_schema() -> list[pa.Field]:
-    from synthgen.io.schema import RECORD_SCHEMA
-
     return [RECORD_SCHEMA.field(n) for n in DATASET_COLUMNS]
 
 

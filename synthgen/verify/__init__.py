@@ -5,7 +5,6 @@
 - `verdict`: shard-level statistics and the pass/fail decision
 - `calibrate`: thresholds from honest runs
 - `check`: the worker-side check, verification records and quarantine
-- `cheats`: simulated dishonest workers for tests and benchmarks
 """
 
 from synthgen.verify.sample import choose_sample, sample_size

@@ -1,11 +1,14 @@
 """A worker that hangs (never returns) is timed out by `cluster.shard_timeout_s` and its shard
-re-run; the abandoned attempt, if it ever returns, writes nothing."""
+re-run; the abandoned attempt, if it ever returns, writes nothing.
+
+The hang is test-only engine behaviour (`tests/support/hang.py`), injected into the worker
+processes through a Dask preload; nothing in the run config asks for it."""
 
 from __future__ import annotations
 
 import threading
-import time
 
+import dask
 import pyarrow.dataset as ds
 import pytest
 
@@ -16,6 +19,7 @@ from synthgen.io.store import Store
 from synthgen.stages.generate import ShardTask, commit_path, run_shard
 from synthgen.stages.plan import write_plan
 from tests.helpers import fake_config, write_config
+from tests.support import hang
 
 pytestmark = pytest.mark.slow
 
@@ -28,46 +32,57 @@ def test_hung_shard_is_timed_out_and_rerun_on_a_dask_cluster(tmp_path, prefect_a
         cluster__shard_timeout_s=3,
         cluster__task_retries=1,
         model__fake__seconds_per_shard=0.3,
-        model__fake__hang_shards=["shard-00001"],
-        model__fake__hang_seconds=120,  # a blocking call Prefect's timeout cannot interrupt
     )
-    started = time.perf_counter()
-    res = synthgen_run(config=write_config(tmp_path / "c.yaml", data))
-    elapsed = time.perf_counter() - started
+    cfg = config_from_dict(data)
+    prompt = hang.first_prompt_id(cfg, "shard-00001")
+    state = tmp_path / "hang"
+    # a blocking call Prefect's timeout cannot interrupt; it ends only when released (never,
+    # while the flow runs) or after 600 s: a flow that waited for it would see it return
+    with dask.config.set(hang.preload_config(prompt, state, seconds=600)):
+        res = synthgen_run(config=write_config(tmp_path / "c.yaml", data))
+    stuck = hang.Hang(state, prompt)
     assert res["status"] == "complete", res
-    assert elapsed < 90, f"the hung attempt was waited for ({elapsed:.0f}s)"
+    started = stuck.started()
+    assert started is not None and prompt in started["prompt_ids"], "the hang never started"
+    assert not stuck.returned(), "the flow waited for the hung call to return"
 
     table = ds.dataset(out / "dataset", format="parquet").to_table()
     ids = table["prompt_id"].to_pylist()
     assert len(ids) == 24 and len(set(ids)) == 24
 
-    store = Store(config_from_dict(data).output)
+    store = Store(cfg.output)
     history = [a for a in attempt_history(store, res["run_id"]) if a["shard_id"] == "shard-00001"]
     assert [(a["attempt"], a["outcome"]) for a in history] == [(1, "lost"), (2, "committed")]
+    assert history[0]["worker"] == started["worker"]  # the lost attempt is the hung call
+    # the published copy of the shard is the re-run's
+    marker = store.read_json(commit_path(store, res["run_id"], "shard-00001"))
+    assert marker["result"]["attempt"] == 2
 
 
 def test_abandoned_attempt_that_returns_late_writes_nothing(tmp_path):
-    cfg = config_from_dict(
-        fake_config(
-            str(tmp_path / "out"),
-            model__fake__hang_shards=["shard-00000"],
-            model__fake__hang_seconds=2.0,
-        )
-    )
+    cfg = config_from_dict(fake_config(str(tmp_path / "out")))
     store = Store(cfg.output)
     write_plan(cfg, store)
     config = cfg.model_dump(mode="json")
-    late: dict = {}
-    zombie = threading.Thread(
-        target=lambda: late.update(run_shard(ShardTask(config, "shard-00000")).as_dict())
-    )
-    zombie.start()
-    time.sleep(0.5)  # attempt 1 is hanging; the flow re-runs the shard: attempt 2 commits
-    rerun = run_shard(ShardTask(config, "shard-00000"))
-    assert rerun.status == "done" and rerun.attempt == 2
-    marker = store.read_json(commit_path(store, cfg.run_id, "shard-00000"))
-    file_bytes = store.read_bytes(marker["file"])
-    zombie.join()
+    stuck = hang.install(hang.first_prompt_id(cfg, "shard-00000"), tmp_path / "hang")
+    try:
+        late: dict = {}
+        zombie = threading.Thread(
+            target=lambda: late.update(run_shard(ShardTask(config, "shard-00000")).as_dict())
+        )
+        zombie.start()
+        stuck.wait_started()  # attempt 1 is hanging; the flow re-runs the shard: attempt 2
+        rerun = run_shard(ShardTask(config, "shard-00000"))
+        assert rerun.status == "done" and rerun.attempt == 2
+        marker = store.read_json(commit_path(store, cfg.run_id, "shard-00000"))
+        file_bytes = store.read_bytes(marker["file"])
+        assert not stuck.returned()  # attempt 1 is still blocked while attempt 2 commits
+        stuck.release()
+        zombie.join()
+    finally:
+        stuck.release()  # never leave the thread blocked if an assertion above failed
+        hang.uninstall()
+    assert stuck.returned()
     assert late["status"] == "superseded" and late["attempt"] == 1
     # neither the committed file nor its marker was touched by the late attempt
     assert store.read_json(commit_path(store, cfg.run_id, "shard-00000")) == marker

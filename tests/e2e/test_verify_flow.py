@@ -16,8 +16,8 @@ from distributed import Client, LocalCluster
 from flows.run import synthgen_run
 from synthgen.cost.ledger import read_ledger, run_fs
 from synthgen.cost.report import load_summary, to_markdown
-from synthgen.verify.cheats import install_cheat
 from tests.helpers import fake_config, write_config
+from tests.support.cheats import install_cheat
 
 
 @pytest.fixture()

@@ -11,7 +11,7 @@ from synthgen.config import RunConfig, SamplingConfig, VerifyConfig
 from synthgen.engines.base import GenRequest, ScoreRequest, ScoringEngine, prompt_seed
 from synthgen.stages.prompts import load_prompts
 from synthgen.verify import judge
-from synthgen.verify.cheats import STRATEGIES, CheatingEngine
+from tests.support.cheats import STRATEGIES, CheatingEngine
 
 pytestmark = pytest.mark.slow
 

@@ -22,8 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from synthgen.config import CleanConfig
@@ -88,8 +90,6 @@ class DedupResult:
 
 # ---------------------------------------------------------------------------- reading
 def _read(src: Source, p: _Params) -> pa.Table:
-    import fsspec
-
     if p.filesystem is not None:
         fs, path = p.filesystem, src.path
     else:
@@ -98,15 +98,11 @@ def _read(src: Source, p: _Params) -> pa.Table:
         if src.prior:
             t = pq.read_table(path, columns=INDEX_COLUMNS, filesystem=fs)
             if p.run_id is not None:
-                import pyarrow.compute as pc
-
                 t = t.filter(pc.not_equal(t.column("run_id"), p.run_id))
             return t.drop_columns(["run_id"])
         t = pq.read_table(path, columns=COLUMNS, filesystem=fs)
     except (OSError, pa.ArrowInvalid, KeyError) as exc:
         raise OSError(f"cross-shard dedup: cannot read {src.path}: {exc}") from exc
-    import pyarrow.compute as pc
-
     return t.filter(pc.is_null(t.column("drop_reason"))).drop_columns(["drop_reason"])
 
 

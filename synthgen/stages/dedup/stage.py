@@ -8,6 +8,7 @@ from synthgen.config import RunConfig
 from synthgen.io.store import Store
 from synthgen.stages.dedup.cross import DROPS_SCHEMA, DedupResult, cross_shard_dedup
 from synthgen.stages.dedup.index import index_paths
+from synthgen.stages.generate import shard_path
 
 DATASET_DIR = "dataset"
 
@@ -20,8 +21,6 @@ def dedup_run(client: Any, cfg: RunConfig, store: Store, shard_ids: list[str]) -
     """Cross-shard (and, if configured, against-published) dedup of the run's committed
     shards on `client`'s cluster; writes `runs/RUN_ID/dedup/drops.parquet` (shard_id,
     prompt_id, reason) and returns the result."""
-    from synthgen.stages.generate import shard_path
-
     run_id = cfg.run_id or ""
     paths = [shard_path(store, run_id, sid) for sid in sorted(shard_ids)]
     prior: list[str] = []

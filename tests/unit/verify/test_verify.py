@@ -16,9 +16,9 @@ from synthgen.stages.generate import ShardTask, commit_path, run_shard, shard_pa
 from synthgen.stages.plan import write_plan
 from synthgen.verify import aggregate, choose_sample, judge, sample_size
 from synthgen.verify.calibrate import calibrate
-from synthgen.verify.cheats import CheatingEngine, install_cheat, remove_cheat
 from synthgen.verify.check import VerifyTask, distrust_shard, verify_path, verify_shard
 from tests.helpers import fake_config
+from tests.support.cheats import CheatingEngine, install_cheat, remove_cheat
 
 
 # ------------------------------------------------------------------ sampling
@@ -222,7 +222,7 @@ def test_cheating_engine_strategies_on_the_fake_engine():
         CheatingEngine(inner, "small").generate(reqs, SamplingConfig())
 
 
-def test_wrap_engines_applies_to_newly_built_engines_only_until_removed():
+def test_install_cheat_wraps_newly_built_engines_until_removed():
     from synthgen.config import ModelConfig
 
     cfg = ModelConfig(engine="fake", path="wrap-test")

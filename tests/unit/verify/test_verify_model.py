@@ -13,8 +13,8 @@ from synthgen.config import ModelConfig, RunConfig, SamplingConfig, VerifyConfig
 from synthgen.engines.base import GenRequest, ScoreRequest, prompt_seed
 from synthgen.stages.prompts import load_prompts
 from synthgen.verify import judge
-from synthgen.verify.cheats import STRATEGIES, CheatingEngine, install_cheat
 from tests.helpers import write_config
+from tests.support.cheats import STRATEGIES, CheatingEngine, install_cheat
 
 pytestmark = pytest.mark.slow
 

@@ -1,9 +1,11 @@
-"""Simulated dishonest workers, for tests and benchmarks only (never selected by a config).
+"""Simulated dishonest workers, for tests and benchmarks only (not in the package; no config
+can select one).
 
 A `CheatingEngine` wraps a worker's real engine: it claims the same model (same `info`) but
 returns text that did not come from that model with the claimed sampling. Scoring is passed
 through honestly: the cheater is the generator, the verifier is another worker. Install one
-on a chosen Dask worker with `install_cheat` (through `client.run`).
+on a chosen Dask worker with `install_cheat` (through `client.run`): it sets the engine cache's
+one extension point, `synthgen.engines.cache.set_engine_wrapper`.
 
 Strategies:
 - `hot`: the right model, much hotter sampling (temperature 1.6, no top-p): a stand-in for a
@@ -25,6 +27,7 @@ from typing import Any
 
 from synthgen.config import SamplingConfig
 from synthgen.engines.base import Completion, GenRequest, InferenceEngine, Score, ScoreRequest
+from synthgen.engines.cache import set_engine_wrapper
 
 STRATEGIES = ("hot", "small", "pool", "shuffle", "replay", "partial")
 
@@ -120,15 +123,11 @@ class CheatingEngine:
 def install_cheat(strategy: str, seed: int = 0) -> str:
     """Make this process's engines cheat from now on; run it on one Dask worker with
     `client.run(install_cheat, "pool", workers=[address])`. Returns the strategy."""
-    from synthgen.engines.cache import wrap_engines
-
     if strategy not in STRATEGIES:
         raise ValueError(f"cheat strategy {strategy!r}: expected one of {STRATEGIES}")
-    wrap_engines(lambda engine: CheatingEngine(engine, strategy, seed))
+    set_engine_wrapper(lambda engine: CheatingEngine(engine, strategy, seed))
     return strategy
 
 
 def remove_cheat() -> None:
-    from synthgen.engines.cache import wrap_engines
-
-    wrap_engines(None)
+    set_engine_wrapper(None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from synthgen.cluster.scheduling import (
+from synthgen.stages.sizing import (
     guided_shard_sizes,
     make_sized_shards,
     max_shard_size,

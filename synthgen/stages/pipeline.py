@@ -1,0 +1,41 @@
+"""The stages of a run, in order, and where each one's unit of work runs.
+
+Today a run is one generation step; this list is what the flow executes and what the
+multi-stage `stages:` config will extend (several generation steps reading earlier stages'
+columns, each sharded, committed and costed the same way).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from synthgen.config import RunConfig
+from synthgen.stages.base import Scope, Stage
+from synthgen.stages.clean import CleanStage
+from synthgen.stages.generate import GenerateStage
+from synthgen.stages.plan import PlanStage, PromptsStage
+from synthgen.stages.publish import PublishStage, RunDedupMarks
+
+
+@dataclass(frozen=True)
+class StageStep:
+    """One entry of a run's stage list: the stage class, its scope and where it runs."""
+
+    name: str
+    stage: type[Stage]
+    scope: Scope
+    where: str  # "flow" (the orchestrating process) or "worker" (a Dask task)
+    enabled: bool = True
+
+
+def run_stage_list(cfg: RunConfig) -> list[StageStep]:
+    """What a run of `cfg` does, stage by stage (disabled steps listed, marked as such)."""
+    dedup = cfg.clean.enabled and (cfg.clean.exact.enabled or cfg.clean.near.enabled)
+    return [
+        StageStep("prompts", PromptsStage, "run", "flow"),
+        StageStep("plan", PlanStage, "run", "flow"),
+        StageStep("generate", GenerateStage, "shard", "worker"),
+        StageStep("clean", CleanStage, "shard", "worker", cfg.clean.enabled),
+        StageStep("dedup", RunDedupMarks, "shard", "worker", dedup),
+        StageStep("publish", PublishStage, "shard", "worker"),
+    ]

@@ -1,0 +1,1 @@
+"""Test-only behaviour injected into engines by tests (never shipped in the package)."""
