@@ -15,8 +15,9 @@ efficiency, and vLLM vs the transformers engine. Results: benchmarks/RESULTS-vll
   counted); then the whole pipeline (`flows.run.execute`: plan, generate shards, filters,
   Parquet, ledger) vs a bare `LLM.generate` of the same token ids with the same
   SamplingParams on the same loaded engine in the same worker, in one invocation.
-- `engines`: vLLM (in-process, the cpu preset) vs synthgen's transformers engine on the same
-  prompts and sampling, at several job sizes (prompts x new tokens), in this process.
+- `engines`: vLLM (in-process, the cpu preset) vs synthgen's transformers engine (batch 64,
+  float32) on the same prompts and sampling, at several job sizes (prompts x new tokens),
+  in this process: every size with transformers first, then with vLLM.
 """
 
 from __future__ import annotations
@@ -213,31 +214,45 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
 
 # --------------------------------------------------------------------------- engines
 def cmd_engines(args: argparse.Namespace) -> None:
+    """transformers first, then vLLM: once vLLM runs in a process it sets torch to one
+    thread and blocks `torch.set_num_threads` there, which would handicap transformers."""
     from synthgen.config import ModelConfig, SamplingConfig, VllmOptions
     from synthgen.engines.transformers import TransformersEngine
     from synthgen.engines.vllm import VllmEngine
 
     print(machine())
+    sizes = [tuple(int(x) for x in size.split("x")) for size in args.sizes.split(",")]
+    rows: dict[tuple[int, int], dict] = {s: {"prompts": s[0], "new": s[1]} for s in sizes}
+
+    def measure(name: str, eng: object) -> None:
+        for n, new in sizes:
+            reqs = _prompts(n)
+            sampling = SamplingConfig(temperature=0.7, top_p=0.95, max_new_tokens=new)
+            t = time.perf_counter()
+            out = eng.generate(reqs, sampling)  # type: ignore[attr-defined]
+            secs = time.perf_counter() - t
+            tokens = sum(c.completion_tokens for c in out)
+            rows[(n, new)][f"{name}_tokens"] = tokens
+            rows[(n, new)][f"{name}_tok_s"] = round(tokens / secs, 1)
+            print(
+                json.dumps(
+                    {"engine": name, "prompts": n, "new": new, "tok_s": round(tokens / secs, 1)}
+                ),
+                flush=True,
+            )
+
+    t = time.perf_counter()
+    tf = TransformersEngine(ModelConfig(device="cpu", batch_size=args.batch))
+    print(f"transformers load {time.perf_counter() - t:.1f} s", flush=True)
+    measure("transformers", tf)
+    tf.close()
     t = time.perf_counter()
     vl = VllmEngine(
         ModelConfig(engine="vllm", device="cpu", vllm=VllmOptions(multiprocessing=False))
     )
-    print(f"vllm load {time.perf_counter() - t:.1f} s")
-    t = time.perf_counter()
-    tf = TransformersEngine(ModelConfig(device="cpu", batch_size=args.batch))
-    print(f"transformers load {time.perf_counter() - t:.1f} s")
-    for size in args.sizes.split(","):
-        n, new = (int(x) for x in size.split("x"))
-        reqs = _prompts(n)
-        sampling = SamplingConfig(temperature=0.7, top_p=0.95, max_new_tokens=new)
-        row = {"prompts": n, "new": new}
-        for name, eng in (("vllm", vl), ("transformers", tf)):
-            t = time.perf_counter()
-            out = eng.generate(reqs, sampling)
-            secs = time.perf_counter() - t
-            tokens = sum(c.completion_tokens for c in out)
-            row[f"{name}_tokens"] = tokens
-            row[f"{name}_tok_s"] = round(tokens / secs, 1)
+    print(f"vllm load {time.perf_counter() - t:.1f} s", flush=True)
+    measure("vllm", vl)
+    for row in rows.values():
         row["vllm/transformers"] = round(row["vllm_tok_s"] / row["transformers_tok_s"], 2)
         print(json.dumps(row), flush=True)
 
