@@ -242,7 +242,9 @@ def cmd_engines(args: argparse.Namespace) -> None:
             )
 
     t = time.perf_counter()
-    tf = TransformersEngine(ModelConfig(device="cpu", batch_size=args.batch))
+    tf = TransformersEngine(
+        ModelConfig(device="cpu", batch_size=args.batch, cpu_threads=args.tf_threads)
+    )
     print(f"transformers load {time.perf_counter() - t:.1f} s", flush=True)
     measure("transformers", tf)
     tf.close()
@@ -273,6 +275,13 @@ def main() -> None:
     p = sub.add_parser("engines")
     p.add_argument("--sizes", default="16x64,64x128,128x256")
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument(
+        "--tf-threads",
+        type=int,
+        default=None,
+        help="torch threads of the transformers engine (default: all cores; vLLM runs its "
+        "own torch at 1 thread). 1 keeps a shared machine from collapsing into OMP spin-waits.",
+    )
     args = ap.parse_args()
     {"load": cmd_load, "pipeline": cmd_pipeline, "engines": cmd_engines}[args.cmd](args)
 
