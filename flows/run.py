@@ -24,19 +24,20 @@ from prefect.runtime import flow_run
 
 import flows.credentials  # noqa: F401 - every Store in this process resolves credentials blocks
 from flows.cost import (
+    BudgetWatch,
     budget_message,
     cost_summary,
     finish_usage,
     publish_cost_artifact,
     record_budget,
-    run_budgeted,
     runner_kwargs,
     start_usage,
 )
+from flows.loop import Gate, ShardLoop
 from flows.refs import SUMMARY_ARTIFACT_PREFIX, deployment_default_config, resolve_config_ref
 from flows.task_runner import Opaque, SynthgenTaskRunner, unwrap
 from flows.timeouts import ShardTimeouts
-from flows.verify import generate_verified
+from flows.verify import VerifyGate, _restrict, _runner_client, _workers, submit_check_task
 from synthgen.cluster.client import generate_resources
 from synthgen.cluster.preflight import run_preflight
 from synthgen.config import RunConfig, load_config
@@ -130,77 +131,68 @@ def generate_flow(
     run_started_at = run_started_at or time.time()
     slots = start_usage(cfg, run_started_at)  # workers are held (and billed) from here
     started = time.perf_counter()
-    order = {sid: i for i, sid in enumerate(shard_ids)}
+    store = Store(cfg.output)
 
-    def submit_attempt(sid: str) -> Any:
-        # plan order first: with guided sizing the big shards start early, small ones last
-        with dask.annotate(priority=len(shard_ids) - order[sid]):
+    def submit(sid: str, avoid: set[str] | None, priority: int) -> Any:
+        # plan order first (priority): with guided sizing the big shards start early
+        allowed = None
+        if avoid:
+            allowed = [w for w in _workers(_runner_client(), resources) if w not in avoid]
+        with _gpu_annotation(cfg), _restrict(allowed, priority):
             return gen.submit(task_config, sid)
 
-    timeouts = None
+    resources = generate_resources(cfg)  # verify tasks load the same engine
+    # gates: budget (admission), shard timeout (ticks), verification (checks, exclusions)
+    budget = BudgetWatch(cfg, slots)
+    gates: list[Gate] = [budget]
     if cfg.cluster.shard_timeout_s is not None:
-        timeouts = ShardTimeouts(cfg, Store(cfg.output), submit_attempt)
-
-    def submit(sid: str) -> Any:
-        fut = submit_attempt(sid)
-        return timeouts.wrap(sid, fut) if timeouts else fut
+        # no Prefect timeout_seconds: it cannot interrupt a blocking call in a worker thread
+        gates.append(ShardTimeouts(cfg, store))
+    verify = None
+    if cfg.verify.enabled:  # spot checks on other workers as shards commit (issue 8)
+        verify = VerifyGate(
+            cfg,
+            config,
+            submit_check_task(task_config, lambda: _gpu_annotation(cfg)),
+            lambda: _workers(_runner_client(), resources),
+            store,
+        )
+        gates.append(verify)
 
     done_before = total - len(shard_ids)
-    results: list[dict[str, Any]] = []
     tokens = 0
-    failures: list[str] = []
-
-    def on_done(fut: Any) -> bool:
-        try:
-            res = fut.result()
-        except Exception as exc:  # the task exhausted its retries
-            failures.append(f"{exc}")
-            print(f"shard failed after retries: {type(exc).__name__}: {exc}")
-            return False
-        report(res)
-        return True
-
+    reported = 0
     last_line = float("-inf")
 
     def report(res: dict[str, Any]) -> None:
-        nonlocal tokens, last_line
-        results.append(res)
+        nonlocal tokens, last_line, reported
+        reported += 1
         tokens += res["completion_tokens"]
         now = time.perf_counter()
         elapsed = now - started
         # a line per shard, at most one a second (plus the first and last): thousands of
         # small shards would otherwise flood the terminal and the Prefect run's log
-        if now - last_line < 1.0 and len(results) not in (1, len(shard_ids)):
+        if now - last_line < 1.0 and reported not in (1, len(shard_ids)):
             return
         last_line = now
         print(
-            f"shard {res['shard_id']} done · {done_before + len(results)}/{total} shards · "
+            f"shard {res['shard_id']} done · {done_before + reported}/{total} shards · "
             f"{res['completion_tokens']} tokens in {res['engine_seconds']:.1f}s · "
             f"${res['cost_usd']:.4f} · run {tokens / elapsed:.1f} tokens/s"
         )
 
+    sched = ShardLoop(shard_ids, submit, gates, on_result=report).run()
+    results, failures = sched.results, sched.failures
     verification = None
-    sched = None
-    if cfg.verify.enabled:
-        # spot checks on other workers as shards commit; failed shards regenerated (issue 8)
-        if cfg.budget.max_cost_usd is not None:
-            print("warning: budget.max_cost_usd is not enforced while verify.enabled is on")
-        vrun = generate_verified(cfg, config, shard_ids, gen, lambda: _gpu_annotation(cfg), report)
-        failures = vrun.failures
-        all_attempts = results
-        results = vrun.results
-        verification = vrun.summary(sum(r["engine_seconds"] for r in all_attempts))
-    else:
-        with _gpu_annotation(cfg):
-            sched = run_budgeted(
-                cfg, shard_ids, submit, on_done, slots, timeouts.wait_any if timeouts else None
-            )
+    if verify is not None:
+        vrun = verify.finish(failures)
+        failures, results = vrun.failures, vrun.results  # accepted generations only
+        verification = vrun.summary(sum(r["engine_seconds"] for r in sched.results))
     gen_seconds = time.perf_counter() - started
-    budget_msg = budget_message(cfg, sched, total) if sched is not None else None
+    budget_msg = budget_message(cfg, sched, total)
     record_budget(cfg, budget_msg)
     if budget_msg:
         print(budget_msg)
-    store = Store(cfg.output)
     committed = committed_shards(store, cfg.run_id or "")
     try:  # attempts whose worker died wrote no ledger row: price them from their markers
         lost = record_lost_attempts(store, cfg.run_id or "")
