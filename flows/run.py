@@ -39,7 +39,7 @@ from flows.task_runner import Opaque, SynthgenTaskRunner, unwrap
 from flows.timeouts import ShardTimeouts
 from flows.verify import VerifyGate, _restrict, _runner_client, _workers, submit_check_task
 from synthgen.cluster.client import generate_resources
-from synthgen.cluster.preflight import run_preflight
+from synthgen.cluster.preflight import check_output, run_preflight
 from synthgen.config import RunConfig, load_config
 from synthgen.config.secrets import check_overrides, protect, restore_secrets, stash_secrets
 from synthgen.cost.lost import record_lost_attempts
@@ -132,21 +132,21 @@ def generate_flow(
     slots = start_usage(cfg, run_started_at)  # workers are held (and billed) from here
     started = time.perf_counter()
     store = Store(cfg.output)
+    resources = generate_resources(cfg)  # verify tasks load the same engine
 
     def submit(sid: str, avoid: set[str] | None, priority: int) -> Any:
-        # plan order first (priority): with guided sizing the big shards start early
+        # plan order first (priority): with guided sizing the big shards start early;
+        # `avoid`: workers flagged by verification (restricted to the others)
         allowed = None
         if avoid:
             allowed = [w for w in _workers(_runner_client(), resources) if w not in avoid]
         with _gpu_annotation(cfg), _restrict(allowed, priority):
             return gen.submit(task_config, sid)
 
-    resources = generate_resources(cfg)  # verify tasks load the same engine
     # gates: budget (admission), shard timeout (ticks), verification (checks, exclusions)
     budget = BudgetWatch(cfg, slots)
     gates: list[Gate] = [budget]
     if cfg.cluster.shard_timeout_s is not None:
-        # no Prefect timeout_seconds: it cannot interrupt a blocking call in a worker thread
         gates.append(ShardTimeouts(cfg, store))
     verify = None
     if cfg.verify.enabled:  # spot checks on other workers as shards commit (issue 8)
@@ -246,11 +246,16 @@ def _logger() -> Any:
         return logging.getLogger("synthgen")
 
 
+_named: dict[tuple[str, tuple[str, ...]], RunConfig] = {}  # loaded for the run's name
+
+
 def _run_name() -> str:
     params = flow_run.parameters or {}
     try:
         path = resolve_config_ref(params["config"], deployment_default_config())
-        cfg = load_config(path, params.get("overrides"))
+        overrides = tuple(params.get("overrides") or [])
+        cfg = load_config(path, list(overrides))
+        _named[(path, overrides)] = cfg  # the flow takes it from here: one load per run
         return f"{cfg.name}/{cfg.run_id}"
     except Exception:
         return f"invalid-config/{params.get('config', '?')}"
@@ -262,16 +267,44 @@ def synthgen_run(config: str, overrides: list[str] | None = None) -> dict[str, A
     started = time.perf_counter()
     check_overrides(overrides or [], "overrides")  # no credentials in run parameters
     config = resolve_config_ref(config, deployment_default_config())
-    cfg = load_config(config, overrides)
+    cfg = _named.pop((config, tuple(overrides or [])), None) or load_config(config, overrides)
     return execute(cfg, started)
 
 
-def execute(cfg: RunConfig, started: float | None = None) -> dict[str, Any]:
+def run_checked(cfg: RunConfig, config: str, overrides: list[str]) -> dict[str, Any]:
+    """The CLI's way into `synthgen-run`: `cfg` is `config` + `overrides`, already validated
+    and preflighted by the caller, so the run starts up once. The flow run shows the same
+    parameters (path and overrides) as `synthgen_run`; the config itself travels in memory,
+    never as a Prefect parameter."""
+    started = time.perf_counter()
+
+    def checked_run(config: str, overrides: list[str] | None = None) -> dict[str, Any]:
+        return execute(cfg, started, preflighted=True)
+
+    checked_run.__doc__ = synthgen_run.__doc__
+    entry = flow(
+        checked_run,
+        name="synthgen-run",
+        log_prints=True,
+        persist_result=False,
+        flow_run_name=f"{cfg.name}/{cfg.run_id}",
+    )
+    return entry(config=config, overrides=overrides)
+
+
+def execute(
+    cfg: RunConfig, started: float | None = None, preflighted: bool = False
+) -> dict[str, Any]:
+    """Run a validated config. `preflighted`: the caller (the CLI) ran the preflight, all but
+    the storage check when the credentials live in a Prefect block (readable only now)."""
     started = started or time.perf_counter()
     output = cfg.output  # a Store resolves output.credentials_block itself (flows.credentials)
     protect(cfg.model_dump(mode="json") | {"output": output.model_dump(mode="json")})
     # model, scheduler, credentials, writable output: all checked before any GPU time
-    print(run_preflight(cfg, output).render())
+    if not preflighted:
+        print(run_preflight(cfg, output).render())
+    elif output.credentials_block is not None:
+        print(f"preflight: {check_output(output)}")
     store = Store(output)
     with RunLease(store, cfg.run_id or "", ttl_s=cfg.output.lease_ttl_s) as lease:
         return _execute_leased(cfg, store, lease, started)

@@ -7,6 +7,9 @@ with a higher priority is submitted restricted to the *other* workers
 (`dask.annotate(workers=..., allow_other_workers=False)`), so it runs alongside
 generation. A failed shard has already been quarantined by the check; the flow flags its
 worker and resubmits the shard restricted to workers that are not flagged.
+
+`VerifyGate` is one gate of the flow's generate loop (flows/loop.py), so budget and shard
+timeout hold while verifying: a regeneration is admitted by the budget like any shard.
 """
 
 from __future__ import annotations
