@@ -30,10 +30,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.prefect_env import prefect_api
 
     with prefect_api():
-        from flows.run import synthgen_run
+        from flows.run import run_checked
         from synthgen.cost.summary import RunSummary
 
-        result = synthgen_run(config=args.config, overrides=args.set or [])
+        result = run_checked(cfg, args.config, args.set or [])  # no second load/preflight
     print(RunSummary(**result).render_text())
     if args.summary_json:
         with open(args.summary_json, "w", encoding="utf-8") as fh:
