@@ -61,10 +61,9 @@ def generate_shard(config: dict[str, Any] | Opaque, shard_id: str) -> dict[str, 
 
 
 @task(name="publish-shard", persist_result=False, retries=2, retry_delay_seconds=2)
-def publish_shard_task(
-    config: dict[str, Any] | Opaque, shard_id: str, drops: dict[str, str] | None = None
-) -> dict[str, Any]:
-    return publish_shard(unwrap(config), shard_id, drops)
+def publish_shard_task(config: dict[str, Any] | Opaque, shard_id: str) -> dict[str, Any]:
+    """Publish one committed shard (its run-wide dedup drops read from the run's drops file)."""
+    return publish_shard(unwrap(config), shard_id)
 
 
 @task(name="dedup-run", persist_result=False, retries=1, retry_delay_seconds=2)
@@ -82,8 +81,8 @@ def dedup_task(config: dict[str, Any] | Opaque, shard_ids: list[str]) -> dict[st
         "verified_pairs": res.verified_pairs,
         "drop_counts": res.counts,
         "seconds": round(time.perf_counter() - started, 3),
+        # the publish tasks read their shard's drops from this file (the flow ships none)
         "drops_file": store.url("runs", cfg.run_id or "", "dedup", "drops.parquet"),
-        "drops": res.by_shard(),  # shard_id -> {prompt_id: reason}: duplicates only
     }
 
 
@@ -204,20 +203,15 @@ def generate_flow(
     manifest = None
     if len(committed) == total:
         # every shard committed: run-wide dedup, then publish, both on the cluster
-        drops: dict[str, dict[str, str]] = {}
         extra = None
         if cfg.clean.enabled and (cfg.clean.exact.enabled or cfg.clean.near.enabled):
             dedup = dedup_task.submit(task_config, sorted(committed)).result()
-            drops = dedup.pop("drops")
             extra = {"dedup": dedup}
             print(
                 f"cross-shard dedup: {dedup['rows_checked']} kept rows checked, "
                 f"{dedup['verified_pairs']} duplicate pairs, dropped {dedup['drop_counts'] or 'none'}"
             )
-        pubs = [
-            publish_shard_task.submit(task_config, sid, drops.get(sid, {}))
-            for sid in sorted(committed)
-        ]
+        pubs = [publish_shard_task.submit(task_config, sid) for sid in sorted(committed)]
         files = [p.result() for p in pubs]
         summary = cost_summary(cfg)
         if summary:

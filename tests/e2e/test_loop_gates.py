@@ -5,6 +5,7 @@ shard is verified on the other worker; all three are on record in the result and
 
 from __future__ import annotations
 
+import dask
 import pytest
 
 from flows.run import synthgen_run
@@ -15,6 +16,7 @@ from synthgen.cost.report import load_summary
 from synthgen.io.attempts import attempt_history
 from synthgen.io.store import Store
 from tests.helpers import fake_config, write_config
+from tests.support import hang
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -32,12 +34,14 @@ def test_verify_budget_and_timeout_in_one_run(tmp_path, prefect_api, monkeypatch
         cluster__shard_timeout_s=3,
         cluster__task_retries=1,
         model__fake__seconds_per_shard=1.0,
-        model__fake__hang_shards=["shard-00000"],
-        model__fake__hang_seconds=8,  # a blocking call; the abandoned attempt returns late
         verify__enabled=True,
     )
     cfg_path = write_config(tmp_path / "c.yaml", data)
-    first = synthgen_run(config=cfg_path, overrides=["budget.max_cost_usd=3"])
+    # shard-00000's first attempt blocks for 8 s (a stuck engine call, injected by the test's
+    # Dask preload): timed out at 3 s and re-run; the abandoned attempt returns late
+    prompt = hang.first_prompt_id(config_from_dict(data), "shard-00000")
+    with dask.config.set(hang.preload_config(prompt, tmp_path / "hang", seconds=8)):
+        first = synthgen_run(config=cfg_path, overrides=["budget.max_cost_usd=3"])
     run_id = first["run_id"]
     run_dir = out / "runs" / run_id
 
