@@ -277,7 +277,7 @@ def synthgen_run(config: str, overrides: list[str] | None = None) -> dict[str, A
 def execute(cfg: RunConfig, started: float | None = None) -> dict[str, Any]:
     started = started or time.perf_counter()
     output = cfg.output  # a Store resolves output.credentials_block itself (flows.credentials)
-    protect(cfg.model_dump(mode="json") | {"output": output.model_dump(mode="json")})
+    protect(cfg)  # the masker learns the config's credentials (a dump shows only ***)
     # model, scheduler, credentials, writable output: all checked before any GPU time
     print(run_preflight(cfg, output).render())
     store = Store(output)
@@ -300,7 +300,7 @@ def _execute_leased(
         print(
             f"{plan.rejects} bad prompt records quarantined: {store.url('runs', run_id, 'rejects.jsonl')}"
         )
-    config = stash_secrets(cfg.model_dump(mode="json"))  # flow parameters: no credentials
+    config = stash_secrets(cfg)  # flow parameters: no credentials
     runner = SynthgenTaskRunner(**runner_kwargs(cfg))  # embedded: metered to process exit
     gen = generate_flow.with_options(task_runner=runner)(
         config, todo, len(plan.shards), time.time()
