@@ -6,14 +6,15 @@ A credential is a string value whose key names one: the key, split into words (a
 `AWS_ACCESS_KEY_ID` and `HF_TOKEN` are credentials; `max_new_tokens`, `tokenizer` and
 `endpoint_url` are not. Numbers are never credentials (they are settings).
 
-The rule is applied where the config holds free-form options for a library, i.e.
-`output.storage_options` (fsspec/s3fs), typed `CredentialMapping`: there such values become
-`SecretStr` at validation, dump as `***` (`MASK`) in every `model_dump`, and are unwrapped
-only at the fsspec boundary (`synthgen.io.store`) or by `reveal`, the one deliberate way to
-serialise them (for task arguments and worker plugins, never for Prefect parameters; see
-`synthgen.config.secrets`). The same rule picks the environment variables whose values the
-log masker hides. Typed config fields are never credentials (none is: file paths and block
-names are not secrets); a credential field added later must be typed `SecretStr`.
+The rule is applied where the config holds free-form options for a library: credentials
+are refused in `model.vllm.extra` and kept in `output.storage_options` (fsspec/s3fs, typed
+`CredentialMapping`), where they become `SecretStr` at validation, dump as `***` (`MASK`) in
+every `model_dump`, and are unwrapped only at the fsspec boundary (`synthgen.io.store`) or
+by `reveal`, the one deliberate way to serialise them (for task arguments and worker
+plugins, never for Prefect parameters; see `synthgen.config.secrets`). The same rule picks
+the environment variables whose values the log masker hides. No typed config field is a
+credential (file paths and block names are not secrets); one added later must be a
+`SecretStr` serialised like `CredentialMapping` (`***`, clear only under `reveal`).
 """
 
 from __future__ import annotations

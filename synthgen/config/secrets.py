@@ -52,18 +52,21 @@ __all__ = [
 ]
 
 MIN_SECRET_LEN = 6  # shorter values would mask ordinary words in every log line
-CREDENTIAL_MAPPINGS = (("output", "storage_options"),)  # where free-form keys may hold them
+# The free-form mappings of a config (its `dict[str, Any]` fields): the only places where a
+# key can name a credential. In output.storage_options credentials are kept (SecretStr); in
+# model.vllm.extra they are refused at validation (and so by the override check too).
+FREE_MAPPINGS = (("output", "storage_options"), ("model", "vllm", "extra"))
 
 
 def redact(config: Any, path: tuple[str, ...] = ()) -> Any:
     """A config dict (a JSON dump of `RunConfig`, or a part of one given from the top, as an
     override's mapping) with every credential replaced by `***`: string values under a
-    credential key inside `output.storage_options`, at any depth."""
+    credential key inside a free-form mapping (`FREE_MAPPINGS`), at any depth."""
     if isinstance(config, dict):
         return {k: redact(v, (*path, str(k))) for k, v in config.items()}
     if isinstance(config, list):
         return [redact(v, path) for v in config]
-    inside = any(len(path) > len(m) and path[: len(m)] == m for m in CREDENTIAL_MAPPINGS)
+    inside = any(len(path) > len(m) and path[: len(m)] == m for m in FREE_MAPPINGS)
     if inside and isinstance(config, str) and config and is_credential_key(path[-1]):
         return MASK
     return config

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any, get_args, get_origin
 
 import pytest
 import s3fs
@@ -25,7 +26,7 @@ from synthgen.config.secret_rule import (
     wrap_credentials,
 )
 from synthgen.config.secrets import (
-    CREDENTIAL_MAPPINGS,
+    FREE_MAPPINGS,
     MASK,
     SecretMasker,
     check_overrides,
@@ -101,6 +102,8 @@ def test_secret_overrides_are_refused_without_echoing_them():
         check_overrides([f"output.storage_options={{key: AKIA, secret: {secret}}}"])
     check_overrides(["sampling.max_new_tokens=8", "output.uri=s3://b/p"])  # fine
     check_overrides(["output.credentials_block=secret/prod", "cluster.tls.key_file=/k.pem"])
+    with pytest.raises(ConfigError, match="credentials may not be passed"):
+        check_overrides([f"model.vllm.extra.hf_token={secret}"])
 
 
 def test_one_rule_names_credentials_by_key_words():
@@ -158,20 +161,24 @@ def test_storage_option_credentials_are_secret_in_every_dump_but_reveal():
     }
 
 
-def test_credential_mappings_are_exactly_the_fields_typed_so():
-    """`redact` (on dicts) and validation (on models) must agree on where credentials live."""
-    found = []
+def test_free_mappings_are_exactly_the_free_form_fields():
+    """`redact` (on dicts) must know every place a key can name a credential; of those,
+    only output.storage_options keeps them (typed CredentialMapping: SecretStr values)."""
+    free, kept = [], []
 
     def walk(model, path):
         for name, field in model.model_fields.items():
-            if wrap_credentials in [getattr(m, "func", None) for m in field.metadata]:
-                found.append((*path, name))
             tp = field.annotation
+            if get_origin(tp) is dict and get_args(tp)[1] is Any:
+                free.append((*path, name))
+            if wrap_credentials in [getattr(m, "func", None) for m in field.metadata]:
+                kept.append((*path, name))
             if isinstance(tp, type) and issubclass(tp, BaseModel):
                 walk(tp, (*path, name))
 
     walk(RunConfig, ())
-    assert tuple(found) == CREDENTIAL_MAPPINGS
+    assert sorted(free) == sorted(FREE_MAPPINGS)
+    assert kept == [("output", "storage_options")]
 
 
 def test_credentials_are_refused_in_vllm_extra_without_echoing_them():
