@@ -15,6 +15,7 @@ from prefect.context import FlowRunContext
 from flows.loop import Gate, LoopResult
 from synthgen.cluster.client import task_runner_kwargs
 from synthgen.config import RunConfig
+from synthgen.config.secret_rule import reveal
 from synthgen.cost import usage
 from synthgen.cost.budget import BudgetGate, Decision, Outcome, partial_message
 from synthgen.cost.ledger import read_ledger, read_workers, write_worker_row
@@ -41,7 +42,7 @@ def runner_kwargs(cfg: RunConfig) -> dict[str, Any]:
         kwargs["cluster_kwargs"] = {
             **kwargs["cluster_kwargs"],
             "worker_class": usage.MeteredNanny,
-            "synthgen_usage": {"run_id": cfg.run_id, "output": cfg.output.model_dump(mode="json")},
+            "synthgen_usage": {"run_id": cfg.run_id, "output": reveal(cfg.output)},
         }
     return kwargs
 
@@ -49,7 +50,7 @@ def runner_kwargs(cfg: RunConfig) -> dict[str, Any]:
 def _plugin(cfg: RunConfig, run_started_at: float) -> usage.UsagePlugin:
     return usage.UsagePlugin(
         cfg.run_id or "",
-        cfg.output.model_dump(mode="json"),
+        reveal(cfg.output),  # a worker plugin writes the ledger: it needs the credentials
         cfg.cost.model_dump(mode="json"),
         run_started_at,
         cfg.model.device,

@@ -293,7 +293,7 @@ def execute(
     the storage check when the credentials live in a Prefect block (readable only now)."""
     started = started or time.perf_counter()
     output = cfg.output  # a Store resolves output.credentials_block itself (flows.credentials)
-    protect(cfg.model_dump(mode="json") | {"output": output.model_dump(mode="json")})
+    protect(cfg)  # the masker learns the config's credentials (a dump shows only ***)
     # model, scheduler, credentials, writable output: all checked before any GPU time
     if not preflighted:
         print(run_preflight(cfg, output).render())
@@ -319,7 +319,7 @@ def _execute_leased(
         print(
             f"{plan.rejects} bad prompt records quarantined: {store.url('runs', run_id, 'rejects.jsonl')}"
         )
-    config = stash_secrets(cfg.model_dump(mode="json"))  # flow parameters: no credentials
+    config = stash_secrets(cfg)  # flow parameters: no credentials
     runner = SynthgenTaskRunner(**runner_kwargs(cfg))  # embedded: metered to process exit
     gen = generate_flow.with_options(task_runner=runner)(
         config, todo, len(plan.shards), time.time()

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from synthgen.config import OutputConfig
+from synthgen.config.secret_rule import unwrap_credentials
 from synthgen.errors import StorageError
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ def _storage_options(output: OutputConfig) -> dict[str, Any]:
                 "resolved through Prefect (flows.credentials); set AWS_* variables instead here"
             )
         opts = dict(_credentials_resolver(output))
+    opts = unwrap_credentials(opts)  # the fsspec boundary: SecretStr values in clear
     if output.uri.startswith("s3://"):
         # accept endpoint_url at top level (as users write it) and fail fast on dead endpoints
         endpoint = opts.pop("endpoint_url", None) or os.environ.get("AWS_ENDPOINT_URL")
