@@ -37,7 +37,7 @@ from flows.loop import Gate, ShardLoop
 from flows.refs import SUMMARY_ARTIFACT_PREFIX, deployment_default_config, resolve_config_ref
 from flows.task_runner import Opaque, SynthgenTaskRunner, unwrap
 from flows.timeouts import ShardTimeouts
-from flows.verify import VerifyGate, _restrict, _runner_client, _workers, submit_check_task
+from flows.verify import VerifyGate, cluster_workers, restrict, runner_client, submit_check_task
 from synthgen.cluster.client import generate_resources
 from synthgen.cluster.preflight import check_output, run_preflight
 from synthgen.config import RunConfig, load_config
@@ -138,8 +138,8 @@ def generate_flow(
         # `avoid`: workers flagged by verification (restricted to the others)
         allowed = None
         if avoid:
-            allowed = [w for w in _workers(_runner_client(), resources) if w not in avoid]
-        with _gpu_annotation(cfg), _restrict(allowed, priority):
+            allowed = [w for w in cluster_workers(runner_client(), resources) if w not in avoid]
+        with _gpu_annotation(cfg), restrict(allowed, priority):
             return gen.submit(task_config, sid)
 
     # gates: budget (admission), shard timeout (ticks), verification (checks, exclusions)
@@ -153,7 +153,7 @@ def generate_flow(
             cfg,
             config,
             submit_check_task(task_config, lambda: _gpu_annotation(cfg)),
-            lambda: _workers(_runner_client(), resources),
+            lambda: cluster_workers(runner_client(), resources),
             store,
         )
         gates.append(verify)

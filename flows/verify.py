@@ -77,7 +77,7 @@ class VerifyRun:
         }
 
 
-def _runner_client() -> distributed.Client:
+def runner_client() -> distributed.Client:
     """The Dask client of the flow's task runner (the one that submits our tasks)."""
     from prefect.context import FlowRunContext
 
@@ -89,7 +89,9 @@ def _runner_client() -> distributed.Client:
     return client
 
 
-def _workers(client: distributed.Client, resources: dict[str, float] | None = None) -> list[str]:
+def cluster_workers(
+    client: distributed.Client, resources: dict[str, float] | None = None
+) -> list[str]:
     """Worker addresses, only those advertising `resources` when given (a restriction to a
     worker without them would leave the task waiting forever)."""
     info = client.scheduler_info(n_workers=-1)["workers"]
@@ -100,7 +102,7 @@ def _workers(client: distributed.Client, resources: dict[str, float] | None = No
     )
 
 
-def _restrict(workers: list[str] | None, priority: int = 0) -> Any:
+def restrict(workers: list[str] | None, priority: int = 0) -> Any:
     kwargs: dict[str, Any] = {}
     if workers is not None:
         kwargs.update(workers=list(workers), allow_other_workers=False)
@@ -272,7 +274,7 @@ def submit_check_task(
     """Submits a verify task for a shard result on the given workers, ahead of generation."""
 
     def submit(res: dict[str, Any], workers: list[str]) -> Any:
-        with gpu_annotation(), _restrict(workers, VERIFY_PRIORITY):  # scoring needs the engine
+        with gpu_annotation(), restrict(workers, VERIFY_PRIORITY):  # scoring needs the engine
             return verify_shard_task.submit(config, res["shard_id"], int(res["attempt"]))
 
     return submit
