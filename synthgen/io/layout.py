@@ -7,7 +7,7 @@ Pure path arithmetic over a `Store`'s root: nothing here touches storage.
         plan/plan.json                   .plan_index
         plan/prompts/SHARD.parquet       .plan_prompts(shard)
         rejects.jsonl                    .rejects
-        _lease.json                      .lease
+        _lease.json                      .lease  (+ _lease.json.lock beside it on local disks)
         budget.json                      .budget
         workers/WORKER.parquet           .worker(worker_id)     (what a worker bills the run)
         dedup/drops.parquet              .dedup_drops
