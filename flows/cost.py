@@ -1,10 +1,9 @@
-"""Cost wiring for the flows: worker usage on the cluster, the budget-gated submission loop,
-and the cost artifact. Thin: the arithmetic lives in synthgen.cost.prices/budget/report."""
+"""Cost wiring for the flows: worker usage on the cluster, the budget gate of the generate
+loop (flows/loop.py), and the cost artifact. Thin: the arithmetic lives in synthgen.cost.prices/budget/report."""
 
 from __future__ import annotations
 
 import math
-import queue
 import re
 import time
 from collections.abc import Callable
@@ -12,12 +11,13 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import FlowRunContext
-from prefect.futures import PrefectFuture
 
+from flows.loop import Gate, LoopResult
 from synthgen.cluster.client import task_runner_kwargs
 from synthgen.config import RunConfig
+from synthgen.config.secret_rule import reveal
 from synthgen.cost import usage
-from synthgen.cost.budget import BudgetGate, Outcome, ScheduleResult, partial_message, schedule
+from synthgen.cost.budget import BudgetGate, Decision, Outcome, partial_message
 from synthgen.cost.ledger import read_ledger, read_workers, write_worker_row
 from synthgen.cost.meter import gpus_used
 from synthgen.cost.prices import is_verification
@@ -42,7 +42,7 @@ def runner_kwargs(cfg: RunConfig) -> dict[str, Any]:
         kwargs["cluster_kwargs"] = {
             **kwargs["cluster_kwargs"],
             "worker_class": usage.MeteredNanny,
-            "synthgen_usage": {"run_id": cfg.run_id, "output": cfg.output.model_dump(mode="json")},
+            "synthgen_usage": {"run_id": cfg.run_id, "output": reveal(cfg.output)},
         }
     return kwargs
 
@@ -50,7 +50,7 @@ def runner_kwargs(cfg: RunConfig) -> dict[str, Any]:
 def _plugin(cfg: RunConfig, run_started_at: float) -> usage.UsagePlugin:
     return usage.UsagePlugin(
         cfg.run_id or "",
-        cfg.output.model_dump(mode="json"),
+        reveal(cfg.output),  # a worker plugin writes the ledger: it needs the credentials
         cfg.cost.model_dump(mode="json"),
         run_started_at,
         cfg.model.device,
@@ -97,78 +97,84 @@ def _ledger(store: Store, root: str, shard_id: str | None = None) -> Any:
     )
 
 
-def run_budgeted(
-    cfg: RunConfig,
-    shard_ids: list[str],
-    submit: Callable[[str], PrefectFuture[Any]],
-    on_done: Callable[[PrefectFuture[Any]], bool],
-    slots: int,
-    wait_any: Callable[[set[Any]], set[Any]] | None = None,
-) -> ScheduleResult[str, PrefectFuture[Any]]:
-    """Submit shards while the budget allows (all at once without a budget).
+class BudgetWatch(Gate):
+    """The budget cap as a gate of the generate loop (flows/loop.py): a shard is admitted
+    while `BudgetGate` says the ledger plus the running shards' projection stays under the
+    cap; every finished shard (and every verification check) adds its cost.
 
-    `on_done(future)` handles a finished future (the flow's progress/result bookkeeping)
-    and says whether the shard succeeded; the cost comes from the result (a first try that
-    succeeded) or from the shard's new ledger rows (retries, failures).
+    A shard's cost comes from its result (this session's first try succeeded) or from its
+    new ledger rows (retries, failures, regenerations); checks' rows are counted once, from
+    the check's result.
     """
-    store = Store(cfg.output)
-    root = store.run_path(cfg.run_id or "")
-    before = _ledger(store, root).to_pylist()
-    seen = {r["attempt_id"] for r in before}
-    gate = BudgetGate.from_ledger(cfg.budget.max_cost_usd, before)
-    shard_of: dict[PrefectFuture[Any], str] = {}
 
-    # futures in completion order, one done-callback each (prefect's as_completed over the
-    # pending set on every wait registered a callback per pending future: O(shards^2))
-    finished: queue.SimpleQueue[PrefectFuture[Any]] = queue.SimpleQueue()
+    def __init__(
+        self,
+        cfg: RunConfig,
+        slots: int,
+        ledger_rows: Callable[[str | None], list[dict[str, Any]]] | None = None,
+    ) -> None:
+        if ledger_rows is None:
+            store = Store(cfg.output)
+            root = store.run_path(cfg.run_id or "")
+            ledger_rows = lambda sid: _ledger(store, root, sid).to_pylist()  # noqa: E731
+        self.rows = ledger_rows
+        before = self.rows(None)
+        self.gate = BudgetGate.from_ledger(cfg.budget.max_cost_usd, before)
+        self.window = slots if cfg.budget.max_cost_usd is not None else None
+        self.counted: set[tuple[str, int]] = set()  # (shard, attempt) already in the gate
+        self.earlier: dict[str, int] = {}
+        for r in before:
+            if is_verification(r):  # a check's cost row, not an attempt
+                continue
+            self.counted.add((r["shard_id"], int(r["attempt"])))
+            self.earlier[r["shard_id"]] = self.earlier.get(r["shard_id"], 0) + 1
+        if self.gate.max_cost_usd is not None and self.gate.spent_usd > 0:
+            print(
+                f"budget: ${self.gate.spent_usd:.4f} of ${self.gate.max_cost_usd:.2f} "
+                "already spent by this run"
+            )
 
-    def _submit(shard_id: str) -> PrefectFuture[Any]:
-        fut = submit(shard_id)
-        shard_of[fut] = shard_id
-        if wait_any is None:
-            fut.add_done_callback(finished.put)
-        return fut
+    def admit(self, shard_id: str, running: int) -> Decision | None:
+        decision = self.gate.admit(running)
+        return None if decision.allowed else decision
 
-    def _wait_any(pending: set[PrefectFuture[Any]]) -> set[PrefectFuture[Any]]:
-        while True:
-            fut = finished.get()
-            if fut in pending:
-                return {fut}
-
-    earlier: dict[str, int] = {}
-    for r in before:
-        if is_verification(r):  # a check's cost row, not an attempt
-            continue
-        earlier[r["shard_id"]] = earlier.get(r["shard_id"], 0) + 1
-
-    def _outcome(fut: PrefectFuture[Any]) -> Outcome:
-        ok = on_done(fut)
-        shard_id = shard_of[fut]
-        if ok:
-            res = fut.result()
-            if res.get("status") == "skipped":
-                return Outcome(0.0, 0, True)
-            if res.get("attempt") == earlier.get(shard_id, 0) + 1:
-                # first try of this session succeeded: its cost is in the result, no listing
-                return Outcome(float(res["cost_usd"]), 1, True)
+    def _new_rows(self, shard_id: str) -> Outcome:
         rows = [
-            r for r in _ledger(store, root, shard_id).to_pylist() if r["attempt_id"] not in seen
+            r
+            for r in self.rows(shard_id)
+            if not is_verification(r) and (r["shard_id"], int(r["attempt"])) not in self.counted
         ]
-        seen.update(r["attempt_id"] for r in rows)
-        return Outcome(sum(r["cost_usd"] for r in rows), len(rows), ok)
+        self.counted.update((r["shard_id"], int(r["attempt"])) for r in rows)
+        return Outcome(sum(r["cost_usd"] for r in rows), len(rows), True)
 
-    if gate.max_cost_usd is not None and gate.spent_usd > 0:
-        print(
-            f"budget: ${gate.spent_usd:.4f} of ${gate.max_cost_usd:.2f} already spent by this run"
-        )
-    in_flight = slots if cfg.budget.max_cost_usd is not None else None
-    # wait_any: the flow's shard-timeout watcher (flows/timeouts.py), when one is configured
-    return schedule(shard_ids, _submit, wait_any or _wait_any, _outcome, gate, in_flight)
+    def on_result(self, shard_id: str, result: dict[str, Any]) -> None:
+        if result.get("status") == "skipped":  # committed by an earlier session
+            self.gate.record(0.0, 0, True)
+            return
+        attempt = int(result.get("attempt", 0))
+        if result.get("status") == "done" and attempt == self.earlier.get(shard_id, 0) + 1:
+            # first try of this session succeeded: its cost is in the result, no listing
+            self.counted.add((shard_id, attempt))
+            self.gate.record(float(result["cost_usd"]), 1, True)
+            return
+        out = self._new_rows(shard_id)
+        self.gate.record(out.cost_usd, out.attempts, True)
+
+    def on_failure(self, shard_id: str, error: str) -> None:
+        out = self._new_rows(shard_id)
+        self.gate.record(out.cost_usd, out.attempts, False)
+
+    def on_check(self, shard_id: str, future: Any) -> None:
+        try:
+            check = future.result()
+        except Exception:  # an errored check wrote no ledger row
+            return
+        self.gate.spent_usd += float(check.get("cost_usd", 0.0))  # money, not a shard attempt
 
 
-def budget_message(cfg: RunConfig, sched: ScheduleResult[str, Any], total: int) -> str | None:
+def budget_message(cfg: RunConfig, sched: LoopResult, total: int) -> str | None:
     """The partial-run message when the budget stopped submission, else None."""
-    if sched.stopped_by is None or not sched.not_started:
+    if not isinstance(sched.stopped_by, Decision) or not sched.not_started:
         return None
     d = sched.stopped_by
     remaining = len(sched.not_started)

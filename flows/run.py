@@ -24,21 +24,22 @@ from prefect.runtime import flow_run
 
 import flows.credentials  # noqa: F401 - every Store in this process resolves credentials blocks
 from flows.cost import (
+    BudgetWatch,
     budget_message,
     cost_summary,
     finish_usage,
     publish_cost_artifact,
     record_budget,
-    run_budgeted,
     runner_kwargs,
     start_usage,
 )
+from flows.loop import Gate, ShardLoop
 from flows.refs import SUMMARY_ARTIFACT_PREFIX, deployment_default_config, resolve_config_ref
 from flows.task_runner import Opaque, SynthgenTaskRunner, unwrap
 from flows.timeouts import ShardTimeouts
-from flows.verify import generate_verified
+from flows.verify import VerifyGate, cluster_workers, restrict, runner_client, submit_check_task
 from synthgen.cluster.client import generate_resources
-from synthgen.cluster.preflight import run_preflight
+from synthgen.cluster.preflight import check_output, run_preflight
 from synthgen.config import RunConfig, load_config
 from synthgen.config.secrets import check_overrides, protect, restore_secrets, stash_secrets
 from synthgen.cost.lost import record_lost_attempts
@@ -60,10 +61,9 @@ def generate_shard(config: dict[str, Any] | Opaque, shard_id: str) -> dict[str, 
 
 
 @task(name="publish-shard", persist_result=False, retries=2, retry_delay_seconds=2)
-def publish_shard_task(
-    config: dict[str, Any] | Opaque, shard_id: str, drops: dict[str, str] | None = None
-) -> dict[str, Any]:
-    return publish_shard(unwrap(config), shard_id, drops)
+def publish_shard_task(config: dict[str, Any] | Opaque, shard_id: str) -> dict[str, Any]:
+    """Publish one committed shard (its run-wide dedup drops read from the run's drops file)."""
+    return publish_shard(unwrap(config), shard_id)
 
 
 @task(name="dedup-run", persist_result=False, retries=1, retry_delay_seconds=2)
@@ -81,8 +81,8 @@ def dedup_task(config: dict[str, Any] | Opaque, shard_ids: list[str]) -> dict[st
         "verified_pairs": res.verified_pairs,
         "drop_counts": res.counts,
         "seconds": round(time.perf_counter() - started, 3),
+        # the publish tasks read their shard's drops from this file (the flow ships none)
         "drops_file": store.url("runs", cfg.run_id or "", "dedup", "drops.parquet"),
-        "drops": res.by_shard(),  # shard_id -> {prompt_id: reason}: duplicates only
     }
 
 
@@ -130,77 +130,68 @@ def generate_flow(
     run_started_at = run_started_at or time.time()
     slots = start_usage(cfg, run_started_at)  # workers are held (and billed) from here
     started = time.perf_counter()
-    order = {sid: i for i, sid in enumerate(shard_ids)}
+    store = Store(cfg.output)
+    resources = generate_resources(cfg)  # verify tasks load the same engine
 
-    def submit_attempt(sid: str) -> Any:
-        # plan order first: with guided sizing the big shards start early, small ones last
-        with dask.annotate(priority=len(shard_ids) - order[sid]):
+    def submit(sid: str, avoid: set[str] | None, priority: int) -> Any:
+        # plan order first (priority): with guided sizing the big shards start early;
+        # `avoid`: workers flagged by verification (restricted to the others)
+        allowed = None
+        if avoid:
+            allowed = [w for w in cluster_workers(runner_client(), resources) if w not in avoid]
+        with _gpu_annotation(cfg), restrict(allowed, priority):
             return gen.submit(task_config, sid)
 
-    timeouts = None
+    # gates: budget (admission), shard timeout (ticks), verification (checks, exclusions)
+    budget = BudgetWatch(cfg, slots)
+    gates: list[Gate] = [budget]
     if cfg.cluster.shard_timeout_s is not None:
-        timeouts = ShardTimeouts(cfg, Store(cfg.output), submit_attempt)
-
-    def submit(sid: str) -> Any:
-        fut = submit_attempt(sid)
-        return timeouts.wrap(sid, fut) if timeouts else fut
+        gates.append(ShardTimeouts(cfg, store))
+    verify = None
+    if cfg.verify.enabled:  # spot checks on other workers as shards commit (issue 8)
+        verify = VerifyGate(
+            cfg,
+            config,
+            submit_check_task(task_config, lambda: _gpu_annotation(cfg)),
+            lambda: cluster_workers(runner_client(), resources),
+            store,
+        )
+        gates.append(verify)
 
     done_before = total - len(shard_ids)
-    results: list[dict[str, Any]] = []
     tokens = 0
-    failures: list[str] = []
-
-    def on_done(fut: Any) -> bool:
-        try:
-            res = fut.result()
-        except Exception as exc:  # the task exhausted its retries
-            failures.append(f"{exc}")
-            print(f"shard failed after retries: {type(exc).__name__}: {exc}")
-            return False
-        report(res)
-        return True
-
+    reported = 0
     last_line = float("-inf")
 
     def report(res: dict[str, Any]) -> None:
-        nonlocal tokens, last_line
-        results.append(res)
+        nonlocal tokens, last_line, reported
+        reported += 1
         tokens += res["completion_tokens"]
         now = time.perf_counter()
         elapsed = now - started
         # a line per shard, at most one a second (plus the first and last): thousands of
         # small shards would otherwise flood the terminal and the Prefect run's log
-        if now - last_line < 1.0 and len(results) not in (1, len(shard_ids)):
+        if now - last_line < 1.0 and reported not in (1, len(shard_ids)):
             return
         last_line = now
         print(
-            f"shard {res['shard_id']} done · {done_before + len(results)}/{total} shards · "
+            f"shard {res['shard_id']} done · {done_before + reported}/{total} shards · "
             f"{res['completion_tokens']} tokens in {res['engine_seconds']:.1f}s · "
             f"${res['cost_usd']:.4f} · run {tokens / elapsed:.1f} tokens/s"
         )
 
+    sched = ShardLoop(shard_ids, submit, gates, on_result=report).run()
+    results, failures = sched.results, sched.failures
     verification = None
-    sched = None
-    if cfg.verify.enabled:
-        # spot checks on other workers as shards commit; failed shards regenerated (issue 8)
-        if cfg.budget.max_cost_usd is not None:
-            print("warning: budget.max_cost_usd is not enforced while verify.enabled is on")
-        vrun = generate_verified(cfg, config, shard_ids, gen, lambda: _gpu_annotation(cfg), report)
-        failures = vrun.failures
-        all_attempts = results
-        results = vrun.results
-        verification = vrun.summary(sum(r["engine_seconds"] for r in all_attempts))
-    else:
-        with _gpu_annotation(cfg):
-            sched = run_budgeted(
-                cfg, shard_ids, submit, on_done, slots, timeouts.wait_any if timeouts else None
-            )
+    if verify is not None:
+        vrun = verify.finish(failures)
+        failures, results = vrun.failures, vrun.results  # accepted generations only
+        verification = vrun.summary(sum(r["engine_seconds"] for r in sched.results))
     gen_seconds = time.perf_counter() - started
-    budget_msg = budget_message(cfg, sched, total) if sched is not None else None
+    budget_msg = budget_message(cfg, sched, total)
     record_budget(cfg, budget_msg)
     if budget_msg:
         print(budget_msg)
-    store = Store(cfg.output)
     committed = committed_shards(store, cfg.run_id or "")
     try:  # attempts whose worker died wrote no ledger row: price them from their markers
         lost = record_lost_attempts(store, cfg.run_id or "")
@@ -212,20 +203,15 @@ def generate_flow(
     manifest = None
     if len(committed) == total:
         # every shard committed: run-wide dedup, then publish, both on the cluster
-        drops: dict[str, dict[str, str]] = {}
         extra = None
         if cfg.clean.enabled and (cfg.clean.exact.enabled or cfg.clean.near.enabled):
             dedup = dedup_task.submit(task_config, sorted(committed)).result()
-            drops = dedup.pop("drops")
             extra = {"dedup": dedup}
             print(
                 f"cross-shard dedup: {dedup['rows_checked']} kept rows checked, "
                 f"{dedup['verified_pairs']} duplicate pairs, dropped {dedup['drop_counts'] or 'none'}"
             )
-        pubs = [
-            publish_shard_task.submit(task_config, sid, drops.get(sid, {}))
-            for sid in sorted(committed)
-        ]
+        pubs = [publish_shard_task.submit(task_config, sid) for sid in sorted(committed)]
         files = [p.result() for p in pubs]
         summary = cost_summary(cfg)
         if summary:
@@ -254,11 +240,16 @@ def _logger() -> Any:
         return logging.getLogger("synthgen")
 
 
+_named: dict[tuple[str, tuple[str, ...]], RunConfig] = {}  # loaded for the run's name
+
+
 def _run_name() -> str:
     params = flow_run.parameters or {}
     try:
         path = resolve_config_ref(params["config"], deployment_default_config())
-        cfg = load_config(path, params.get("overrides"))
+        overrides = tuple(params.get("overrides") or [])
+        cfg = load_config(path, list(overrides))
+        _named[(path, overrides)] = cfg  # the flow takes it from here: one load per run
         return f"{cfg.name}/{cfg.run_id}"
     except Exception:
         return f"invalid-config/{params.get('config', '?')}"
@@ -270,16 +261,44 @@ def synthgen_run(config: str, overrides: list[str] | None = None) -> dict[str, A
     started = time.perf_counter()
     check_overrides(overrides or [], "overrides")  # no credentials in run parameters
     config = resolve_config_ref(config, deployment_default_config())
-    cfg = load_config(config, overrides)
+    cfg = _named.pop((config, tuple(overrides or [])), None) or load_config(config, overrides)
     return execute(cfg, started)
 
 
-def execute(cfg: RunConfig, started: float | None = None) -> dict[str, Any]:
+def run_checked(cfg: RunConfig, config: str, overrides: list[str]) -> dict[str, Any]:
+    """The CLI's way into `synthgen-run`: `cfg` is `config` + `overrides`, already validated
+    and preflighted by the caller, so the run starts up once. The flow run shows the same
+    parameters (path and overrides) as `synthgen_run`; the config itself travels in memory,
+    never as a Prefect parameter."""
+    started = time.perf_counter()
+
+    def checked_run(config: str, overrides: list[str] | None = None) -> dict[str, Any]:
+        return execute(cfg, started, preflighted=True)
+
+    checked_run.__doc__ = synthgen_run.__doc__
+    entry = flow(
+        checked_run,
+        name="synthgen-run",
+        log_prints=True,
+        persist_result=False,
+        flow_run_name=f"{cfg.name}/{cfg.run_id}",
+    )
+    return entry(config=config, overrides=overrides)
+
+
+def execute(
+    cfg: RunConfig, started: float | None = None, preflighted: bool = False
+) -> dict[str, Any]:
+    """Run a validated config. `preflighted`: the caller (the CLI) ran the preflight, all but
+    the storage check when the credentials live in a Prefect block (readable only now)."""
     started = started or time.perf_counter()
     output = cfg.output  # a Store resolves output.credentials_block itself (flows.credentials)
-    protect(cfg.model_dump(mode="json") | {"output": output.model_dump(mode="json")})
+    protect(cfg)  # the masker learns the config's credentials (a dump shows only ***)
     # model, scheduler, credentials, writable output: all checked before any GPU time
-    print(run_preflight(cfg, output).render())
+    if not preflighted:
+        print(run_preflight(cfg, output).render())
+    elif output.credentials_block is not None:
+        print(f"preflight: {check_output(output)}")
     store = Store(output)
     with RunLease(store, cfg.run_id or "", ttl_s=cfg.output.lease_ttl_s) as lease:
         return _execute_leased(cfg, store, lease, started)
@@ -300,7 +319,7 @@ def _execute_leased(
         print(
             f"{plan.rejects} bad prompt records quarantined: {store.url('runs', run_id, 'rejects.jsonl')}"
         )
-    config = stash_secrets(cfg.model_dump(mode="json"))  # flow parameters: no credentials
+    config = stash_secrets(cfg)  # flow parameters: no credentials
     runner = SynthgenTaskRunner(**runner_kwargs(cfg))  # embedded: metered to process exit
     gen = generate_flow.with_options(task_runner=runner)(
         config, todo, len(plan.shards), time.time()

@@ -7,6 +7,9 @@ with a higher priority is submitted restricted to the *other* workers
 (`dask.annotate(workers=..., allow_other_workers=False)`), so it runs alongside
 generation. A failed shard has already been quarantined by the check; the flow flags its
 worker and resubmits the shard restricted to workers that are not flagged.
+
+`VerifyGate` is one gate of the flow's generate loop (flows/loop.py), so budget and shard
+timeout hold while verifying: a regeneration is admitted by the budget like any shard.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ import dask
 import distributed
 from prefect import task
 
+from flows.loop import Gate
 from flows.task_runner import Opaque, unwrap
-from synthgen.cluster.client import generate_resources
 from synthgen.config import RunConfig
 from synthgen.io.store import Store
 from synthgen.stages.generate import committed_shards
@@ -74,7 +77,7 @@ class VerifyRun:
         }
 
 
-def _runner_client() -> distributed.Client:
+def runner_client() -> distributed.Client:
     """The Dask client of the flow's task runner (the one that submits our tasks)."""
     from prefect.context import FlowRunContext
 
@@ -86,7 +89,9 @@ def _runner_client() -> distributed.Client:
     return client
 
 
-def _workers(client: distributed.Client, resources: dict[str, float] | None = None) -> list[str]:
+def cluster_workers(
+    client: distributed.Client, resources: dict[str, float] | None = None
+) -> list[str]:
     """Worker addresses, only those advertising `resources` when given (a restriction to a
     worker without them would leave the task waiting forever)."""
     info = client.scheduler_info(n_workers=-1)["workers"]
@@ -97,7 +102,7 @@ def _workers(client: distributed.Client, resources: dict[str, float] | None = No
     )
 
 
-def _restrict(workers: list[str] | None, priority: int = 0) -> Any:
+def restrict(workers: list[str] | None, priority: int = 0) -> Any:
     kwargs: dict[str, Any] = {}
     if workers is not None:
         kwargs.update(workers=list(workers), allow_other_workers=False)
@@ -106,58 +111,64 @@ def _restrict(workers: list[str] | None, priority: int = 0) -> Any:
     return dask.annotate(**kwargs) if kwargs else contextlib.nullcontext()
 
 
-def generate_verified(
-    cfg: RunConfig,
-    config: dict[str, Any],
-    shard_ids: list[str],
-    gen: Any,
-    gpu_annotation: Callable[[], contextlib.AbstractContextManager[Any]],
-    on_result: Callable[[dict[str, Any]], None],
-) -> VerifyRun:
-    """Generate `shard_ids` with `gen` (a Prefect task) and verify each commit elsewhere."""
-    vcfg = cfg.verify
-    task_config = Opaque(config)  # see flows.task_runner.Opaque
-    client = _runner_client()
-    resources = generate_resources(cfg)  # verify tasks load the same engine
-    out = VerifyRun()
-    regens: dict[str, int] = {}
-    queue = list(shard_ids)
-    order = {sid: i for i, sid in enumerate(shard_ids)}
-    pending = distributed.as_completed(loop=client.loop)
-    meta: dict[str, tuple[str, Any, str]] = {}  # dask key -> (kind, prefect future, shard)
-    store = Store(cfg.output)
-    run_id = cfg.run_id or ""
+class VerifyGate(Gate):
+    """Verification as a gate of the generate loop (flows/loop.py).
 
-    in_flight = 0  # generation tasks submitted and not yet returned
+    `on_result`: a committed shard gets a check task on another worker (tracked by the loop,
+    heard back in `on_check`). A failed check (the shard is already quarantined by it) flags
+    the generator; the shard is requeued and `avoid` keeps it, and every new submission,
+    away from flagged workers. `window` keeps a few generations per worker in flight, so
+    these restrictions apply to shards not yet started.
+    """
 
-    def excluded() -> set[str]:
-        return set(out.flagged) if vcfg.exclude_flagged_workers else set()
+    def __init__(
+        self,
+        cfg: RunConfig,
+        config: dict[str, Any],
+        submit_check: Callable[[dict[str, Any], list[str]], Any],
+        workers: Callable[[], list[str]],
+        store: Store | None = None,
+    ) -> None:
+        self.vcfg = cfg.verify
+        self.config = config
+        self.submit_check = submit_check  # (shard result, allowed verifiers) -> future
+        self.workers = workers
+        self.store = store or Store(cfg.output)
+        self.run_id = cfg.run_id or ""
+        self.out = VerifyRun()
+        self.regens: dict[str, int] = {}
+        self.bad: dict[str, set[str]] = {}  # shard -> workers that produced a bad copy
+        self.accepted: dict[str, dict[str, Any]] = {}
+        self.passed_by: dict[str, list[str]] = {}  # verifier -> shards it passed
+        self.window = max(2, 2 * len(workers()))
 
-    def submit_gen(sid: str, avoid: set[str]) -> bool:
-        allowed = None
-        if avoid:
-            allowed = [w for w in _workers(client, resources) if w not in avoid]
-            if not allowed:
-                out.failures.append(
-                    f"{sid}: no worker left to generate it (excluded: {', '.join(sorted(avoid))})"
-                )
-                return False
-        # plan order first, as without verification; a regeneration goes to the front
-        priority = len(shard_ids) - order[sid] if sid not in regens else len(shard_ids) + 1
-        with gpu_annotation(), _restrict(allowed, priority):
-            fut: Any = gen.submit(task_config, sid)
-        meta[fut.wrapped_future.key] = ("gen", fut, sid)
-        pending.add(fut.wrapped_future)
-        nonlocal in_flight
-        in_flight += 1
-        return True
+    # -- submission --------------------------------------------------------------------
+    def avoid(self, shard_id: str) -> set[str]:
+        avoid = set(self.bad.get(shard_id, set()))
+        if self.vcfg.exclude_flagged_workers or avoid:
+            avoid |= set(self.out.flagged)
+        if avoid and not [w for w in self.workers() if w not in avoid]:
+            raise LookupError(
+                f"no worker left to generate it (excluded: {', '.join(sorted(avoid))})"
+            )
+        return avoid
 
-    def submit_verify(res: dict[str, Any]) -> None:
+    def start(self) -> None:
+        # shards committed by an earlier invocation but never checked (a resumed run)
+        todo = set(self.loop.shard_ids)
+        for sid, marker in sorted(committed_shards(self.store, self.run_id).items()):
+            res = marker["result"]
+            if sid not in todo and not self._checked(sid, res):
+                self._verify(res)
+
+    def _checked(self, sid: str, res: dict[str, Any]) -> bool:
+        return self.store.exists(verify_path(self.store, self.run_id, sid, int(res["attempt"])))
+
+    def _verify(self, res: dict[str, Any]) -> None:
         sid, generator = res["shard_id"], res["worker"]
-        workers = _workers(client, resources)
-        others = [w for w in workers if w != generator and w not in out.flagged]
+        others = [w for w in self.workers() if w != generator and w not in self.out.flagged]
         if not others:
-            if vcfg.allow_same_worker and generator not in out.flagged:
+            if self.vcfg.allow_same_worker and generator not in self.out.flagged:
                 others = [generator]
                 msg = f"{sid}: only one worker; verified on the worker that generated it"
             else:
@@ -165,119 +176,105 @@ def generate_verified(
                     f"{sid}: not verified: no other worker than {generator} "
                     "(set verify.allow_same_worker to check on the same worker)"
                 )
-                out.skipped.append(sid)
-            if msg not in out.warnings:
+                self.out.skipped.append(sid)
+            if msg not in self.out.warnings:
                 print(f"warning: {msg}")
-            out.warnings.append(msg)
-            if sid in out.skipped:
+            self.out.warnings.append(msg)
+            if sid in self.out.skipped:
                 return
-        with gpu_annotation(), _restrict(others, VERIFY_PRIORITY):  # scoring needs the engine
-            fut: Any = verify_shard_task.submit(task_config, sid, int(res["attempt"]))
-        meta[fut.wrapped_future.key] = ("verify", fut, sid)
-        pending.add(fut.wrapped_future)
+        self.loop.track(sid, self.submit_check(res, others))
 
-    accepted: dict[str, dict[str, Any]] = {}
+    # -- events ------------------------------------------------------------------------
+    def on_result(self, shard_id: str, result: dict[str, Any]) -> None:
+        if result["status"] == "skipped":  # committed by an earlier invocation
+            self.accepted[shard_id] = result
+            if not self._checked(shard_id, result):
+                self._verify(result)
+        elif result["worker"] in self.out.flagged and self.vcfg.exclude_flagged_workers:
+            self._distrust(shard_id, result)
+        else:
+            self.accepted[shard_id] = result
+            self._verify(result)
 
-    def distrust(sid: str, res: dict[str, Any]) -> None:
-        check = distrust_shard(
-            VerifyTask(config, sid, int(res["attempt"])),
-            f"generated by flagged worker {res['worker']}",
-        ).as_dict()
-        out.checks.append(check)
-        accepted.pop(sid, None)
-        if check["status"] == "distrusted":
-            out.quarantined.append(check)
-            regenerate(sid, res["worker"], "worker flagged")
+    def on_failure(self, shard_id: str, error: str) -> None:
+        self.accepted.pop(shard_id, None)
 
-    passed_by: dict[str, list[str]] = {}  # verifier -> shards it passed
-
-    def recheck(sid: str) -> None:
-        res = accepted[sid]
-        print(f"shard {sid}: re-checking (its verifier was flagged)")
-        submit_verify(res)
-
-    def regenerate(sid: str, bad_worker: str, reason: str) -> None:
-        newly = bad_worker not in out.flagged
-        out.flagged.setdefault(bad_worker, []).append(f"{sid}: {reason}")
-        if newly:
-            for other in passed_by.pop(bad_worker, []):
-                if other in accepted and accepted[other]["worker"] != bad_worker:
-                    recheck(other)
-        if newly and vcfg.exclude_flagged_workers:
-            # its other shards, even those that passed a check, leave the dataset too
-            for other, res in list(accepted.items()):
-                if res["worker"] == bad_worker and res["status"] != "skipped":
-                    distrust(other, res)
-        regens[sid] = regens.get(sid, 0) + 1
-        if regens[sid] > vcfg.max_regenerations:
-            out.failures.append(f"{sid}: failed verification {regens[sid]} times")
-            return
-        print(f"shard {sid} quarantined ({reason}); regenerating away from {bad_worker}")
-        submit_gen(sid, set(out.flagged) | {bad_worker})
-
-    window = max(2, 2 * len(_workers(client, resources)))
-
-    def fill() -> None:
-        while queue and in_flight < window:
-            submit_gen(queue.pop(0), excluded())
-
-    fill()
-    # shards committed by an earlier invocation but never checked (a resumed run)
-    for sid, marker in sorted(committed_shards(store, run_id).items()):
-        res = marker["result"]
-        if sid not in order and not store.exists(
-            verify_path(store, run_id, sid, int(res["attempt"]))
-        ):
-            submit_verify(res)
-    for dfut in pending:
-        kind, fut, sid = meta.pop(dfut.key)
-        if kind == "gen":
-            in_flight = max(0, in_flight - 1)
-            try:
-                res = fut.result()
-            except Exception as exc:  # the task exhausted its retries
-                out.failures.append(f"{sid}: {exc}")
-                print(f"shard failed after retries: {type(exc).__name__}: {exc}")
-                fill()
-                continue
-            on_result(res)
-            if res["status"] == "skipped":  # committed by an earlier invocation
-                accepted[sid] = res
-                if not store.exists(verify_path(store, run_id, sid, int(res["attempt"]))):
-                    submit_verify(res)
-            elif res["worker"] in out.flagged and vcfg.exclude_flagged_workers:
-                distrust(sid, res)
-            else:
-                accepted[sid] = res
-                submit_verify(res)
-            fill()
-            continue
+    def on_check(self, shard_id: str, future: Any) -> None:
         try:
-            check = fut.result()
+            check = future.result()
         except Exception as exc:
-            msg = f"{sid}: verification errored ({type(exc).__name__}: {exc}); left unverified"
+            msg = f"{shard_id}: verification errored ({type(exc).__name__}: {exc}); left unverified"
             print(f"warning: {msg}")
-            out.warnings.append(msg)
-            out.skipped.append(sid)
-            continue
-        out.checks.append(check)
+            self.out.warnings.append(msg)
+            self.out.skipped.append(shard_id)
+            return
+        self.out.checks.append(check)
         status = check["status"]
         print(
-            f"verify {sid} (attempt {check['attempt']}, by {check['generator']}) on "
+            f"verify {shard_id} (attempt {check['attempt']}, by {check['generator']}) on "
             f"{check['verifier']}: {status}"
             + (f" z={check['z']:.1f}" if check.get("z") is not None else "")
         )
         if status == "fail":
-            out.quarantined.append(check)
-            accepted.pop(sid, None)
-            regenerate(sid, check["generator"], "; ".join(check.get("reasons") or []))
-        elif check["verifier"] in out.flagged and sid in accepted:
-            recheck(sid)  # a flagged worker's "pass" is worth nothing
+            self.out.quarantined.append(check)
+            self.accepted.pop(shard_id, None)
+            self._regenerate(shard_id, check["generator"], "; ".join(check.get("reasons") or []))
+        elif check["verifier"] in self.out.flagged and shard_id in self.accepted:
+            print(f"shard {shard_id}: re-checking (its verifier was flagged)")
+            self._verify(self.accepted[shard_id])  # a flagged worker's "pass" is worth nothing
         else:
-            passed_by.setdefault(check["verifier"], []).append(sid)
-    out.results = list(accepted.values())
-    store.write_json(
-        store.run_path(run_id, "verify", "flagged.json"),
-        {"flagged_workers": out.flagged, "quarantined": out.quarantined},
-    )
-    return out
+            self.passed_by.setdefault(check["verifier"], []).append(shard_id)
+
+    def _distrust(self, sid: str, res: dict[str, Any]) -> None:
+        check = distrust_shard(
+            VerifyTask(self.config, sid, int(res["attempt"])),
+            f"generated by flagged worker {res['worker']}",
+        ).as_dict()
+        self.out.checks.append(check)
+        self.accepted.pop(sid, None)
+        if check["status"] == "distrusted":
+            self.out.quarantined.append(check)
+            self._regenerate(sid, res["worker"], "worker flagged")
+
+    def _regenerate(self, sid: str, bad_worker: str, reason: str) -> None:
+        newly = bad_worker not in self.out.flagged
+        self.out.flagged.setdefault(bad_worker, []).append(f"{sid}: {reason}")
+        if newly:
+            for other in self.passed_by.pop(bad_worker, []):
+                if other in self.accepted and self.accepted[other]["worker"] != bad_worker:
+                    print(f"shard {other}: re-checking (its verifier was flagged)")
+                    self._verify(self.accepted[other])
+        if newly and self.vcfg.exclude_flagged_workers:
+            # its other shards, even those that passed a check, leave the dataset too
+            for other, res in list(self.accepted.items()):
+                if res["worker"] == bad_worker and res["status"] != "skipped":
+                    self._distrust(other, res)
+        self.regens[sid] = self.regens.get(sid, 0) + 1
+        if self.regens[sid] > self.vcfg.max_regenerations:
+            self.out.failures.append(f"{sid}: failed verification {self.regens[sid]} times")
+            return
+        print(f"shard {sid} quarantined ({reason}); regenerating away from {bad_worker}")
+        self.bad.setdefault(sid, set()).add(bad_worker)
+        self.loop.requeue(sid)
+
+    def finish(self, failures: list[str]) -> VerifyRun:
+        """The run's verification outcome (accepted results, flagged workers) on record."""
+        self.out.results = list(self.accepted.values())
+        self.out.failures = failures + self.out.failures
+        self.store.write_json(
+            self.store.run_path(self.run_id, "verify", "flagged.json"),
+            {"flagged_workers": self.out.flagged, "quarantined": self.out.quarantined},
+        )
+        return self.out
+
+
+def submit_check_task(
+    config: Opaque, gpu_annotation: Callable[[], contextlib.AbstractContextManager[Any]]
+) -> Callable[[dict[str, Any], list[str]], Any]:
+    """Submits a verify task for a shard result on the given workers, ahead of generation."""
+
+    def submit(res: dict[str, Any], workers: list[str]) -> Any:
+        with gpu_annotation(), restrict(workers, VERIFY_PRIORITY):  # scoring needs the engine
+            return verify_shard_task.submit(config, res["shard_id"], int(res["attempt"]))
+
+    return submit

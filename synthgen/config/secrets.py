@@ -1,14 +1,24 @@
-"""Keeping credentials out of logs, Prefect parameters and outputs.
+"""The one secrets policy: what a credential is, where it may go, and how it is kept out
+of logs, Prefect parameters and outputs.
 
-- `SecretMasker` replaces every known secret value (from the config's credential-looking keys
-  and from credential environment variables) with `***` in every log record this process
-  creates, tracebacks included, whichever logger or handler (Prefect's API log handler too).
-- `stash_secrets` / `restore_secrets`: a config dict handed to a Prefect (sub)flow carries
-  `***` placeholders; the real values stay in this process's memory and are put back only
-  in the arguments of tasks, which Prefect does not store (they travel to Dask workers,
-  over TLS on a real cluster).
-- `check_overrides` refuses credentials given as `--set` overrides: those become Prefect
-  flow-run parameters, which are stored in plain text by the Prefect server.
+What a credential is: one rule, `synthgen.config.secret_rule.is_credential_key`, applied to
+the free-form `output.storage_options` (at validation: values become `SecretStr`), to config
+dicts (`redact`, `config_secrets`, the override check) and to environment variable names
+(`env_secrets`). No typed config field holds a credential; one added later is `SecretStr`.
+
+What may travel as a Prefect parameter (flow-run parameters are stored in plain text by the
+Prefect server): no credential, ever. A config dict passed to a (sub)flow is
+`stash_secrets(cfg)` (credentials replaced by `***`), overrides pass `check_overrides`, and a
+credentials block travels by name only. Real values reach the processes that need them only
+as task arguments (`restore_secrets`, over TLS to Dask workers) or worker plugins
+(`secret_rule.reveal`), from the environment, or from a Prefect block read where used.
+
+- `SecretMasker` replaces every known secret value (from the config's credentials and from
+  credential environment variables) with `***` in every log record this process creates,
+  tracebacks included, whichever logger or handler (Prefect's API log handler too).
+- `stash_secrets` / `restore_secrets`: the real values stay in this process's memory and are
+  put back only in the arguments of tasks, which Prefect does not store.
+- `check_overrides` refuses credentials given as `--set` overrides.
 """
 
 from __future__ import annotations
@@ -22,12 +32,48 @@ import traceback
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from synthgen.config import parse_override, redact
+from pydantic import BaseModel
+
+from synthgen.config.overrides import nest, parse_override
+from synthgen.config.secret_rule import MASK, is_credential_key, reveal
 from synthgen.errors import ConfigError
 
-MASK = "***"
+__all__ = [
+    "MASK",
+    "MASKER",
+    "SecretMasker",
+    "check_overrides",
+    "config_secrets",
+    "env_secrets",
+    "protect",
+    "redact",
+    "restore_secrets",
+    "stash_secrets",
+]
+
 MIN_SECRET_LEN = 6  # shorter values would mask ordinary words in every log line
-_SECRET_ENV = re.compile(r"(SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|API_KEY|ACCESS_KEY)", re.I)
+# The free-form mappings of a config (its `dict[str, Any]` fields): the only places where a
+# key can name a credential. In output.storage_options credentials are kept (SecretStr); in
+# model.vllm.extra they are refused at validation (and so by the override check too).
+FREE_MAPPINGS = (("output", "storage_options"), ("model", "vllm", "extra"))
+
+
+def redact(config: Any, path: tuple[str, ...] = ()) -> Any:
+    """A config dict (a JSON dump of `RunConfig`, or a part of one given from the top, as an
+    override's mapping) with every credential replaced by `***`: string values under a
+    credential key inside a free-form mapping (`FREE_MAPPINGS`), at any depth."""
+    if isinstance(config, dict):
+        return {k: redact(v, (*path, str(k))) for k, v in config.items()}
+    if isinstance(config, list):
+        return [redact(v, path) for v in config]
+    inside = any(len(path) > len(m) and path[: len(m)] == m for m in FREE_MAPPINGS)
+    if inside and isinstance(config, str) and config and is_credential_key(path[-1]):
+        return MASK
+    return config
+
+
+def _as_dict(config: BaseModel | dict[str, Any]) -> dict[str, Any]:
+    return reveal(config) if isinstance(config, BaseModel) else config
 
 
 def _walk_secrets(original: Any, redacted: Any, out: set[str]) -> None:
@@ -41,17 +87,18 @@ def _walk_secrets(original: Any, redacted: Any, out: set[str]) -> None:
         out.add(str(original))
 
 
-def config_secrets(config: dict[str, Any]) -> set[str]:
-    """Values of the credential-looking keys of a config dict (the same rule as `redact`)."""
+def config_secrets(config: BaseModel | dict[str, Any]) -> set[str]:
+    """The credentials of a config (a model, or a dict with real values), by `redact`'s rule."""
+    data = _as_dict(config)
     out: set[str] = set()
-    _walk_secrets(config, redact(config), out)
+    _walk_secrets(data, redact(data), out)
     return {s for s in out if len(s) >= MIN_SECRET_LEN}
 
 
 def env_secrets(environ: dict[str, str] | None = None) -> set[str]:
     """Values of environment variables whose names say they hold credentials."""
     env = os.environ if environ is None else environ
-    return {v for k, v in env.items() if _SECRET_ENV.search(k) and len(v) >= MIN_SECRET_LEN}
+    return {v for k, v in env.items() if is_credential_key(k) and len(v) >= MIN_SECRET_LEN}
 
 
 class SecretMasker:
@@ -107,8 +154,9 @@ class SecretMasker:
 MASKER = SecretMasker()
 
 
-def protect(config: dict[str, Any] | None = None) -> SecretMasker:
-    """Install the process-wide masker with the config's and the environment's secrets."""
+def protect(config: BaseModel | dict[str, Any] | None = None) -> SecretMasker:
+    """Install the process-wide masker with the config's and the environment's secrets
+    (`config`: the model, or a dict with real values: a `model_dump` shows only `***`)."""
     MASKER.add(env_secrets())
     if config is not None:
         MASKER.add(config_secrets(config))
@@ -125,9 +173,11 @@ def _key(config: dict[str, Any]) -> str:
     return f"{config.get('name')}/{config.get('run_id')}"
 
 
-def stash_secrets(config: dict[str, Any]) -> dict[str, Any]:
-    """A copy of `config` with credentials replaced by `***`; the original is kept in memory
-    for `restore_secrets` in this process."""
+def stash_secrets(config: BaseModel | dict[str, Any]) -> dict[str, Any]:
+    """`config` as a dict fit for Prefect parameters (credentials replaced by `***`); the
+    real values are kept in memory for `restore_secrets` in this process. Given a model, its
+    credentials are taken with `reveal` (its `model_dump` already shows only `***`)."""
+    config = _as_dict(config)
     public = redact(config)
     if public != config:
         with _STASH_LOCK:
@@ -165,11 +215,7 @@ def check_overrides(overrides: Sequence[str], source: str = "--set") -> list[str
     applied to the override as the nested mapping it sets."""
     for item in overrides:
         path, value = parse_override(item)
-        nested: dict[str, Any] = {}
-        node = nested
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
+        nested = nest(path, value)
         if redact(nested) != nested:
             raise ConfigError(
                 f"{source} {'.'.join(path)}=…: credentials may not be passed as run parameters: "

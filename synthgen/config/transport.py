@@ -8,7 +8,7 @@ import ipaddress
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from synthgen.config import ClusterConfig
+    from synthgen.config.cluster import ClusterConfig
 
 SECURE_SCHEMES = frozenset({"tls", "wss"})
 INSECURE_SCHEMES = frozenset({"tcp", "ws"})

@@ -7,20 +7,16 @@ The rule: a new shard starts only if
   <= max_cost_usd,
 where a shard's projected cost is what shards have cost so far (spend / shards done).
 Before anything is measured the projection is 0, so the first wave starts.
-`schedule()` is the submission loop, written against plain callables so the Prefect flow
-(futures) and the tests (anything) drive the same code.
+The submission loop is the flow's one generate loop (flows/loop.py); `BudgetGate` is the
+arithmetic its budget gate (flows/cost.py `BudgetWatch`) asks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from synthgen.cost.prices import VERIFICATION_STATUS
-
-F = TypeVar("F", bound=Hashable)  # a future
-T = TypeVar("T")  # a shard to run
 
 
 @dataclass(frozen=True)
@@ -93,62 +89,11 @@ class BudgetGate:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one finished future cost, as the flow reads it (ShardResult or the ledger)."""
+    """What one finished shard cost, as the flow reads it (ShardResult or the ledger)."""
 
     cost_usd: float
     attempts: int
     succeeded: bool
-
-
-@dataclass
-class ScheduleResult(Generic[T, F]):
-    finished: list[tuple[T, F]] = field(default_factory=list)
-    not_started: list[T] = field(default_factory=list)
-    stopped_by: Decision | None = None  # the refusal that ended submission, if any
-
-    @property
-    def partial(self) -> bool:
-        return bool(self.not_started)
-
-
-def schedule(
-    items: Sequence[T],
-    submit: Callable[[T], F],
-    wait_any: Callable[[set[F]], set[F]],
-    outcome: Callable[[F], Outcome],
-    gate: BudgetGate,
-    max_in_flight: int | None = None,
-) -> ScheduleResult[T, F]:
-    """Submit `items` while the gate admits them, keeping at most `max_in_flight` running.
-
-    `wait_any(pending)` blocks until at least one future is done and returns the done ones;
-    `outcome(future)` reports its cost. Once the gate refuses, nothing more is submitted;
-    running shards finish, the rest are returned as `not_started`.
-    """
-    queue = list(items)
-    running: dict[F, T] = {}
-    result: ScheduleResult[T, F] = ScheduleResult()
-    while queue or running:
-        while (
-            queue
-            and result.stopped_by is None
-            and (max_in_flight is None or len(running) < max_in_flight)
-        ):
-            decision = gate.admit(len(running))
-            if not decision.allowed:
-                result.stopped_by = decision
-                break
-            item = queue.pop(0)
-            running[submit(item)] = item
-        if not running:
-            break
-        for fut in wait_any(set(running)):
-            item = running.pop(fut)
-            out = outcome(fut)
-            gate.record(out.cost_usd, out.attempts, out.succeeded)
-            result.finished.append((item, fut))
-    result.not_started = queue
-    return result
 
 
 def partial_message(

@@ -14,14 +14,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from synthgen.config import RunConfig
 from synthgen.cost.prices import (
+    LEDGER_SCHEMA,
     cost_of,
     parse_device_label,
     price_for_device,
+    usd_per_million,
     worker_price_override,
 )
+from synthgen.cost.report import _text_table
+from synthgen.engines.base import GenRequest, prompt_seed
+from synthgen.engines.cache import get_engine
 from synthgen.errors import ConfigError
+from synthgen.io.layout import all_runs_ledger_glob
+from synthgen.io.store import Store
+from synthgen.stages.prompts import load_prompts
 
 Row = dict[str, Any]
 
@@ -44,10 +55,6 @@ def calibrate(cfg: RunConfig, sample: int = 8) -> tuple[Throughput, int, str]:
 
     Model load time is excluded (it is paid once per worker, not per prompt).
     """
-    from synthgen.engines.base import GenRequest, prompt_seed
-    from synthgen.engines.cache import get_engine
-    from synthgen.stages.prompts import load_prompts
-
     if sample < 1:
         raise ConfigError(f"estimate: --sample must be >= 1, got {sample}")
     records = load_prompts(cfg).records
@@ -110,20 +117,19 @@ def ledger_throughputs(ledger_rows: Sequence[Row], model: str | None = None) -> 
 
 def read_earlier_ledgers(cfg: RunConfig) -> list[Row]:
     """Every ledger row under OUTPUT/runs/*/ledger/ (earlier runs of any config)."""
-    import pyarrow.parquet as pq
+    store = Store(cfg.output)
+    pattern = all_runs_ledger_glob(store)
 
-    from synthgen.cost.ledger import run_fs
-    from synthgen.cost.prices import LEDGER_SCHEMA
+    def _glob() -> list[str]:
+        try:
+            return sorted(store.fs.glob(pattern))
+        except FileNotFoundError:
+            return []
 
-    fs, root = run_fs(cfg.output.uri, cfg.output.storage_options)
-    try:
-        paths = fs.glob(f"{root}/runs/*/ledger/*.parquet")
-    except FileNotFoundError:
-        return []
     rows: list[Row] = []
-    for path in sorted(paths):
-        with fs.open(path, "rb") as fh:
-            rows += pq.read_table(fh).select(LEDGER_SCHEMA.names).to_pylist()
+    for path in store.retry(_glob, f"listing {store.location(pattern)}"):
+        table = pq.read_table(pa.BufferReader(store.read_bytes(path)))
+        rows += table.select(LEDGER_SCHEMA.names).to_pylist()
     return rows
 
 
@@ -183,14 +189,12 @@ def project(
             if price is not None:
                 cost = cost_of(price, worker_s)
                 row["cost_usd"] = cost
-                row["usd_per_1m_completion_tokens"] = cost / (prompts * tpp) * 1e6 if tpp else None
+                row["usd_per_1m_completion_tokens"] = usd_per_million(cost, prompts * tpp)
         rows.append(row)
     return rows
 
 
 def format_estimate(cfg: RunConfig, prompts: int, rows: Sequence[Row], workers: int) -> str:
-    from synthgen.cost.report import _text_table
-
     def f(v: Any, kind: str = "") -> str:
         if v is None:
             return "-"
@@ -241,8 +245,6 @@ def estimate(
         measured.append(tp)
     measured += ledger_throughputs(read_earlier_ledgers(cfg), model)
     if prompts is None:
-        from synthgen.stages.prompts import load_prompts
-
         prompts = len(load_prompts(cfg).records)
     rows = project(cfg, prompts, measured, workers)
     return format_estimate(cfg, prompts, rows, workers), rows

@@ -1,19 +1,24 @@
 """Ledger storage: one small Parquet file per shard attempt and one per worker, per run.
 
-Layout under a run root (OUTPUT/runs/RUN_ID):
+Layout under a run root (OUTPUT/runs/RUN_ID; the names are `synthgen.io.layout`'s):
     ledger/SHARD_ID-attempt-N-ATTEMPTID.parquet   one row (LEDGER_SCHEMA)
     ledger/SHARD_ID-verify-aN-CHECKID.parquet     one verification check's row (status
                                                   "verification"; not matched by the
                                                   per-shard attempt glob)
     workers/WORKER_ID.parquet                     one row (WORKER_SCHEMA), overwritten
-One file per writer means concurrent workers never write the same key.
+One file per writer means concurrent workers never write the same key. Every file is
+written through the run's `Store` (fsynced temporary file renamed into place locally, one
+PUT on object stores, the store's retry policy).
+
+Lost attempts (a worker died mid-shard and never wrote its own row) get their row here too,
+from the attempt start markers (`record_lost_attempts`).
 """
 
 from __future__ import annotations
 
 import io
-import re
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -21,115 +26,257 @@ import pyarrow.parquet as pq
 from fsspec.spec import AbstractFileSystem
 
 from synthgen.config import OutputConfig
-from synthgen.cost.prices import LEDGER_SCHEMA, WORKER_SCHEMA, ledger_table, worker_table
-from synthgen.io.store import Store, retrying
+from synthgen.cost.prices import (
+    LEDGER_SCHEMA,
+    WORKER_SCHEMA,
+    cost_of,
+    is_verification,
+    ledger_table,
+    usd_per_million,
+    worker_table,
+)
+from synthgen.io.attempts import attempt_history
+from synthgen.io.layout import LEDGER_DIR, WORKERS_DIR, RunLayout, StageLayout, safe_key
+from synthgen.io.store import Store, atomic_write
 
-LEDGER_DIR = "ledger"
-WORKERS_DIR = "workers"
-_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+__all__ = [
+    "LEDGER_DIR",
+    "WORKERS_DIR",
+    "Ledger",
+    "ledger_at",
+    "ledger_path",
+    "lost_rows",
+    "open_run",
+    "open_run_uri",
+    "read_ledger",
+    "read_workers",
+    "record_lost_attempts",
+    "run_fs",
+    "run_ledger",
+    "safe_key",
+    "verify_ledger_path",
+    "worker_path",
+    "write_bytes",
+    "write_ledger_row",
+    "write_one",
+    "write_verification_row",
+    "write_worker_row",
+]
 
 
-def safe_key(text: str) -> str:
-    """A string usable as one path segment on every filesystem and object store."""
-    return _SAFE.sub("_", text).strip("_") or "_"
+def _parquet(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+class Ledger:
+    """The cost ledger of one run (its default stage's attempt rows, its worker rows)."""
+
+    def __init__(self, run: RunLayout, stage: StageLayout | None = None) -> None:
+        self.run = run
+        self.store = run.store
+        self.stage = stage or run.stage()
+
+    def write(self, row: dict[str, Any]) -> str:
+        """Write one ledger row (an attempt's, or a verification check's); returns its path."""
+        if is_verification(row):
+            path = self.stage.ledger_verification(
+                row["shard_id"], row["attempt"], row["attempt_id"]
+            )
+        else:
+            path = self.stage.ledger_attempt(row["shard_id"], row["attempt"], row["attempt_id"])
+        self.store.write_bytes(path, _parquet(ledger_table([row])))
+        return path
+
+    def write_worker(self, row: dict[str, Any]) -> str:
+        """Write (overwrite) one worker's row; returns its path."""
+        path = self.run.worker(row["worker_id"])
+        self.store.write_bytes(path, _parquet(worker_table([row])))
+        return path
+
+    def _read(self, pattern: str, schema: pa.Schema) -> pa.Table:
+        fs = self.store.fs
+
+        def _glob() -> list[str]:
+            try:
+                return sorted(fs.glob(pattern))
+            except FileNotFoundError:
+                return []
+
+        tables = []
+        for path in self.store.retry(_glob, f"listing {self.store.location(pattern)}"):
+            data = self.store.read_bytes(path)
+            tables.append(pq.read_table(pa.BufferReader(data)).select(schema.names).cast(schema))
+        if not tables:
+            return schema.empty_table()
+        return pa.concat_tables(tables)
+
+    def rows(self, shard_id: str | None = None) -> pa.Table:
+        """Every row of the run, verification checks included, sorted by start time; with
+        `shard_id`, that shard's attempt rows only (never its verification rows)."""
+        table = self._read(self.stage.ledger_glob(shard_id), LEDGER_SCHEMA)
+        return table.sort_by([("started_at", "ascending"), ("shard_id", "ascending")])
+
+    def workers(self) -> pa.Table:
+        table = self._read(f"{self.run.workers_dir}/*.parquet", WORKER_SCHEMA)
+        return table.sort_by([("joined_at", "ascending"), ("worker_id", "ascending")])
+
+
+def run_ledger(output: OutputConfig, run_id: str) -> Ledger:
+    """The ledger of OUTPUT/runs/RUN_ID."""
+    return Ledger(RunLayout(Store(output), run_id))
+
+
+def open_run_uri(run_uri: str, storage_options: dict[str, Any] | None = None) -> Ledger:
+    """The ledger of the run at `run_uri` (OUTPUT/runs/RUN_ID, local or s3://), with the same
+    S3 handling as the output store."""
+    store = Store(OutputConfig(uri=run_uri, storage_options=storage_options or {}))
+    return Ledger(RunLayout.at_root(store))
+
+
+# --------------------------------------------------------------------------- lost attempts
+def _ts(value: str) -> datetime:
+    dt = datetime.fromisoformat(value)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def lost_rows(store: Store, run_id: str) -> list[dict[str, Any]]:
+    """Ledger rows for the run's lost attempts that have none yet.
+
+    An attempt is lost when it is neither committed nor still running (`io.attempts`). Its
+    row starts when its marker says and ends (at most) when the next attempt of the same
+    shard started, priced like that worker's other attempts (price 0, source "unknown", if
+    the worker left nothing else). The time is an upper bound of what the dead worker spent.
+    """
+    history = attempt_history(store, run_id)
+    ledger = Ledger(RunLayout(store, run_id)).rows().to_pylist()
+    seen = {(r["shard_id"], int(r["attempt"])) for r in ledger}
+    by_worker: dict[str, dict[str, Any]] = {}
+    for r in ledger:
+        if r["status"] in ("succeeded", "failed"):
+            by_worker.setdefault(r["worker"], r)
+    by_shard: dict[str, list[dict[str, Any]]] = {}
+    for a in history:
+        by_shard.setdefault(a["shard_id"], []).append(a)
+    rows = []
+    for shard_id, attempts in by_shard.items():
+        for i, a in enumerate(attempts):
+            if a["outcome"] != "lost" or (shard_id, int(a["attempt"])) in seen:
+                continue
+            nxt = attempts[i + 1] if i + 1 < len(attempts) else None
+            started = _ts(a["started_at"])
+            finished = _ts(nxt["started_at"]) if nxt else started
+            finished = max(finished, started)
+            ref = by_worker.get(a.get("worker", ""))
+            wall = (finished - started).total_seconds()
+            price = float(ref["price_per_hour"]) if ref else 0.0
+            cost = cost_of(price, wall)
+            rows.append(
+                {
+                    "run_id": run_id,
+                    "shard_id": shard_id,
+                    "attempt": int(a["attempt"]),
+                    "attempt_id": f"lost-{uuid.uuid4().hex[:8]}",
+                    "worker": a.get("worker", "?"),
+                    "host": a.get("host", "?"),
+                    "device": ref["device"] if ref else "unknown",
+                    "device_type": ref["device_type"] if ref else "unknown",
+                    "model": ref["model"] if ref else "",
+                    "price_per_hour": price,
+                    "price_source": ref["price_source"] if ref else "unknown",
+                    "started_at": started,
+                    "finished_at": finished,
+                    "wall_seconds": wall,
+                    "engine_seconds": 0.0,
+                    "prompts": 0,
+                    "prompt_tokens": 0,
+                    "completion_tokens": 0,
+                    "kept_records": None,
+                    "kept_tokens": None,
+                    "status": "lost",
+                    "error": "worker lost mid-shard (no result); time = until the next "
+                    "attempt started, an upper bound",
+                    "cost_usd": cost,
+                    "usd_per_1m_completion_tokens": usd_per_million(cost, 0),
+                    "usd_per_1m_kept_tokens": None,
+                }
+            )
+    return rows
+
+
+def record_lost_attempts(store: Store, run_id: str) -> int:
+    """Write a ledger row for every lost attempt that has none; returns how many."""
+    rows = lost_rows(store, run_id)
+    ledger = Ledger(RunLayout(store, run_id))
+    for row in rows:
+        ledger.write(row)
+    return len(rows)
+
+
+# --------------------------------------------------------------------------- (fs, run_root)
+# The same ledger for callers that hold a filesystem and a run root rather than a RunLayout
+# (stages/generate.py and flows/cost.py until they switch): the store's write and retry
+# helpers with the default retry policy.
+def ledger_at(fs: AbstractFileSystem, run_root: str) -> Ledger:
+    """The ledger of the run rooted at `run_root` of an open filesystem."""
+    return Ledger(RunLayout.at_root(Store.over(fs, run_root)))
+
+
+def open_run(output: OutputConfig, run_id: str) -> tuple[AbstractFileSystem, str]:
+    """(filesystem, run root) of OUTPUT/runs/RUN_ID."""
+    ledger = run_ledger(output, run_id)
+    return ledger.store.fs, ledger.run.root
 
 
 def run_fs(
     run_uri: str, storage_options: dict[str, Any] | None = None
 ) -> tuple[AbstractFileSystem, str]:
     """(filesystem, root path) of a run URI, with the same S3 handling as the output store."""
-    store = Store(OutputConfig(uri=run_uri, storage_options=storage_options or {}))
-    return store.fs, store.root
+    ledger = open_run_uri(run_uri, storage_options)
+    return ledger.store.fs, ledger.run.root
 
 
 def ledger_path(run_root: str, shard_id: str, attempt: int, attempt_id: str) -> str:
-    return f"{run_root}/{LEDGER_DIR}/{safe_key(shard_id)}-attempt-{attempt}-{safe_key(attempt_id)[:12]}.parquet"
+    return StageLayout(run_root, "").ledger_attempt(shard_id, attempt, attempt_id)
 
 
 def verify_ledger_path(run_root: str, shard_id: str, attempt: int, check_id: str) -> str:
-    return f"{run_root}/{LEDGER_DIR}/{safe_key(shard_id)}-verify-a{attempt}-{safe_key(check_id)[:12]}.parquet"
+    return StageLayout(run_root, "").ledger_verification(shard_id, attempt, check_id)
 
 
 def worker_path(run_root: str, worker_id: str) -> str:
     return f"{run_root}/{WORKERS_DIR}/{safe_key(worker_id)}.parquet"
 
 
-def _is_local(fs: AbstractFileSystem) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    return "file" in protocol or "local" in protocol
-
-
 def write_bytes(fs: AbstractFileSystem, path: str, data: bytes) -> None:
-    """Write a small object whole, retrying transient errors: locally a temporary file
-    renamed into place; on object stores one PUT (which appears whole or not at all)."""
-
-    def _write() -> None:
-        if not _is_local(fs):
-            fs.pipe_file(path, data)
-            return
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        with fs.open(tmp, "wb") as fh:
-            fh.write(data)
-        fs.mv(tmp, path)
-
-    retrying(_write, f"writing {path}")
+    """Write a small object whole (`synthgen.io.store.atomic_write`)."""
+    atomic_write(fs, path, data)
 
 
 def write_one(fs: AbstractFileSystem, path: str, table: pa.Table) -> None:
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    write_bytes(fs, path, buf.getvalue())
+    atomic_write(fs, path, _parquet(table))
 
 
 def write_ledger_row(fs: AbstractFileSystem, run_root: str, row: dict[str, Any]) -> str:
-    path = ledger_path(run_root, row["shard_id"], row["attempt"], row["attempt_id"])
-    write_one(fs, path, ledger_table([row]))
-    return path
+    return ledger_at(fs, run_root).write(row)
 
 
 def write_verification_row(fs: AbstractFileSystem, run_root: str, row: dict[str, Any]) -> str:
-    path = verify_ledger_path(run_root, row["shard_id"], row["attempt"], row["attempt_id"])
-    write_one(fs, path, ledger_table([row]))
-    return path
+    if not is_verification(row):
+        raise ValueError(f"shard {row['shard_id']}: not a verification row ({row['status']!r})")
+    return ledger_at(fs, run_root).write(row)
 
 
 def write_worker_row(fs: AbstractFileSystem, run_root: str, row: dict[str, Any]) -> str:
-    path = worker_path(run_root, row["worker_id"])
-    write_one(fs, path, worker_table([row]))
-    return path
-
-
-def _read_dir(
-    fs: AbstractFileSystem, directory: str, schema: pa.Schema, pattern: str = "*"
-) -> pa.Table:
-    try:
-        paths = sorted(fs.glob(f"{directory}/{pattern}.parquet"))
-    except FileNotFoundError:
-        paths = []
-    tables = []
-    for path in paths:
-        with fs.open(path, "rb") as fh:
-            tables.append(pq.read_table(fh).select(schema.names).cast(schema))
-    if not tables:
-        return schema.empty_table()
-    return pa.concat_tables(tables)
+    return ledger_at(fs, run_root).write_worker(row)
 
 
 def read_ledger(fs: AbstractFileSystem, run_root: str, shard_id: str | None = None) -> pa.Table:
     """Every row of the run, verification checks included, sorted by start time; with
     `shard_id`, that shard's attempt rows only (never its verification rows)."""
-    pattern = f"{safe_key(shard_id)}-attempt-*" if shard_id else "*"
-    table = _read_dir(fs, f"{run_root}/{LEDGER_DIR}", LEDGER_SCHEMA, pattern)
-    return table.sort_by([("started_at", "ascending"), ("shard_id", "ascending")])
+    return ledger_at(fs, run_root).rows(shard_id)
 
 
 def read_workers(fs: AbstractFileSystem, run_root: str) -> pa.Table:
-    table = _read_dir(fs, f"{run_root}/{WORKERS_DIR}", WORKER_SCHEMA)
-    return table.sort_by([("joined_at", "ascending"), ("worker_id", "ascending")])
-
-
-def open_run(output: OutputConfig, run_id: str) -> tuple[AbstractFileSystem, str]:
-    """(filesystem, run root) of OUTPUT/runs/RUN_ID."""
-    store = Store(output)
-    return store.fs, store.run_path(run_id)
+    return ledger_at(fs, run_root).workers()

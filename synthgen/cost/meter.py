@@ -2,9 +2,10 @@
 
     meter = AttemptMeter.start(cfg, shard_id, attempt, device)    # after the engine loaded
     ...generate, write the shard...
-    row = meter.finish(fs, root, counts, "succeeded")             # before the commit marker
-On an exception, `meter.finish(..., status="failed", error=...)` writes the failed
-attempt's row too (it cost money), then the caller re-raises.
+    row = meter.finish_in(ledger, counts, "succeeded")            # before the commit marker
+On an exception, `meter.finish_in(..., status="failed", error=...)` writes the failed
+attempt's row too (it cost money), then the caller re-raises. `finish(fs, run_root, ...)` is
+the same for callers holding a filesystem and a run root.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from fsspec.spec import AbstractFileSystem
 
 from synthgen.config import RunConfig
 from synthgen.cost import usage
-from synthgen.cost.ledger import write_ledger_row, write_worker_row
+from synthgen.cost.ledger import Ledger, ledger_at
 from synthgen.cost.prices import (
     AttemptStatus,
     Price,
@@ -90,6 +91,16 @@ class AttemptMeter:
         status: AttemptStatus,
         error: str | None = None,
     ) -> dict[str, Any]:
+        """`finish_in` the ledger of the run at `run_root` of `fs`."""
+        return self.finish_in(ledger_at(fs, run_root), counts, status, error)
+
+    def finish_in(
+        self,
+        ledger: Ledger,
+        counts: Counts,
+        status: AttemptStatus,
+        error: str | None = None,
+    ) -> dict[str, Any]:
         """Stop the clock, write the ledger row and this worker's usage row; return the row."""
         row = ledger_row(
             ShardAttempt(
@@ -114,14 +125,12 @@ class AttemptMeter:
                 error=error[:2000] if error else None,
             )
         )
-        write_ledger_row(fs, run_root, row)
+        ledger.write(row)
         usage.record_attempt(row["run_id"], row["wall_seconds"], status == "succeeded", self.device)
         # keep a worker row current, so a worker that dies later still has one
-        write_worker_row(
-            fs,
-            run_root,
+        ledger.write_worker(
             usage.snapshot(
                 row["run_id"], self.cfg.cost, device_pref=self.cfg.model.device, price=self.price
-            ),
+            )
         )
         return row

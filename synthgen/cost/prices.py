@@ -204,13 +204,16 @@ class ShardAttempt:
     error: str | None = None
 
 
-def usd_per_million(cost_usd: float, tokens: int | None) -> float | None:
+def usd_per_million(cost_usd: float, tokens: float | None) -> float | None:
+    """$ per 1M tokens (None without tokens): the one definition, used by the ledger rows,
+    the report and the estimate."""
     if not tokens:
         return None
     return cost_usd / tokens * 1_000_000
 
 
 def cost_of(price_per_hour: float, seconds: float) -> float:
+    """USD of `seconds` at `price_per_hour`."""
     return price_per_hour * seconds / 3600.0
 
 

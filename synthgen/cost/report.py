@@ -12,20 +12,19 @@ import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from synthgen.cost.ledger import read_ledger, read_workers, run_fs
-from synthgen.cost.prices import is_verification
+from synthgen.cost.chart import render_png
+from synthgen.cost.ledger import open_run_uri
+from synthgen.cost.prices import is_verification, usd_per_million
+from synthgen.io.layout import BUDGET
 
 Row = dict[str, Any]
-BUDGET_FILE = "budget.json"  # written by the flow: the latest session's cap and outcome
+BUDGET_FILE = BUDGET  # written by the flow: the latest session's cap and outcome
 
 # attempts that produced nothing: failed ones, and lost ones (their worker died mid-shard)
 UNSUCCESSFUL = ("failed", "lost")
-
-
-def _per_million(cost: float, tokens: float) -> float | None:
-    return cost / tokens * 1e6 if tokens else None
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -87,8 +86,8 @@ def summarize(
                 "tokens_per_s": _ratio(comp, ok["wall_seconds"]) if ok else None,
                 "cost_usd": cost,
                 "failed_cost_usd": sum(r["cost_usd"] for r in rows if r["status"] in UNSUCCESSFUL),
-                "usd_per_1m_completion_tokens": _per_million(cost, comp),
-                "usd_per_1m_kept_tokens": _per_million(cost, kept),
+                "usd_per_1m_completion_tokens": usd_per_million(cost, comp),
+                "usd_per_1m_kept_tokens": usd_per_million(cost, kept),
             }
         )
 
@@ -150,8 +149,8 @@ def _totals(
         "cost_usd": cost,
         "failed_cost_usd": failed_cost,
         "failed_share": _ratio(failed_cost, cost),
-        "usd_per_1m_completion_tokens": _per_million(cost, comp),
-        "usd_per_1m_kept_tokens": _per_million(cost, kept),
+        "usd_per_1m_completion_tokens": usd_per_million(cost, comp),
+        "usd_per_1m_kept_tokens": usd_per_million(cost, kept),
         "verification_checks": len(checks),
         "verification_seconds": sum(r["wall_seconds"] for r in checks),
         "verification_cost_usd": verify_cost,
@@ -162,7 +161,7 @@ def _totals(
         "run_span_seconds": span,
         **held,
         "billed_usd": billed,
-        "billed_usd_per_1m_kept_tokens": _per_million(billed, kept),
+        "billed_usd_per_1m_kept_tokens": usd_per_million(billed, kept),
         "unpriced_devices": sorted(
             {r["device"] for r in [*ledger, *checks] if r["price_source"] == "unknown"}
             | {w["device"] for w in workers if w["price_source"] == "unknown"}
@@ -197,8 +196,8 @@ def _per_device(
                 "tokens_per_s": _ratio(comp, wall),
                 "cost_usd": cost,
                 "failed_share": _ratio(failed_cost, cost),
-                "usd_per_1m_completion_tokens": _per_million(cost, comp),
-                "usd_per_1m_kept_tokens": _per_million(cost, kept),
+                "usd_per_1m_completion_tokens": usd_per_million(cost, comp),
+                "usd_per_1m_kept_tokens": usd_per_million(cost, kept),
                 "verification_cost_usd": sum(
                     r["cost_usd"] for r in checks if r["device_type"] == dt
                 ),
@@ -210,17 +209,17 @@ def _per_device(
 
 # --------------------------------------------------------------------------- loading
 def load_summary(run_uri: str, storage_options: dict[str, Any] | None = None) -> Summary:
-    fs, root = run_fs(run_uri, storage_options)
-    if not fs.exists(root):
+    ledger = open_run_uri(run_uri, storage_options)
+    store, run = ledger.store, ledger.run
+    if not store.exists(run.root):
         raise FileNotFoundError(f"{run_uri}: no such run (expected OUTPUT/runs/RUN_ID)")
-    ledger = read_ledger(fs, root).to_pylist()
-    workers = read_workers(fs, root).to_pylist()
-    if not ledger and not workers:
+    rows = ledger.rows().to_pylist()
+    workers = ledger.workers().to_pylist()
+    if not rows and not workers:
         raise FileNotFoundError(f"{run_uri}: no ledger/ or workers/ rows under this run")
-    budget = None
-    if fs.exists(f"{root}/{BUDGET_FILE}"):
-        budget = json.loads(fs.cat_file(f"{root}/{BUDGET_FILE}"))
-    return summarize(ledger, workers, run_id=root.rsplit("/", 1)[-1], budget=budget)
+    data = store.read_optional(run.budget)
+    budget = json.loads(data) if data is not None else None
+    return summarize(rows, workers, run_id=run.run_id, budget=budget)
 
 
 # --------------------------------------------------------------------------- formatting
@@ -409,11 +408,6 @@ def write_report(
     max_shard_rows: int = 50,
 ) -> ReportFiles:
     """Summarise a run; write report.png (+ report.md) next to it, or the PNG to local `out`."""
-    from pathlib import Path
-
-    from synthgen.cost.chart import render_png
-    from synthgen.cost.ledger import write_bytes
-
     summary = load_summary(run_uri, storage_options)
     text = format_text(summary, max_shard_rows)
     markdown = to_markdown(summary, max_shard_rows)
@@ -423,8 +417,8 @@ def write_report(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(png)
         return ReportFiles(text, markdown, str(path), None)
-    fs, root = run_fs(run_uri, storage_options)
-    write_bytes(fs, f"{root}/report.png", png)
-    write_bytes(fs, f"{root}/report.md", markdown.encode())
+    ledger = open_run_uri(run_uri, storage_options)
+    ledger.store.write_bytes(ledger.run.report_png, png)
+    ledger.store.write_bytes(ledger.run.report_md, markdown.encode())
     base = run_uri.rstrip("/")
     return ReportFiles(text, markdown, f"{base}/report.png", f"{base}/report.md")

@@ -7,7 +7,11 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
 from synthgen.config import RunConfig
+from synthgen.io.layout import REJECTS, RUNS_DIR, DatasetLayout, RunLayout
 from synthgen.io.store import Store
 
 
@@ -82,6 +86,7 @@ class RunSummary:
                 drops[k] += v
         if manifest:
             drops = defaultdict(int, manifest["totals"].get("drop_counts", {}))
+        dataset = DatasetLayout(store)
         return cls(
             run_id=cfg.run_id or "",
             name=cfg.name,
@@ -98,8 +103,8 @@ class RunSummary:
             cost_usd=sum(r["cost_usd"] for r in committed),
             cost_this_invocation_usd=sum(r["cost_usd"] for r in generated),
             wall_seconds=wall_seconds,
-            output=store.url("dataset") if manifest else store.url("runs", cfg.run_id or ""),
-            manifest=store.url("dataset", "_manifest.json") if manifest else None,
+            output=dataset.url() if manifest else RunLayout(store, cfg.run_id or "").url(),
+            manifest=dataset.url(dataset.manifest) if manifest else None,
             rejects=rejects,
             drop_counts=dict(drops),
             workers=workers,
@@ -144,7 +149,7 @@ class RunSummary:
             rows.append(("dropped", ", ".join(f"{k}={v}" for k, v in self.drop_counts.items())))
         if self.rejects:
             rows.append(
-                ("bad input records", f"{self.rejects} (see runs/{self.run_id}/rejects.jsonl)")
+                ("bad input records", f"{self.rejects} (see {RUNS_DIR}/{self.run_id}/{REJECTS})")
             )
         rows += verification_rows(self.verification)
         for w in self.workers:
@@ -154,9 +159,6 @@ class RunSummary:
         return rows
 
     def render_text(self) -> str:
-        from rich.console import Console
-        from rich.table import Table
-
         table = Table(title="synthgen run summary", show_header=False)
         table.add_column("", style="bold")
         table.add_column("")

@@ -17,18 +17,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from distributed import Nanny
+from distributed import Nanny, get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from synthgen.config import CostConfig
+from synthgen.config import CostConfig, OutputConfig
+from synthgen.cost.ledger import run_ledger
 from synthgen.cost.prices import (
     Price,
     WorkerUsage,
+    extend_worker_row,
     price_for_device,
     worker_price_override,
     worker_row,
 )
 from synthgen.cost.prices import parse_device_label as _parse_label
+from synthgen.engines.cache import stats as engine_stats
 from synthgen.engines.devices import detect_device
 
 _LOCK = threading.Lock()
@@ -56,7 +59,7 @@ def _process_start(pid: int | None = None) -> float:
     except (OSError, ValueError, IndexError):
         pass
     try:
-        import psutil
+        import psutil  # optional, and only needed where /proc is not readable
 
         return float(psutil.Process(pid).create_time())
     except Exception:  # psutil missing or /proc unreadable: the first use is the best guess
@@ -97,8 +100,6 @@ def record_attempt(run_id: str, wall_seconds: float, ok: bool, device: str | Non
 
 def worker_address() -> str:
     try:
-        from distributed import get_worker
-
         return str(get_worker().address)
     except Exception:  # not inside a Dask worker (tests, local calls)
         return f"local-{os.getpid()}"
@@ -106,11 +107,7 @@ def worker_address() -> str:
 
 def engine_load_seconds(since: float) -> float:
     """Seconds this process spent loading engines that finished loading after `since`."""
-    try:
-        from synthgen.engines.cache import stats
-    except ImportError:
-        return 0.0
-    loads: list[dict[str, Any]] = list(stats().get("loads", []))  # type: ignore[call-overload]
+    loads: list[dict[str, Any]] = list(engine_stats().get("loads", []))  # type: ignore[call-overload]
     return float(sum(float(ld["seconds"]) for ld in loads if float(ld.get("at", 0.0)) >= since))
 
 
@@ -213,9 +210,6 @@ class UsagePlugin(WorkerPlugin):
         self._write_final(str(getattr(worker, "address", "")) or None)
 
     def _write_final(self, address: str | None) -> None:
-        from synthgen.config import OutputConfig
-        from synthgen.cost.ledger import open_run, write_worker_row
-
         row = snapshot(
             self.run_id,
             CostConfig.model_validate(self.cost),
@@ -225,8 +219,7 @@ class UsagePlugin(WorkerPlugin):
             final=True,
             address=address,
         )
-        fs, root = open_run(OutputConfig.model_validate(self.output), self.run_id)
-        write_worker_row(fs, root, row)
+        run_ledger(OutputConfig.model_validate(self.output), self.run_id).write_worker(row)
 
 
 def plugin_name(run_id: str) -> str:
@@ -293,16 +286,12 @@ class MeteredNanny(Nanny):
 
 def extend_rows(run: dict[str, Any], ended: dict[int, float]) -> int:
     """Extend this host's worker rows of `run` whose pid ended to that time; returns count."""
-    from synthgen.config import OutputConfig
-    from synthgen.cost.ledger import open_run, read_workers, write_worker_row
-    from synthgen.cost.prices import extend_worker_row
-
-    fs, root = open_run(OutputConfig.model_validate(run["output"]), run["run_id"])
+    ledger = run_ledger(OutputConfig.model_validate(run["output"]), run["run_id"])
     host = socket.gethostname()
     n = 0
-    for row in read_workers(fs, root).to_pylist():
+    for row in ledger.workers().to_pylist():
         end = ended.get(int(row["pid"]))
         if end is not None and row["host"] == host and end > row["held_until"].timestamp():
-            write_worker_row(fs, root, extend_worker_row(row, _ts(end)))
+            ledger.write_worker(extend_worker_row(row, _ts(end)))
             n += 1
     return n

@@ -1,7 +1,7 @@
 """Shard attempts: which ran, which committed, which were lost; and the shard timeout.
 
 Every attempt of a shard writes `runs/RUN_ID/attempts/SHARD.N.UID.json` when it starts (see
-`pipeline.run_shard`). An attempt is *committed* when the shard's commit marker names its
+`stages.generate.run_shard`; the names are `io.layout.StageLayout.attempt`). An attempt is *committed* when the shard's commit marker names its
 number, *lost* otherwise (its worker died, it was timed out, or it raised).
 
 `AttemptWatch` is the shard timeout. A Python thread cannot be interrupted inside a blocking
@@ -14,11 +14,13 @@ the commit marker and writes nothing (`status="superseded"`).
 
 from __future__ import annotations
 
+import posixpath
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from synthgen.io.layout import DEFAULT_STAGE, RunLayout
 from synthgen.io.store import Store
 
 
@@ -36,22 +38,34 @@ class AttemptName:
         return cls(parts[0], int(parts[1]), name)
 
 
-def attempt_dir(store: Store, run_id: str) -> str:
-    return store.run_path(run_id, "attempts")
+def attempt_dir(store: Store, run_id: str, stage: str = DEFAULT_STAGE) -> str:
+    return RunLayout(store, run_id).stage(stage).attempts_dir
 
 
-def attempt_history(store: Store, run_id: str) -> list[dict[str, Any]]:
+def commit_markers(
+    store: Store, run_id: str, stage: str = DEFAULT_STAGE
+) -> dict[str, dict[str, Any]]:
+    """shard_id -> commit marker, for every committed shard of the run's `stage`."""
+    layout = RunLayout(store, run_id).stage(stage)
+    out = {}
+    for name in store.ls(layout.commits_dir):
+        if name.endswith(".json"):
+            shard_id = name.removesuffix(".json")
+            out[shard_id] = store.read_json(layout.commit(shard_id))
+    return out
+
+
+def attempt_history(store: Store, run_id: str, stage: str = DEFAULT_STAGE) -> list[dict[str, Any]]:
     """Every attempt of the run, oldest first per shard, with `outcome` committed | lost |
     running (no commit yet for its shard)."""
-    from synthgen.stages.generate import committed_shards
-
-    commits = committed_shards(store, run_id)
+    commits = commit_markers(store, run_id, stage)
+    directory = attempt_dir(store, run_id, stage)
     out = []
-    for name in store.ls(attempt_dir(store, run_id)):
+    for name in store.ls(directory):
         parsed = AttemptName.parse(name)
         if parsed is None:
             continue
-        marker = store.read_json(store.run_path(run_id, "attempts", name))
+        marker = store.read_json(posixpath.join(directory, name))
         commit = commits.get(parsed.shard_id)
         if commit is None:
             outcome = "running"

@@ -32,11 +32,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from synthgen.errors import RunLockedError, StorageError
-from synthgen.io.store import Store, retrying
+from synthgen.io.layout import LEASE, RunLayout
+from synthgen.io.store import Store
 
 log = logging.getLogger(__name__)
 
-LEASE_NAME = "_lease.json"
+LEASE_NAME = LEASE  # the object's name under the run (synthgen.io.layout)
 
 
 class LeaseLostError(RunLockedError):
@@ -110,13 +111,7 @@ class _Backend:
         self.path = path
 
     def read(self) -> tuple[bytes | None, str | None]:
-        def _read() -> bytes | None:
-            try:
-                return bytes(self.store.fs.cat_file(self.path))
-            except FileNotFoundError:
-                return None
-
-        data = retrying(_read, f"reading lease {self.store._show(self.path)}", self.store.policy)
+        data = self.store.read_optional(self.path)
         return data, (_version(data) if data is not None else None)
 
     @contextlib.contextmanager
@@ -148,7 +143,7 @@ class _S3Backend(_Backend):
                     return False
                 raise
 
-        return retrying(_create, f"creating lease {self.store._show(self.path)}", self.store.policy)
+        return self.store.retry(_create, f"creating lease {self.store.location(self.path)}")
 
     def _if_match(self, method: str, what: str, version: str, **params: Any) -> bool:
         """`method` on the lease object only if it is still at `version`; False when it is
@@ -164,7 +159,7 @@ class _S3Backend(_Backend):
                     return False
                 raise
 
-        ok = retrying(_call, f"{what} lease {self.store._show(self.path)}", self.store.policy)
+        ok = self.store.retry(_call, f"{what} lease {self.store.location(self.path)}")
         self.store.fs.invalidate_cache(self.path)
         return ok
 
@@ -180,7 +175,7 @@ class _LocalBackend(_Backend):
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        import fcntl
+        import fcntl  # POSIX only: imported where the local backend needs it, not at module top
 
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -265,7 +260,8 @@ class RunLease:
         self.run_id = run_id
         self.ttl_s = ttl_s
         self.heartbeat_s = heartbeat_s if heartbeat_s is not None else ttl_s / 3
-        self.path = store.run_path(run_id, LEASE_NAME)
+        self.layout = RunLayout(store, run_id)
+        self.path = self.layout.lease
         self.holder = uuid.uuid4().hex[:16]
         self.host = socket.gethostname()
         self.pid = os.getpid()
@@ -297,7 +293,9 @@ class RunLease:
         try:
             return LeaseInfo.from_json(data)
         except (ValueError, KeyError, TypeError):
-            log.warning("lease %s is unreadable; treating it as stale", self.store._show(self.path))
+            log.warning(
+                "lease %s is unreadable; treating it as stale", self.store.location(self.path)
+            )
             return None
 
     def _is_stale(self, info: LeaseInfo | None) -> bool:
@@ -307,7 +305,7 @@ class RunLease:
         return info.host == self.host and info.pid != self.pid and not _pid_alive(info.pid)
 
     def where(self) -> str:
-        return self.store.url("runs", self.run_id)
+        return self.layout.url()
 
     def _refusal(self, info: LeaseInfo) -> RunLockedError:
         return RunLockedError(
@@ -315,7 +313,7 @@ class RunLease:
             f"process: {info.describe()}. Two runs must not write the same run id "
             "at once; wait for it to finish (or, if it is gone, until the lease "
             f"expires), or choose another run_id. Lease object: "
-            f"{self.store.url('runs', self.run_id, LEASE_NAME)}"
+            f"{self.layout.url(self.path)}"
         )
 
     # ---------------------------------------------------------------- API
@@ -435,14 +433,14 @@ class RunLease:
 
 def read_lease(store: Store, run_id: str) -> LeaseInfo | None:
     """The current lease of a run, or None."""
-    path = store.run_path(run_id, LEASE_NAME)
+    path = RunLayout(store, run_id).lease
     data, _ = _backend(store, path).read()
     if data is None:
         return None
     try:
         return LeaseInfo.from_json(data)
     except (ValueError, KeyError, TypeError) as exc:
-        raise StorageError(f"{store._show(path)}: unreadable lease ({exc})") from exc
+        raise StorageError(f"{store.location(path)}: unreadable lease ({exc})") from exc
 
 
 __all__ = ["LEASE_NAME", "LeaseInfo", "LeaseLostError", "RunLease", "read_lease"]

@@ -23,9 +23,12 @@ from typing import Any, TypeVar
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.spec import AbstractFileSystem
 
 from synthgen.config import OutputConfig
+from synthgen.config.secret_rule import unwrap_credentials
 from synthgen.errors import StorageError
+from synthgen.io.layout import RUNS_DIR
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -115,6 +118,7 @@ def _storage_options(output: OutputConfig) -> dict[str, Any]:
                 "resolved through Prefect (flows.credentials); set AWS_* variables instead here"
             )
         opts = dict(_credentials_resolver(output))
+    opts = unwrap_credentials(opts)  # the fsspec boundary: SecretStr values in clear
     if output.uri.startswith("s3://"):
         # accept endpoint_url at top level (as users write it) and fail fast on dead endpoints
         endpoint = opts.pop("endpoint_url", None) or os.environ.get("AWS_ENDPOINT_URL")
@@ -143,6 +147,33 @@ def _synced_temp(path: str, data: bytes) -> str:
     return tmp
 
 
+def _is_local(fs: AbstractFileSystem) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocol or "local" in protocol
+
+
+def atomic_write(
+    fs: AbstractFileSystem,
+    path: str,
+    data: bytes,
+    policy: RetryPolicy = DEFAULT_RETRY,
+    what: str | None = None,
+) -> None:
+    """Write `data` to `path` whole, retrying transient errors: locally an fsynced temporary
+    file renamed into place; on object stores one PUT (which appears whole or not at all).
+    `Store.write_bytes` is this with the store's own retry policy."""
+    local = _is_local(fs)
+
+    def _write() -> None:
+        if local:
+            tmp = _synced_temp(path, data)
+            os.replace(tmp, path)
+        else:
+            fs.pipe_file(path, data)
+
+    retrying(_write, what or f"writing {path if local else fs.unstrip_protocol(path)}", policy)
+
+
 class Store:
     """The output location of a run: `ROOT/runs/RUN_ID/...` and `ROOT/dataset/`."""
 
@@ -162,30 +193,39 @@ class Store:
         if self.local:
             self.root = os.path.abspath(self.root)
 
+    @classmethod
+    def over(cls, fs: AbstractFileSystem, root: str, policy: RetryPolicy = DEFAULT_RETRY) -> Store:
+        """A store rooted at `root` of an already open filesystem, with `policy` (for
+        callers that hold an `(fs, path)` pair rather than an output config)."""
+        store = cls.__new__(cls)
+        store.fs = fs
+        store.local = _is_local(fs)
+        store.root = root.rstrip("/") or root
+        store.uri = store.root if store.local else fs.unstrip_protocol(store.root)
+        store.output = OutputConfig(uri=store.uri)
+        store.policy = policy
+        return store
+
     # ---------------------------------------------------------------- paths
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
 
     def url(self, *parts: str) -> str:
         """User-facing location (with protocol) of a path under the root."""
-        p = self.path(*parts)
-        return p if self.local else self.fs.unstrip_protocol(p)
+        return self.location(self.path(*parts))
+
+    def location(self, path: str) -> str:
+        """User-facing location (with protocol) of a store path, for messages and summaries."""
+        return path if self.local else self.fs.unstrip_protocol(path)
 
     def run_path(self, run_id: str, *parts: str) -> str:
-        return self.path("runs", run_id, *parts)
+        """`ROOT/runs/RUN_ID/...`; `synthgen.io.layout.RunLayout` names the parts."""
+        return self.path(RUNS_DIR, run_id, *parts)
 
     # ---------------------------------------------------------------- primitives
     def write_bytes(self, path: str, data: bytes) -> None:
         """Atomically write `data` to `path` (readers see all of it or nothing)."""
-
-        def _write() -> None:
-            if self.local:
-                tmp = _synced_temp(path, data)
-                os.replace(tmp, path)
-            else:
-                self.fs.pipe_file(path, data)
-
-        retrying(_write, f"writing {self._show(path)}", self.policy)
+        atomic_write(self.fs, path, data, self.policy, f"writing {self.location(path)}")
 
     def create_bytes(self, path: str, data: bytes) -> bool:
         """Atomically create `path` with `data` unless it exists; False if it already did.
@@ -215,17 +255,34 @@ class Store:
             self.fs.pipe_file(path, data)
             return True
 
-        return retrying(_create, f"creating {self._show(path)}", self.policy)
+        return retrying(_create, f"creating {self.location(path)}", self.policy)
 
     def read_bytes(self, path: str) -> bytes:
-        return retrying(lambda: self.fs.cat_file(path), f"reading {self._show(path)}", self.policy)
+        return retrying(
+            lambda: self.fs.cat_file(path), f"reading {self.location(path)}", self.policy
+        )
+
+    def read_optional(self, path: str) -> bytes | None:
+        """The bytes at `path`, or None when there is no such object."""
+
+        def _read() -> bytes | None:
+            try:
+                return bytes(self.fs.cat_file(path))
+            except FileNotFoundError:
+                return None
+
+        return self.retry(_read, f"reading {self.location(path)}")
+
+    def retry(self, fn: Callable[[], T], what: str) -> T:
+        """Run `fn` under this store's retry policy (`retrying`)."""
+        return retrying(fn, what, self.policy)
 
     def exists(self, path: str) -> bool:
         def _exists() -> bool:
             self.fs.invalidate_cache(path)
             return bool(self.fs.exists(path))
 
-        return retrying(_exists, f"checking {self._show(path)}", self.policy)
+        return retrying(_exists, f"checking {self.location(path)}", self.policy)
 
     def ls(self, path: str) -> list[str]:
         """Names (not paths) of the files directly under `path`; [] if it does not exist."""
@@ -238,7 +295,7 @@ class Store:
                 return []
             return sorted(posixpath.basename(e.rstrip("/")) for e in entries)
 
-        return retrying(_ls, f"listing {self._show(path)}", self.policy)
+        return retrying(_ls, f"listing {self.location(path)}", self.policy)
 
     def rm(self, path: str) -> None:
         def _rm() -> None:
@@ -247,7 +304,7 @@ class Store:
             except FileNotFoundError:
                 pass
 
-        retrying(_rm, f"removing {self._show(path)}", self.policy)
+        retrying(_rm, f"removing {self.location(path)}", self.policy)
 
     def write_json(self, path: str, obj: Any) -> None:
         self.write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
@@ -267,9 +324,6 @@ class Store:
     def read_table(self, path: str, columns: list[str] | None = None) -> pa.Table:
         data = self.read_bytes(path)
         return pq.read_table(pa.BufferReader(data), columns=columns)
-
-    def _show(self, path: str) -> str:
-        return path if self.local else self.fs.unstrip_protocol(path)
 
     def check_writable(self) -> None:
         """Fail fast (before any GPU time) if the output cannot be written."""

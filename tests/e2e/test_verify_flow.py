@@ -174,7 +174,7 @@ def test_resumed_run_verifies_shards_committed_without_a_check(tmp_path, prefect
 
 
 def test_verify_restrictions_only_name_workers_with_the_gpu_resource():
-    from flows.verify import _workers
+    from flows.verify import cluster_workers
 
     class FakeClient:
         def scheduler_info(self, n_workers: int = 5) -> dict:
@@ -187,5 +187,5 @@ def test_verify_restrictions_only_name_workers_with_the_gpu_resource():
             }
 
     client = FakeClient()
-    assert _workers(client) == ["tls://cpu-b:1", "tls://gpu-a:1", "tls://gpu-c:1"]
-    assert _workers(client, {"GPU": 1.0}) == ["tls://gpu-a:1", "tls://gpu-c:1"]
+    assert cluster_workers(client) == ["tls://cpu-b:1", "tls://gpu-a:1", "tls://gpu-c:1"]
+    assert cluster_workers(client, {"GPU": 1.0}) == ["tls://gpu-a:1", "tls://gpu-c:1"]

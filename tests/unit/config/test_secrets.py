@@ -5,25 +5,38 @@ recognisable secrets, run, and search everything (stdout/stderr: the CLI test)."
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any, get_args, get_origin
 
 import pytest
 import s3fs
+from pydantic import BaseModel, SecretStr
 
+from synthgen.config import OutputConfig, RunConfig, config_from_dict
+from synthgen.config.secret_rule import (
+    is_credential_key,
+    reveal,
+    unwrap_credentials,
+    wrap_credentials,
+)
 from synthgen.config.secrets import (
+    FREE_MAPPINGS,
     MASK,
     SecretMasker,
     check_overrides,
     config_secrets,
+    env_secrets,
     restore_secrets,
     stash_secrets,
 )
 from synthgen.errors import ConfigError
+from synthgen.io.store import Store
 from tests.conftest import REPO
 from tests.crash_helpers import child_env
 from tests.helpers import fake_config, write_config
@@ -88,6 +101,106 @@ def test_secret_overrides_are_refused_without_echoing_them():
     with pytest.raises(ConfigError):
         check_overrides([f"output.storage_options={{key: AKIA, secret: {secret}}}"])
     check_overrides(["sampling.max_new_tokens=8", "output.uri=s3://b/p"])  # fine
+    check_overrides(["output.credentials_block=secret/prod", "cluster.tls.key_file=/k.pem"])
+    with pytest.raises(ConfigError, match="credentials may not be passed"):
+        check_overrides([f"model.vllm.extra.hf_token={secret}"])
+
+
+def test_one_rule_names_credentials_by_key_words():
+    for key in ("key", "secret", "token", "aws_secret_access_key", "AWS_ACCESS_KEY_ID",
+                "HF_TOKEN", "password", "secretAccessKey", "api_key", "PREFECT_API_KEY"):  # fmt: skip
+        assert is_credential_key(key), key
+    for key in ("max_new_tokens", "tokenizer", "endpoint_url", "region_name", "monkey",
+                "TOKENIZERS_PARALLELISM", "profile"):  # fmt: skip
+        assert not is_credential_key(key), key
+    env = {"HF_TOKEN": "hf_planted_value", "AWS_ACCESS_KEY_ID": "AKIAPLANTED", "HOME": "/root/x"}
+    assert env_secrets(env) == {"hf_planted_value", "AKIAPLANTED"}
+
+
+def test_storage_option_credentials_are_secret_in_every_dump_but_reveal():
+    secret, token = _planted("dump"), _planted("tok")
+    cfg = config_from_dict(
+        {
+            "output": {
+                "uri": "s3://b/p",
+                "storage_options": {
+                    "key": "AKIAPLANTED1",
+                    "secret": secret,
+                    "endpoint_url": "http://x",
+                    "client_kwargs": {"aws_session_token": token, "region_name": "eu-1"},
+                },
+            },
+            "sampling": {"max_new_tokens": 9},
+        }
+    )
+    so = cfg.output.storage_options
+    assert isinstance(so["secret"], SecretStr) and so["endpoint_url"] == "http://x"
+    for dumped in (
+        cfg.model_dump(mode="json"),
+        cfg.public_dict(),
+        json.loads(cfg.model_dump_json()),
+    ):
+        text = json.dumps(dumped)
+        assert secret not in text and token not in text and "AKIAPLANTED1" not in text
+        assert dumped["output"]["storage_options"]["secret"] == MASK
+        assert dumped["output"]["storage_options"]["client_kwargs"]["region_name"] == "eu-1"
+    assert secret not in repr(cfg) and secret not in str(cfg.model_dump())
+    full = reveal(cfg)
+    assert full["output"]["storage_options"]["secret"] == secret
+    assert full["output"]["storage_options"]["client_kwargs"]["aws_session_token"] == token
+    assert config_secrets(cfg) == {secret, token, "AKIAPLANTED1"}
+    # the flow's hand-over: parameters carry ***, tasks get the real values back
+    public = stash_secrets(cfg)
+    assert public == cfg.model_dump(mode="json")
+    again = RunConfig.model_validate(restore_secrets(public))
+    assert again.output.storage_options["secret"].get_secret_value() == secret
+    assert again.run_id == cfg.run_id
+    assert unwrap_credentials(again.output.storage_options)["client_kwargs"] == {
+        "aws_session_token": token,
+        "region_name": "eu-1",
+    }
+
+
+def test_free_mappings_are_exactly_the_free_form_fields():
+    """`redact` (on dicts) must know every place a key can name a credential; of those,
+    only output.storage_options keeps them (typed CredentialMapping: SecretStr values)."""
+    free, kept = [], []
+
+    def walk(model, path):
+        for name, field in model.model_fields.items():
+            tp = field.annotation
+            if get_origin(tp) is dict and get_args(tp)[1] is Any:
+                free.append((*path, name))
+            if wrap_credentials in [getattr(m, "func", None) for m in field.metadata]:
+                kept.append((*path, name))
+            if isinstance(tp, type) and issubclass(tp, BaseModel):
+                walk(tp, (*path, name))
+
+    walk(RunConfig, ())
+    assert sorted(free) == sorted(FREE_MAPPINGS)
+    assert kept == [("output", "storage_options")]
+
+
+def test_credentials_are_refused_in_vllm_extra_without_echoing_them():
+    with pytest.raises(ConfigError, match="'hf_token' looks like a credential") as err:
+        config_from_dict({"model": {"vllm": {"extra": {"hf_token": "hf_plantedvalue"}}}})
+    assert "hf_plantedvalue" not in str(err.value)
+    ok = config_from_dict(
+        {"model": {"vllm": {"extra": {"tokenizer": "t", "max_num_batched_tokens": 9}}}}
+    )
+    assert ok.model.vllm.extra["tokenizer"] == "t"
+
+
+def test_store_gets_the_real_credentials_at_the_fsspec_boundary(s3_server, s3_bucket):
+    secret = _planted("store")
+    output = OutputConfig(
+        uri=f"s3://{s3_bucket}/sec",
+        storage_options={"endpoint_url": s3_server, "key": "AKIASTORE", "secret": secret},
+    )
+    store = Store(output)
+    assert (store.fs.key, store.fs.secret) == ("AKIASTORE", secret)  # str, not SecretStr
+    store.write_json(store.path("j.json"), {"k": 1})
+    assert store.read_json(store.path("j.json")) == {"k": 1}
 
 
 # --------------------------------------------------------------------------- a real run

@@ -1,21 +1,22 @@
-"""Budget cap: admission arithmetic and the submission loop (no cluster needed)."""
+"""Budget cap: admission arithmetic, and the budget gate in the generate loop (no cluster)."""
 
 from __future__ import annotations
 
-import itertools
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
+from flows.cost import BudgetWatch
+from flows.loop import ShardLoop
+from synthgen.config import config_from_dict
 from synthgen.cost.budget import (
     BudgetGate,
     Decision,
-    Outcome,
     admit,
     partial_message,
     projected_cost_per_shard,
-    schedule,
 )
+from tests.helpers import fake_config
 
 
 def test_admit_counts_running_shards_projection() -> None:
@@ -46,68 +47,67 @@ def test_gate_from_ledger_rows_counts_failures() -> None:
 
 
 class _Sim:
-    """Futures that finish in submission order, each costing `cost`."""
+    """Shards that finish at once, in submission order, each costing `cost` (ledger kept)."""
 
     def __init__(self, cost: float) -> None:
         self.cost = cost
-        self.ids = itertools.count()
         self.submitted: list[str] = []
+        self.ledger: list[dict[str, object]] = []
 
-    def submit(self, item: str) -> int:
+    def submit(self, item: str, avoid: set[str] | None, priority: int) -> Future:
         self.submitted.append(item)
-        return next(self.ids)
+        self.ledger.append(
+            {"shard_id": item, "attempt": 1, "cost_usd": self.cost, "status": "succeeded"}
+        )
+        fut: Future = Future()
+        fut.set_result({"shard_id": item, "status": "done", "attempt": 1, "cost_usd": self.cost})
+        return fut
 
-    def wait_any(self, pending: set[int]) -> set[int]:
-        return {min(pending)}
 
-    def outcome(self, fut: int) -> Outcome:
-        return Outcome(self.cost, 1, True)
+def _gate(tmp_path, cap: float | None, rows: list[dict[str, object]], slots: int = 2):
+    cfg = config_from_dict(fake_config(str(tmp_path), budget__max_cost_usd=cap))
+    return BudgetWatch(
+        cfg, slots, ledger_rows=lambda sid: [r for r in rows if sid in (None, r["shard_id"])]
+    )
 
 
-def test_schedule_stops_at_cap_and_reports_rest() -> None:
+def test_loop_stops_at_cap_and_reports_rest(tmp_path) -> None:
     sim = _Sim(cost=0.25)
     items = [f"shard-{i:05d}" for i in range(10)]
-    gate = BudgetGate(max_cost_usd=1.0)
-    res = schedule(items, sim.submit, sim.wait_any, sim.outcome, gate, max_in_flight=2)
+    budget = _gate(tmp_path, 1.0, sim.ledger)
+    res = ShardLoop(items, sim.submit, [budget]).run()
     # first wave of 2 unmeasured; then each start needs spent + (running+1) * 0.25 <= 1.0
     assert len(sim.submitted) == 4
-    assert gate.spent_usd == pytest.approx(1.0)
+    assert budget.gate.spent_usd == pytest.approx(1.0)
     assert res.partial and res.not_started == items[4:]
     assert res.stopped_by is not None and not res.stopped_by.allowed
 
 
-def test_schedule_resume_with_higher_budget_runs_only_the_rest() -> None:
+def test_loop_resume_with_higher_budget_runs_only_the_rest(tmp_path) -> None:
     items = [f"shard-{i:05d}" for i in range(10)]
-    first = schedule(items, (s := _Sim(0.25)).submit, s.wait_any, s.outcome, BudgetGate(1.0), 2)
-    earlier = [{"cost_usd": 0.25, "status": "succeeded"}] * len(first.finished)
-    gate = BudgetGate.from_ledger(5.0, earlier)
+    s = _Sim(0.25)
+    first = ShardLoop(items, s.submit, [_gate(tmp_path, 1.0, s.ledger)]).run()
     sim = _Sim(0.25)
-    second = schedule(first.not_started, sim.submit, sim.wait_any, sim.outcome, gate, 2)
+    sim.ledger.extend(s.ledger)  # the earlier session's rows
+    budget = _gate(tmp_path, 5.0, sim.ledger)
+    second = ShardLoop(first.not_started, sim.submit, [budget]).run()
     assert not second.partial
     assert sim.submitted == items[4:]
-    assert gate.spent_usd == pytest.approx(2.5)
+    assert budget.gate.spent_usd == pytest.approx(2.5)
 
 
-def test_schedule_without_cap_runs_everything_with_real_threads() -> None:
-    items = list(range(6))
+def test_loop_without_cap_runs_everything_with_real_threads(tmp_path) -> None:
+    items = [f"shard-{i:05d}" for i in range(6)]
     with ThreadPoolExecutor(2) as pool:
-        res = schedule(
+        res = ShardLoop(
             items,
-            lambda i: pool.submit(lambda: i * 2),
-            lambda pending: wait(pending, return_when=FIRST_COMPLETED).done,
-            lambda fut: Outcome(0.01, 1, True),
-            BudgetGate(None),
-            max_in_flight=2,
-        )
-    assert sorted(f.result() for _, f in res.finished if isinstance(f, Future)) == [
-        0,
-        2,
-        4,
-        6,
-        8,
-        10,
-    ]
-    assert not res.partial
+            lambda sid, avoid, prio: pool.submit(
+                lambda: {"shard_id": sid, "status": "done", "attempt": 1, "cost_usd": 0.01}
+            ),
+            [_gate(tmp_path, None, [])],
+        ).run()
+    assert sorted(r["shard_id"] for r in res.results) == items
+    assert not res.partial and res.stopped_by is None
 
 
 def test_partial_message_says_spent_remaining_and_how_to_resume() -> None:

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from synthgen.config import CostConfig
+from synthgen.config import CostConfig, OutputConfig
 from synthgen.cost import usage
 from synthgen.cost.ledger import (
+    Ledger,
     read_ledger,
     read_workers,
     run_fs,
     write_ledger_row,
+    write_verification_row,
     write_worker_row,
 )
 from synthgen.cost.prices import Price, ShardAttempt, ledger_row
+from synthgen.errors import StorageError
+from synthgen.io import store as store_module
+from synthgen.io.layout import RunLayout
+from synthgen.io.store import Store
 
 T0 = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
 
@@ -216,3 +223,61 @@ def test_per_worker_price_through_real_dask_worker_cli(tmp_path: Path) -> None:
                 p.kill()
                 p.wait(timeout=15)
     assert prices == {"opt": 0.31, "env": 0.27}
+
+
+def _store(tmp_path: Path, attempts: int = 8) -> Store:
+    return Store(
+        OutputConfig(uri=str(tmp_path / "out"), retry_attempts=attempts, retry_base_delay_s=0.001)
+    )
+
+
+def test_ledger_writes_through_the_store_fsynced_and_under_its_retry_policy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fsynced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsynced.append(fd), real_fsync(fd))[1])
+    ledger = Ledger(RunLayout(_store(tmp_path, attempts=2), "r1"))
+    path = ledger.write(_row("shard-00001", 1, "succeeded", 30.0))
+    assert path == ledger.run.stage().ledger_attempt("shard-00001", 1, "id11")
+    assert fsynced, "the ledger row was not fsynced before it was renamed into place"
+    assert [r["attempt_id"] for r in ledger.rows().to_pylist()] == ["id11"]
+
+    real_temp = store_module._synced_temp
+    failures: list[str] = []
+
+    def flaky_temp(path: str, data: bytes) -> str:
+        if len(failures) < 1:
+            failures.append(path)
+            raise ConnectionResetError("connection reset")
+        return real_temp(path, data)
+
+    monkeypatch.setattr(store_module, "_synced_temp", flaky_temp)
+    ledger.write(_row("shard-00002", 1, "succeeded", 30.0))  # one transient error: retried
+    assert len(failures) == 1 and len(ledger.rows()) == 2
+
+    def down(path: str, data: bytes) -> str:
+        raise ConnectionResetError("connection reset")
+
+    monkeypatch.setattr(store_module, "_synced_temp", down)
+    with pytest.raises(StorageError, match="still failing after 2 attempts"):  # the store's 2
+        ledger.write(_row("shard-00003", 1, "succeeded", 30.0))
+
+
+def test_verification_rows_go_to_their_own_files(tmp_path: Path) -> None:
+    from synthgen.cost.prices import verification_row
+
+    ledger = Ledger(RunLayout(_store(tmp_path), "r1"))
+    check = verification_row(
+        run_id="r1", shard_id="shard-00001", attempt=1, check_id="c1", worker="w", host="h",
+        device="d", model="m", price=Price(0.04, "cpu-core", "table"), started_at=T0, seconds=9.0,
+    )  # fmt: skip
+    path = ledger.write(check)
+    assert path == ledger.run.stage().ledger_verification("shard-00001", 1, "c1")
+    ledger.write(_row("shard-00001", 1, "succeeded", 30.0))
+    assert len(ledger.rows()) == 2 and len(ledger.rows("shard-00001")) == 1  # attempts only
+    fs, root = run_fs(ledger.run.root)
+    with pytest.raises(ValueError, match="not a verification row"):
+        write_verification_row(fs, root, _row("shard-00001", 2, "succeeded", 1.0))
+    # the (fs, run_root) functions read and write the same files
+    assert read_ledger(fs, root).equals(ledger.rows())

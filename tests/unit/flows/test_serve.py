@@ -64,7 +64,9 @@ def test_specs_refuse_duplicate_names_and_bad_configs(tmp_path: Path) -> None:
     ("schedule", "message"),
     [
         ({"cron": "0 3 * *"}, "needs 5 fields"),
-        ({"cron": "*/0 * * * *"}, "bad step"),
+        ({"cron": "*/0 * * * *"}, r"minute field '\*/0' is invalid"),
+        ({"cron": "0 3 31 2 *"}, "day-of-month field '31' is invalid"),  # no 31 February
+        ({"cron": "0 3 * * 1 0"}, r"needs 5 fields .*got 6"),  # no seconds field
         ({"timezone": "Mars/Olympus"}, "unknown time zone"),
         ({"overrides": ["no-equals"]}, "expected key.path=value"),
         ({"deployment": "has space"}, "schedule.deployment"),

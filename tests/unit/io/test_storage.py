@@ -85,3 +85,30 @@ def test_permanent_errors_are_not_retried():
     with pytest.raises(FileNotFoundError):
         retrying(missing, "reading z")
     assert calls == [1]
+
+
+def test_read_optional_location_and_a_store_over_an_open_filesystem(any_store):
+    store = any_store
+    path = store.path("runs", "r", "x.json")
+    assert store.read_optional(path) is None  # missing: None, not an error
+    store.write_bytes(path, b"{}")
+    assert store.read_optional(path) == b"{}"
+    assert store.location(path) == store.url("runs", "r", "x.json")
+    run = Store.over(store.fs, store.path("runs", "r"))
+    assert run.root == store.path("runs", "r") and run.local == store.local
+    assert run.location(run.path("x.json")) == store.location(path)
+    run.write_bytes(run.path("y.json"), b"1")
+    assert store.ls(store.path("runs", "r")) == ["x.json", "y.json"]
+
+
+def test_store_retry_uses_the_store_policy(tmp_path):
+    store = Store(OutputConfig(uri=str(tmp_path), retry_attempts=3, retry_base_delay_s=0.001))
+    calls = []
+
+    def always_down():
+        calls.append(1)
+        raise ConnectionResetError("reset")
+
+    with pytest.raises(StorageError, match="still failing after 3 attempts"):
+        store.retry(always_down, "probing")
+    assert len(calls) == 3

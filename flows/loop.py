@@ -1,0 +1,209 @@
+"""The one generate loop: shards in plan order through a submission window, with gates.
+
+`ShardLoop` owns the queue of shards (plan order, regenerations in front), the running
+attempts (one current future per shard; a done-callback per future puts it on one queue,
+so waiting is O(1) per event however many futures are pending), and a tick when a gate
+needs time. What may run, what a result means and what happens when time passes is decided
+by gates, which compose: every gate is asked, every gate hears every event.
+
+  admit(shard, running)   -> None (allowed) or a refusal: submission stops (budget)
+  avoid(shard)            -> workers the shard must not run on (verification)
+  on_result(shard, res)   a shard's current attempt returned (budget, verification)
+  on_failure(shard, err)  a shard failed for good (budget)
+  on_check(shard, check)  a check future a gate submitted through `track` returned
+  on_tick()               every `tick_s` while anything runs (shard timeout)
+
+Gates act on the loop through `requeue` (run the shard again, admitted like any other),
+`resubmit` (a new attempt now, the running one abandoned), `fail` and `track`. The loop
+knows nothing of Prefect: futures need `add_done_callback(fn)` and `result()`.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+Submit = Callable[[str, "set[str] | None", int], Any]  # (shard, workers to avoid, priority)
+
+
+class Gate:
+    """A no-op gate; subclasses override the hooks they need."""
+
+    tick_s: float | None = None  # on_tick every tick_s seconds while shards run
+    window: int | None = None  # most generation attempts in flight (None: no limit)
+
+    def bind(self, loop: ShardLoop) -> None:
+        self.loop = loop
+
+    def start(self) -> None:
+        """Before the first submission (e.g. verify shards an earlier session committed)."""
+
+    def admit(self, shard_id: str, running: int) -> Any | None:
+        return None
+
+    def avoid(self, shard_id: str) -> set[str]:
+        return set()
+
+    def on_result(self, shard_id: str, result: dict[str, Any]) -> None:
+        pass
+
+    def on_failure(self, shard_id: str, error: str) -> None:
+        pass
+
+    def on_check(self, shard_id: str, future: Any) -> None:
+        pass
+
+    def on_tick(self) -> None:
+        pass
+
+
+@dataclass
+class LoopResult:
+    results: list[dict[str, Any]] = field(default_factory=list)  # every attempt's result
+    failures: list[str] = field(default_factory=list)
+    not_started: list[str] = field(default_factory=list)
+    stopped_by: Any | None = None  # the refusal that ended submission, if any
+    resubmitted: dict[str, int] = field(default_factory=dict)  # shard -> abandoned attempts
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.not_started)
+
+
+class ShardLoop:
+    def __init__(
+        self,
+        shard_ids: list[str],
+        submit: Submit,
+        gates: list[Gate],
+        on_result: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.shard_ids = list(shard_ids)
+        self.order = {sid: i for i, sid in enumerate(shard_ids)}
+        self._submit = submit
+        self.gates = gates
+        self._report = on_result
+        self.queue: list[str] = list(shard_ids)
+        self.current: dict[str, Any] = {}  # shard -> its current attempt's future
+        self.shard_of: dict[Any, str] = {}  # every attempt future -> its shard
+        self.checks: dict[Any, str] = {}  # check future -> shard
+        self.regens: set[str] = set()
+        self.out = LoopResult()
+        self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        windows = [g.window for g in gates if g.window is not None]
+        self.window = min(windows) if windows else None
+        ticks = [g.tick_s for g in gates if g.tick_s is not None]
+        self.tick_s = min(ticks) if ticks else None
+        for gate in gates:
+            gate.bind(self)
+
+    # -- what gates call ---------------------------------------------------------------
+    @property
+    def running(self) -> int:
+        return len(self.current)
+
+    def requeue(self, shard_id: str) -> None:
+        """Run the shard again (in front of the queue), admitted like a new shard."""
+        self.regens.add(shard_id)
+        self.queue.insert(0, shard_id)
+
+    def resubmit(self, shard_id: str) -> None:
+        """A new attempt of a running shard now; the running one's result will be ignored."""
+        self.out.resubmitted[shard_id] = self.out.resubmitted.get(shard_id, 0) + 1
+        self._start(shard_id)
+
+    def fail(self, shard_id: str, error: str) -> None:
+        """The shard failed for good (its running attempt, if any, is abandoned)."""
+        self.current.pop(shard_id, None)
+        self.out.failures.append(error)
+        for gate in self.gates:
+            gate.on_failure(shard_id, error)
+
+    def track(self, shard_id: str, future: Any) -> None:
+        """A check future (submitted by a gate): its gates' on_check hears it when done."""
+        self.checks[future] = shard_id
+        future.add_done_callback(self._events.put)
+
+    # -- the loop ----------------------------------------------------------------------
+    def _priority(self, shard_id: str) -> int:
+        # plan order first (guided sizing puts big shards early); regenerations in front
+        n = len(self.shard_ids)
+        return n + 1 if shard_id in self.regens else n - self.order.get(shard_id, n)
+
+    def _start(self, shard_id: str) -> None:
+        avoid: set[str] = set()
+        try:
+            for gate in self.gates:
+                avoid |= gate.avoid(shard_id)
+            fut = self._submit(shard_id, avoid or None, self._priority(shard_id))
+        except LookupError as exc:  # no worker left that may run it
+            self.fail(shard_id, f"{shard_id}: {exc}")
+            return
+        self.current[shard_id] = fut
+        self.shard_of[fut] = shard_id
+        fut.add_done_callback(self._events.put)
+
+    def _fill(self) -> None:
+        while (
+            self.queue
+            and self.out.stopped_by is None
+            and (self.window is None or self.running < self.window)
+        ):
+            shard_id = self.queue[0]
+            for gate in self.gates:
+                refusal = gate.admit(shard_id, self.running)
+                if refusal is not None:
+                    self.out.stopped_by = refusal
+                    return
+            self.queue.pop(0)
+            self._start(shard_id)
+
+    def _next_event(self, deadline: float | None) -> Any | None:
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return self._events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def _finished(self, fut: Any) -> None:
+        if fut in self.checks:
+            shard_id = self.checks.pop(fut)
+            for gate in self.gates:
+                gate.on_check(shard_id, fut)
+            return
+        shard_id = self.shard_of.pop(fut, None)
+        if shard_id is None or self.current.get(shard_id) is not fut:
+            return  # an abandoned attempt (timed out, or its shard failed): ignored
+        del self.current[shard_id]
+        try:
+            res = fut.result()
+        except Exception as exc:  # the task exhausted its retries
+            print(f"shard failed after retries: {type(exc).__name__}: {exc}")
+            self.fail(shard_id, f"{exc}")
+            return
+        self.out.results.append(res)
+        if self._report is not None:
+            self._report(res)
+        for gate in self.gates:
+            gate.on_result(shard_id, res)
+
+    def run(self) -> LoopResult:
+        for gate in self.gates:
+            gate.start()
+        self._fill()
+        deadline = None if self.tick_s is None else time.monotonic() + self.tick_s
+        while self.current or self.checks or (self.queue and self.out.stopped_by is None):
+            fut = self._next_event(deadline)
+            if fut is not None:
+                self._finished(fut)
+            # a tick is due even while events keep coming (a hung shard among busy ones)
+            if deadline is not None and time.monotonic() >= deadline:
+                for gate in self.gates:
+                    gate.on_tick()
+                deadline = time.monotonic() + (self.tick_s or 0.0)
+            self._fill()
+        self.out.not_started = list(self.queue)
+        return self.out

@@ -1,0 +1,68 @@
+"""The whole run config (`RunConfig`), its fingerprint and the run id derived from it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from synthgen.config.base import Section as _Section
+from synthgen.config.clean import CleanConfig
+from synthgen.config.cluster import ClusterConfig
+from synthgen.config.cost import BudgetConfig, CostConfig
+from synthgen.config.model import ModelConfig, SamplingConfig
+from synthgen.config.output import OutputConfig
+from synthgen.config.prompts import BuiltinSource, InputConfig, PromptSource, ShardsConfig
+from synthgen.config.schedule import ScheduleConfig
+from synthgen.config.verify import VerifyConfig
+
+
+class RunConfig(_Section):
+    name: str = Field(
+        "default",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Run name: the prefix of the derived run id and the default deployment name.",
+    )
+    run_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Unset: derived from the config, so the same config resumes the same run.",
+    )
+    prompts: PromptSource = Field(
+        default_factory=lambda: BuiltinSource(type="builtin"),
+        description="Prompt source, chosen by `type`; the keys of each type follow.",
+    )
+    input: InputConfig = Field(default_factory=InputConfig)
+    shards: ShardsConfig = Field(default_factory=ShardsConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    cost: CostConfig = Field(default_factory=CostConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
+
+    @model_validator(mode="after")
+    def _derive_run_id(self) -> RunConfig:
+        if self.run_id is None:
+            self.run_id = f"{self.name}-{self.fingerprint()[:10]}"
+        return self
+
+    def fingerprint(self) -> str:
+        """Hash of what determines the generated data (not where or how fast it runs)."""
+        data = self.model_dump(
+            mode="json", include={"name", "prompts", "shards", "model", "sampling", "clean"}
+        )
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+    def public_dict(self) -> dict[str, Any]:
+        """The config with every credential shown as `***`: safe for manifests and logs (the
+        same as `model_dump(mode="json")`; `secret_rule.reveal` is the deliberate opposite)."""
+        return self.model_dump(mode="json")
+
+
+RunConfig.model_rebuild()

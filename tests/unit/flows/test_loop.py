@@ -1,0 +1,220 @@
+"""The one generate loop (flows/loop.py) with its gates, on fake futures: budget, shard
+timeout and verification alone and together (no Prefect, no cluster)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from flows.cost import BudgetWatch
+from flows.loop import Gate, ShardLoop
+from flows.timeouts import ShardTimeouts
+from flows.verify import VerifyGate
+from synthgen.config import config_from_dict
+from synthgen.cost.budget import Decision
+from synthgen.io.store import Store
+from tests.helpers import fake_config
+
+
+class Fut:
+    """A future that runs its callbacks when finished (at once if already finished)."""
+
+    def __init__(self) -> None:
+        self._done = False
+        self._value: Any = None
+        self._callbacks: list[Callable[[Fut], None]] = []
+
+    def finish(self, value: Any) -> None:
+        self._done, self._value = True, value
+        for cb in self._callbacks:
+            cb(self)
+
+    def add_done_callback(self, fn: Callable[[Fut], None]) -> None:
+        self._callbacks.append(fn)
+        if self._done:
+            fn(self)
+
+    def result(self) -> Any:
+        if isinstance(self._value, BaseException):
+            raise self._value
+        return self._value
+
+
+class Cluster:
+    """Two workers; a shard attempt finishes at once (costing `cost`) unless it hangs."""
+
+    def __init__(self, cost: float = 0.25, hang: set[str] | None = None) -> None:
+        self.cost = cost
+        self.hang = set(hang or ())
+        self.workers = ["w1", "w2"]
+        self.submitted: list[tuple[str, str, int]] = []  # (shard, worker, attempt)
+        self.ledger: list[dict[str, Any]] = []
+        self.attempts: dict[str, int] = defaultdict(int)
+        self.priorities: list[int] = []
+        self.checks: list[tuple[str, str, list[str]]] = []  # (shard, generator, verifiers)
+
+    def submit(self, sid: str, avoid: set[str] | None, priority: int) -> Fut:
+        allowed = [w for w in self.workers if w not in (avoid or set())]
+        worker = allowed[len(self.submitted) % len(allowed)]
+        self.attempts[sid] += 1
+        attempt = self.attempts[sid]
+        self.submitted.append((sid, worker, attempt))
+        self.priorities.append(priority)
+        fut = Fut()
+        if sid in self.hang:
+            self.hang.discard(sid)  # hangs once: its re-run finishes
+            return fut
+        row = {"shard_id": sid, "attempt": attempt, "cost_usd": self.cost, "status": "succeeded"}
+        self.ledger.append(row)
+        fut.finish(
+            {
+                "shard_id": sid,
+                "status": "done",
+                "attempt": attempt,
+                "cost_usd": self.cost,
+                "worker": worker,
+                "engine_seconds": 1.0,
+                "completion_tokens": 10,
+            }
+        )
+        return fut
+
+    def rows(self, sid: str | None) -> list[dict[str, Any]]:
+        return [r for r in self.ledger if sid is None or r["shard_id"] == sid]
+
+    def check(self, fail_on: str | None = None, cost: float = 0.0) -> Callable[..., Fut]:
+        def submit_check(res: dict[str, Any], verifiers: list[str]) -> Fut:
+            self.checks.append((res["shard_id"], res["worker"], verifiers))
+            bad = res["worker"] == fail_on and res["attempt"] == 1
+            fut = Fut()
+            fut.finish(
+                {
+                    "shard_id": res["shard_id"],
+                    "attempt": res["attempt"],
+                    "generator": res["worker"],
+                    "verifier": verifiers[0],
+                    "status": "fail" if bad else "pass",
+                    "reasons": ["cheat"] if bad else [],
+                    "cost_usd": cost,
+                }
+            )
+            return fut
+
+        return submit_check
+
+
+class Watch:
+    """AttemptWatch stand-in: the given shards' first attempts are overdue at the first poll."""
+
+    def __init__(self, overdue: set[str]) -> None:
+        self.pending = set(overdue)
+        self.polls = 0
+
+    def poll(self) -> None:
+        self.polls += 1
+
+    def overdue(self, sid: str) -> int | None:
+        if sid in self.pending:
+            self.pending.discard(sid)
+            return 1
+        return None
+
+
+SHARDS = [f"shard-{i:05d}" for i in range(10)]
+
+
+def _cfg(tmp_path, **kw: Any) -> Any:
+    return config_from_dict(fake_config(str(tmp_path / "out"), **kw))
+
+
+def _budget(tmp_path, sim: Cluster, cap: float | None, slots: int = 2) -> BudgetWatch:
+    cfg = _cfg(tmp_path, budget__max_cost_usd=cap)
+    return BudgetWatch(cfg, slots, ledger_rows=sim.rows)
+
+
+def _verify(tmp_path, sim: Cluster, fail_on: str | None, cost: float = 0.0) -> VerifyGate:
+    cfg = _cfg(tmp_path, verify__enabled=True, verify__exclude_flagged_workers=False)
+    cfg_dict = cfg.model_dump(mode="json")
+    return VerifyGate(
+        cfg, cfg_dict, sim.check(fail_on, cost), lambda: sim.workers, Store(cfg.output)
+    )
+
+
+def _timeouts(tmp_path, watch: Watch, retries: int = 1) -> ShardTimeouts:
+    cfg = _cfg(tmp_path, cluster__shard_timeout_s=5, cluster__task_retries=retries)
+    return ShardTimeouts(cfg, Store(cfg.output), poll_s=0.01, watch=watch)  # type: ignore[arg-type]
+
+
+def test_without_gates_every_shard_runs_in_plan_order_priorities() -> None:
+    sim = Cluster()
+    out = ShardLoop(SHARDS, sim.submit, [Gate()]).run()
+    assert [s for s, _, _ in sim.submitted] == SHARDS
+    assert sim.priorities == sorted(sim.priorities, reverse=True)  # plan order first
+    assert [r["shard_id"] for r in out.results] == SHARDS and not out.partial
+
+
+def test_budget_alone_stops_at_cap_and_reports_the_rest(tmp_path) -> None:
+    sim = Cluster(cost=0.25)
+    budget = _budget(tmp_path, sim, 1.0)
+    out = ShardLoop(SHARDS, sim.submit, [budget]).run()
+    # first wave of 2 unmeasured; then each start needs spent + (running+1) * 0.25 <= 1.0
+    assert len(sim.submitted) == 4
+    assert budget.gate.spent_usd == pytest.approx(1.0)
+    assert out.not_started == SHARDS[4:]
+    assert isinstance(out.stopped_by, Decision) and not out.stopped_by.allowed
+
+
+def test_timeout_alone_resubmits_the_hung_shard_and_ignores_its_first_attempt(tmp_path) -> None:
+    sim = Cluster(hang={"shard-00003"})
+    watch = Watch({"shard-00003"})
+    out = ShardLoop(SHARDS, sim.submit, [_timeouts(tmp_path, watch)]).run()
+    assert [a for s, _, a in sim.submitted if s == "shard-00003"] == [1, 2]
+    assert out.resubmitted == {"shard-00003": 1} and watch.polls >= 1
+    assert sorted(r["shard_id"] for r in out.results) == SHARDS and not out.failures
+
+
+def test_timeout_without_reruns_left_fails_the_shard(tmp_path) -> None:
+    sim = Cluster(hang={"shard-00001"})
+    out = ShardLoop(SHARDS, sim.submit, [_timeouts(tmp_path, Watch({"shard-00001"}), 0)]).run()
+    assert len(out.failures) == 1 and "shard-00001" in out.failures[0]
+    assert "cluster.shard_timeout_s=5s" in out.failures[0]
+    assert "shard-00001" not in {r["shard_id"] for r in out.results}
+
+
+def test_verify_alone_checks_elsewhere_and_regenerates_away_from_the_cheat(tmp_path) -> None:
+    sim = Cluster()
+    verify = _verify(tmp_path, sim, fail_on="w1")
+    ShardLoop(SHARDS[:4], sim.submit, [verify]).run()
+    vrun = verify.finish([])
+    assert all(gen not in verifiers for _, gen, verifiers in sim.checks)
+    assert vrun.flagged.keys() == {"w1"}
+    regenerated = [(s, w) for s, w, a in sim.submitted if a == 2]
+    assert regenerated and all(w == "w2" for _, w in regenerated)
+    assert sorted(r["shard_id"] for r in vrun.results) == SHARDS[:4]
+    assert all(r["worker"] == "w2" for r in vrun.results)
+
+
+def test_verify_budget_and_timeout_together(tmp_path) -> None:
+    sim = Cluster(cost=0.25, hang={"shard-00000"})
+    budget = _budget(tmp_path, sim, 2.0, slots=2)
+    verify = _verify(tmp_path, sim, fail_on="w1", cost=0.05)
+    timeouts = _timeouts(tmp_path, Watch({"shard-00000"}))
+    loop = ShardLoop(SHARDS, sim.submit, [budget, timeouts, verify])
+    out = loop.run()
+    vrun = verify.finish(out.failures)
+    # timeout: the hung first attempt was abandoned and the shard ran again
+    assert out.resubmitted == {"shard-00000": 1}
+    assert ("shard-00000", 1) in {(s, a) for s, _, a in sim.submitted}
+    # verification: every accepted shard was checked on another worker; w1's were redone
+    assert vrun.flagged.keys() == {"w1"} and vrun.quarantined
+    assert all(r["worker"] == "w2" or r["status"] == "skipped" for r in vrun.results)
+    assert all(gen not in verifiers for _, gen, verifiers in sim.checks)
+    # budget: check costs and regenerations counted; submission stopped before the cap
+    generated = sum(r["cost_usd"] for r in sim.ledger)
+    assert budget.gate.spent_usd == pytest.approx(generated + 0.05 * len(sim.checks))
+    assert isinstance(out.stopped_by, Decision) and out.not_started
+    assert budget.gate.spent_usd <= 2.0 + 2 * budget.gate.per_shard_usd
+    assert set(out.not_started).isdisjoint({r["shard_id"] for r in vrun.results})
