@@ -21,7 +21,8 @@ from synthgen.cost.budget import BudgetGate, Decision, Outcome, partial_message
 from synthgen.cost.ledger import read_ledger, read_workers, write_worker_row
 from synthgen.cost.meter import gpus_used
 from synthgen.cost.prices import is_verification
-from synthgen.cost.report import BUDGET_FILE, Summary, summarize, to_markdown
+from synthgen.cost.report import Summary, summarize, to_markdown
+from synthgen.io.layout import RunLayout
 from synthgen.io.store import Store, retrying
 
 
@@ -75,7 +76,7 @@ def finish_usage(cfg: RunConfig, run_started_at: float) -> None:
     (their final rows are written now). An embedded cluster's workers write their final
     rows when the cluster closes, so their held time runs to the end of the process."""
     store = Store(cfg.output)
-    root = store.run_path(cfg.run_id or "")
+    root = RunLayout(store, cfg.run_id or "").root
     client = _client()
     try:
         for row in usage.collect(
@@ -115,7 +116,7 @@ class BudgetWatch(Gate):
     ) -> None:
         if ledger_rows is None:
             store = Store(cfg.output)
-            root = store.run_path(cfg.run_id or "")
+            root = RunLayout(store, cfg.run_id or "").root
             ledger_rows = lambda sid: _ledger(store, root, sid).to_pylist()  # noqa: E731
         self.rows = ledger_rows
         before = self.rows(None)
@@ -187,7 +188,7 @@ def budget_message(cfg: RunConfig, sched: LoopResult, total: int) -> str | None:
 def record_budget(cfg: RunConfig, message: str | None) -> None:
     """runs/RUN_ID/budget.json: the cap of the latest session and whether it stopped the run."""
     store = Store(cfg.output)
-    path = store.run_path(cfg.run_id or "", BUDGET_FILE)
+    path = RunLayout(store, cfg.run_id or "").budget
     if cfg.budget.max_cost_usd is None and not store.exists(path):
         return
     store.write_json(
@@ -203,12 +204,12 @@ def record_budget(cfg: RunConfig, message: str | None) -> None:
 
 def cost_summary(cfg: RunConfig) -> Summary | None:
     store = Store(cfg.output)
-    root = store.run_path(cfg.run_id or "")
+    root = RunLayout(store, cfg.run_id or "").root
     ledger = _ledger(store, root).to_pylist()
     workers = read_workers(store.fs, root).to_pylist()
     if not ledger and not workers:
         return None
-    budget_path = store.run_path(cfg.run_id or "", BUDGET_FILE)
+    budget_path = RunLayout(store, cfg.run_id or "").budget
     budget = store.read_json(budget_path) if store.exists(budget_path) else None
     return summarize(ledger, workers, run_id=cfg.run_id or "", budget=budget)
 

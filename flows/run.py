@@ -45,6 +45,7 @@ from synthgen.config.secrets import check_overrides, protect, restore_secrets, s
 from synthgen.cost.lost import record_lost_attempts
 from synthgen.cost.report import manifest_totals
 from synthgen.cost.summary import RunSummary, per_worker
+from synthgen.io.layout import RunLayout
 from synthgen.io.lease import RunLease
 from synthgen.io.store import Store
 from synthgen.stages.dedup.stage import dedup_run
@@ -72,6 +73,7 @@ def dedup_task(config: dict[str, Any] | Opaque, shard_ids: list[str]) -> dict[st
     submitted through the worker's client; this task's thread is seceded meanwhile)."""
     cfg = RunConfig.model_validate(unwrap(config))
     store = Store(cfg.output)
+    layout = RunLayout(store, cfg.run_id or "")
     started = time.perf_counter()
     with worker_client() as client:
         res = dedup_run(client, cfg, store, shard_ids)
@@ -82,7 +84,7 @@ def dedup_task(config: dict[str, Any] | Opaque, shard_ids: list[str]) -> dict[st
         "drop_counts": res.counts,
         "seconds": round(time.perf_counter() - started, 3),
         # the publish tasks read their shard's drops from this file (the flow ships none)
-        "drops_file": store.url("runs", cfg.run_id or "", "dedup", "drops.parquet"),
+        "drops_file": layout.url(layout.dedup_drops),
     }
 
 
@@ -309,6 +311,7 @@ def _execute_leased(
 ) -> dict[str, Any]:
     plan = write_plan(cfg, store)
     run_id = cfg.run_id or ""
+    layout = RunLayout(store, run_id)
     already = committed_shards(store, run_id)
     todo = [s.shard_id for s in plan.shards if s.shard_id not in already]
     print(
@@ -316,9 +319,7 @@ def _execute_leased(
         f"({len(already)} already committed, {len(todo)} to generate) -> {store.url()}"
     )
     if plan.rejects:
-        print(
-            f"{plan.rejects} bad prompt records quarantined: {store.url('runs', run_id, 'rejects.jsonl')}"
-        )
+        print(f"{plan.rejects} bad prompt records quarantined: {layout.url(layout.rejects)}")
     config = stash_secrets(cfg)  # flow parameters: no credentials
     runner = SynthgenTaskRunner(**runner_kwargs(cfg))  # embedded: metered to process exit
     gen = generate_flow.with_options(task_runner=runner)(

@@ -26,6 +26,7 @@ from prefect import task
 from flows.loop import Gate
 from flows.task_runner import Opaque, unwrap
 from synthgen.config import RunConfig
+from synthgen.io.layout import RunLayout
 from synthgen.io.store import Store
 from synthgen.stages.generate import committed_shards
 from synthgen.verify.check import VerifyTask, distrust_shard, verify_path, verify_shard
@@ -262,7 +263,7 @@ class VerifyGate(Gate):
         self.out.results = list(self.accepted.values())
         self.out.failures = failures + self.out.failures
         self.store.write_json(
-            self.store.run_path(self.run_id, "verify", "flagged.json"),
+            RunLayout(self.store, self.run_id).stage().flagged,
             {"flagged_workers": self.out.flagged, "quarantined": self.out.quarantined},
         )
         return self.out

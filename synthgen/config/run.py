@@ -53,9 +53,15 @@ class RunConfig(_Section):
         return self
 
     def fingerprint(self) -> str:
-        """Hash of what determines the generated data (not where or how fast it runs)."""
+        """Hash of what determines the generated data (not where or how fast it runs).
+
+        Values equal to their defaults are left out, so a config means the same run whether
+        a default is written out or not, and a synthgen release that adds a key with a
+        default (or drops one) keeps the run ids of the runs it can resume."""
         data = self.model_dump(
-            mode="json", include={"name", "prompts", "shards", "model", "sampling", "clean"}
+            mode="json",
+            include={"name", "prompts", "shards", "model", "sampling", "clean"},
+            exclude_defaults=True,
         )
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 

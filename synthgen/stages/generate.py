@@ -27,6 +27,8 @@ from synthgen.cost.prices import kept_counts
 from synthgen.engines.base import GenRequest, prompt_seed
 from synthgen.engines.cache import get_engine, worker_identity
 from synthgen.errors import StorageError
+from synthgen.io.attempts import commit_markers
+from synthgen.io.layout import RunLayout
 from synthgen.io.schema import RECORD_SCHEMA
 from synthgen.io.store import Store
 from synthgen.stages.base import Stage, merged_drops, run_stages
@@ -75,11 +77,11 @@ class ShardResult:
 
 
 def commit_path(store: Store, run_id: str, shard_id: str) -> str:
-    return store.run_path(run_id, "_commits", f"{shard_id}.json")
+    return RunLayout(store, run_id).stage().commit(shard_id)
 
 
 def shard_path(store: Store, run_id: str, shard_id: str) -> str:
-    return store.run_path(run_id, "shards", f"{shard_id}.parquet")
+    return RunLayout(store, run_id).stage().shard(shard_id)
 
 
 class _Superseded(Exception):
@@ -110,13 +112,7 @@ def read_committed_shard(store: Store, run_id: str, shard_id: str) -> pa.Table:
 
 def committed_shards(store: Store, run_id: str) -> dict[str, dict[str, Any]]:
     """shard_id -> commit marker, for every committed shard of the run."""
-    out = {}
-    for name in store.ls(store.run_path(run_id, "_commits")):
-        if name.endswith(".json"):
-            out[name.removesuffix(".json")] = store.read_json(
-                store.run_path(run_id, "_commits", name)
-            )
-    return out
+    return commit_markers(store, run_id)
 
 
 def _now() -> str:
@@ -209,12 +205,11 @@ def run_shard(task: ShardTask) -> ShardResult:
 
     started_at = _now()
     worker, host = worker_identity()
-    attempt_dir = store.run_path(run_id, "attempts")
-    attempt = 1 + sum(1 for n in store.ls(attempt_dir) if n.startswith(task.shard_id + "."))
+    run_layout = RunLayout(store, run_id)
+    layout = run_layout.stage()
+    attempt = 1 + sum(1 for n in store.ls(layout.attempts_dir) if n.startswith(task.shard_id + "."))
     store.write_json(
-        store.run_path(
-            run_id, "attempts", f"{task.shard_id}.{attempt}.{uuid.uuid4().hex[:8]}.json"
-        ),
+        layout.attempt(task.shard_id, attempt, uuid.uuid4().hex[:8]),
         {
             "shard_id": task.shard_id,
             "attempt": attempt,
@@ -228,7 +223,7 @@ def run_shard(task: ShardTask) -> ShardResult:
     # cost, recorded in its worker row, not this shard's
     engine = get_engine(cfg.model)
     meter = AttemptMeter.start(cfg, task.shard_id, attempt, engine.info.device, engine.info.model)
-    fs, run_root = store.fs, store.run_path(run_id)
+    fs, run_root = store.fs, run_layout.root
     counts = Counts()
     try:
         rows = read_shard_rows(store, run_id, task.shard_id)

@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from synthgen.config import RunConfig
 from synthgen.errors import ConfigError
+from synthgen.io.layout import RunLayout
 from synthgen.io.store import Store
 from synthgen.stages.base import Stage
 from synthgen.stages.prompts import PromptRecord, PromptSet, load_prompts
@@ -106,17 +107,18 @@ def write_plan(cfg: RunConfig, store: Store, prompt_set: PromptSet | None = None
         "prompts": len(ps.records),
         "source": ps.source,
     }
-    index_path = store.run_path(run_id, "plan", "plan.json")
+    layout = RunLayout(store, run_id)
+    index_path = layout.plan_index
     if store.exists(index_path):
         old = store.read_json(index_path)
         if old.get("fingerprint") != index["fingerprint"] or old.get("shards") != index["shards"]:
             raise ConfigError(
-                f"run_id {run_id!r} already exists at {store.url('runs', run_id)} with a "
+                f"run_id {run_id!r} already exists at {layout.url()} with a "
                 "different config or prompt source; choose another run_id (or remove that run)"
             )
     start = 0
     for shard in shards:  # consecutive slices of the rows, in plan order
-        path = store.run_path(run_id, "plan", "prompts", f"{shard.shard_id}.parquet")
+        path = layout.plan_prompts(shard.shard_id)
         if not store.exists(path):
             store.write_table(path, rows.slice(start, len(shard)))
         start += len(shard)
@@ -125,14 +127,14 @@ def write_plan(cfg: RunConfig, store: Store, prompt_set: PromptSet | None = None
             json.dumps({"source": r.source, "line": r.line, "reason": r.reason, "raw": r.raw})
             for r in ps.rejects
         )
-        store.write_bytes(store.run_path(run_id, "rejects.jsonl"), (lines + "\n").encode())
+        store.write_bytes(layout.rejects, (lines + "\n").encode())
     store.write_json(index_path, index)
     return Plan(run_id, shards, len(ps.records), len(ps.rejects))
 
 
 def read_shard_rows(store: Store, run_id: str, shard_id: str) -> pa.Table:
     """One shard's prompt rows (PLAN_SCHEMA), as the plan wrote them."""
-    return store.read_table(store.run_path(run_id, "plan", "prompts", f"{shard_id}.parquet"))
+    return store.read_table(RunLayout(store, run_id).plan_prompts(shard_id))
 
 
 def read_shard_prompts(store: Store, run_id: str, shard_id: str) -> list[PromptRecord]:

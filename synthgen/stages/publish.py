@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 
 from synthgen import __version__
 from synthgen.config import RunConfig
+from synthgen.io.layout import DatasetLayout
 from synthgen.io.schema import DATASET_COLUMNS, RECORD_SCHEMA
 from synthgen.io.store import Store
 from synthgen.stages.base import Stage, run_stages
@@ -19,9 +20,6 @@ from synthgen.stages.dedup.cross import apply_drops
 from synthgen.stages.dedup.index import index_rows, write_index
 from synthgen.stages.dedup.stage import read_drops
 from synthgen.stages.generate import committed_shards, read_committed_shard
-
-DATASET_DIR = "dataset"
-MANIFEST = "_manifest.json"
 
 
 def kept_rows(table: pa.Table, extra_drops: set[str] | None = None) -> pa.Table:
@@ -77,12 +75,13 @@ def publish_shard(
     table, _ = marks(table)
     kept, _ = run_stages([PublishStage()], table)
     name = f"{shard_id}.parquet"
-    size, sha = store.write_table(store.path(DATASET_DIR, name), kept)
+    dataset = DatasetLayout(store)
+    size, sha = store.write_table(dataset.file(name), kept)
     reasons = Counter(r for r in table["drop_reason"].to_pylist() if r is not None)
     if cfg.clean.enabled and cfg.clean.near.enabled:
         write_index(
             store.fs,
-            store.path(DATASET_DIR),
+            dataset.dir,
             f"{cfg.run_id}--{shard_id}",
             index_rows(table),
             cfg.clean,
@@ -143,14 +142,15 @@ def write_manifest(
         "totals": _with_clean_totals(totals_from(results), files),
         **(extra or {}),
     }
-    base = store.path(DATASET_DIR)
+    dataset = DatasetLayout(store)
+    base = dataset.dir
     keep = {f["path"] for f in files}
     for name in store.ls(base):
         if name.endswith(".parquet") and name not in keep:
-            store.rm(store.path(DATASET_DIR, name))  # stale file from an earlier run
+            store.rm(dataset.file(name))  # stale file from an earlier run
     # "_" prefix: pyarrow, DuckDB and polars skip it when reading the directory
-    store.write_bytes(store.path(DATASET_DIR, "_README.md"), _card(manifest).encode())
-    store.write_json(store.path(DATASET_DIR, MANIFEST), manifest)
+    store.write_bytes(dataset.card, _card(manifest).encode())
+    store.write_json(dataset.manifest, manifest)
     return manifest
 
 

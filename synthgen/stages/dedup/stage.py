@@ -5,16 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from synthgen.config import RunConfig
+from synthgen.io.layout import DatasetLayout, RunLayout
 from synthgen.io.store import Store
 from synthgen.stages.dedup.cross import DROPS_SCHEMA, DedupResult, cross_shard_dedup
 from synthgen.stages.dedup.index import index_paths
 from synthgen.stages.generate import shard_path
 
-DATASET_DIR = "dataset"
-
 
 def drops_path(store: Store, run_id: str) -> str:
-    return store.run_path(run_id, "dedup", "drops.parquet")
+    return RunLayout(store, run_id).dedup_drops
 
 
 def dedup_run(client: Any, cfg: RunConfig, store: Store, shard_ids: list[str]) -> DedupResult:
@@ -25,7 +24,7 @@ def dedup_run(client: Any, cfg: RunConfig, store: Store, shard_ids: list[str]) -
     paths = [shard_path(store, run_id, sid) for sid in sorted(shard_ids)]
     prior: list[str] = []
     if cfg.clean.near.against_published:
-        prior = index_paths(store.fs, store.path(DATASET_DIR), cfg.clean)
+        prior = index_paths(store.fs, DatasetLayout(store).dir, cfg.clean)
     result = cross_shard_dedup(
         client, paths, cfg.clean, filesystem=store.fs, prior_index_paths=prior, run_id=run_id
     )

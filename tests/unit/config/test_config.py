@@ -110,3 +110,20 @@ def test_every_example_config_validates():
         if "presets" in path.parts:
             continue
         assert isinstance(load_config(path), RunConfig), path
+
+
+def test_fingerprint_ignores_spelt_out_defaults_and_follows_data_settings() -> None:
+    bare = config_from_dict({"name": "x"})
+    spelt = config_from_dict(
+        {
+            "name": "x",
+            "sampling": {"temperature": 0.7, "top_p": 0.95, "seed": 1234},
+            "model": {"engine": "transformers", "fake": {"tokens_per_completion": 16}},
+        }
+    )
+    assert bare.fingerprint() == spelt.fingerprint() and bare.run_id == spelt.run_id
+    hotter = config_from_dict({"name": "x", "sampling": {"temperature": 0.9}})
+    assert hotter.fingerprint() != bare.fingerprint()
+    # where and how fast a run goes is not part of it
+    moved = config_from_dict({"name": "x", "output": {"uri": "s3://b/p"}})
+    assert moved.fingerprint() == bare.fingerprint()
