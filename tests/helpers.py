@@ -33,3 +33,19 @@ def fake_config(out: str, **overrides: Any) -> dict[str, Any]:
             node = node.setdefault(p, {})
         node[parts[-1]] = value
     return cfg
+
+
+def verdict_of(scorer: Any, gen: Any, reqs: list[Any], sampling: Any) -> tuple[Any, list[Any]]:
+    """Generate `reqs` with `gen`, score the completions with `scorer` (top-10) and judge them
+    with the default verification settings: (verdict, scores)."""
+    from synthgen.config import VerifyConfig
+    from synthgen.engines.base import ScoreRequest
+    from synthgen.verify import judge
+
+    comps = gen.generate(reqs, sampling)
+    scores = scorer.score(
+        [ScoreRequest(r.prompt_id, r.messages, c.text) for r, c in zip(reqs, comps, strict=True)],
+        sampling,
+        top_k=10,
+    )
+    return judge(scores, VerifyConfig()), scores

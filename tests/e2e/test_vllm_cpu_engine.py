@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from synthgen.config import RunConfig, SamplingConfig, VerifyConfig
+from synthgen.config import RunConfig, SamplingConfig
 from synthgen.engines.base import GenRequest, ScoreRequest, ScoringEngine, prompt_seed
 from synthgen.stages.prompts import load_prompts
-from synthgen.verify import judge
+from tests.helpers import verdict_of
 from tests.support.cheats import STRATEGIES, CheatingEngine
 
 pytestmark = pytest.mark.slow
@@ -51,21 +51,11 @@ def test_a_prompts_completion_does_not_depend_on_its_batch_mates(vllm_cpu_engine
     assert sum(a.text != b.text for a, b in zip(other, together[:4], strict=True)) >= 3
 
 
-def _verdict(scorer, gen, reqs, sampling):
-    comps = gen.generate(reqs, sampling)
-    scores = scorer.score(
-        [ScoreRequest(r.prompt_id, r.messages, c.text) for r, c in zip(reqs, comps, strict=True)],
-        sampling,
-        top_k=10,
-    )
-    return judge(scores, VerifyConfig()), scores
-
-
 def test_honest_vllm_completions_pass_verification(vllm_cpu_engine) -> None:
     eng = vllm_cpu_engine
     assert isinstance(eng, ScoringEngine)
     sampling = SamplingConfig(max_new_tokens=16)
-    verdict, scores = _verdict(eng, eng, _requests(4, 11), sampling)
+    verdict, scores = verdict_of(eng, eng, _requests(4, 11), sampling)
     assert verdict.status == "pass", verdict.reasons
     assert verdict.stats is not None and abs(verdict.stats.z) < 4
     assert all(s.tokens > 0 and s.outside_fraction is not None for s in scores)
@@ -81,6 +71,6 @@ def test_honest_vllm_completions_pass_verification(vllm_cpu_engine) -> None:
 def test_vllm_scoring_catches_every_cheating_strategy(vllm_cpu_engine, strategy) -> None:
     sampling = SamplingConfig(max_new_tokens=24)
     cheater = CheatingEngine(vllm_cpu_engine, strategy, seed=1)
-    verdict, _ = _verdict(vllm_cpu_engine, cheater, _requests(4, 12), sampling)
+    verdict, _ = verdict_of(vllm_cpu_engine, cheater, _requests(4, 12), sampling)
     assert verdict.status == "fail", (strategy, verdict.as_dict())
     assert verdict.stats is not None and verdict.stats.z is not None and verdict.stats.z < -5

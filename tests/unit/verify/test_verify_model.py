@@ -9,11 +9,10 @@ import pyarrow.dataset as ds
 import pytest
 from distributed import Client, LocalCluster
 
-from synthgen.config import ModelConfig, RunConfig, SamplingConfig, VerifyConfig
+from synthgen.config import ModelConfig, RunConfig, SamplingConfig
 from synthgen.engines.base import GenRequest, ScoreRequest, prompt_seed
 from synthgen.stages.prompts import load_prompts
-from synthgen.verify import judge
-from tests.helpers import write_config
+from tests.helpers import verdict_of, write_config
 from tests.support.cheats import STRATEGIES, CheatingEngine, install_cheat
 
 pytestmark = pytest.mark.slow
@@ -35,19 +34,9 @@ def _requests(n: int, base_seed: int) -> list[GenRequest]:
     ]
 
 
-def _verdict(scorer, gen, reqs, sampling):
-    comps = gen.generate(reqs, sampling)
-    scores = scorer.score(
-        [ScoreRequest(r.prompt_id, r.messages, c.text) for r, c in zip(reqs, comps, strict=True)],
-        sampling,
-        top_k=10,
-    )
-    return judge(scores, VerifyConfig()), scores
-
-
 def test_honest_completions_score_like_an_honest_sampler(engine):
     sampling = SamplingConfig(max_new_tokens=16)
-    verdict, scores = _verdict(engine, engine, _requests(3, 11), sampling)
+    verdict, scores = verdict_of(engine, engine, _requests(3, 11), sampling)
     assert verdict.status == "pass", verdict.reasons
     assert verdict.stats is not None and abs(verdict.stats.z) < 4
     assert all(s.tokens > 0 and s.outside_fraction is not None for s in scores)
@@ -69,7 +58,7 @@ def test_every_cheating_strategy_fails_the_check(engine, strategy):
     # judge verify.min_tokens to decide on
     sampling = SamplingConfig(max_new_tokens=24)
     cheater = CheatingEngine(engine, strategy, seed=1)
-    verdict, _ = _verdict(engine, cheater, _requests(4, 12), sampling)
+    verdict, _ = verdict_of(engine, cheater, _requests(4, 12), sampling)
     assert verdict.status == "fail", (strategy, verdict.as_dict())
     assert verdict.stats is not None and verdict.stats.z is not None and verdict.stats.z < -5
 
