@@ -10,7 +10,7 @@ from synthgen.config.base import Section as _Section
 class VerifyConfig(_Section):
     """Spot checks: re-score a sample of each committed shard on another worker.
 
-    Statistics are explained in README "Verification". Thresholds default to values
+    Statistics are explained in docs/verify.md. Thresholds default to values
     calibrated on honest runs of the bundled model (`benchmarks/bench_verify.py`).
     """
 

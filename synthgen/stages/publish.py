@@ -148,7 +148,8 @@ def write_manifest(
     for name in store.ls(base):
         if name.endswith(".parquet") and name not in keep:
             store.rm(dataset.file(name))  # stale file from an earlier run
-    # "_" prefix: pyarrow, DuckDB and polars skip it when reading the directory
+    # "_" prefix: pyarrow.dataset and pandas skip it when reading the directory (DuckDB and
+    # polars read the one-level glob dataset/*.parquet)
     store.write_bytes(dataset.card, _card(manifest).encode())
     store.write_json(dataset.manifest, manifest)
     return manifest
@@ -190,8 +191,9 @@ def _card(m: dict[str, Any]) -> str:
         f"- cost: ${t.get('cost_usd', 0.0):.4f}",
         f"- dropped: {t.get('drop_counts', {})}",
         "",
-        "Read with `pyarrow.dataset.dataset(PATH, format='parquet')`, DuckDB "
-        "`read_parquet('PATH/*.parquet')`, polars or Hugging Face `datasets`. "
+        "Read with `pyarrow.dataset.dataset(PATH, format='parquet')` or pandas, or with the "
+        "one-level glob `PATH/*.parquet` (DuckDB `read_parquet`, polars, Hugging Face "
+        "`datasets` `data_files`): deeper globs also reach the `_dedup_index/` files. "
         "`_manifest.json` lists every file with its row count and sha256.",
     ]
     return "\n".join(lines) + "\n"

@@ -1,6 +1,6 @@
 """Verdict statistics: do a shard's sampled scores look like the claimed model and sampling?
 
-Three tests, any of which fails the shard (see README "Verification"):
+Three tests, any of which fails the shard (see docs/verify.md):
 
 1. z-score. At every completion position the engine reports the model's log-prob of the
    token present (`o_t`) and the mean `e_t` and variance `v_t` of the log-prob of a token
