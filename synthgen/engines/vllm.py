@@ -19,13 +19,15 @@ nanny) vLLM cannot spawn its engine-core process, so it runs in-process there.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import importlib.util
 import os
+import sys
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -176,6 +178,26 @@ def resolve_model_path(model: ModelConfig) -> tuple[ModelConfig, str]:
     return model.model_copy(update={"path": str(target), "gguf_file": None}), name
 
 
+@contextlib.contextmanager
+def context_locals_bound() -> Iterator[None]:
+    """Bind Flask's context-local proxies (`flask.request`, `g`, `current_app`, ...) while vLLM
+    loads, when Flask is imported in this process.
+
+    vLLM 0.32's CPU platform registers its kernel overrides by scanning every attribute of
+    every loaded module with `hasattr(value, "__dict__")`; a werkzeug `LocalProxy` outside its
+    context raises RuntimeError there (not AttributeError), which aborted the load in a
+    process that also runs a Flask app (moto's S3 server in the test session: "Working
+    outside of application context"). A throw-away request context, pushed in this thread
+    only, makes the proxies resolve; other threads (a running Flask server) are unaffected.
+    """
+    flask = sys.modules.get("flask")
+    if flask is None:
+        yield
+        return
+    with flask.Flask("synthgen-vllm-load").test_request_context():
+        yield
+
+
 def llm_kwargs(settings: VllmSettings, model: ModelConfig) -> dict[str, Any]:
     """Keyword arguments for `vllm.LLM(...)`; `model.vllm.extra` wins over everything."""
     opts = model.vllm
@@ -316,7 +338,8 @@ class VllmEngine:
         if self.in_process and llm is None:
             use_in_process_engine()
         try:
-            self.llm = llm if llm is not None else self._vllm.LLM(**self.llm_kwargs)
+            with context_locals_bound():
+                self.llm = llm if llm is not None else self._vllm.LLM(**self.llm_kwargs)
         except Exception as exc:
             raise EngineError(
                 f"vllm.LLM failed to load {self.settings.model} on {self.device.label} "

@@ -333,3 +333,18 @@ def test_real_vllm_generates() -> None:
         assert all(c.finish_reason in {"stop", "length"} for c in out)
     finally:
         eng.close()
+
+
+def test_flask_context_locals_are_bound_while_vllm_loads() -> None:
+    """vLLM's CPU kernel registration calls hasattr() on every module attribute; Flask's
+    proxies (imported here by moto's S3 server) raise outside a request context."""
+    import flask
+
+    from synthgen.engines.vllm import context_locals_bound
+
+    with pytest.raises(RuntimeError, match="outside of"):
+        hasattr(flask.request, "__dict__")
+    with context_locals_bound():
+        assert hasattr(flask.request, "__dict__") and hasattr(flask.current_app, "__dict__")
+    with pytest.raises(RuntimeError, match="outside of"):
+        hasattr(flask.g, "__dict__")

@@ -218,7 +218,7 @@ def test_cheating_engine_strategies_on_the_fake_engine():
     assert [sorted(c.text.split()) for c in shuffled] != [h.split() for h in honest]
     with pytest.raises(ValueError, match="cheat strategy 'nope'"):
         CheatingEngine(inner, "nope")
-    with pytest.raises(ValueError, match="needs the transformers engine"):
+    with pytest.raises(ValueError, match="needs a transformers or vLLM engine"):
         CheatingEngine(inner, "small").generate(reqs, SamplingConfig())
 
 
