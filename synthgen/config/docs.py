@@ -124,6 +124,11 @@ def rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, 
             desc = field.description or _section_doc(tp)
             out.append((key, _type_name(field.annotation), _default(field), desc))
             out.extend(rows(tp, f"{key}."))
+        elif members and get_origin(tp) is list:  # a list of sections: one block of rows
+            out.append(
+                (key, f"list of {members[0].__name__}", _default(field), field.description or "")
+            )
+            out.extend(rows(members[0], f"{key}[]."))
         elif members:  # a tagged union: one block of rows per `type`
             tags = [m.model_fields["type"].annotation for m in members]
             names = " \\| ".join(json.dumps(get_args(t)[0]) for t in tags)

@@ -159,3 +159,8 @@ class SamplingConfig(_Section):
         description="Most completion tokens per prompt (a completion cut here has finish reason `length`).",
     )
     seed: int = Field(1234, description="Base seed; each prompt's seed derives from it and its id.")
+    n: PositiveInt = Field(
+        1,
+        description="Samples per prompt; each is its own row (`sample_index`) with its own "
+        "seed (vLLM shares the prompt's prefill across them).",
+    )

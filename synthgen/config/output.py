@@ -20,6 +20,12 @@ class OutputConfig(_Section):
         "credential keys (key, secret, token, ...) are kept secret: `***` in every dump, log and "
         "manifest. Credentials may also come from the AWS_* environment variables.",
     )
+    format: Literal["raw", "sft", "dpo"] = Field(
+        "raw",
+        description="Published columns: raw (every record with its provenance), sft (a "
+        "`messages` conversation with the assistant turn, TRL's conversational format), dpo "
+        "(`prompt`, `chosen`, `rejected`; needs `select.strategy: pairs`).",
+    )
     compression: Literal["zstd", "snappy", "gzip", "none"] = Field(
         "zstd",
         description="Parquet compression codec of the shard files.",

@@ -16,6 +16,7 @@ from synthgen.config.model import ModelConfig, SamplingConfig
 from synthgen.config.output import OutputConfig
 from synthgen.config.prompts import BuiltinSource, InputConfig, PromptSource, ShardsConfig
 from synthgen.config.schedule import ScheduleConfig
+from synthgen.config.stages import SelectConfig, StageConfig
 from synthgen.config.verify import VerifyConfig
 
 
@@ -45,6 +46,12 @@ class RunConfig(_Section):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    stages: list[StageConfig] = Field(
+        default_factory=list,
+        description="Generation steps in order (multi-stage runs); empty = one step, "
+        "`generate`, over the prompts with `model` and `sampling`.",
+    )
+    select: SelectConfig = Field(default_factory=SelectConfig)
 
     @model_validator(mode="after")
     def _derive_run_id(self) -> RunConfig:
@@ -60,7 +67,7 @@ class RunConfig(_Section):
         default (or drops one) keeps the run ids of the runs it can resume."""
         data = self.model_dump(
             mode="json",
-            include={"name", "prompts", "shards", "model", "sampling", "clean"},
+            include={"name", "prompts", "shards", "model", "sampling", "clean", "stages", "select"},
             exclude_defaults=True,
         )
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
