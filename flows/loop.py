@@ -80,9 +80,17 @@ class ShardLoop:
         submit: Submit,
         gates: list[Gate],
         on_result: Callable[[dict[str, Any]], None] | None = None,
+        successor: Callable[[str], str | None] | None = None,
+        order: list[str] | None = None,
     ) -> None:
+        """`shard_ids`: the units to run now. `successor(unit)`: the unit that reads a
+        finished unit's output (multi-stage runs: the same shard's next stage), queued when
+        the unit commits. `order`: every unit the loop may see, most urgent last (default
+        `shard_ids` in plan order, first most urgent)."""
         self.shard_ids = list(shard_ids)
-        self.order = {sid: i for i, sid in enumerate(shard_ids)}
+        self.successor = successor
+        ranked = order if order is not None else list(reversed(shard_ids))
+        self.order = {sid: i for i, sid in enumerate(ranked)}
         self._submit = submit
         self.gates = gates
         self._report = on_result
@@ -129,9 +137,10 @@ class ShardLoop:
 
     # -- the loop ----------------------------------------------------------------------
     def _priority(self, shard_id: str) -> int:
-        # plan order first (guided sizing puts big shards early); regenerations in front
-        n = len(self.shard_ids)
-        return n + 1 if shard_id in self.regens else n - self.order.get(shard_id, n)
+        # plan order first (guided sizing puts big shards early); a later stage of a shard
+        # before new shards; regenerations in front
+        n = len(self.order)
+        return n + 1 if shard_id in self.regens else self.order.get(shard_id, 0)
 
     def _start(self, shard_id: str) -> None:
         avoid: set[str] = set()
@@ -189,6 +198,12 @@ class ShardLoop:
             self._report(res)
         for gate in self.gates:
             gate.on_result(shard_id, res)
+        nxt = self.successor(shard_id) if self.successor is not None else None
+        committed = res.get("status") in ("done", "skipped", "superseded")
+        taken_back = shard_id in self.current or shard_id in self.queue  # e.g. verification
+        if nxt is not None and committed and not taken_back:
+            if nxt not in self.current and nxt not in self.queue:
+                self.queue.insert(0, nxt)  # the unit committed: its next stage may start
 
     def run(self) -> LoopResult:
         for gate in self.gates:

@@ -45,13 +45,22 @@ from synthgen.config.secrets import check_overrides, protect, restore_secrets, s
 from synthgen.cost.lost import record_lost_attempts
 from synthgen.cost.report import manifest_totals
 from synthgen.cost.summary import RunSummary, per_worker
+from synthgen.io.attempts import commit_markers
 from synthgen.io.layout import RunLayout
 from synthgen.io.lease import RunLease
 from synthgen.io.store import Store
 from synthgen.stages.dedup.stage import dedup_run
-from synthgen.stages.generate import ShardTask, committed_shards, run_shard
+from synthgen.stages.generate import ShardTask, run_shard
 from synthgen.stages.plan import write_plan
 from synthgen.stages.publish import publish_shard, write_manifest
+from synthgen.stages.units import (
+    all_units,
+    committed_units,
+    final_stage,
+    next_unit,
+    pending_units,
+    stage_names,
+)
 
 
 @task(name="generate-shard", persist_result=False)
@@ -115,10 +124,16 @@ def _generate_name() -> str:
     flow_run_name=_generate_name,
 )
 def generate_flow(
-    config: dict[str, Any], shard_ids: list[str], total: int, run_started_at: float | None = None
+    config: dict[str, Any],
+    shard_ids: list[str],
+    total: int,
+    run_started_at: float | None = None,
+    plan_shards: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Generate the given shards on the cluster (within the budget, if one is set), then
-    publish if every shard is committed."""
+    """Generate the given units (shards of a stage) on the cluster, within the budget if one
+    is set, each stage's shard as soon as the shard it reads committed; then publish if every
+    shard of the final stage is committed. `total`: the run's units; `plan_shards`: the
+    plan's shard ids (default: `shard_ids`, a one-stage run's units)."""
     config = restore_secrets(config)  # the parameters carry *** placeholders, tasks need keys
     cfg = RunConfig.model_validate(config)
     task_config = Opaque(config)  # one value to Prefect: not walked for futures per task
@@ -182,7 +197,16 @@ def generate_flow(
             f"${res['cost_usd']:.4f} · run {tokens / elapsed:.1f} tokens/s"
         )
 
-    sched = ShardLoop(shard_ids, submit, gates, on_result=report).run()
+    plan_shards = plan_shards if plan_shards is not None else list(shard_ids)
+    multi = len(stage_names(cfg)) > 1
+    sched = ShardLoop(
+        shard_ids,
+        submit,
+        gates,
+        on_result=report,
+        successor=(lambda key: next_unit(cfg, key)) if multi else None,
+        order=all_units(cfg, plan_shards) if multi else None,
+    ).run()
     results, failures = sched.results, sched.failures
     verification = None
     if verify is not None:
@@ -194,17 +218,17 @@ def generate_flow(
     record_budget(cfg, budget_msg)
     if budget_msg:
         print(budget_msg)
-    committed = committed_shards(store, cfg.run_id or "")
+    committed = commit_markers(store, cfg.run_id or "", final_stage(cfg))
     try:  # attempts whose worker died wrote no ledger row: price them from their markers
-        lost = record_lost_attempts(store, cfg.run_id or "")
+        lost = record_lost_attempts(store, cfg.run_id or "", stage_names(cfg))
         if lost:
             print(f"{lost} lost attempt(s) (worker died mid-shard) recorded in the ledger")
     except Exception as exc:  # bookkeeping never fails a run
         print(f"warning: could not record lost attempts: {type(exc).__name__}: {exc}")
     finish_usage(cfg, run_started_at)
     manifest = None
-    if len(committed) == total:
-        # every shard committed: run-wide dedup, then publish, both on the cluster
+    if len(committed) == len(plan_shards):
+        # every shard of the final stage committed: run-wide dedup, then publish, both on the cluster
         extra = None
         if cfg.clean.enabled and (cfg.clean.exact.enabled or cfg.clean.near.enabled):
             dedup = dedup_task.submit(task_config, sorted(committed)).result()
@@ -312,23 +336,28 @@ def _execute_leased(
     plan = write_plan(cfg, store)
     run_id = cfg.run_id or ""
     layout = RunLayout(store, run_id)
-    already = committed_shards(store, run_id)
-    todo = [s.shard_id for s in plan.shards if s.shard_id not in already]
+    shard_ids = [s.shard_id for s in plan.shards]
+    units = all_units(cfg, shard_ids)
+    already = committed_units(store, cfg)
+    todo = pending_units(cfg, shard_ids, set(already))
+    stages = stage_names(cfg)
+    of_stages = f" x {len(stages)} stages ({', '.join(stages)})" if len(stages) > 1 else ""
     print(
-        f"run {run_id}: {plan.prompts} prompts in {len(plan.shards)} shards "
-        f"({len(already)} already committed, {len(todo)} to generate) -> {store.url()}"
+        f"run {run_id}: {plan.prompts} prompts in {len(plan.shards)} shards{of_stages} "
+        f"({len(already)} already committed, {len(units) - len(already)} to generate) -> "
+        f"{store.url()}"
     )
     if plan.rejects:
         print(f"{plan.rejects} bad prompt records quarantined: {layout.url(layout.rejects)}")
     config = stash_secrets(cfg)  # flow parameters: no credentials
     runner = SynthgenTaskRunner(**runner_kwargs(cfg))  # embedded: metered to process exit
     gen = generate_flow.with_options(task_runner=runner)(
-        config, todo, len(plan.shards), time.time()
+        config, todo, len(units), time.time(), shard_ids
     )
     lease.check()
     publish_cost_artifact(cfg)  # after the cluster closed: workers' final rows are in
-    committed = committed_shards(store, run_id)
-    missing = [s.shard_id for s in plan.shards if s.shard_id not in committed]
+    committed = committed_units(store, cfg)
+    missing = [u for u in reversed(units) if u not in committed]
     partial = bool(missing and gen["budget_message"])
     status = "complete" if not missing else ("partial" if partial else "failed")
     manifest = gen["manifest"]
@@ -336,7 +365,7 @@ def _execute_leased(
         cfg=cfg,
         store=store,
         status=status,
-        shards_total=len(plan.shards),
+        shards_total=len(units),
         generated=gen["results"],
         committed=[m["result"] for m in committed.values()],
         missing=missing,
@@ -358,7 +387,7 @@ def _execute_leased(
         print(gen["budget_message"])
     elif missing:
         raise RuntimeError(
-            f"run {run_id}: {len(missing)} of {len(plan.shards)} shards failed "
+            f"run {run_id}: {len(missing)} of {len(units)} shards failed "
             f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}); committed shards "
             f"are kept: re-run the same command to generate only the missing ones. "
             f"Errors: {'; '.join(gen['failures'][:3])}"

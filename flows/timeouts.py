@@ -17,7 +17,9 @@ from __future__ import annotations
 from flows.loop import Gate
 from synthgen.config import RunConfig
 from synthgen.io.attempts import AttemptWatch
+from synthgen.io.layout import split_key
 from synthgen.io.store import Store
+from synthgen.stages.units import stage_names
 
 
 class ShardTimeouts(Gate):
@@ -32,15 +34,24 @@ class ShardTimeouts(Gate):
             raise ValueError("ShardTimeouts needs cluster.shard_timeout_s")
         self.timeout = cfg.cluster.shard_timeout_s
         self.max_reruns = cfg.cluster.task_retries
-        self.watch = watch or AttemptWatch(store, cfg.run_id or "", self.timeout)
+        # one watch per generation stage (a unit is one stage's shard)
+        self.watches = {
+            name: AttemptWatch(store, cfg.run_id or "", self.timeout, stage=name)
+            for name in stage_names(cfg)
+        }
+        if watch is not None:
+            self.watches = {watch.stage: watch}
         self.tick_s = poll_s
         self.reruns: dict[str, int] = {}
 
     def on_tick(self) -> None:
         """Re-submit the running shards whose current attempt is overdue."""
-        self.watch.poll()
+        for watch in self.watches.values():
+            watch.poll()
         for shard_id in list(self.loop.current):
-            attempt = self.watch.overdue(shard_id)
+            stage, shard = split_key(shard_id)
+            watch = self.watches.get(stage)
+            attempt = watch.overdue(shard) if watch is not None else None
             if attempt is None:
                 continue
             n = self.reruns.get(shard_id, 0)

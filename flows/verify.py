@@ -26,9 +26,9 @@ from prefect import task
 from flows.loop import Gate
 from flows.task_runner import Opaque, unwrap
 from synthgen.config import RunConfig
+from synthgen.io.attempts import commit_markers
 from synthgen.io.layout import RunLayout
 from synthgen.io.store import Store
-from synthgen.stages.generate import committed_shards
 from synthgen.verify.check import VerifyTask, distrust_shard, verify_path, verify_shard
 
 VERIFY_PRIORITY = 10**9  # above generation (plan-order priorities): checks start first
@@ -157,7 +157,7 @@ class VerifyGate(Gate):
     def start(self) -> None:
         # shards committed by an earlier invocation but never checked (a resumed run)
         todo = set(self.loop.shard_ids)
-        for sid, marker in sorted(committed_shards(self.store, self.run_id).items()):
+        for sid, marker in sorted(commit_markers(self.store, self.run_id).items()):
             res = marker["result"]
             if sid not in todo and not self._checked(sid, res):
                 self._verify(res)

@@ -36,7 +36,15 @@ from synthgen.cost.prices import (
     worker_table,
 )
 from synthgen.io.attempts import attempt_history
-from synthgen.io.layout import LEDGER_DIR, WORKERS_DIR, RunLayout, StageLayout, safe_key
+from synthgen.io.layout import (
+    DEFAULT_STAGE,
+    LEDGER_DIR,
+    WORKERS_DIR,
+    RunLayout,
+    StageLayout,
+    safe_key,
+    unit_key,
+)
 from synthgen.io.store import Store, atomic_write
 
 __all__ = [
@@ -141,7 +149,7 @@ def _ts(value: str) -> datetime:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
-def lost_rows(store: Store, run_id: str) -> list[dict[str, Any]]:
+def lost_rows(store: Store, run_id: str, stage: str = DEFAULT_STAGE) -> list[dict[str, Any]]:
     """Ledger rows for the run's lost attempts that have none yet.
 
     An attempt is lost when it is neither committed nor still running (`io.attempts`). Its
@@ -149,16 +157,16 @@ def lost_rows(store: Store, run_id: str) -> list[dict[str, Any]]:
     shard started, priced like that worker's other attempts (price 0, source "unknown", if
     the worker left nothing else). The time is an upper bound of what the dead worker spent.
     """
-    history = attempt_history(store, run_id)
-    ledger = Ledger(RunLayout(store, run_id)).rows().to_pylist()
+    history = attempt_history(store, run_id, stage)
+    ledger = Ledger(RunLayout(store, run_id)).rows().to_pylist()  # every stage's rows
     seen = {(r["shard_id"], int(r["attempt"])) for r in ledger}
     by_worker: dict[str, dict[str, Any]] = {}
     for r in ledger:
         if r["status"] in ("succeeded", "failed"):
             by_worker.setdefault(r["worker"], r)
     by_shard: dict[str, list[dict[str, Any]]] = {}
-    for a in history:
-        by_shard.setdefault(a["shard_id"], []).append(a)
+    for a in history:  # keyed like the ledger rows: by unit (the stage's shard)
+        by_shard.setdefault(unit_key(stage, a["shard_id"]), []).append(a)
     rows = []
     for shard_id, attempts in by_shard.items():
         for i, a in enumerate(attempts):
@@ -205,9 +213,12 @@ def lost_rows(store: Store, run_id: str) -> list[dict[str, Any]]:
     return rows
 
 
-def record_lost_attempts(store: Store, run_id: str) -> int:
-    """Write a ledger row for every lost attempt that has none; returns how many."""
-    rows = lost_rows(store, run_id)
+def record_lost_attempts(
+    store: Store, run_id: str, stages: tuple[str, ...] | list[str] = (DEFAULT_STAGE,)
+) -> int:
+    """Write a ledger row for every lost attempt of the run's `stages` that has none;
+    returns how many."""
+    rows = [r for stage in stages for r in lost_rows(store, run_id, stage)]
     ledger = Ledger(RunLayout(store, run_id))
     for row in rows:
         ledger.write(row)

@@ -87,9 +87,11 @@ class AttemptWatch:
         run_id: str,
         timeout_s: float,
         clock: Callable[[], float] = time.monotonic,
+        stage: str = DEFAULT_STAGE,
     ) -> None:
         self.store = store
         self.run_id = run_id
+        self.stage = stage
         self.timeout_s = timeout_s
         self.clock = clock
         self._seen: dict[str, tuple[int, float]] = {}  # shard -> (latest attempt, first seen)
@@ -97,7 +99,7 @@ class AttemptWatch:
 
     def poll(self) -> None:
         now = self.clock()
-        for name in self.store.ls(attempt_dir(self.store, self.run_id)):
+        for name in self.store.ls(attempt_dir(self.store, self.run_id, self.stage)):
             parsed = AttemptName.parse(name)
             if parsed is None:
                 continue

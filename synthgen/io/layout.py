@@ -61,6 +61,23 @@ def safe_key(text: str) -> str:
     return _SAFE.sub("_", text).strip("_") or "_"
 
 
+UNIT_SEP = ":"
+
+
+def unit_key(stage: str, shard_id: str) -> str:
+    """The name of one shard of one stage (a unit of work): the shard id for the default
+    stage (as every one-stage run names it), `STAGE:SHARD` for a multi-stage run's stages."""
+    return shard_id if stage == DEFAULT_STAGE else f"{stage}{UNIT_SEP}{shard_id}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """(stage, shard_id) of a unit name (`unit_key`)."""
+    if UNIT_SEP in key:
+        stage, shard = key.split(UNIT_SEP, 1)
+        return stage, shard
+    return DEFAULT_STAGE, key
+
+
 def _join(*parts: str) -> str:
     return posixpath.join(*parts)
 
@@ -261,4 +278,6 @@ __all__ = [
     "StageLayout",
     "all_runs_ledger_glob",
     "safe_key",
+    "split_key",
+    "unit_key",
 ]

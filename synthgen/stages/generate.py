@@ -27,13 +27,14 @@ from synthgen.cost.prices import kept_counts
 from synthgen.engines.base import GenRequest, prompt_seed
 from synthgen.engines.cache import get_engine, worker_identity
 from synthgen.errors import StorageError
-from synthgen.io.attempts import commit_markers
-from synthgen.io.layout import RunLayout
+from synthgen.io.layout import DEFAULT_STAGE, RunLayout
 from synthgen.io.schema import RECORD_SCHEMA
 from synthgen.io.store import Store
 from synthgen.stages.base import Stage, merged_drops, run_stages
 from synthgen.stages.clean import CleanStage
+from synthgen.stages.multi import StageStep
 from synthgen.stages.plan import prompt_records, read_shard_rows
+from synthgen.stages.units import final_stage, split_key, stage_config, upstream
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +77,6 @@ class ShardResult:
         return asdict(self)
 
 
-def commit_path(store: Store, run_id: str, shard_id: str) -> str:
-    return RunLayout(store, run_id).stage().commit(shard_id)
-
-
-def shard_path(store: Store, run_id: str, shard_id: str) -> str:
-    return RunLayout(store, run_id).stage().shard(shard_id)
-
-
 class _Superseded(Exception):
     def __init__(self, shard_id: str, attempt: int) -> None:
         super().__init__(
@@ -92,27 +85,26 @@ class _Superseded(Exception):
         )
 
 
-def read_committed_shard(store: Store, run_id: str, shard_id: str) -> pa.Table:
-    """The rows of a committed shard, checked against its commit marker's sha256.
+def read_committed_shard(
+    store: Store, run_id: str, shard_id: str, stage: str = DEFAULT_STAGE
+) -> pa.Table:
+    """The rows of a committed shard of `stage`, checked against its commit marker's sha256.
 
     A file that does not match its marker (overwritten after the commit, corrupted) is never
     used: the marker is removed, so that a re-run generates the shard again, and the error
     says so."""
-    marker_path = commit_path(store, run_id, shard_id)
+    layout = RunLayout(store, run_id).stage(stage)
+    marker_path = layout.commit(shard_id)
     marker = store.read_json(marker_path)
-    data = store.read_bytes(marker.get("file") or shard_path(store, run_id, shard_id))
+    data = store.read_bytes(marker.get("file") or layout.shard(shard_id))
     if hashlib.sha256(data).hexdigest() != marker.get("sha256"):
         store.rm(marker_path)
         raise StorageError(
-            f"run {run_id}: shard {shard_id}: the file does not match its commit marker "
-            "(sha256 differs); the commit was withdrawn, re-run to generate the shard again"
+            f"run {run_id}: shard {shard_id} of stage {stage}: the file does not match its "
+            "commit marker (sha256 differs); the commit was withdrawn, re-run to generate the "
+            "shard again"
         )
     return pq.read_table(pa.BufferReader(data))
-
-
-def committed_shards(store: Store, run_id: str) -> dict[str, dict[str, Any]]:
-    """shard_id -> commit marker, for every committed shard of the run."""
-    return commit_markers(store, run_id)
 
 
 def _now() -> str:
@@ -194,24 +186,52 @@ def after_generate(cfg: RunConfig) -> list[Stage]:
     return [CleanStage(cfg.clean)]
 
 
+def _steps(
+    cfg: RunConfig, store: Store, stage: str, shard_id: str, worker: str
+) -> tuple[Any, pa.Table, list[Stage], Any]:
+    """(engine, input rows, the stages of this unit on its worker, the generating stage)."""
+    run_id = cfg.run_id or ""
+    sc = stage_config(cfg, stage)
+    engine = get_engine(cfg.model if sc is None or sc.model is None else sc.model)
+    if sc is None:  # the one-step run
+        generate: Any = GenerateStage(cfg, shard_id, engine, worker)
+        return (
+            engine,
+            read_shard_rows(store, run_id, shard_id),
+            [generate, *after_generate(cfg)],
+            generate,
+        )
+    up = upstream(cfg, stage)
+    rows = (
+        read_shard_rows(store, run_id, shard_id)
+        if up is None
+        else read_committed_shard(store, run_id, shard_id, up)
+    )
+    generate = StageStep(cfg, sc, shard_id, engine, worker)
+    # the final stage's text is cleaned (filters, in-shard dedup) before it is committed
+    after = after_generate(cfg) if stage == final_stage(cfg) else []
+    return engine, rows, [generate, *after], generate
+
+
 def run_shard(task: ShardTask) -> ShardResult:
     cfg = RunConfig.model_validate(task.config)
     run_id = cfg.run_id or ""
     store = Store(cfg.output)
-    marker = commit_path(store, run_id, task.shard_id)
+    stage, shard_id = split_key(task.shard_id)  # a unit: one shard of one stage
+    run_layout = RunLayout(store, run_id)
+    layout = run_layout.stage(stage)
+    marker = layout.commit(shard_id)
     if store.exists(marker):
         done = store.read_json(marker)
         return ShardResult(**{**done["result"], "status": "skipped"})
 
     started_at = _now()
     worker, host = worker_identity()
-    run_layout = RunLayout(store, run_id)
-    layout = run_layout.stage()
-    attempt = 1 + sum(1 for n in store.ls(layout.attempts_dir) if n.startswith(task.shard_id + "."))
+    attempt = 1 + sum(1 for n in store.ls(layout.attempts_dir) if n.startswith(shard_id + "."))
     store.write_json(
-        layout.attempt(task.shard_id, attempt, uuid.uuid4().hex[:8]),
+        layout.attempt(shard_id, attempt, uuid.uuid4().hex[:8]),
         {
-            "shard_id": task.shard_id,
+            "shard_id": shard_id,
             "attempt": attempt,
             "worker": worker,
             "host": host,
@@ -221,16 +241,15 @@ def run_shard(task: ShardTask) -> ShardResult:
 
     # the engine loads before the attempt's clock starts: load time is the worker's (held)
     # cost, recorded in its worker row, not this shard's
-    engine = get_engine(cfg.model)
+    engine, rows, steps, generate = _steps(cfg, store, stage, shard_id, worker)
     meter = AttemptMeter.start(cfg, task.shard_id, attempt, engine.info.device, engine.info.model)
     fs, run_root = store.fs, run_layout.root
     counts = Counts()
     try:
-        rows = read_shard_rows(store, run_id, task.shard_id)
         counts.prompts = rows.num_rows
-        generate = GenerateStage(cfg, task.shard_id, engine, worker)
-        # on the worker: generate, then clean (hashes, MinHash, filter + in-shard duplicates)
-        table, stats = run_stages([generate, *after_generate(cfg)], rows)
+        # on the worker: generate, then (final stage) clean: hashes, MinHash, filters, in-shard
+        # duplicates
+        table, stats = run_stages(steps, rows)
         completions = generate.completions
         counts.engine_seconds = generate.engine_seconds
         drop_counts = merged_drops(stats)
@@ -240,7 +259,7 @@ def run_shard(task: ShardTask) -> ShardResult:
         # kept = not rejected and not dropped: count after the clean stage marked drop_reason
         counts.kept_records, counts.kept_tokens = kept_counts(table)
 
-        path = shard_path(store, run_id, task.shard_id)
+        path = layout.shard(shard_id)
         if store.exists(marker):
             # another attempt (this one was timed out and re-run) committed first: never
             # overwrite its file or marker; the shard has exactly one committed copy
@@ -290,7 +309,8 @@ def run_shard(task: ShardTask) -> ShardResult:
         stages=[st.as_dict() for st in stats],
     )
     commit = {
-        "shard_id": task.shard_id,
+        "shard_id": shard_id,
+        "stage": stage,
         "file": path,
         "bytes": size,
         "sha256": sha,

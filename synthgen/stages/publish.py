@@ -19,14 +19,17 @@ from synthgen.stages.base import Stage, run_stages
 from synthgen.stages.dedup.cross import apply_drops
 from synthgen.stages.dedup.index import index_rows, write_index
 from synthgen.stages.dedup.stage import read_drops
-from synthgen.stages.generate import committed_shards, read_committed_shard
+from synthgen.stages.generate import read_committed_shard
+from synthgen.stages.units import committed_units, final_stage
 
 
 def kept_rows(table: pa.Table, extra_drops: set[str] | None = None) -> pa.Table:
     mask = pc.is_null(table["drop_reason"])
     if extra_drops:
         mask = pc.and_(mask, pc.invert(pc.is_in(table["prompt_id"], pa.array(sorted(extra_drops)))))
-    return table.filter(mask).select(DATASET_COLUMNS)
+    # multi-stage runs: every stage's columns (instruction, response.messages, judge.score...)
+    stage_columns = [c for c in table.column_names if c not in RECORD_SCHEMA.names]
+    return table.filter(mask).select(DATASET_COLUMNS + stage_columns)
 
 
 class RunDedupMarks(Stage):
@@ -66,7 +69,7 @@ def publish_shard(
     """
     cfg = RunConfig.model_validate(config)
     store = Store(cfg.output)
-    table = read_committed_shard(store, cfg.run_id or "", shard_id)  # checksum-verified
+    table = read_committed_shard(store, cfg.run_id or "", shard_id, final_stage(cfg))  # checked
     if extra_drops is None:
         extra_drops = read_drops(store, cfg.run_id or "").get(shard_id, {})
     if isinstance(extra_drops, list):
@@ -127,7 +130,7 @@ def write_manifest(
     cfg: RunConfig, store: Store, files: list[dict[str, Any]], extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     run_id = cfg.run_id or ""
-    markers = committed_shards(store, run_id)
+    markers = committed_units(store, cfg)
     results = [m["result"] for m in markers.values()]
     schema = pa.schema([f for f in _dataset_schema()])
     manifest = {

@@ -12,9 +12,8 @@ import pytest
 
 from synthgen.config import config_from_dict
 from synthgen.cost.ledger import read_ledger
-from synthgen.io.attempts import attempt_history
+from synthgen.io.attempts import attempt_history, commit_markers
 from synthgen.io.store import Store
-from synthgen.stages.generate import committed_shards
 from tests.crash_helpers import run_cli, start_cli, start_dask, wait_for
 from tests.helpers import fake_config, write_config
 
@@ -58,7 +57,7 @@ def test_sigkill_of_a_dask_worker_mid_shard_loses_and_doubles_nothing(
     cli = start_cli(write_config(tmp_path / "c.yaml", data), tmp_path / "s.json", tmp_path / "log")
 
     def running_attempt():
-        commits = committed_shards(store, cfg.run_id)
+        commits = commit_markers(store, cfg.run_id)
         if not commits:
             return None  # wait until the run is under way (first shard committed)
         for a in attempt_history(store, cfg.run_id):
@@ -87,7 +86,7 @@ def test_sigkill_of_a_dask_worker_mid_shard_loses_and_doubles_nothing(
     assert lost_rows[0]["wall_seconds"] >= 0 and lost_rows[0]["cost_usd"] >= 0
     redo = [a for a in history if a["shard_id"] == victim["shard_id"]]
     assert redo[-1]["outcome"] == "committed" and redo[-1]["worker"] != victim["worker"]
-    assert len(committed_shards(store, cfg.run_id)) == SHARDS
+    assert len(commit_markers(store, cfg.run_id)) == SHARDS
 
 
 def test_sigkill_of_the_flow_process_then_rerun_generates_only_missing_shards(
@@ -109,7 +108,7 @@ def test_sigkill_of_the_flow_process_then_rerun_generates_only_missing_shards(
     assert cfg.run_id == ref_summary["run_id"]  # the output location is not part of the id
 
     cli = start_cli(cfg_path, tmp_path / "killed.json", tmp_path / "killed.log")
-    wait_for(lambda: len(committed_shards(store, cfg.run_id)) >= 2, 120, "two committed shards")
+    wait_for(lambda: len(commit_markers(store, cfg.run_id)) >= 2, 120, "two committed shards")
     os.kill(cli.pid, signal.SIGKILL)
     cli.wait(timeout=10)
     assert not (out / "dataset" / "_manifest.json").exists()
@@ -126,7 +125,7 @@ def test_sigkill_of_the_flow_process_then_rerun_generates_only_missing_shards(
         return time.monotonic() - last["since"] >= 4.0
 
     wait_for(settled, 60, "in-flight attempts to finish", every=0.25)
-    before = len(committed_shards(store, cfg.run_id))
+    before = len(commit_markers(store, cfg.run_id))
     assert 2 <= before < SHARDS
 
     # a fresh process, same run id: takes over the dead process's lease at once

@@ -15,8 +15,9 @@ import pytest
 from flows.run import synthgen_run
 from synthgen.config import config_from_dict
 from synthgen.io.attempts import AttemptWatch, attempt_history
+from synthgen.io.layout import RunLayout
 from synthgen.io.store import Store
-from synthgen.stages.generate import ShardTask, commit_path, run_shard
+from synthgen.stages.generate import ShardTask, run_shard
 from synthgen.stages.plan import write_plan
 from tests.helpers import fake_config, write_config
 from tests.support import hang
@@ -55,7 +56,7 @@ def test_hung_shard_is_timed_out_and_rerun_on_a_dask_cluster(tmp_path, prefect_a
     assert [(a["attempt"], a["outcome"]) for a in history] == [(1, "lost"), (2, "committed")]
     assert history[0]["worker"] == started["worker"]  # the lost attempt is the hung call
     # the published copy of the shard is the re-run's
-    marker = store.read_json(commit_path(store, res["run_id"], "shard-00001"))
+    marker = store.read_json(RunLayout(store, res["run_id"]).stage().commit("shard-00001"))
     assert marker["result"]["attempt"] == 2
 
 
@@ -74,7 +75,7 @@ def test_abandoned_attempt_that_returns_late_writes_nothing(tmp_path):
         stuck.wait_started()  # attempt 1 is hanging; the flow re-runs the shard: attempt 2
         rerun = run_shard(ShardTask(config, "shard-00000"))
         assert rerun.status == "done" and rerun.attempt == 2
-        marker = store.read_json(commit_path(store, cfg.run_id, "shard-00000"))
+        marker = store.read_json(RunLayout(store, cfg.run_id).stage().commit("shard-00000"))
         file_bytes = store.read_bytes(marker["file"])
         assert not stuck.returned()  # attempt 1 is still blocked while attempt 2 commits
         stuck.release()
@@ -85,7 +86,7 @@ def test_abandoned_attempt_that_returns_late_writes_nothing(tmp_path):
     assert stuck.returned()
     assert late["status"] == "superseded" and late["attempt"] == 1
     # neither the committed file nor its marker was touched by the late attempt
-    assert store.read_json(commit_path(store, cfg.run_id, "shard-00000")) == marker
+    assert store.read_json(RunLayout(store, cfg.run_id).stage().commit("shard-00000")) == marker
     assert store.read_bytes(marker["file"]) == file_bytes
     outcomes = [(a["attempt"], a["outcome"]) for a in attempt_history(store, cfg.run_id)]
     assert outcomes == [(1, "lost"), (2, "committed")]

@@ -14,8 +14,8 @@ import pytest
 import s3fs
 
 from synthgen.config import config_from_dict
+from synthgen.io.attempts import commit_markers
 from synthgen.io.store import Store
-from synthgen.stages.generate import committed_shards
 from tests.conftest import free_port
 from tests.crash_helpers import run_cli, start_cli, wait_for
 from tests.helpers import fake_config, write_config
@@ -81,7 +81,7 @@ def _setup(tmp_path, endpoint, **more):
 
 def _commits(store, run_id):
     try:
-        return committed_shards(store, run_id)
+        return commit_markers(store, run_id)
     except Exception:
         return {}
 
@@ -124,7 +124,7 @@ def test_outage_past_the_retry_budget_fails_clearly_then_resumes(tmp_path, prefe
     endpoint.start()
 
     # every commit marker points at a whole shard file with the recorded checksum
-    commits = committed_shards(store, cfg.run_id)
+    commits = commit_markers(store, cfg.run_id)
     assert 1 <= len(commits) < SHARDS
     for sid, marker in commits.items():
         blob = store.read_bytes(marker["file"])
@@ -150,7 +150,8 @@ def test_create_bytes_never_replaces_an_existing_object(any_store):
 
 def test_a_shard_file_that_no_longer_matches_its_commit_is_never_published(tmp_path):
     from synthgen.errors import StorageError as SGStorageError
-    from synthgen.stages.generate import ShardTask, commit_path, run_shard, shard_path
+    from synthgen.io.layout import RunLayout
+    from synthgen.stages.generate import ShardTask, run_shard
     from synthgen.stages.plan import write_plan
     from synthgen.stages.publish import publish_shard
 
@@ -162,10 +163,10 @@ def test_a_shard_file_that_no_longer_matches_its_commit_is_never_published(tmp_p
     assert publish_shard(config, "shard-00000")["rows"] == 5
     # something rewrites the shard after its commit (a late attempt, a stray tool)
     other = pq.read_table(store.run_path(cfg.run_id, "shards", "shard-00000.parquet")).slice(0, 2)
-    store.write_table(shard_path(store, cfg.run_id, "shard-00000"), other)
+    store.write_table(RunLayout(store, cfg.run_id).stage().shard("shard-00000"), other)
     with pytest.raises(SGStorageError, match="shard-00000: the file does not match its commit"):
         publish_shard(config, "shard-00000")
-    assert not store.exists(commit_path(store, cfg.run_id, "shard-00000"))  # withdrawn
+    assert not store.exists(RunLayout(store, cfg.run_id).stage().commit("shard-00000"))  # withdrawn
     again = run_shard(ShardTask(config, "shard-00000"))  # the re-run regenerates it
     assert again.status == "done" and again.rows == 5
     assert publish_shard(config, "shard-00000")["rows"] == 5

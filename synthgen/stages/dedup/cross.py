@@ -100,10 +100,31 @@ def _read(src: Source, p: _Params) -> pa.Table:
             if p.run_id is not None:
                 t = t.filter(pc.not_equal(t.column("run_id"), p.run_id))
             return t.drop_columns(["run_id"])
-        t = pq.read_table(path, columns=COLUMNS, filesystem=fs)
+        names = pq.read_schema(path, filesystem=fs).names
+        cols = COLUMNS + (["sample_index"] if "sample_index" in names else [])
+        t = pq.read_table(path, columns=cols, filesystem=fs)
     except (OSError, pa.ArrowInvalid, KeyError) as exc:
         raise OSError(f"cross-shard dedup: cannot read {src.path}: {exc}") from exc
-    return t.filter(pc.is_null(t.column("drop_reason"))).drop_columns(["drop_reason"])
+    t = t.filter(pc.is_null(t.column("drop_reason"))).drop_columns(["drop_reason"])
+    if "sample_index" in t.column_names:  # several samples per prompt: key rows, not prompts
+        keys = pa.array(row_keys(t), pa.string())
+        t = t.drop_columns(["sample_index"]).set_column(0, "prompt_id", keys)
+    return t
+
+
+def row_keys(table: pa.Table) -> list[str]:
+    """The key the drops name a row by: its prompt_id, or `PROMPT_ID#SAMPLE_INDEX` in a
+    multi-sample table (a `sample_index` column), where a prompt has several rows."""
+    pids = table.column("prompt_id").to_pylist()
+    if "sample_index" not in table.column_names:
+        return pids
+    idx = table.column("sample_index").to_pylist()
+    return [f"{p}#{i}" for p, i in zip(pids, idx, strict=True)]
+
+
+def prompt_of(key: str) -> str:
+    """The prompt a row key belongs to (`row_keys`)."""
+    return key.rsplit("#", 1)[0] if "#" in key else key
 
 
 def _signatures(t: pa.Table, src: Source, num_perm: int) -> np.ndarray:
@@ -213,16 +234,24 @@ def _verify(
     edges: list[tuple] = []
     exact_mask = cand[:, 2] == 0
     ex = cand[exact_mask]
+
+    def siblings(ma: tuple, mb: tuple) -> bool:
+        # samples of one prompt (sampling.n > 1) are never each other's duplicates
+        return not ma[3] and not mb[3] and ma[1] == mb[1] and prompt_of(ma[0]) == prompt_of(mb[0])
+
     for a, b, _k in ex.tolist():
         ma, mb = meta(a), meta(b)
+        if siblings(ma, mb):
+            continue
         if ma[2] == mb[2]:  # equal text hash (guards against a band-key collision)
             edges.append((a, b, 0, ma, mb))
     near = cand[~exact_mask]
     if len(near) and p.near:
         est = estimated_jaccard(sig_of(near[:, 0]), sig_of(near[:, 1]))
         for (a, b, _k), e in zip(near.tolist(), est.tolist(), strict=True):
-            if e >= p.threshold:
-                edges.append((a, b, 1, meta(a), meta(b)))
+            ma, mb = meta(a), meta(b)
+            if e >= p.threshold and not siblings(ma, mb):
+                edges.append((a, b, 1, ma, mb))
     return edges
 
 
@@ -317,10 +346,11 @@ def cross_shard_dedup(
 
 
 def apply_drops(table: pa.Table, drops: dict[str, str]) -> pa.Table:
-    """Set drop_reason of the rows whose prompt_id is in `drops` (one shard's mapping)."""
+    """Set drop_reason of the rows whose key (`row_keys`) is in `drops` (one shard's
+    mapping)."""
     if not drops:
         return table
-    pids = table.column("prompt_id").to_pylist()
+    pids = row_keys(table)
     cur = table.column("drop_reason").to_pylist()
     new = [drops.get(pid, r) if r is None else r for pid, r in zip(pids, cur, strict=True)]
     idx = table.schema.get_field_index("drop_reason")

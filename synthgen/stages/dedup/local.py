@@ -36,7 +36,8 @@ def duplicate_reasons(
     exact: bool = True,
 ) -> dict[int, str]:
     """Row index -> exact_duplicate / near_duplicate for the duplicates among the
-    eligible rows; in each cluster the row with the lowest prompt_id is kept."""
+    eligible rows; in each cluster the row with the lowest prompt_id is kept. Rows of the
+    same prompt (the samples of `sampling.n` > 1) are never each other's duplicates."""
     rows = np.flatnonzero(eligible)
     if len(rows) < 2:
         return {}
@@ -46,6 +47,7 @@ def duplicate_reasons(
     if near is not None and signatures is not None:
         pos = verified_near_pairs(signatures[rows], rows, near)
         edges += [(int(rows[a]), int(rows[b])) for a, b in pos]
+    edges = [(a, b) for a, b in edges if prompt_ids[a] != prompt_ids[b]]
     if not edges:
         return {}
     rank = {int(r): (prompt_ids[r], int(r)) for r in rows}

@@ -9,7 +9,7 @@ from synthgen.io.layout import DatasetLayout, RunLayout
 from synthgen.io.store import Store
 from synthgen.stages.dedup.cross import DROPS_SCHEMA, DedupResult, cross_shard_dedup
 from synthgen.stages.dedup.index import index_paths
-from synthgen.stages.generate import shard_path
+from synthgen.stages.units import final_stage
 
 
 def drops_path(store: Store, run_id: str) -> str:
@@ -21,7 +21,8 @@ def dedup_run(client: Any, cfg: RunConfig, store: Store, shard_ids: list[str]) -
     shards on `client`'s cluster; writes `runs/RUN_ID/dedup/drops.parquet` (shard_id,
     prompt_id, reason) and returns the result."""
     run_id = cfg.run_id or ""
-    paths = [shard_path(store, run_id, sid) for sid in sorted(shard_ids)]
+    stage = RunLayout(store, run_id).stage(final_stage(cfg))  # the text the run publishes
+    paths = [stage.shard(sid) for sid in sorted(shard_ids)]
     prior: list[str] = []
     if cfg.clean.near.against_published:
         prior = index_paths(store.fs, DatasetLayout(store).dir, cfg.clean)

@@ -109,6 +109,8 @@ class Cluster:
 class Watch:
     """AttemptWatch stand-in: the given shards' first attempts are overdue at the first poll."""
 
+    stage = "generate"
+
     def __init__(self, overdue: set[str]) -> None:
         self.pending = set(overdue)
         self.polls = 0

@@ -24,13 +24,7 @@ from synthgen.io.store import Store
 from synthgen.stages import publish
 from synthgen.stages.dedup import index as dedup_index
 from synthgen.stages.dedup import stage as dedup_stage
-from synthgen.stages.generate import (
-    ShardTask,
-    commit_path,
-    committed_shards,
-    run_shard,
-    shard_path,
-)
+from synthgen.stages.generate import ShardTask, run_shard
 from synthgen.stages.plan import write_plan
 from tests.helpers import fake_config
 
@@ -60,9 +54,6 @@ def test_default_stage_paths_are_the_ones_runs_already_have(tmp_path: Path) -> N
     assert stage.verify_record("s1", 2) == f"{base}/verify/s1.a2.json"
     assert stage.flagged == f"{base}/verify/flagged.json"
     assert stage.quarantined("s1", 2, "parquet") == f"{base}/quarantine/s1.a2.parquet"
-    # the helpers the stages still call agree with the layout
-    assert commit_path(store, "r1", "shard-00003") == stage.commit("shard-00003")
-    assert shard_path(store, "r1", "shard-00003") == stage.shard("shard-00003")
     assert dedup_stage.drops_path(store, "r1") == run.dedup_drops
     # path arithmetic only: nothing was created
     assert not (tmp_path / "out").exists()
@@ -154,6 +145,4 @@ def test_every_file_a_shard_writes_is_named_by_the_layout(tmp_path: Path) -> Non
     }
     written = {str(p) for p in Path(run.root).rglob("*") if p.is_file()}
     assert written == expected
-    # the commit markers read through the layout are the ones the generate stage reads
-    assert commit_markers(store, run.run_id) == committed_shards(store, run.run_id)
     assert list(commit_markers(store, run.run_id)) == [sid]

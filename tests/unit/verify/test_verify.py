@@ -11,8 +11,9 @@ from synthgen.engines import cache
 from synthgen.engines.base import Score, ScoreRequest, ScoringEngine
 from synthgen.engines.fake import FakeEngine
 from synthgen.errors import ConfigError, StorageError
+from synthgen.io.layout import RunLayout
 from synthgen.io.store import Store
-from synthgen.stages.generate import ShardTask, commit_path, run_shard, shard_path
+from synthgen.stages.generate import ShardTask, run_shard
 from synthgen.stages.plan import write_plan
 from synthgen.verify import aggregate, choose_sample, judge, sample_size
 from synthgen.verify.calibrate import calibrate
@@ -163,7 +164,7 @@ def test_verify_shard_passes_honest_shard_and_writes_a_priced_record(tmp_path):
     record = store.read_json(verify_path(store, cfg.run_id, sid, 1))
     assert record["verdict"]["passed"] is True and record["sample_seed"] == 3
     assert len(record["scores"]) == 3 and record["generation_engine_seconds"] is not None
-    assert store.exists(commit_path(store, cfg.run_id, sid))  # still committed
+    assert store.exists(RunLayout(store, cfg.run_id).stage().commit(sid))  # still committed
     # a check for an attempt that is no longer the committed one is stale
     assert verify_shard(VerifyTask(cfg.model_dump(mode="json"), sid, 2)).status == "stale"
 
@@ -173,8 +174,8 @@ def test_verify_shard_quarantines_a_cheating_shard(tmp_path):
     run_id = cfg.run_id or ""
     res = verify_shard(VerifyTask(cfg.model_dump(mode="json"), sid, 1))
     assert res.status == "fail" and res.reasons
-    assert not store.exists(commit_path(store, run_id, sid))  # no longer committed
-    assert not store.exists(shard_path(store, run_id, sid))  # out of shards/
+    assert not store.exists(RunLayout(store, run_id).stage().commit(sid))  # no longer committed
+    assert not store.exists(RunLayout(store, run_id).stage().shard(sid))  # out of shards/
     names = store.ls(store.run_path(run_id, "quarantine"))
     assert names == [f"{sid}.a1.json", f"{sid}.a1.parquet"]
     audit = store.read_json(store.run_path(run_id, "quarantine", f"{sid}.a1.json"))
@@ -189,7 +190,7 @@ def test_verify_shard_quarantines_a_cheating_shard(tmp_path):
 
 def test_verify_refuses_a_shard_file_that_does_not_match_its_marker(tmp_path):
     cfg, store, sid = _committed_shard(tmp_path)
-    path = shard_path(store, cfg.run_id or "", sid)
+    path = RunLayout(store, cfg.run_id or "").stage().shard(sid)
     store.write_bytes(path, store.read_bytes(path) + b"tampered")
     with pytest.raises(StorageError, match=f"{sid}: shard file sha256"):
         verify_shard(VerifyTask(cfg.model_dump(mode="json"), sid, 1))
@@ -199,7 +200,7 @@ def test_distrust_quarantines_without_scoring(tmp_path):
     cfg, store, sid = _committed_shard(tmp_path)
     res = distrust_shard(VerifyTask(cfg.model_dump(mode="json"), sid, 1), "flagged worker w")
     assert res.status == "distrusted" and res.reasons == ["flagged worker w"]
-    assert not store.exists(commit_path(store, cfg.run_id or "", sid))
+    assert not store.exists(RunLayout(store, cfg.run_id or "").stage().commit(sid))
     again = distrust_shard(VerifyTask(cfg.model_dump(mode="json"), sid, 1), "again")
     assert again.status == "stale"
 
