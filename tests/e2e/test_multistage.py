@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pyarrow.dataset as ds
+import pytest
 
 from flows.run import synthgen_run
 from synthgen.config import config_from_dict
 from synthgen.cost.ledger import run_ledger
 from synthgen.io.attempts import commit_markers
 from synthgen.io.store import Store
+from tests.crash_helpers import run_cli, start_cli, start_dask, wait_for
 from tests.helpers import fake_config, write_config
 
 STAGES = [
@@ -53,3 +57,55 @@ def test_three_stages_each_committed_and_costed_and_chained(tmp_path, prefect_ap
     # resume: nothing regenerated
     again = synthgen_run(config=cfg_path)
     assert again["shards_generated"] == 0
+
+
+@pytest.mark.slow
+def test_killed_in_its_second_stage_a_three_stage_run_resumes_to_the_same_dataset(
+    tmp_path, prefect_api
+):
+    procs = start_dask(tmp_path)
+    try:
+
+        def config(out):
+            return fake_config(
+                str(out),
+                shards__size=3,
+                cluster__address=procs.address,
+                model__fake__seconds_per_shard=0.8,
+                stages=STAGES,
+            )
+
+        ref = tmp_path / "ref"
+        code, _, text = run_cli(write_config(tmp_path / "ref.yaml", config(ref)), tmp_path, "ref")
+        assert code == 0, text[-3000:]
+
+        out = tmp_path / "out"
+        data = config(out)
+        cfg = config_from_dict(data)
+        store = Store(cfg.output)
+        cfg_path = write_config(tmp_path / "c.yaml", data)
+        cli = start_cli(cfg_path, tmp_path / "killed.json", tmp_path / "killed.log")
+        # killed once the second stage has committed shards and the third has not finished
+        wait_for(
+            lambda: len(commit_markers(store, cfg.run_id, "response")) >= 2,
+            180,
+            "two committed shards of the second stage",
+        )
+        os.kill(cli.pid, signal.SIGKILL)
+        cli.wait(timeout=10)
+        assert len(commit_markers(store, cfg.run_id, "judge")) < 8
+        assert not (out / "dataset" / "_manifest.json").exists()
+
+        code, summary, text = run_cli(cfg_path, tmp_path, "rerun")
+        assert code == 0, text[-3000:]
+        assert summary["status"] == "complete"
+        for name in ("instruction", "response", "judge"):
+            assert len(commit_markers(store, cfg.run_id, name)) == 8, name
+    finally:
+        procs.stop()
+
+    cols = ["prompt_id", "instruction", "response", "judge"]
+    got = ds.dataset(out / "dataset", format="parquet").to_table().select(cols).to_pylist()
+    want = ds.dataset(ref / "dataset", format="parquet").to_table().select(cols).to_pylist()
+    assert len({r["prompt_id"] for r in got}) == len(got) == 24
+    assert sorted(got, key=lambda r: r["prompt_id"]) == sorted(want, key=lambda r: r["prompt_id"])
