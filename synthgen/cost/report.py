@@ -18,7 +18,7 @@ from typing import Any
 from synthgen.cost.chart import render_png
 from synthgen.cost.ledger import open_run_uri
 from synthgen.cost.prices import is_verification, usd_per_million
-from synthgen.io.layout import BUDGET
+from synthgen.io.layout import BUDGET, split_key
 
 Row = dict[str, Any]
 BUDGET_FILE = BUDGET  # written by the flow: the latest session's cap and outcome
@@ -40,6 +40,7 @@ class Summary:
     workers: list[Row]
     attempts: list[Row] = field(repr=False, default_factory=list)
     budget: Row | None = None  # {"max_cost_usd", "partial", "message"} when a cap was set
+    per_stage: list[Row] = field(default_factory=list)  # multi-stage runs: one row a stage
 
 
 def _final_success(rows: Sequence[Row]) -> Row | None:
@@ -97,7 +98,45 @@ def summarize(
         run_id = everything[0]["run_id"]
     elif not run_id and workers:
         run_id = workers[0]["run_id"]
-    return Summary(run_id, totals, per_shard, per_device, list(workers), list(ledger), budget)
+    return Summary(
+        run_id,
+        totals,
+        per_shard,
+        per_device,
+        list(workers),
+        list(ledger),
+        budget,
+        _per_stage(per_shard),
+    )
+
+
+def _per_stage(per_shard: Sequence[Row]) -> list[Row]:
+    """Cost and tokens per generation stage (a unit `STAGE:SHARD`); [] for a one-stage run."""
+    by_stage: dict[str, list[Row]] = defaultdict(list)
+    for row in per_shard:
+        by_stage[split_key(row["shard_id"])[0]].append(row)
+    if len(by_stage) < 2:
+        return []
+    out = []
+    for stage, rows in by_stage.items():
+        cost = sum(r["cost_usd"] for r in rows)
+        comp = sum(r["completion_tokens"] for r in rows)
+        kept = sum(r["kept_tokens"] for r in rows)
+        wall = sum(r["wall_seconds"] for r in rows)
+        out.append(
+            {
+                "stage": stage,
+                "shards": sum(r["status"] == "succeeded" for r in rows),
+                "attempts": sum(r["attempts"] for r in rows),
+                "prompts": sum(r["prompts"] for r in rows),
+                "completion_tokens": comp,
+                "kept_tokens": kept,
+                "tokens_per_s": _ratio(comp, wall),
+                "cost_usd": cost,
+                "usd_per_1m_completion_tokens": usd_per_million(cost, comp),
+            }
+        )
+    return out
 
 
 def _held(workers: Sequence[Row]) -> Row:
@@ -254,6 +293,17 @@ SHARD_COLUMNS = [
     ("$/1M tok", "usd_per_1m_completion_tokens", "usd"),
     ("$/1M kept", "usd_per_1m_kept_tokens", "usd"),
 ]
+STAGE_COLUMNS = [
+    ("stage", "stage", ""),
+    ("shards", "shards", ""),
+    ("tries", "attempts", ""),
+    ("rows in", "prompts", ""),
+    ("tokens", "completion_tokens", ""),
+    ("kept", "kept_tokens", ""),
+    ("tok/s", "tokens_per_s", ""),
+    ("$", "cost_usd", "usd"),
+    ("$/1M tok", "usd_per_1m_completion_tokens", "usd"),
+]
 DEVICE_COLUMNS = [
     ("device", "device_type", ""),
     ("workers", "workers", ""),
@@ -358,6 +408,8 @@ def format_text(s: Summary, max_shard_rows: int = 50) -> str:
     out = [f"run {s.run_id}", ""]
     width = max(len(k) for k, _ in _total_lines(s))
     out += [f"  {k.ljust(width)}  {v}" for k, v in _total_lines(s)]
+    if s.per_stage:
+        out += ["", "per stage", _text_table(_table(s.per_stage, STAGE_COLUMNS))]
     out += ["", "per device type", _text_table(_table(s.per_device, DEVICE_COLUMNS))]
     shards = s.per_shard[:max_shard_rows]
     out += ["", "per shard", _text_table(_table(shards, SHARD_COLUMNS))]
@@ -370,6 +422,8 @@ def to_markdown(s: Summary, max_shard_rows: int = 50) -> str:
     """The same summary as markdown: the Prefect artifact of every flow run."""
     out = [f"# synthgen run `{s.run_id}`: cost", ""]
     out += [f"- **{k}**: {v}" for k, v in _total_lines(s)]
+    if s.per_stage:
+        out += ["", "## Per stage", "", _md_table(_table(s.per_stage, STAGE_COLUMNS))]
     out += ["", "## Per device type", "", _md_table(_table(s.per_device, DEVICE_COLUMNS))]
     shards = s.per_shard[:max_shard_rows]
     out += ["", "## Per shard", "", _md_table(_table(shards, SHARD_COLUMNS))]
@@ -389,7 +443,10 @@ def manifest_totals(s: Summary) -> Row:
         "verification_checks", "verification_seconds", "verification_cost_usd",
         "verification_share", "spent_usd", "unpriced_devices",
     ]  # fmt: skip
-    return {k: t[k] for k in keys}
+    out = {k: t[k] for k in keys}
+    if s.per_stage:
+        out["per_stage"] = s.per_stage
+    return out
 
 
 # --------------------------------------------------------------------------- writing

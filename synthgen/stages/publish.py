@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 
 from synthgen import __version__
 from synthgen.config import RunConfig
-from synthgen.io.layout import DatasetLayout
+from synthgen.io.layout import DatasetLayout, split_key
 from synthgen.io.schema import DATASET_COLUMNS, RECORD_SCHEMA
 from synthgen.io.store import Store
 from synthgen.stages.base import Stage, run_stages
@@ -119,6 +119,20 @@ def totals_from(results: list[dict[str, Any]]) -> dict[str, Any]:
             t[key] += float(r.get(key, 0.0))
         drops.update(r.get("drop_counts", {}))
     out = dict(t)
+    stages: dict[str, dict[str, Any]] = {}
+    for r in results:  # multi-stage runs: rows in and out, tokens and drops per stage
+        name = split_key(r.get("shard_id", ""))[0]
+        st = stages.setdefault(
+            name, {"rows_in": 0, "rows": 0, "completion_tokens": 0, "drops": Counter()}
+        )
+        st["rows_in"] += int(r.get("prompts", 0))
+        st["rows"] += int(r.get("rows", 0))
+        st["completion_tokens"] += int(r.get("completion_tokens", 0))
+        st["drops"].update(r.get("drop_counts", {}))
+    if len(stages) > 1:
+        out["per_stage"] = {
+            k: {**v, "drops": dict(sorted(v["drops"].items()))} for k, v in stages.items()
+        }
     out["cost_usd"] = round(out.get("cost_usd", 0.0), 6)
     out["drop_counts"] = dict(sorted(drops.items()))
     ct = out.get("completion_tokens", 0)

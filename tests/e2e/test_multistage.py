@@ -12,6 +12,7 @@ import pytest
 from flows.run import synthgen_run
 from synthgen.config import config_from_dict
 from synthgen.cost.ledger import run_ledger
+from synthgen.cost.report import format_text, load_summary
 from synthgen.io.attempts import commit_markers
 from synthgen.io.store import Store
 from tests.crash_helpers import run_cli, start_cli, start_dask, wait_for
@@ -53,6 +54,21 @@ def test_three_stages_each_committed_and_costed_and_chained(tmp_path, prefect_ap
         assert row["response"] in judge_chat[-1]["content"]
         assert json.loads(row["response.messages"])[-1]["content"] == row["instruction"]
         assert row["completion"] == row["judge"]
+
+    # the manifest and the cost report split rows, tokens and drops per stage
+    manifest = json.loads((out / "dataset" / "_manifest.json").read_text())
+    per_stage = manifest["totals"]["per_stage"]
+    assert list(per_stage) == ["instruction", "response", "judge"] or set(per_stage) == {
+        "instruction",
+        "response",
+        "judge",
+    }
+    assert all(v["rows"] == 24 and v["completion_tokens"] > 0 for v in per_stage.values())
+    cost_stages = {r["stage"]: r for r in manifest["cost"]["per_stage"]}
+    assert set(cost_stages) == {"instruction", "response", "judge"}
+    assert all(r["shards"] == 5 for r in cost_stages.values())
+    report = load_summary(str(out / "runs" / cfg.run_id))
+    assert "per stage" in format_text(report)
 
     # resume: nothing regenerated
     again = synthgen_run(config=cfg_path)
