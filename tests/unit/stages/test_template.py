@@ -67,7 +67,8 @@ def test_earlier_stage_is_text_with_parsed_fields():
             },
             {
                 "name": "out",
-                "prompt": "{{ judge }}|{{ judge.score }}|{{ judge.count.n }}|{{ judge|length }}",
+                "prompt": "{{ judge }}|{{ judge.score }}|{{ judge.count.n }}|{{ judge|length }}"
+                "|{{ judge['score'] + 1 }}",
             },
         ]
     )
@@ -88,7 +89,7 @@ def test_earlier_stage_is_text_with_parsed_fields():
     )
     rows = rows.cast(schema)
     [chat] = StageTemplates(cfg, cfg.stages[1]).render_rows(rows)
-    assert chat == [{"role": "user", "content": '{"score": 8}|8|2|12'}]
+    assert chat == [{"role": "user", "content": '{"score": 8}|8|2|12|9'}]
 
 
 def test_stage_text_is_a_str():
