@@ -41,7 +41,10 @@ def config_from_dict(
             msg = err["msg"]
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
-            lines.append(f"{source}: {key}: {msg}")
+            if key == "<root>":  # a check across sections names its keys itself
+                lines.append(f"{source}: {msg.removeprefix('Value error, ')}")
+            else:
+                lines.append(f"{source}: {key}: {msg}")
         raise ConfigError("invalid config\n  " + "\n  ".join(lines)) from None
 
 

@@ -13,6 +13,7 @@ from synthgen.config.clean import CleanConfig
 from synthgen.config.cluster import ClusterConfig
 from synthgen.config.cost import BudgetConfig, CostConfig
 from synthgen.config.model import ModelConfig, SamplingConfig
+from synthgen.config.multistage import check_multistage
 from synthgen.config.output import OutputConfig
 from synthgen.config.prompts import BuiltinSource, InputConfig, PromptSource, ShardsConfig
 from synthgen.config.schedule import ScheduleConfig
@@ -52,6 +53,11 @@ class RunConfig(_Section):
         "`generate`, over the prompts with `model` and `sampling`.",
     )
     select: SelectConfig = Field(default_factory=SelectConfig)
+
+    @model_validator(mode="after")
+    def _check_stages(self) -> RunConfig:
+        check_multistage(self)
+        return self
 
     @model_validator(mode="after")
     def _derive_run_id(self) -> RunConfig:

@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from synthgen.config import RunConfig
+from synthgen.config import RunConfig, SamplingConfig
 from synthgen.cost.meter import AttemptMeter, Counts
 from synthgen.cost.prices import kept_counts
 from synthgen.engines.base import GenRequest, prompt_seed
@@ -111,7 +111,7 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def _records_table(
+def records_table(
     cfg: RunConfig,
     shard_id: str,
     prompts: list[Any],
@@ -119,9 +119,12 @@ def _records_table(
     info: Any,
     worker: str,
     seeds: list[int],
+    sampling_cfg: SamplingConfig | None = None,
 ) -> pa.Table:
+    """One RECORD_SCHEMA row per (prompt, completion, seed): the completion with its
+    provenance; `sampling_cfg` (default: the run's `sampling`) is recorded as used."""
     created = datetime.now(UTC)
-    sampling = json.dumps(cfg.sampling.model_dump(mode="json"), sort_keys=True)
+    sampling = json.dumps((sampling_cfg or cfg.sampling).model_dump(mode="json"), sort_keys=True)
     rows = []
     for p, c, seed in zip(prompts, completions, seeds, strict=True):
         rows.append(
@@ -176,7 +179,7 @@ class GenerateStage(Stage):
         started = time.perf_counter()
         self.completions = self.engine.generate(requests, self.cfg.sampling)
         self.engine_seconds = time.perf_counter() - started
-        return _records_table(
+        return records_table(
             self.cfg, self.shard_id, prompts, self.completions, self.engine.info, self.worker, seeds
         )
 
