@@ -21,19 +21,19 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from synthgen.config import RunConfig, SamplingConfig
+from synthgen.config import RunConfig
 from synthgen.cost.meter import AttemptMeter, Counts
 from synthgen.cost.prices import kept_counts
 from synthgen.engines.base import GenRequest, prompt_seed
 from synthgen.engines.cache import get_engine, worker_identity
 from synthgen.errors import StorageError
 from synthgen.io.layout import DEFAULT_STAGE, RunLayout
-from synthgen.io.schema import RECORD_SCHEMA
 from synthgen.io.store import Store
 from synthgen.stages.base import Stage, merged_drops, run_stages
 from synthgen.stages.clean import CleanStage
 from synthgen.stages.multi import StageStep
 from synthgen.stages.plan import prompt_records, read_shard_rows
+from synthgen.stages.records import records_table
 from synthgen.stages.units import final_stage, split_key, stage_config, upstream
 
 log = logging.getLogger(__name__)
@@ -109,50 +109,6 @@ def read_committed_shard(
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
-
-
-def records_table(
-    cfg: RunConfig,
-    shard_id: str,
-    prompts: list[Any],
-    completions: list[Any],
-    info: Any,
-    worker: str,
-    seeds: list[int],
-    sampling_cfg: SamplingConfig | None = None,
-) -> pa.Table:
-    """One RECORD_SCHEMA row per (prompt, completion, seed): the completion with its
-    provenance; `sampling_cfg` (default: the run's `sampling`) is recorded as used."""
-    created = datetime.now(UTC)
-    sampling = json.dumps((sampling_cfg or cfg.sampling).model_dump(mode="json"), sort_keys=True)
-    rows = []
-    for p, c, seed in zip(prompts, completions, seeds, strict=True):
-        rows.append(
-            {
-                "run_id": cfg.run_id,
-                "shard_id": shard_id,
-                "prompt_id": p.prompt_id,
-                "prompt": p.text,
-                "messages": json.dumps(p.messages, ensure_ascii=False),
-                "completion": c.text,
-                "finish_reason": c.finish_reason,
-                "prompt_tokens": c.prompt_tokens,
-                "completion_tokens": c.completion_tokens,
-                "model": info.model,
-                "engine": info.engine,
-                "sampling": sampling,
-                "seed": seed,
-                "worker": worker,
-                "device": info.device,
-                "created_at": created,
-                "meta": json.dumps(p.meta, ensure_ascii=False, default=str),
-                "error": c.error,
-                "text_hash": None,
-                "minhash": None,
-                "drop_reason": "rejected_prompt" if c.finish_reason == "rejected" else None,
-            }
-        )
-    return pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)
 
 
 class GenerateStage(Stage):

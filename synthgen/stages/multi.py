@@ -30,9 +30,9 @@ from synthgen.io.schema import RECORD_FIELDS
 from synthgen.stages.base import DROP_COLUMN, Stage
 from synthgen.stages.columns import stage_schema
 from synthgen.stages.expr import compile_expr
-from synthgen.stages.generate import records_table
 from synthgen.stages.plan import prompt_records
 from synthgen.stages.prompts import PromptRecord
+from synthgen.stages.records import records_table
 from synthgen.stages.template import StageTemplates
 
 SCHEMA_INVALID = "schema_invalid"

@@ -18,7 +18,7 @@ from synthgen.stages.publish import PublishStage, RunDedupMarks
 
 
 @dataclass(frozen=True)
-class StageStep:
+class StageEntry:
     """One entry of a run's stage list: the stage class, its scope and where it runs."""
 
     name: str
@@ -28,14 +28,14 @@ class StageStep:
     enabled: bool = True
 
 
-def run_stage_list(cfg: RunConfig) -> list[StageStep]:
+def run_stage_list(cfg: RunConfig) -> list[StageEntry]:
     """What a run of `cfg` does, stage by stage (disabled steps listed, marked as such)."""
     dedup = cfg.clean.enabled and (cfg.clean.exact.enabled or cfg.clean.near.enabled)
     return [
-        StageStep("prompts", PromptsStage, "run", "flow"),
-        StageStep("plan", PlanStage, "run", "flow"),
-        StageStep("generate", GenerateStage, "shard", "worker"),
-        StageStep("clean", CleanStage, "shard", "worker", cfg.clean.enabled),
-        StageStep("dedup", RunDedupMarks, "shard", "worker", dedup),
-        StageStep("publish", PublishStage, "shard", "worker"),
+        StageEntry("prompts", PromptsStage, "run", "flow"),
+        StageEntry("plan", PlanStage, "run", "flow"),
+        StageEntry("generate", GenerateStage, "shard", "worker"),
+        StageEntry("clean", CleanStage, "shard", "worker", cfg.clean.enabled),
+        StageEntry("dedup", RunDedupMarks, "shard", "worker", dedup),
+        StageEntry("publish", PublishStage, "shard", "worker"),
     ]
