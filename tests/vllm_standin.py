@@ -46,6 +46,20 @@ class SamplingParams:
     max_tokens: int | None = 16
     seed: int | None = None
     logprobs: int | None = None
+    structured_outputs: StructuredOutputsParams | None = None
+
+
+@dataclass
+class StructuredOutputsParams:
+    """vllm.sampling_params.StructuredOutputsParams: exactly one constraint."""
+
+    json: Any = None
+    regex: str | None = None
+    choice: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if sum(x is not None for x in (self.json, self.regex, self.choice)) != 1:
+            raise ValueError("You must use exactly one kind of structured outputs constraint")
 
 
 @dataclass
@@ -120,23 +134,22 @@ class LLM:
             ids = p["prompt_token_ids"]
             if len(ids) + (sp.max_tokens or 0) > limit:  # what vLLM does: fail the whole call
                 raise ValueError(f"prompt {i} too long for max_model_len {limit}")
-            digest = hashlib.sha256(f"{ids}|{sp.seed}|{sp.temperature}".encode()).digest()
-            natural = 1 + digest[0] % 12  # a seeded "model" that stops after 1..12 tokens
-            n = min(natural, sp.max_tokens or 16)
-            toks = list(digest[1 : 1 + n])
+            samples = []
+            for k in range(sp.n):  # vLLM seeds the k-th child of a seeded request seed + k
+                seed = None if sp.seed is None else sp.seed + k
+                digest = hashlib.sha256(f"{ids}|{seed}|{sp.temperature}".encode()).digest()
+                natural = 1 + digest[0] % 12  # a seeded "model" that stops after 1..12 tokens
+                n = min(natural, sp.max_tokens or 16)
+                toks = list(digest[1 : 1 + n])
+                text = " ".join(f"w{t}" for t in toks)
+                so = sp.structured_outputs
+                if so is not None and so.choice:  # the only constraint this toy enforces
+                    text = so.choice[digest[0] % len(so.choice)]
+                    natural, n, toks = 1, 1, toks[:1]
+                finish = "length" if n == sp.max_tokens and natural > n else "stop"
+                samples.append(CompletionOutput(k, text, toks, finish))
             outs.append(
-                RequestOutput(
-                    request_id=str(i),
-                    prompt_token_ids=list(ids),
-                    outputs=[
-                        CompletionOutput(
-                            0,
-                            " ".join(f"w{t}" for t in toks),
-                            toks,
-                            "length" if n == sp.max_tokens and natural > n else "stop",
-                        )
-                    ],
-                )
+                RequestOutput(request_id=str(i), prompt_token_ids=list(ids), outputs=samples)
             )
         return outs
 
@@ -144,4 +157,10 @@ class LLM:
 def module() -> SimpleNamespace:
     """An object that stands in for the `vllm` module."""
     LLM.instances.clear()
-    return SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams)
+    return SimpleNamespace(
+        LLM=LLM,
+        SamplingParams=SamplingParams,
+        sampling_params=SimpleNamespace(
+            SamplingParams=SamplingParams, StructuredOutputsParams=StructuredOutputsParams
+        ),
+    )

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from synthgen.config import SamplingConfig
+from synthgen.config.stages import GuidedConfig
 
 FinishReason = Literal["stop", "length", "rejected"]
 
@@ -27,7 +28,11 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: FinishReason
-    error: str | None = None  # set when finish_reason == "rejected" (e.g. prompt too long)
+    # set when finish_reason == "rejected" (e.g. prompt too long), and on a guided sample
+    # that still fails its constraint ("schema_invalid: ...", finish_reason unchanged)
+    error: str | None = None
+    sample_index: int = 0  # which of the request's `sampling.n` samples (seed: sample_seed)
+    attempts: int = 1  # guided sampling without constrained decoding: tries it took
 
 
 @dataclass(frozen=True)
@@ -73,12 +78,26 @@ class InferenceEngine(Protocol):
     info: EngineInfo
 
     def generate(
-        self, requests: Sequence[GenRequest], sampling: SamplingConfig
+        self,
+        requests: Sequence[GenRequest],
+        sampling: SamplingConfig,
+        guided: GuidedConfig | None = None,
     ) -> list[Completion]:
-        """Complete every request; one Completion per request, in the same order.
+        """Complete every request `sampling.n` times: `len(requests) * n` Completions,
+        request-major (request 0's samples 0..n-1, then request 1's, ...), each with its
+        `sample_index`. Sample i of a request uses `sample_seed(request.seed, i)`, so it is
+        stable across runs and independent of its batch-mates; with n == 1 that is the
+        request's own seed.
+
+        Token accounting: every sample's `completion_tokens` are its own; `prompt_tokens`
+        is the prompt's length on sample 0 and 0 on samples 1..n-1 (one prompt, one prefill
+        billed once, whether or not the engine shares it), so the caller's sums stay honest.
+
+        `guided`: every sample satisfies the constraint (`synthgen.engines.guided.validate`)
+        or carries `error` starting with "schema_invalid: " (its finish_reason unchanged).
 
         A per-prompt problem (an over-long prompt) yields finish_reason="rejected" with
-        `error` set, never an exception for the whole batch.
+        `error` set, for each of its samples, never an exception for the whole batch.
         """
         ...
 
@@ -96,10 +115,13 @@ class ScoringEngine(Protocol):
         requests: Sequence[ScoreRequest],
         sampling: SamplingConfig | None = None,
         top_k: int = 10,
+        guided: GuidedConfig | None = None,
     ) -> list[Score]:
         """Teacher-forced (prefill only) score per request, same chat template as generate.
 
-        With `sampling`, also the expected log-prob under that sampling distribution.
+        With `sampling`, also the expected log-prob under that sampling distribution; with
+        `guided`, under the distribution this engine samples from when generating under
+        that constraint (docs/verify.md, "Guided stages").
         """
         ...
 
@@ -110,6 +132,20 @@ def prompt_seed(base_seed: int, prompt_id: str) -> int:
 
     digest = hashlib.sha256(f"{base_seed}:{prompt_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The seed of sample `index` of a request seeded `seed`: `seed + index`, what vLLM gives
+    the i-th child of one seeded request with n > 1, so every engine agrees with it."""
+    return seed + index
+
+
+def attempt_seed(seed: int, attempt: int) -> int:
+    """The seed of retry `attempt` (>= 1) of a guided sample seeded `seed` (engines that
+    validate and resample); attempt 0 is the sample's own seed."""
+    if attempt == 0:
+        return seed
+    return prompt_seed(seed, f"guided-attempt-{attempt}")
 
 
 def sampling_dict(sampling: SamplingConfig) -> dict[str, Any]:

@@ -18,6 +18,7 @@ sampler whatever the prompt, which makes a z-score that needs no per-model calib
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +89,7 @@ def stats_from_top_logprobs(
     positions: list[tuple[int, dict[int, tuple[float, int]]]],
     top_k: int,
     sampling: SamplingConfig | None = None,
+    allowed: list[Callable[[int], bool] | None] | None = None,
 ) -> TokenStats:
     """TokenStats from per-position top-N log-probs (what vLLM's `prompt_logprobs` returns).
 
@@ -96,19 +98,35 @@ def stats_from_top_logprobs(
     under the claimed sampling is computed over those N tokens only (temperature, top-k and
     top-p applied to them, renormalised): exact when the nucleus lies within the top N, an
     approximation otherwise.
+
+    `allowed` (guided decoding): per position, which tokens the constraint allows there
+    (None: all). The honest sampler then draws from the claimed sampling over the allowed
+    tokens only (what vLLM does: grammar mask, then temperature, top-k, top-p), so the
+    expectation, the top-k rank and `outside` are taken among the allowed tokens; a token
+    the constraint forbids counts as outside and not in the top-k.
     """
     st = TokenStats(len(positions), 0.0, 0)
     if sampling is not None:
         st.sum_expected, st.sum_variance, st.outside = 0.0, 0.0, 0
-    for token, entries in positions:
+    for pos, (token, entries) in enumerate(positions):
         if token not in entries:
             raise ValueError(f"stats_from_top_logprobs: token {token} has no log-prob entry")
+        ok = allowed[pos] if allowed is not None else None
+        if ok is not None:  # rank among the tokens the constraint allows here
+            forbidden = not ok(token)
+            entries = {t: v for t, v in entries.items() if t == token or ok(t)}
+            order = sorted(entries.items(), key=lambda kv: kv[1][1])
+            entries = {t: (v[0], r) for r, (t, v) in enumerate(order, start=1)}
+        else:
+            forbidden = False
         lp, rank = entries[token]
         st.sum_logprob += lp
-        st.in_topk += 1 if rank <= top_k else 0
+        st.in_topk += 1 if rank <= top_k and not forbidden else 0
         if sampling is None:
             continue
         ranked = sorted(entries.items(), key=lambda kv: kv[1][1])
+        if forbidden:
+            ranked = [kv for kv in ranked if kv[0] != token] or ranked
         if sampling.temperature == 0:
             support = {ranked[0][0]: 1.0}
         else:
@@ -128,5 +146,5 @@ def stats_from_top_logprobs(
         var = sum(q * entries[t][0] ** 2 for t, q in support.items()) - exp * exp
         st.sum_expected = (st.sum_expected or 0.0) + exp
         st.sum_variance = (st.sum_variance or 0.0) + max(0.0, var)
-        st.outside = (st.outside or 0) + (0 if token in support else 1)
+        st.outside = (st.outside or 0) + (0 if token in support and not forbidden else 1)
     return st

@@ -35,8 +35,18 @@ from transformers import (  # noqa: E402
 )
 
 from synthgen.config import ModelConfig, SamplingConfig  # noqa: E402
-from synthgen.engines.base import Completion, EngineInfo, GenRequest, Score, ScoreRequest  # noqa: E402
+from synthgen.config.stages import GuidedConfig  # noqa: E402
+from synthgen.engines.base import (  # noqa: E402
+    Completion,
+    EngineInfo,
+    GenRequest,
+    Score,
+    ScoreRequest,
+    attempt_seed,
+    sample_seed,
+)
 from synthgen.engines.devices import DeviceInfo, detect_device  # noqa: E402
+from synthgen.engines.guided import SCHEMA_INVALID, validate  # noqa: E402
 from synthgen.engines.sampling import draw  # noqa: E402
 from synthgen.engines.tokenstats import score_from_stats, token_stats  # noqa: E402
 from synthgen.errors import EngineError, MissingDependencyError  # noqa: E402
@@ -246,32 +256,80 @@ class TransformersEngine:
                 torch.set_num_threads(self.cpu_threads)
 
     def generate(
-        self, requests: Sequence[GenRequest], sampling: SamplingConfig
+        self,
+        requests: Sequence[GenRequest],
+        sampling: SamplingConfig,
+        guided: GuidedConfig | None = None,
     ) -> list[Completion]:
+        """`sampling.n` samples per request, each its own row of the batch with its own
+        seed (`sample_seed`); `guided`: validate, then resample the failures together with
+        derived seeds (`attempt_seed`) up to `guided.max_attempts` tries."""
         self._use_threads()
-        results: dict[int, Completion] = {}
-        encoded: list[tuple[int, list[int]]] = []
+        n = sampling.n
+        results: dict[tuple[int, int], Completion] = {}
+        rows: list[tuple[tuple[int, int], list[int], int]] = []  # (key, ids, seed)
         for i, req in enumerate(requests):
             ids, problem = self._fit(self.encode_chat(req.messages), sampling.max_new_tokens)
             if ids is None:
-                n = len(self.encode_chat(req.messages))
-                results[i] = Completion(req.prompt_id, "", n, 0, "rejected", error=problem)
+                count = len(self.encode_chat(req.messages))
+                for j in range(n):
+                    results[i, j] = Completion(
+                        req.prompt_id,
+                        "",
+                        count if j == 0 else 0,
+                        0,
+                        "rejected",
+                        error=problem,
+                        sample_index=j,
+                    )
             else:
-                encoded.append((i, ids))
+                rows += [((i, j), ids, sample_seed(req.seed, j)) for j in range(n)]
+        attempt = 0
+        while rows:
+            for (i, j), plen, (text, tokens, reason) in self._decode(rows, sampling):
+                results[i, j] = Completion(
+                    requests[i].prompt_id,
+                    text,
+                    plen if j == 0 else 0,
+                    tokens,
+                    reason,  # type: ignore[arg-type]
+                    sample_index=j,
+                    attempts=attempt + 1,
+                )
+            if guided is None:
+                break
+            retry = []
+            for key, ids, seed in rows:
+                ok, _, problem = validate(results[key].text, guided)
+                if not ok:
+                    results[key].error = f"{SCHEMA_INVALID}{problem}"
+                    retry.append((key, ids, seed))
+            attempt += 1
+            if attempt >= guided.max_attempts:
+                break
+            rows = [(key, ids, attempt_seed(seed, attempt)) for key, ids, seed in retry]
+        return [results[i, j] for i in range(len(requests)) for j in range(n)]
+
+    def _decode(
+        self, rows: list[tuple[Any, list[int], int]], sampling: SamplingConfig
+    ) -> list[tuple[Any, int, tuple[str, int, str]]]:
+        """(key, prompt tokens, (text, completion tokens, finish reason)) per row, each
+        row sampled with its own seed, in batches of similar length."""
         # Similar lengths together: less padding, same results (each row has its own seed).
-        encoded.sort(key=lambda item: len(item[1]))
+        rows = sorted(rows, key=lambda item: len(item[1]))
         pad = self.tokenizer.pad_token_id
-        for start in range(0, len(encoded), self.cfg.batch_size):
-            batch = encoded[start : start + self.cfg.batch_size]
-            width = max(len(ids) for _, ids in batch)
+        out = []
+        for start in range(0, len(rows), self.cfg.batch_size):
+            batch = rows[start : start + self.cfg.batch_size]
+            width = max(len(ids) for _, ids, _ in batch)
             input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
             attention = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, (_, ids) in enumerate(batch):
+            for row, (_, ids, _) in enumerate(batch):
                 input_ids[row, width - len(ids) :] = torch.tensor(ids)
                 attention[row, width - len(ids) :] = 1
-            sampler = _SeededSampler([requests[i].seed for i, _ in batch], sampling)
+            sampler = _SeededSampler([seed for _, _, seed in batch], sampling)
             with torch.inference_mode():
-                out = self.model.generate(
+                generated = self.model.generate(
                     input_ids=input_ids.to(self.torch_device),
                     attention_mask=attention.to(self.torch_device),
                     max_new_tokens=sampling.max_new_tokens,
@@ -283,32 +341,31 @@ class TransformersEngine:
                     pad_token_id=pad,
                     eos_token_id=sorted(self.eos_ids) or None,
                 )
-            new = out[:, width:].cpu().tolist()
-            for row, (i, ids) in enumerate(batch):
+            new = generated[:, width:].cpu().tolist()
+            for row, (key, ids, _) in enumerate(batch):
                 tokens = new[row]
                 stop = next((k for k, t in enumerate(tokens) if t in self.eos_ids), None)
                 kept = tokens if stop is None else tokens[:stop]
                 text = self.tokenizer.decode(kept, skip_special_tokens=True).strip()
-                results[i] = Completion(
-                    requests[i].prompt_id,
-                    text,
-                    len(ids),
-                    len(kept) + (1 if stop is not None else 0),
-                    "stop" if stop is not None else "length",
-                )
-        return [results[i] for i in range(len(requests))]
+                count = len(kept) + (1 if stop is not None else 0)
+                out.append((key, len(ids), (text, count, "stop" if stop is not None else "length")))
+        return out
 
     def score(
         self,
         requests: Sequence[ScoreRequest],
         sampling: SamplingConfig | None = None,
         top_k: int = 10,
+        guided: GuidedConfig | None = None,
     ) -> list[Score]:
         """Teacher-forced scores: one forward pass per batch over chat prompt + completion.
 
         The prompt is templated exactly as `generate` does; logits at the positions before
         each completion token give its log-prob, top-k membership and (with `sampling`) the
         expected log-prob of an honest sampler there (`synthgen.engines.tokenstats`).
+        `guided` changes nothing here: this engine's guided samples are unconstrained draws
+        that passed validation (validate-and-resample), so the honest baseline is the
+        unconstrained one (docs/verify.md, "Guided stages").
         """
         self._use_threads()
 

@@ -23,6 +23,7 @@ import contextlib
 import gc
 import importlib
 import importlib.util
+import json
 import os
 import sys
 import time
@@ -33,6 +34,7 @@ from types import ModuleType
 from typing import Any
 
 from synthgen.config import ModelConfig, SamplingConfig
+from synthgen.config.stages import GuidedConfig
 from synthgen.engines.base import (
     Completion,
     EngineInfo,
@@ -42,6 +44,7 @@ from synthgen.engines.base import (
     ScoreRequest,
 )
 from synthgen.engines.devices import DeviceInfo, detect_device
+from synthgen.engines.guided import SCHEMA_INVALID, validate, vllm_params
 from synthgen.engines.presets import GpuPreset, VllmSettings, resolve_vllm_settings
 from synthgen.errors import EngineError, MissingDependencyError
 
@@ -226,9 +229,11 @@ def llm_kwargs(settings: VllmSettings, model: ModelConfig) -> dict[str, Any]:
 
 
 def sampling_kwargs(sampling: SamplingConfig, seed: int) -> dict[str, Any]:
-    """Keyword arguments for one prompt's `vllm.SamplingParams(...)`."""
+    """Keyword arguments for one prompt's `vllm.SamplingParams(...)`: all `sampling.n`
+    samples in one request (one prefill); vLLM seeds its i-th sample `seed + i`
+    (`synthgen.engines.base.sample_seed`)."""
     kwargs: dict[str, Any] = {
-        "n": 1,
+        "n": sampling.n,
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
         "max_tokens": sampling.max_new_tokens,
@@ -282,15 +287,25 @@ def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
     return list(tokenizer.encode(text))
 
 
-def to_completion(req: GenRequest, output: Any, fit: PromptFit) -> Completion:
-    """Map one vLLM RequestOutput (outputs[0].text/token_ids/finish_reason) to a Completion."""
-    if not getattr(output, "outputs", None):
-        return Completion(
-            req.prompt_id, "", len(fit.token_ids), 0, "rejected", error="vllm returned no output"
-        )
-    out = output.outputs[0]
+def to_completion(req: GenRequest, output: Any, fit: PromptFit, index: int = 0) -> Completion:
+    """Map sample `index` of one vLLM RequestOutput (`outputs[index]`: text, token_ids,
+    finish_reason) to a Completion. The prompt's tokens are counted on sample 0 only (vLLM
+    prefills the prompt once for all n samples)."""
+    outs = sorted(getattr(output, "outputs", None) or [], key=lambda o: getattr(o, "index", 0))
     prompt_ids = getattr(output, "prompt_token_ids", None)
     prompt_tokens = len(prompt_ids) if prompt_ids is not None else len(fit.token_ids)
+    prompt_tokens = prompt_tokens if index == 0 else 0
+    if index >= len(outs):
+        return Completion(
+            req.prompt_id,
+            "",
+            prompt_tokens,
+            0,
+            "rejected",
+            error="vllm returned no output",
+            sample_index=index,
+        )
+    out = outs[index]
     reason = _FINISH.get(str(out.finish_reason))
     if reason is None:  # "abort" or unfinished: a per-prompt failure, not a shard failure
         return Completion(
@@ -300,10 +315,43 @@ def to_completion(req: GenRequest, output: Any, fit: PromptFit) -> Completion:
             len(out.token_ids),
             "rejected",
             error=f"vllm finish_reason={out.finish_reason!r}",
+            sample_index=index,
         )
     return Completion(
-        req.prompt_id, out.text, prompt_tokens, len(out.token_ids), reason, error=fit.note
+        req.prompt_id,
+        out.text,
+        prompt_tokens,
+        len(out.token_ids),
+        reason,
+        error=fit.note,
+        sample_index=index,
     )
+
+
+def check_guided(completion: Completion, guided: GuidedConfig) -> Completion:
+    """Mark a sample that does not satisfy the constraint (vLLM enforces it while decoding,
+    so this is a sample cut at max_tokens, or a backend bug) as schema_invalid."""
+    if completion.finish_reason == "rejected":
+        return completion
+    ok, _, problem = validate(completion.text, guided)
+    if not ok:
+        note = f"; {completion.error}" if completion.error else ""
+        completion.error = f"{SCHEMA_INVALID}{problem}{note}"
+    return completion
+
+
+def choice_grammar(choices: list[str]) -> str:
+    """The EBNF grammar vLLM's xgrammar backend builds for `choice` (choice_as_grammar)."""
+    escapes = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+    def esc(ch: str) -> str:
+        if ch in escapes:
+            return escapes[ch]
+        if ord(ch) < 0x20 or ord(ch) == 0x7F:
+            return f"\\u{ord(ch):04x}"
+        return ch
+
+    return "root ::= " + " | ".join('"' + "".join(map(esc, c)) + '"' for c in choices)
 
 
 class VllmEngine:
@@ -381,8 +429,13 @@ class VllmEngine:
         return loaded
 
     def generate(
-        self, requests: Sequence[GenRequest], sampling: SamplingConfig
+        self,
+        requests: Sequence[GenRequest],
+        sampling: SamplingConfig,
+        guided: GuidedConfig | None = None,
     ) -> list[Completion]:
+        """One `LLM.generate` call: one vLLM request per prompt with `n=sampling.n` (its
+        prefill shared by the samples) and, with `guided`, vLLM's structured outputs."""
         fits = [
             fit_prompt(
                 render_prompt(self.tokenizer, r.messages),
@@ -394,8 +447,10 @@ class VllmEngine:
         ]
         todo = [i for i, f in enumerate(fits) if not f.rejected]
         prompts = [{"prompt_token_ids": fits[i].token_ids} for i in todo]
+        extra = vllm_params(self._vllm, guided) if guided is not None else {}
         params = [
-            self._vllm.SamplingParams(**sampling_kwargs(sampling, requests[i].seed)) for i in todo
+            self._vllm.SamplingParams(**sampling_kwargs(sampling, requests[i].seed), **extra)
+            for i in todo
         ]
         outputs: list[Any] = []
         if prompts:  # one call per shard: vLLM's scheduler batches the whole shard
@@ -408,12 +463,15 @@ class VllmEngine:
         by_index = dict(zip(todo, outputs, strict=True))
         result: list[Completion] = []
         for i, (req, fit) in enumerate(zip(requests, fits, strict=True)):
-            if fit.rejected:
-                result.append(
-                    Completion(req.prompt_id, "", fit.original_tokens, 0, "rejected", fit.note)
-                )
-            else:
-                result.append(to_completion(req, by_index[i], fit))
+            for j in range(sampling.n):
+                if fit.rejected:
+                    tokens = fit.original_tokens if j == 0 else 0
+                    c = Completion(req.prompt_id, "", tokens, 0, "rejected", fit.note, j)
+                else:
+                    c = to_completion(req, by_index[i], fit, j)
+                    if guided is not None:
+                        c = check_guided(c, guided)
+                result.append(c)
         self.stats["prompts"] += len(requests)
         self.stats["rejected"] += sum(f.rejected for f in fits)
         self.stats["truncated"] += sum(1 for f in fits if f.note and not f.rejected)
@@ -424,11 +482,14 @@ class VllmEngine:
         requests: Sequence[ScoreRequest],
         sampling: SamplingConfig | None = None,
         top_k: int = 10,
+        guided: GuidedConfig | None = None,
     ) -> list[Score]:
         """Teacher-forced scores (verification): prefill prompt + completion with
         `prompt_logprobs`, generate one throw-away token. The expectation under `sampling`
         is computed over the top SCORE_LOGPROBS tokens per position
-        (`synthgen.engines.tokenstats.stats_from_top_logprobs`)."""
+        (`synthgen.engines.tokenstats.stats_from_top_logprobs`). With `guided`, over the
+        tokens the constraint allows at each position (`grammar_masks`), as vLLM's
+        structured-output decoding samples."""
         from synthgen.engines.tokenstats import score_from_stats, stats_from_top_logprobs
 
         n_lp = max(top_k, SCORE_LOGPROBS)
@@ -467,9 +528,80 @@ class VllmEngine:
                 (ids[j], {t: (lp.logprob, lp.rank) for t, lp in plp[j].items()})
                 for j in range(plen, len(ids))
             ]
-            stats = stats_from_top_logprobs(positions, top_k, sampling)
+            allowed = self.grammar_masks(guided, ids[plen:]) if guided is not None else None
+            stats = stats_from_top_logprobs(positions, top_k, sampling, allowed)
             scores.append(score_from_stats(r.prompt_id, stats))
         return scores
+
+    def grammar_masks(self, guided: GuidedConfig, token_ids: list[int]) -> list[Any]:
+        """Per completion token, a test `allowed(token id) -> bool` of the tokens the
+        constraint allows at that position given the tokens before it (None once the
+        completion has left the grammar: a forbidden token was seen). Built with xgrammar,
+        compiled exactly as vLLM's xgrammar backend compiles the request (the backend its
+        `auto` mode picks whenever xgrammar supports the constraint)."""
+        import xgrammar as xgr
+
+        compiled = self._compiled_grammar(guided)
+        matcher = xgr.GrammarMatcher(compiled)
+        bitmask = xgr.allocate_token_bitmask(1, self._grammar_vocab)
+        masks: list[Any] = []
+        live = True
+        for token in token_ids:
+            if not live:
+                masks.append(None)
+                continue
+            matcher.fill_next_token_bitmask(bitmask)
+            row = bitmask[0].tolist()
+            masks.append(lambda t, row=row: bool((row[t >> 5] >> (t & 31)) & 1))
+            live = bool(matcher.accept_token(token))
+        return masks
+
+    def _compiled_grammar(self, guided: GuidedConfig) -> Any:
+        from synthgen.engines.guided import key
+
+        cache: dict[str, Any] = self.__dict__.setdefault("_grammars", {})
+        k = key(guided)
+        if k in cache:
+            return cache[k]
+        try:
+            import xgrammar as xgr
+        except ImportError as exc:
+            raise MissingDependencyError(
+                f"scoring a guided stage with vLLM needs xgrammar (vLLM's structured-output "
+                f"backend; installed with vllm): {exc}"
+            ) from exc
+        if "_grammar_compiler" not in self.__dict__:
+            try:
+                vocab = int(self.llm.llm_engine.model_config.get_vocab_size())
+            except (AttributeError, TypeError, ValueError):
+                vocab = len(self.tokenizer)
+            info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=vocab)
+            self._grammar_vocab = vocab
+            self._grammar_compiler = xgr.GrammarCompiler(info)
+        compiler = self._grammar_compiler
+        try:
+            cfg = self.llm.llm_engine.vllm_config.structured_outputs_config
+            tight = bool(cfg.disable_any_whitespace)
+        except AttributeError:
+            tight = False
+        try:
+            if guided.json_schema is not None:
+                grammar = compiler.compile_json_schema(
+                    json.dumps(guided.json_schema),
+                    any_whitespace=not tight,
+                    separators=(",", ":") if tight else None,
+                )
+            elif guided.regex is not None:
+                grammar = compiler.compile_regex(guided.regex)
+            else:
+                grammar = compiler.compile_grammar(choice_grammar(guided.choice or []))
+        except (RuntimeError, ValueError) as exc:
+            raise EngineError(
+                f"score: xgrammar cannot compile this guided constraint ({exc}); vLLM then "
+                "decodes it with another backend whose masks verification cannot reproduce"
+            ) from exc
+        cache[k] = grammar
+        return grammar
 
     def close(self) -> None:
         self.llm = None

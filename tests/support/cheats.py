@@ -84,15 +84,17 @@ class CheatingEngine:
         return str(tok.decode(ids, skip_special_tokens=True)).strip()
 
     def generate(
-        self, requests: Sequence[GenRequest], sampling: SamplingConfig
+        self, requests: Sequence[GenRequest], sampling: SamplingConfig, guided: Any = None
     ) -> list[Completion]:
+        """Cheats the same way with a guided stage: `hot` and `small` decode under the
+        constraint too (valid output, wrong distribution); the others replace the text."""
         s = self.strategy
         if s == "hot":
             hot = sampling.model_copy(update={"temperature": 1.6, "top_p": 1.0, "top_k": None})
-            return self.inner.generate(requests, hot)
+            return self.inner.generate(requests, hot, guided)
         if s == "small":
-            return list(self._small_engine().generate(requests, sampling))
-        honest = self.inner.generate(requests, sampling)
+            return list(self._small_engine().generate(requests, sampling, guided))
+        honest = self.inner.generate(requests, sampling, guided)
         if s in ("pool", "partial"):
             for i, c in enumerate(honest):
                 if c.finish_reason != "rejected" and (s == "pool" or i % 3 == 0):
@@ -113,8 +115,9 @@ class CheatingEngine:
         requests: Sequence[ScoreRequest],
         sampling: SamplingConfig | None = None,
         top_k: int = 10,
+        guided: Any = None,
     ) -> list[Score]:
-        return self.inner.score(requests, sampling, top_k=top_k)  # type: ignore[attr-defined]
+        return self.inner.score(requests, sampling, top_k=top_k, guided=guided)  # type: ignore[attr-defined]
 
     def close(self) -> None:
         self.inner.close()

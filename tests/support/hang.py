@@ -118,12 +118,14 @@ class HangingEngine:
         self.info = inner.info
 
     def generate(
-        self, requests: Sequence[GenRequest], sampling: SamplingConfig
+        self, requests: Sequence[GenRequest], sampling: SamplingConfig, guided: Any = None
     ) -> list[Completion]:
         ids = [r.prompt_id for r in requests]
         if self.hang.prompt_id in ids:
             self.hang.block_once(ids)
-        return self.inner.generate(requests, sampling)
+        if guided is None:
+            return self.inner.generate(requests, sampling)
+        return self.inner.generate(requests, sampling, guided)
 
     def close(self) -> None:
         self.inner.close()

@@ -31,8 +31,8 @@ class _Tagged:
     def __init__(self, inner, tag: str) -> None:
         self.inner, self.tag, self.info = inner, tag, inner.info
 
-    def generate(self, requests, sampling):
-        return self.inner.generate(requests, sampling)
+    def generate(self, requests, sampling, guided=None):
+        return self.inner.generate(requests, sampling, guided)
 
     def close(self) -> None:
         self.inner.close()
