@@ -253,5 +253,7 @@ class StageStep(Stage):
             keep = self.keep_if.evaluate(table)
             drops = [d or (None if k else KEEP_IF) for d, k in zip(drops, keep, strict=True)]
             idx = self.schema.get_field_index(DROP_COLUMN)
-            table = table.set_column(idx, self.schema.field(DROP_COLUMN), pa.array(drops))
+            table = table.set_column(
+                idx, self.schema.field(DROP_COLUMN), pa.array(drops, pa.string())
+            )
         return table

@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 
 from synthgen import __version__
 from synthgen.config import RunConfig
+from synthgen.config.multistage import compared_stage
 from synthgen.io.layout import DatasetLayout, split_key
 from synthgen.io.schema import DATASET_COLUMNS, RECORD_SCHEMA
 from synthgen.io.store import Store
@@ -20,6 +21,7 @@ from synthgen.stages.dedup.cross import apply_drops
 from synthgen.stages.dedup.index import index_rows, write_index
 from synthgen.stages.dedup.stage import read_drops
 from synthgen.stages.generate import read_committed_shard
+from synthgen.stages.select import group_span, select_rows
 from synthgen.stages.units import committed_units, final_stage
 
 
@@ -43,6 +45,21 @@ class RunDedupMarks(Stage):
 
     def process(self, rows: pa.Table) -> pa.Table:
         return apply_drops(rows, self.drops)
+
+
+class SelectStage(Stage):
+    """`select` (multi-stage runs): per prompt, the best sample, or a chosen / rejected pair
+    (`synthgen.stages.select`); the samples it leaves out are flagged `not_best` or
+    `low_margin`, the members of a pair are folded into the pair's row."""
+
+    name = "select"
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+
+    def process(self, rows: pa.Table) -> pa.Table:
+        stage = compared_stage(self.cfg)
+        return select_rows(rows, self.cfg.select, stage, span=group_span(self.cfg, stage))
 
 
 class PublishStage(Stage):
@@ -76,6 +93,9 @@ def publish_shard(
         extra_drops = dict.fromkeys(extra_drops, "dropped")
     marks = RunDedupMarks(extra_drops or {})
     table, _ = marks(table)
+    generated = table.num_rows
+    if cfg.stages and cfg.select.strategy != "all":
+        table, _ = SelectStage(cfg)(table)
     kept, _ = run_stages([PublishStage()], table)
     name = f"{shard_id}.parquet"
     dataset = DatasetLayout(store)
@@ -95,7 +115,7 @@ def publish_shard(
         "rows": kept.num_rows,
         "bytes": size,
         "sha256": sha,
-        "generated": table.num_rows,
+        "generated": generated,
         "kept_tokens": int(pc.sum(kept["completion_tokens"]).as_py() or 0),
         "drop_counts": dict(sorted(reasons.items())),
     }

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
@@ -125,3 +126,66 @@ def test_killed_in_its_second_stage_a_three_stage_run_resumes_to_the_same_datase
     want = ds.dataset(ref / "dataset", format="parquet").to_table().select(cols).to_pylist()
     assert len({r["prompt_id"] for r in got}) == len(got) == 24
     assert sorted(got, key=lambda r: r["prompt_id"]) == sorted(want, key=lambda r: r["prompt_id"])
+
+
+PREFERENCE = [
+    {"name": "instruction", "prompt": "Write one question about: {{ prompt }}"},
+    {"name": "response", "prompt": "{{ instruction }}", "sampling": {"n": 4}},
+    {
+        "name": "judge",
+        "prompt": "Q: {{ instruction }}\nA: {{ response }}\nScore it.",
+        "guided": {
+            "json_schema": {
+                "type": "object",
+                "properties": {"score": {"type": "integer", "minimum": 1, "maximum": 10}},
+                "required": ["score"],
+            }
+        },
+        "parse": "json",
+        "keep_if": "judge.score >= 2",
+    },
+]
+
+
+def test_preference_pairs_from_n_samples_and_a_guided_judge(tmp_path, prefect_api):
+    out = tmp_path / "out"
+    raw = fake_config(
+        str(out),
+        prompts={"type": "builtin", "limit": 12},
+        stages=PREFERENCE,
+        select={"strategy": "pairs", "by": "judge.score"},
+    )
+    res = synthgen_run(config=write_config(tmp_path / "c.yaml", raw))
+    assert res["status"] == "complete"
+    cfg = config_from_dict(raw)
+    store = Store(cfg.output)
+    judged = pa.concat_tables(
+        store.read_table(m["file"]) for m in commit_markers(store, cfg.run_id, "judge").values()
+    )
+    # n=4: four rows per prompt reached the judge, each with its own sample_index
+    assert judged.num_rows == 48
+    per_prompt: dict[str, set[int]] = {}
+    for r in judged.select(["prompt_id", "sample_index"]).to_pylist():
+        per_prompt.setdefault(r["prompt_id"], set()).add(r["sample_index"])
+    assert all(v == {0, 1, 2, 3} for v in per_prompt.values())
+    assert judged.schema.field("judge.score").type == pa.int64()
+    low = [r for r in judged.to_pylist() if r["judge.score"] < 2]
+    assert all(r["drop_reason"] == "keep_if" for r in low)
+
+    table = ds.dataset(out / "dataset", format="parquet").to_table()
+    rows = table.to_pylist()
+    assert rows and len({r["prompt_id"] for r in rows}) == len(rows)  # one pair per prompt
+    for r in rows:
+        assert r["chosen"] != r["rejected"]
+        assert r["chosen_score"] > r["rejected_score"]
+        samples = {
+            j["sample_index"]: j
+            for j in judged.to_pylist()
+            if j["prompt_id"] == r["prompt_id"] and j["drop_reason"] is None
+        }
+        assert samples[r["chosen_sample_index"]]["response"] == r["chosen"]
+        assert samples[r["rejected_sample_index"]]["response"] == r["rejected"]
+        best = max(s["judge.score"] for s in samples.values())
+        assert r["chosen_score"] == best
+    manifest = json.loads((out / "dataset" / "_manifest.json").read_text())
+    assert manifest["rows"] == len(rows)
