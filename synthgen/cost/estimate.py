@@ -32,6 +32,8 @@ from synthgen.engines.cache import get_engine
 from synthgen.errors import ConfigError
 from synthgen.io.layout import all_runs_ledger_glob
 from synthgen.io.store import Store
+from synthgen.stages.multi import StageStep
+from synthgen.stages.plan import plan_table
 from synthgen.stages.prompts import load_prompts
 
 Row = dict[str, Any]
@@ -61,6 +63,9 @@ def calibrate(cfg: RunConfig, sample: int = 8) -> tuple[Throughput, int, str]:
     if not records:
         raise ConfigError("estimate: the prompt source yields no prompts")
     chosen = records[:sample]
+    if cfg.stages:
+        tp, model, _ = calibrate_stages(cfg, chosen)
+        return tp, len(records), model
     engine = get_engine(cfg.model)
     requests = [
         GenRequest(p.prompt_id, p.messages, prompt_seed(cfg.sampling.seed, p.prompt_id))
@@ -82,6 +87,49 @@ def calibrate(cfg: RunConfig, sample: int = 8) -> tuple[Throughput, int, str]:
         samples=len(chosen),
     )
     return tp, len(records), engine.info.model
+
+
+def calibrate_stages(cfg: RunConfig, chosen: list[Any]) -> tuple[Throughput, str, list[Row]]:
+    """A multi-stage run's calibration: the sample prompts through every stage in order, as
+    the workers run them (n samples, guided decoding, keep_if drops included), each stage on
+    its own model. Returns the whole chain's throughput per *prompt* (what `project`
+    multiplies by the run's prompts), the models, and one row per stage."""
+    rows = plan_table(chosen)
+    seconds = tokens = 0.0
+    per_stage: list[Row] = []
+    models: list[str] = []
+    device = ""
+    for sc in cfg.stages:
+        engine = get_engine(sc.model or cfg.model)
+        step = StageStep(cfg, sc, "estimate", engine, "estimate")
+        rows_in = rows.num_rows
+        rows = step.process(rows)
+        out_tokens = sum(c.completion_tokens for c in step.completions)
+        seconds += step.engine_seconds
+        tokens += out_tokens
+        device = engine.info.device
+        models.append(engine.info.model)
+        per_stage.append(
+            {
+                "stage": sc.name,
+                "rows_in": rows_in,
+                "rows_out": rows.num_rows,
+                "completion_tokens": out_tokens,
+                "seconds": step.engine_seconds,
+            }
+        )
+    price = price_for_device(parse_device_label(device), cfg.cost, worker_price_override())
+    n = len(chosen)
+    tp = Throughput(
+        device_type=price.device_type,
+        source="calibration",
+        seconds_per_prompt=seconds / n,
+        tokens_per_prompt=tokens / n,
+        tokens_per_s=tokens / seconds if seconds > 0 else None,
+        price_per_hour=price.per_hour,
+        samples=n,
+    )
+    return tp, " + ".join(dict.fromkeys(models)), per_stage
 
 
 def ledger_throughputs(ledger_rows: Sequence[Row], model: str | None = None) -> list[Throughput]:
@@ -240,11 +288,53 @@ def estimate(
     measured: list[Throughput] = []
     model: str | None = cfg.model.path
     prompts: int | None = None
-    if calibrate_here:
+    per_stage: list[Row] = []
+    if calibrate_here and cfg.stages:
+        records = load_prompts(cfg).records
+        if not records:
+            raise ConfigError("estimate: the prompt source yields no prompts")
+        if sample < 1:
+            raise ConfigError(f"estimate: --sample must be >= 1, got {sample}")
+        tp, model, per_stage = calibrate_stages(cfg, records[:sample])
+        prompts = len(records)
+        measured.append(tp)
+    elif calibrate_here:
         tp, prompts, model = calibrate(cfg, sample)
         measured.append(tp)
-    measured += ledger_throughputs(read_earlier_ledgers(cfg), model)
+    earlier = ledger_throughputs(read_earlier_ledgers(cfg), model)
+    if cfg.stages:
+        # a multi-stage prompt costs the whole chain: from other runs' ledgers only the speed
+        # (tokens/s) carries over, the tokens per prompt are this run's calibration's
+        tpp = measured[0].tokens_per_prompt if measured else None
+        earlier = [
+            Throughput(t.device_type, t.source, tpp / t.tokens_per_s, tpp, t.tokens_per_s,
+                       t.price_per_hour, t.samples)
+            for t in earlier
+            if tpp and t.tokens_per_s
+        ]  # fmt: skip
+    measured += earlier
     if prompts is None:
         prompts = len(load_prompts(cfg).records)
     rows = project(cfg, prompts, measured, workers)
-    return format_estimate(cfg, prompts, rows, workers), rows
+    text = format_estimate(cfg, prompts, rows, workers)
+    if per_stage:
+        text += "\n\n" + format_stages(per_stage, prompts)
+    return text, rows
+
+
+def format_stages(per_stage: Sequence[Row], prompts: int) -> str:
+    """The calibration's stages: rows in and out, tokens, engine seconds, and each stage's
+    share of the run's projected rows and tokens."""
+    sample = per_stage[0]["rows_in"] if per_stage else 0
+    cells = [["stage", "rows in", "rows out", "tokens", "engine s", "projected rows", "tokens"]]
+    for r in per_stage:
+        scale = prompts / sample if sample else 0.0
+        cells.append(
+            [
+                r["stage"], str(r["rows_in"]), str(r["rows_out"]), str(r["completion_tokens"]),
+                f"{r['seconds']:.2f}", f"{r['rows_out'] * scale:,.0f}",
+                f"{r['completion_tokens'] * scale:,.0f}",
+            ]
+        )  # fmt: skip
+    head = f"per stage (calibrated on {sample} prompts, projected to {prompts:,}):"
+    return "\n".join([head, _text_table(cells)])

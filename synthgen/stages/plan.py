@@ -35,7 +35,7 @@ class Plan:
     rejects: int
 
 
-def _plan_table(records: list[PromptRecord]) -> pa.Table:
+def plan_table(records: list[PromptRecord]) -> pa.Table:
     return pa.table(
         {
             "prompt_id": [r.prompt_id for r in records],
@@ -61,7 +61,7 @@ class PromptsStage(Stage):
     def process(self, rows: pa.Table) -> pa.Table:
         if self.prompt_set is None:
             self.prompt_set = load_prompts(self.cfg)
-        return _plan_table(self.prompt_set.records)
+        return plan_table(self.prompt_set.records)
 
 
 class PlanStage(Stage):
@@ -93,7 +93,7 @@ def write_plan(cfg: RunConfig, store: Store, prompt_set: PromptSet | None = None
     """Write (or, for an existing run, check and reuse) the plan of `cfg.run_id`."""
     run_id = cfg.run_id or ""
     source = PromptsStage(cfg, prompt_set)
-    rows, _ = source(_plan_table([]))
+    rows, _ = source(plan_table([]))
     ps = source.prompt_set
     if ps is None:  # process() always sets it
         raise RuntimeError("the prompts stage produced no prompt set")

@@ -96,3 +96,24 @@ def test_estimate_cli_calibrates_and_reads_earlier_ledgers(tmp_path, capsys) -> 
     assert "calibration" in cpu and " 384 " in cpu  # 24 prompts x 16 tokens
     # 24 prompts x 0.5 s per prompt = 12 s = 0.00333 h; x 0.36 $/h = $0.0012
     assert "ledger" in rtx and "0.00333" in rtx and "$0.0012 " in rtx
+
+
+def test_a_multi_stage_estimate_runs_the_chain_and_projects_every_stage(tmp_path) -> None:
+    from synthgen.config import config_from_dict
+    from synthgen.cost.estimate import estimate
+    from tests.helpers import fake_config
+
+    stages = [
+        {"name": "question", "prompt": "Ask about {{ prompt }}"},
+        {"name": "answer", "prompt": "{{ question }}", "sampling": {"n": 3}},
+    ]
+    cfg = config_from_dict(
+        fake_config(str(tmp_path / "out"), stages=stages, model__fake__tokens_per_completion=10)
+    )
+    text, rows = estimate(cfg, sample=4)
+    cpu = next(r for r in rows if r["source"] == "calibration")
+    # 24 prompts x (10 question tokens + 3 answers x 10 tokens)
+    assert cpu["completion_tokens"] == 24 * (10 + 3 * 10)
+    assert "per stage (calibrated on 4 prompts, projected to 24)" in text
+    answer = next(line for line in text.splitlines() if line.startswith("answer"))
+    assert answer.split()[1:3] == ["4", "12"]  # rows in, rows out (n=3)
