@@ -65,8 +65,12 @@ __all__ = [
 
 
 def _parquet(table: pa.Table) -> bytes:
+    """A one-row ledger or worker file. Written twice per shard attempt, on the worker: no
+    compression, dictionary or column statistics, which do nothing for one row (zstd made
+    the file larger) and took ~60 % of the encoding time (1-row ledger table: 0.93 ms of
+    CPU with zstd, 0.33 ms without the three; readers see the same table)."""
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    pq.write_table(table, buf, compression="none", use_dictionary=False, write_statistics=False)
     return buf.getvalue()
 
 
