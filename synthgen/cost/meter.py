@@ -5,7 +5,7 @@
     row = meter.finish_in(ledger, counts, "succeeded")            # before the commit marker
 On an exception, `meter.finish_in(..., status="failed", error=...)` writes the failed
 attempt's row too (it cost money), then the caller re-raises. `finish(fs, run_root, ...)` is
-the same for callers holding a filesystem and a run root.
+the same for the one caller still holding a filesystem and a run root (`run_shard`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from fsspec.spec import AbstractFileSystem
 
 from synthgen.config import RunConfig
 from synthgen.cost import usage
-from synthgen.cost.ledger import Ledger, ledger_at
+from synthgen.cost.ledger import Ledger
 from synthgen.cost.prices import (
     AttemptStatus,
     Price,
@@ -31,6 +31,8 @@ from synthgen.cost.prices import (
     worker_price_override,
 )
 from synthgen.errors import ConfigError
+from synthgen.io.layout import RunLayout
+from synthgen.io.store import Store
 
 
 def gpus_used(cfg: RunConfig) -> int:
@@ -91,8 +93,12 @@ class AttemptMeter:
         status: AttemptStatus,
         error: str | None = None,
     ) -> dict[str, Any]:
-        """`finish_in` the ledger of the run at `run_root` of `fs`."""
-        return self.finish_in(ledger_at(fs, run_root), counts, status, error)
+        """`finish_in` the ledger of the run at `run_root` of `fs` (the default retry policy).
+
+        The last `(fs, run_root)` form: only `stages.generate.run_shard` still calls it, and
+        goes once it passes `Ledger(run_layout)` to `finish_in` (the store's own policy)."""
+        ledger = Ledger(RunLayout.at_root(Store.over(fs, run_root)))
+        return self.finish_in(ledger, counts, status, error)
 
     def finish_in(
         self,
