@@ -16,11 +16,18 @@ shards; numbers in benchmarks/RESULTS.md):
 
 from __future__ import annotations
 
+import functools
 import logging
 import pickle
+import ssl
 import threading
+import types
 from collections import OrderedDict
 from typing import Any
+
+import cloudpickle
+import prefect.client.orchestration as pco
+import prefect.context as pctx
 
 _LOCK = threading.Lock()
 _CACHES: dict[str, tuple[tuple[Any, ...], Any]] = {}
@@ -59,8 +66,6 @@ class _Prepickled:
 
     @classmethod
     def of(cls, value: Any) -> _Prepickled:
-        import cloudpickle
-
         return cls(cloudpickle.dumps(value))
 
     def value(self) -> Any:
@@ -108,8 +113,6 @@ def serialize_context(asset_ctx_kwargs: dict[str, Any] | None = None) -> dict[st
     """`prefect.context.serialize_context` with the constant parts pre-pickled (see
     `_Prepickled`); whoever runs the task must `materialize` it first
     (`flows.task_runner.run_prefect_task` does)."""
-    import prefect.context as pctx
-
     settings_ctx = pctx.SettingsContext.get()
     if settings_ctx is None:
         return pctx.serialize_context(asset_ctx_kwargs)
@@ -181,12 +184,6 @@ def install_client_tls_cache() -> None:
     An SSLContext used only for client connections can be shared, so Prefect's client module
     gets a `ssl` namespace whose `create_default_context` is cached by its arguments.
     """
-    import functools
-    import ssl
-    import types
-
-    import prefect.client.orchestration as pco
-
     if getattr(pco.ssl, "_synthgen_cached", False):
         return
 
