@@ -38,7 +38,7 @@ def _run(config: dict[str, Any], tmp: Path, overrides: list[str] | None = None) 
 
 def accuracy(args: argparse.Namespace) -> None:
     """Each ledger row's wall_seconds vs the fake engine's known time per shard."""
-    from synthgen.cost.ledger import read_ledger, run_fs
+    from synthgen.cost.ledger import open_run_uri
 
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -51,8 +51,7 @@ def accuracy(args: argparse.Namespace) -> None:
             "output": {"uri": str(tmp / "out")},
         }
         res = _run(cfg, tmp)
-        fs, root = run_fs(str(tmp / "out" / "runs" / res["run_id"]))
-        rows = read_ledger(fs, root).to_pylist()
+        rows = open_run_uri(str(tmp / "out" / "runs" / res["run_id"])).rows().to_pylist()
     errs = [(r["wall_seconds"] - args.seconds) / args.seconds * 100 for r in rows]
     exact = all(r["cost_usd"] == r["price_per_hour"] * r["wall_seconds"] / 3600 for r in rows)
     print(f"machine: {machine()}")
@@ -134,17 +133,17 @@ def overhead(args: argparse.Namespace) -> None:
     """Milliseconds per shard the accounting adds: ledger row + worker row, local and S3."""
     from synthgen.config import config_from_dict
     from synthgen.cost import usage
-    from synthgen.cost.ledger import open_run
+    from synthgen.cost.ledger import run_ledger
     from synthgen.cost.meter import AttemptMeter, Counts
 
     def measure(output: dict[str, Any]) -> list[float]:
         cfg = config_from_dict({"run_id": "bench", "output": output})
-        fs, root = open_run(cfg.output, "bench")
+        ledger = run_ledger(cfg.output, "bench")
         times = []
         for i in range(args.n):
             m = AttemptMeter.start(cfg, f"shard-{i:05d}", 1, "NVIDIA GeForce RTX 4090", "m")
             t = time.perf_counter()
-            m.finish(fs, root, Counts(64, 6400, 25_000, 60, 22_000, 1.0), "succeeded")
+            m.finish_in(ledger, Counts(64, 6400, 25_000, 60, 22_000, 1.0), "succeeded")
             times.append((time.perf_counter() - t) * 1000)
         usage.reset()
         return times

@@ -18,7 +18,7 @@ from synthgen.config import RunConfig
 from synthgen.config.secret_rule import reveal
 from synthgen.cost import usage
 from synthgen.cost.budget import BudgetGate, Decision, Outcome, partial_message
-from synthgen.cost.ledger import read_ledger, read_workers, write_worker_row
+from synthgen.cost.ledger import Ledger
 from synthgen.cost.meter import gpus_used
 from synthgen.cost.prices import is_verification
 from synthgen.cost.report import Summary, summarize, to_markdown
@@ -75,26 +75,25 @@ def finish_usage(cfg: RunConfig, run_started_at: float) -> None:
     """Write every live worker's row; on an external cluster also release the workers
     (their final rows are written now). An embedded cluster's workers write their final
     rows when the cluster closes, so their held time runs to the end of the process."""
-    store = Store(cfg.output)
-    root = RunLayout(store, cfg.run_id or "").root
+    ledger = Ledger(RunLayout(Store(cfg.output), cfg.run_id or ""))
     client = _client()
     try:
         for row in usage.collect(
             client, cfg.run_id or "", cfg.cost, run_started_at, cfg.model.device, gpus_used(cfg)
         ):
-            write_worker_row(store.fs, root, row)
+            ledger.write_worker(row)
     except Exception as exc:  # the shards are committed: a missing usage row must not fail the run
         print(f"cost: could not write worker rows: {type(exc).__name__}: {exc}")
     if cfg.cluster.address:
         usage.unregister(client, cfg.run_id or "")
 
 
-def _ledger(store: Store, root: str, shard_id: str | None = None) -> Any:
-    """read_ledger through the storage retry helper (an outage must not fail the flow)."""
+def _ledger(ledger: Ledger, shard_id: str | None = None) -> Any:
+    """The ledger's rows through the storage retry helper (an outage must not fail the flow)."""
     return retrying(
-        lambda: read_ledger(store.fs, root, shard_id),
-        f"reading the ledger under {root}",
-        store.policy,
+        lambda: ledger.rows(shard_id),
+        f"reading the ledger under {ledger.run.url()}",
+        ledger.store.policy,
     )
 
 
@@ -115,9 +114,8 @@ class BudgetWatch(Gate):
         ledger_rows: Callable[[str | None], list[dict[str, Any]]] | None = None,
     ) -> None:
         if ledger_rows is None:
-            store = Store(cfg.output)
-            root = RunLayout(store, cfg.run_id or "").root
-            ledger_rows = lambda sid: _ledger(store, root, sid).to_pylist()  # noqa: E731
+            ledger = Ledger(RunLayout(Store(cfg.output), cfg.run_id or ""))
+            ledger_rows = lambda sid: _ledger(ledger, sid).to_pylist()  # noqa: E731
         self.rows = ledger_rows
         before = self.rows(None)
         self.gate = BudgetGate.from_ledger(cfg.budget.max_cost_usd, before)
@@ -204,12 +202,13 @@ def record_budget(cfg: RunConfig, message: str | None) -> None:
 
 def cost_summary(cfg: RunConfig) -> Summary | None:
     store = Store(cfg.output)
-    root = RunLayout(store, cfg.run_id or "").root
-    ledger = _ledger(store, root).to_pylist()
-    workers = read_workers(store.fs, root).to_pylist()
+    layout = RunLayout(store, cfg.run_id or "")
+    run_ledger = Ledger(layout)
+    ledger = _ledger(run_ledger).to_pylist()
+    workers = run_ledger.workers().to_pylist()
     if not ledger and not workers:
         return None
-    budget_path = RunLayout(store, cfg.run_id or "").budget
+    budget_path = layout.budget
     budget = store.read_json(budget_path) if store.exists(budget_path) else None
     return summarize(ledger, workers, run_id=cfg.run_id or "", budget=budget)
 

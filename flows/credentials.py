@@ -24,7 +24,11 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
+
 from synthgen.errors import ConfigError
+from synthgen.io import store as storage
 
 if TYPE_CHECKING:
     from synthgen.config import OutputConfig
@@ -91,9 +95,6 @@ def load_block_storage_options(ref: str) -> dict[str, Any]:
         hit = _cache.get(ref)
         if hit and now - hit[0] < _CACHE_TTL_S:
             return copy.deepcopy(hit[1])
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
     with get_client(sync_client=True) as client:
         try:
             doc = client.read_block_document_by_name(
@@ -134,8 +135,6 @@ def resolve_output_options(output: OutputConfig) -> dict[str, Any]:
 
 def install() -> None:
     """Let every `Store` in this process resolve `output.credentials_block` (import-time)."""
-    from synthgen.io import store as storage
-
     storage.set_credentials_resolver(resolve_output_options)
 
 

@@ -4,8 +4,15 @@ before importing Prefect). The library proper never imports prefect."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import socket
 from collections.abc import Iterator
+
+# Prefect is imported inside the functions below, never at the top: this module sets the
+# environment Prefect reads when it is first imported (the CLI calls it before any Prefect
+# import), and the temporary server's module (`prefect.server`, several seconds to import)
+# is needed only when no PREFECT_API_URL is set.
 
 
 def quiet_defaults() -> None:
@@ -27,14 +34,12 @@ def prefect_api() -> Iterator[str]:
     if url:
         yield url
         return
-    import socket
-
     with socket.socket() as sock:  # a free loopback port, chosen before prefect reads settings
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}/api"
     os.environ["PREFECT_API_URL"] = url
-    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.server.api.server import SubprocessASGIServer  # only without an API URL
 
     server = SubprocessASGIServer(port=port)
     server.start()
@@ -42,8 +47,6 @@ def prefect_api() -> Iterator[str]:
         yield url
     finally:
         _flush_logs()
-        import logging
-
         # its "Stopping temporary server" line can outlive the console (pytest, pipes)
         logging.getLogger("prefect").disabled = True
         try:
@@ -55,7 +58,7 @@ def prefect_api() -> Iterator[str]:
 
 def _flush_logs() -> None:
     """Send buffered run logs to the API before the temporary server goes away."""
-    try:
+    try:  # prefect is loaded by now (a run used it); imported here for the reason above
         from prefect.events.worker import EventsWorker
         from prefect.logging.handlers import APILogWorker
 

@@ -42,7 +42,7 @@ from synthgen.cluster.client import generate_resources
 from synthgen.cluster.preflight import check_output, run_preflight
 from synthgen.config import RunConfig, load_config
 from synthgen.config.secrets import check_overrides, protect, restore_secrets, stash_secrets
-from synthgen.cost.lost import record_lost_attempts
+from synthgen.cost.ledger import record_lost_attempts
 from synthgen.cost.report import manifest_totals
 from synthgen.cost.summary import RunSummary, per_worker
 from synthgen.io.attempts import commit_markers

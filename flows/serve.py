@@ -23,7 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from prefect import serve
+from prefect.schedules import Cron
+
 from flows.refs import FLOW_NAME, require_prefect_api
+from flows.run import synthgen_run
 from synthgen.config import load_config
 from synthgen.errors import ConfigError
 
@@ -88,10 +92,6 @@ def deployment_specs(paths: Sequence[str | Path]) -> list[DeploymentSpec]:
 
 
 def to_runner_deployment(spec: DeploymentSpec) -> RunnerDeployment:
-    from prefect.schedules import Cron
-
-    from flows.run import synthgen_run
-
     schedules = [Cron(spec.cron, timezone=spec.timezone, active=spec.active)] if spec.cron else None
     deployment = synthgen_run.to_deployment(
         name=spec.name,
@@ -107,8 +107,6 @@ def to_runner_deployment(spec: DeploymentSpec) -> RunnerDeployment:
 
 def serve_configs(paths: Sequence[str | Path], *, limit: int | None = None) -> None:
     """Register every config's deployment and serve them until interrupted."""
-    from prefect import serve
-
     require_prefect_api("synthgen serve")
     specs = deployment_specs(paths)
     for spec in specs:

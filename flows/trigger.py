@@ -14,6 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+from prefect.settings import PREFECT_UI_URL
+
 from flows.refs import FLOW_NAME, SUMMARY_ARTIFACT_PREFIX, require_prefect_api
 from synthgen.config import load_config
 from synthgen.config.secrets import check_overrides
@@ -55,7 +61,6 @@ def deployment_name(name: str) -> str:
 
 
 def _summary_for(client: Any, flow_run_id: UUID) -> str | None:
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     artifacts = client.read_artifacts(
         flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
@@ -67,7 +72,6 @@ def _summary_for(client: Any, flow_run_id: UUID) -> str | None:
 
 
 def _ui_url(flow_run_id: UUID) -> str | None:
-    from prefect.settings import PREFECT_UI_URL
 
     base = PREFECT_UI_URL.value()
     return f"{base.rstrip('/')}/runs/flow-run/{flow_run_id}" if base else None
@@ -83,9 +87,6 @@ def trigger(
     """Create a run of deployment `name` with extra overrides; wait up to `timeout` seconds."""
     require_prefect_api("synthgen trigger")
     check_overrides(overrides)
-    from prefect.client.orchestration import get_client
-    from prefect.deployments import run_deployment
-    from prefect.exceptions import ObjectNotFound
 
     full = deployment_name(name)
     with get_client(sync_client=True) as client:

@@ -22,6 +22,7 @@ from typing import Any
 import dask
 import distributed
 from prefect import task
+from prefect.context import FlowRunContext
 
 from flows.loop import Gate
 from flows.task_runner import Opaque, unwrap
@@ -80,7 +81,6 @@ class VerifyRun:
 
 def runner_client() -> distributed.Client:
     """The Dask client of the flow's task runner (the one that submits our tasks)."""
-    from prefect.context import FlowRunContext
 
     ctx = FlowRunContext.get()
     runner = getattr(ctx, "task_runner", None) if ctx is not None else None

@@ -10,7 +10,7 @@ unset PREFECT_API_URL || true
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 set +e
-.venv/bin/python -m pytest -q -rs "$@"
+.venv/bin/python -m pytest -q -rs --durations=30 "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

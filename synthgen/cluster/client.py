@@ -13,12 +13,14 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import dask
+from distributed import LocalCluster
+from distributed.security import Security
+
 from synthgen.config.transport import transport_problem
 from synthgen.errors import ConfigError
 
 if TYPE_CHECKING:
-    from distributed.security import Security
-
     from synthgen.config import ClusterConfig, RunConfig
 
 # What a GPU worker started by infra/start-gpu-workers.sh advertises in its environment.
@@ -51,8 +53,6 @@ def security_from_config(cfg: ClusterConfig) -> Security | None:
     check_cluster(cfg)
     if cfg.tls is None:
         return None
-    from distributed.security import Security
-
     return Security(
         tls_ca_file=_readable("cluster.tls.ca_file", cfg.tls.ca_file),
         tls_client_cert=_readable("cluster.tls.cert_file", cfg.tls.cert_file),
@@ -128,8 +128,5 @@ def worker_advertised(environ: dict[str, str] | None = None) -> dict[str, Any]:
 def local_cluster(**kwargs: Any) -> Any:
     """A LocalCluster whose scheduler keeps no extra tasks queued on busy workers
     (`worker-saturation: 1.0`), so the last shards go to whichever worker frees up first."""
-    import dask
-    from distributed import LocalCluster
-
     with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
         return LocalCluster(**kwargs)

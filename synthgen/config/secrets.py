@@ -58,18 +58,42 @@ MIN_SECRET_LEN = 6  # shorter values would mask ordinary words in every log line
 FREE_MAPPINGS = (("output", "storage_options"), ("model", "vllm", "extra"))
 
 
+_FREE = frozenset(FREE_MAPPINGS)
+# the paths from the top down to a free mapping (where a credential may sit further down)
+_ON_THE_WAY = frozenset(m[:i] for m in FREE_MAPPINGS for i in range(len(m)))
+
+
 def redact(config: Any, path: tuple[str, ...] = ()) -> Any:
     """A config dict (a JSON dump of `RunConfig`, or a part of one given from the top, as an
     override's mapping) with every credential replaced by `***`: string values under a
     credential key inside a free-form mapping (`FREE_MAPPINGS`), at any depth."""
-    if isinstance(config, dict):
-        return {k: redact(v, (*path, str(k))) for k, v in config.items()}
-    if isinstance(config, list):
-        return [redact(v, path) for v in config]
     inside = any(len(path) > len(m) and path[: len(m)] == m for m in FREE_MAPPINGS)
-    if inside and isinstance(config, str) and config and is_credential_key(path[-1]):
+    return _redact(config, path, inside)
+
+
+def _redact(node: Any, path: tuple[str, ...], inside: bool) -> Any:
+    # `inside`: `path` lies strictly below a free mapping. Only the nodes inside a free
+    # mapping or on the way to one need their path; the rest of the config (a template
+    # source's topics can be thousands of strings) is copied without one.
+    if isinstance(node, dict):
+        below = inside or path in _FREE
+        if not below and path not in _ON_THE_WAY:
+            return _copy(node)
+        return {k: _redact(v, (*path, str(k)), below) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_redact(v, path, inside) for v in node] if inside else _copy(node)
+    if inside and isinstance(node, str) and node and is_credential_key(path[-1]):
         return MASK
-    return config
+    return node
+
+
+def _copy(node: Any) -> Any:
+    """The containers of `node` copied (as `redact` returns them), the leaves shared."""
+    if isinstance(node, dict):
+        return {k: _copy(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_copy(v) for v in node]
+    return node
 
 
 def _as_dict(config: BaseModel | dict[str, Any]) -> dict[str, Any]:
@@ -91,7 +115,14 @@ def config_secrets(config: BaseModel | dict[str, Any]) -> set[str]:
     """The credentials of a config (a model, or a dict with real values), by `redact`'s rule."""
     data = _as_dict(config)
     out: set[str] = set()
-    _walk_secrets(data, redact(data), out)
+    # credentials sit only in the free mappings: walk those, not the whole config (this runs
+    # in every generate task, and a config's prompt topics can be thousands of strings)
+    for mapping in FREE_MAPPINGS:
+        node: Any = data
+        for key in mapping:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is not None:
+            _walk_secrets(node, redact(node, mapping), out)
     return {s for s in out if len(s) >= MIN_SECRET_LEN}
 
 
@@ -112,7 +143,10 @@ class SecretMasker:
 
     def add(self, values: Iterable[str]) -> None:
         with self._lock:
-            self._values.update(v for v in values if v and len(v) >= MIN_SECRET_LEN)
+            new = {v for v in values if v and len(v) >= MIN_SECRET_LEN} - self._values
+            if not new:  # nothing new (protect runs in every task): keep the pattern
+                return
+            self._values.update(new)
             ordered = sorted(self._values, key=len, reverse=True)  # longest first
             self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
 

@@ -5,7 +5,7 @@
     row = meter.finish_in(ledger, counts, "succeeded")            # before the commit marker
 On an exception, `meter.finish_in(..., status="failed", error=...)` writes the failed
 attempt's row too (it cost money), then the caller re-raises. `finish(fs, run_root, ...)` is
-the same for callers holding a filesystem and a run root.
+the same for the one caller still holding a filesystem and a run root (`run_shard`).
 """
 
 from __future__ import annotations
@@ -16,11 +16,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from fsspec.spec import AbstractFileSystem
-
 from synthgen.config import RunConfig
 from synthgen.cost import usage
-from synthgen.cost.ledger import Ledger, ledger_at
+from synthgen.cost.ledger import Ledger
 from synthgen.cost.prices import (
     AttemptStatus,
     Price,
@@ -82,17 +80,6 @@ class AttemptMeter:
         return cls(
             cfg, shard_id, attempt, device, model, price, usage.worker_address(), datetime.now(UTC)
         )
-
-    def finish(
-        self,
-        fs: AbstractFileSystem,
-        run_root: str,
-        counts: Counts,
-        status: AttemptStatus,
-        error: str | None = None,
-    ) -> dict[str, Any]:
-        """`finish_in` the ledger of the run at `run_root` of `fs`."""
-        return self.finish_in(ledger_at(fs, run_root), counts, status, error)
 
     def finish_in(
         self,

@@ -14,13 +14,14 @@ the commit marker and writes nothing (`status="superseded"`).
 
 from __future__ import annotations
 
+import os
 import posixpath
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from synthgen.io.layout import DEFAULT_STAGE, RunLayout
+from synthgen.io.layout import DEFAULT_STAGE, RunLayout, StageLayout
 from synthgen.io.store import Store
 
 
@@ -40,6 +41,41 @@ class AttemptName:
 
 def attempt_dir(store: Store, run_id: str, stage: str = DEFAULT_STAGE) -> str:
     return RunLayout(store, run_id).stage(stage).attempts_dir
+
+
+def shard_attempt_names(store: Store, layout: StageLayout, shard_id: str) -> list[str]:
+    """Names of the entries of `layout`'s attempts directory that start with `shard_id.`:
+    the shard's attempt start markers (and any write of one still in progress), the same
+    names a listing of the whole directory filtered by that prefix gives.
+
+    Only the shard's own entries are listed: a prefix listing on S3 (one ListObjectsV2 with
+    a Prefix, whatever the size of the run), one directory scan in C on a local disk. Listing
+    the whole directory per attempt (`Store.ls`) grew with the run: on S3 one request per
+    1,000 attempts of every shard, for every attempt."""
+    directory, prefix = layout.attempts_dir, f"{shard_id}."
+
+    def _names() -> list[str]:
+        if store.local:
+            try:
+                with os.scandir(directory) as entries:
+                    return sorted(e.name for e in entries if e.name.startswith(prefix))
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+        if store.output.uri.startswith("s3://"):
+            try:
+                found = store.fs.find(directory, maxdepth=1, withdirs=True, prefix=prefix)
+            except FileNotFoundError:
+                return []
+            names = (posixpath.basename(p.rstrip("/")) for p in found)
+            return sorted(n for n in names if n.startswith(prefix))
+        return [n for n in store.ls(directory) if n.startswith(prefix)]
+
+    return store.retry(_names, f"listing {store.location(directory)}/{prefix}*")
+
+
+def next_attempt(store: Store, layout: StageLayout, shard_id: str) -> int:
+    """The number of a new attempt of `shard_id`: 1 + its attempts so far."""
+    return 1 + len(shard_attempt_names(store, layout, shard_id))
 
 
 def commit_markers(

@@ -22,11 +22,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from synthgen.config import RunConfig
+from synthgen.cost.ledger import Ledger
 from synthgen.cost.meter import AttemptMeter, Counts
 from synthgen.cost.prices import kept_counts
 from synthgen.engines.base import GenRequest, prompt_seed
 from synthgen.engines.cache import get_engine, worker_identity
 from synthgen.errors import StorageError
+from synthgen.io.attempts import next_attempt
 from synthgen.io.layout import DEFAULT_STAGE, RunLayout
 from synthgen.io.store import Store
 from synthgen.stages.base import Stage, merged_drops, run_stages
@@ -186,7 +188,7 @@ def run_shard(task: ShardTask) -> ShardResult:
 
     started_at = _now()
     worker, host = worker_identity()
-    attempt = 1 + sum(1 for n in store.ls(layout.attempts_dir) if n.startswith(shard_id + "."))
+    attempt = next_attempt(store, layout, shard_id)
     store.write_json(
         layout.attempt(shard_id, attempt, uuid.uuid4().hex[:8]),
         {
@@ -202,7 +204,7 @@ def run_shard(task: ShardTask) -> ShardResult:
     # cost, recorded in its worker row, not this shard's
     engine, rows, steps, generate = _steps(cfg, store, stage, shard_id, worker)
     meter = AttemptMeter.start(cfg, task.shard_id, attempt, engine.info.device, engine.info.model)
-    fs, run_root = store.fs, run_layout.root
+    ledger = Ledger(run_layout)
     counts = Counts()
     try:
         counts.prompts = rows.num_rows
@@ -225,13 +227,13 @@ def run_shard(task: ShardTask) -> ShardResult:
             raise _Superseded(task.shard_id, attempt)
         size, sha = store.write_table(path, table)
     except _Superseded as exc:
-        meter.finish(fs, run_root, counts, "failed", error=str(exc))
+        meter.finish_in(ledger, counts, "failed", error=str(exc))
         done = store.read_json(marker)
         return ShardResult(**{**done["result"], "status": "superseded", "attempt": attempt})
     except Exception as exc:
         # a failed attempt cost money too: record it, then let the task retry
         try:
-            meter.finish(fs, run_root, counts, "failed", error=f"{type(exc).__name__}: {exc}")
+            meter.finish_in(ledger, counts, "failed", error=f"{type(exc).__name__}: {exc}")
         except Exception as ledger_exc:  # never hide the original failure
             log.warning(
                 "shard %s: could not write the failed attempt's ledger row: %s",
@@ -239,7 +241,7 @@ def run_shard(task: ShardTask) -> ShardResult:
                 ledger_exc,
             )
         raise
-    row = meter.finish(fs, run_root, counts, "succeeded")  # written before the commit marker
+    row = meter.finish_in(ledger, counts, "succeeded")  # written before the commit marker
     result = ShardResult(
         run_id=run_id,
         shard_id=task.shard_id,

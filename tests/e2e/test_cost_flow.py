@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from synthgen.cost.ledger import read_ledger, read_workers, run_fs
+from synthgen.cost.ledger import Ledger, open_run_uri
 from synthgen.cost.prices import PRICE_ENV
 from synthgen.cost.report import load_summary
 
@@ -45,8 +45,8 @@ def _run(config: str, overrides: list[str] | None = None) -> dict[str, Any]:
     return synthgen_run(config=config, overrides=overrides or [])
 
 
-def _run_root(tmp_path: Path, result: dict[str, Any]) -> tuple[Any, str]:
-    return run_fs(str(tmp_path / "out" / "runs" / result["run_id"]))
+def _run_ledger(tmp_path: Path, result: dict[str, Any]) -> Ledger:
+    return open_run_uri(str(tmp_path / "out" / "runs" / result["run_id"]))
 
 
 def test_fake_engine_known_time_wall_within_5pct_cost_exact(
@@ -55,8 +55,8 @@ def test_fake_engine_known_time_wall_within_5pct_cost_exact(
     monkeypatch.delenv(PRICE_ENV, raising=False)
     result = _run(_config(tmp_path, "timing", **{"model.fake.seconds_per_shard": 6.0}))
     assert result["status"] == "complete"
-    fs, root = _run_root(tmp_path, result)
-    rows = read_ledger(fs, root).to_pylist()
+    led = _run_ledger(tmp_path, result)
+    rows = led.rows().to_pylist()
     assert len(rows) == 4  # 24 built-in prompts / 6 per shard
     for r in rows:
         detail = f"{r['shard_id']}: wall {r['wall_seconds']:.3f}s engine {r['engine_seconds']:.3f}s"
@@ -71,7 +71,7 @@ def test_fake_engine_known_time_wall_within_5pct_cost_exact(
     assert manifest["cost"]["cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in rows))
     assert manifest["cost"]["completion_tokens"] == sum(r["completion_tokens"] for r in rows)
     # the embedded cluster's worker wrote its final row when the cluster closed
-    workers = read_workers(fs, root).to_pylist()
+    workers = led.workers().to_pylist()
     assert len(workers) == 1 and workers[0]["final"]
     assert workers[0]["busy_seconds"] == pytest.approx(sum(r["wall_seconds"] for r in rows))
     assert workers[0]["held_seconds"] > workers[0]["busy_seconds"]
@@ -120,8 +120,8 @@ def test_failed_then_retried_shard_two_rows_through_flow(
         )
         result = _run(cfg)
     assert result["status"] == "complete"
-    fs, root = _run_root(tmp_path, result)
-    rows = read_ledger(fs, root).to_pylist()
+    led = _run_ledger(tmp_path, result)
+    rows = led.rows().to_pylist()
     by_shard: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_shard.setdefault(r["shard_id"], []).append(r)
@@ -136,7 +136,7 @@ def test_failed_then_retried_shard_two_rows_through_flow(
     assert summary.totals["failed_cost_usd"] == pytest.approx(pair[0]["cost_usd"])
     assert summary.totals["failed_attempts"] == 1 and summary.totals["shards"] == 4
     # external cluster: the run released the worker, which wrote its final row
-    workers = read_workers(fs, root).to_pylist()
+    workers = led.workers().to_pylist()
     assert len(workers) == 1 and workers[0]["final"] and workers[0]["failed_attempts"] == 1
 
 
@@ -148,8 +148,8 @@ def test_budget_stops_then_resume_with_higher_budget(
     cfg = _config(tmp_path, "budget", **{"model.fake.seconds_per_shard": 1.0, "shards.size": 4})
     first = _run(cfg, ["budget.max_cost_usd=2.5"])
     assert first["status"] == "partial"
-    fs, root = _run_root(tmp_path, first)
-    rows1 = sorted(read_ledger(fs, root).to_pylist(), key=lambda r: r["started_at"])
+    led = _run_ledger(tmp_path, first)
+    rows1 = sorted(led.rows().to_pylist(), key=lambda r: r["started_at"])
     assert all(r["price_source"] == "worker" for r in rows1)
     # one worker, shards one after another: shard j+1 started only because
     # spent_j + spent_j / j <= 2.5, and the run stopped because the next check failed.
@@ -163,7 +163,7 @@ def test_budget_stops_then_resume_with_higher_budget(
         assert spent + spent / j <= 2.5
     assert sum(costs) + sum(costs) / k > 2.5
     assert not (tmp_path / "out" / "dataset" / "_manifest.json").exists()
-    shard_files = {p.name: p.stat().st_mtime_ns for p in (Path(root) / "shards").iterdir()}
+    shard_files = {p.name: p.stat().st_mtime_ns for p in (Path(led.run.root) / "shards").iterdir()}
     assert len(shard_files) == k
     run_uri = str(tmp_path / "out" / "runs" / first["run_id"])
     budget = load_summary(run_uri).budget
@@ -174,10 +174,10 @@ def test_budget_stops_then_resume_with_higher_budget(
 
     second = _run(cfg, ["budget.max_cost_usd=100"])
     assert second["status"] == "complete" and second["run_id"] == first["run_id"]
-    rows2 = read_ledger(fs, root).to_pylist()
+    rows2 = led.rows().to_pylist()
     assert len(rows2) == 6 and len({r["shard_id"] for r in rows2}) == 6  # none regenerated
     for name, mtime in shard_files.items():  # committed shards untouched by the resume
-        assert (Path(root) / "shards" / name).stat().st_mtime_ns == mtime
+        assert (Path(led.run.root) / "shards" / name).stat().st_mtime_ns == mtime
     assert second["shards_generated"] == 6 - k and second["shards_skipped"] == k
     after = load_summary(run_uri)
     assert after.budget is not None and not after.budget["partial"]

@@ -11,8 +11,9 @@ import pyarrow.dataset as ds
 import pytest
 
 from synthgen.config import config_from_dict
-from synthgen.cost.ledger import read_ledger
+from synthgen.cost.ledger import Ledger
 from synthgen.io.attempts import attempt_history, commit_markers
+from synthgen.io.layout import RunLayout
 from synthgen.io.store import Store
 from tests.crash_helpers import run_cli, start_cli, start_dask, wait_for
 from tests.helpers import fake_config, write_config
@@ -80,7 +81,7 @@ def test_sigkill_of_a_dask_worker_mid_shard_loses_and_doubles_nothing(
         a["shard_id"] == victim["shard_id"] and a["worker"] == victim["worker"] for a in lost
     ), history
     # the ledger shows the lost attempt too (status "lost", priced from that worker's rows)
-    ledger = read_ledger(store.fs, store.run_path(cfg.run_id)).to_pylist()
+    ledger = Ledger(RunLayout(store, cfg.run_id)).rows().to_pylist()
     lost_rows = [r for r in ledger if r["status"] == "lost" and r["shard_id"] == victim["shard_id"]]
     assert [r["worker"] for r in lost_rows] == [victim["worker"]], ledger
     assert lost_rows[0]["wall_seconds"] >= 0 and lost_rows[0]["cost_usd"] >= 0

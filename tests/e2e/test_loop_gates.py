@@ -10,7 +10,7 @@ import pytest
 
 from flows.run import synthgen_run
 from synthgen.config import config_from_dict
-from synthgen.cost.ledger import read_ledger, run_fs
+from synthgen.cost.ledger import open_run_uri
 from synthgen.cost.prices import PRICE_ENV
 from synthgen.cost.report import load_summary
 from synthgen.io.attempts import attempt_history
@@ -50,7 +50,7 @@ def test_verify_budget_and_timeout_in_one_run(tmp_path, prefect_api, monkeypatch
     budget = load_summary(str(run_dir)).budget
     assert budget is not None and budget["partial"] and budget["max_cost_usd"] == 3
     assert "budget.max_cost_usd=" in budget["message"]
-    rows = read_ledger(*run_fs(str(run_dir))).to_pylist()
+    rows = open_run_uri(str(run_dir)).rows().to_pylist()
     shard_rows = [r for r in rows if r["status"] != "verification"]
     assert 1 <= len({r["shard_id"] for r in shard_rows}) < 6
 
@@ -78,7 +78,7 @@ def test_verify_budget_and_timeout_in_one_run(tmp_path, prefect_api, monkeypatch
     second = synthgen_run(config=cfg_path, overrides=["budget.max_cost_usd=100"])
     assert second["status"] == "complete" and second["run_id"] == run_id
     assert second["rows_published"] == 24
-    rows2 = read_ledger(*run_fs(str(run_dir))).to_pylist()
+    rows2 = open_run_uri(str(run_dir)).rows().to_pylist()
     gen2 = [r for r in rows2 if r["status"] == "succeeded"]
     assert len(gen2) == 6 and len({r["shard_id"] for r in gen2}) == 6  # none regenerated
     assert {r["shard_id"] for r in rows2 if r["status"] == "verification"} == {

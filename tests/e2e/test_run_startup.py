@@ -52,3 +52,29 @@ def test_flow_parameters_run_starts_up_once(tmp_path, prefect_api, calls) -> Non
     assert res["status"] == "complete"
     assert calls == {"load_config": 1, "check_overrides": 1, "run_preflight": 1}
     assert not flows.run._named  # the config loaded for the run's name was taken by the run
+
+
+def test_deployment_run_starts_up_once(tmp_path, prefect_api, calls) -> None:
+    """A run of a served deployment, executed as `python -m prefect.engine` executes it in
+    the runner's child process (the flow run read back from the API, its parameters the
+    deployment's, `run_flow` with no parameters of its own), here in this process so that
+    the loads can be counted: the run's name and the run itself share one load."""
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import load_flow_run, run_flow
+
+    cfg = write_config(tmp_path / "c.yaml", fake_config(str(tmp_path / "out")))
+    deployment = flows.run.synthgen_run.to_deployment(
+        name=f"startup-{tmp_path.name}", parameters={"config": cfg, "overrides": ["shards.size=8"]}
+    )
+    deployment_id = deployment.apply()
+    with get_client(sync_client=True) as client:
+        created = client.create_flow_run_from_deployment(deployment_id)
+    flow_run = load_flow_run(flow_run_id=created.id)
+    assert flow_run.deployment_id == deployment_id
+    res = run_flow(flows.run.synthgen_run, flow_run=flow_run)
+    assert res["status"] == "complete"
+    assert calls == {"load_config": 1, "check_overrides": 1, "run_preflight": 1}
+    assert not flows.run._named
+    with get_client(sync_client=True) as client:
+        name = client.read_flow_run(created.id).name
+    assert name == f"{res['name']}/{res['run_id']}"  # the name came from that one load

@@ -14,7 +14,7 @@ import pytest
 from distributed import Client, LocalCluster
 
 from flows.run import synthgen_run
-from synthgen.cost.ledger import read_ledger, run_fs
+from synthgen.cost.ledger import open_run_uri
 from synthgen.cost.report import load_summary, to_markdown
 from tests.helpers import fake_config, write_config
 from tests.support.cheats import install_cheat
@@ -68,7 +68,7 @@ def test_honest_workers_pass_and_every_check_runs_on_another_worker(
     assert not (out / "runs" / res["run_id"] / "quarantine").exists()
     # what trust costs: one ledger row per check, priced on its verify seconds
     run_dir = out / "runs" / res["run_id"]
-    rows = read_ledger(*run_fs(str(run_dir))).to_pylist()
+    rows = open_run_uri(str(run_dir)).rows().to_pylist()
     vrows = [r for r in rows if r["status"] == "verification"]
     assert len(vrows) == 12 and len(list((run_dir / "ledger").glob("*-verify-a*.parquet"))) == 12
     by_shard = {c["shard_id"]: c for c in checks}

@@ -65,7 +65,7 @@ class LanguageFilter(Filter):
     name = "language"
 
     def __init__(self, cfg: LanguageFilterConfig) -> None:
-        try:
+        try:  # optional dependency, needed only by this filter
             import py3langid
         except ImportError as exc:
             raise MissingDependencyError(

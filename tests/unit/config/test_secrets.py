@@ -93,6 +93,33 @@ def test_config_secrets_and_stash_roundtrip():
         restore_secrets({**public, "run_id": "another"})
 
 
+def test_redact_masks_only_inside_free_mappings_and_copies_the_rest():
+    secret, nested = _planted("deep"), _planted("nested")
+    config = {
+        "name": "x",
+        "token": "not-a-free-mapping-value",  # credential-like key outside a free mapping
+        "prompts": {"topics": ["a", "b"], "secret": "kept-as-is"},
+        "output": {
+            "storage_options": {
+                "secret": secret,
+                "client_kwargs": {"aws_session_token": nested, "region": "eu"},
+                "tokens": [{"api_key": nested}],
+                "max_new_tokens": "64",
+            }
+        },
+        "model": {"vllm": {"extra": {"seed": 1}}},
+    }
+    public = stash_secrets(config)
+    opts = public["output"]["storage_options"]
+    assert opts["secret"] == MASK and opts["client_kwargs"]["aws_session_token"] == MASK
+    assert opts["tokens"] == [{"api_key": MASK}] and opts["max_new_tokens"] == "64"
+    assert public["token"] == config["token"] and public["prompts"] == config["prompts"]
+    assert config_secrets(config) == {secret, nested}
+    # the result shares no container with the input
+    public["prompts"]["topics"].append("c")
+    assert config["prompts"]["topics"] == ["a", "b"]
+
+
 def test_secret_overrides_are_refused_without_echoing_them():
     secret = _planted("ovr")
     with pytest.raises(ConfigError, match="AWS_SECRET_ACCESS_KEY") as err:

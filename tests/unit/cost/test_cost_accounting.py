@@ -9,7 +9,7 @@ import pytest
 
 from synthgen.config import config_from_dict
 from synthgen.cost import usage, worker_price
-from synthgen.cost.ledger import read_ledger, read_workers, run_fs
+from synthgen.cost.ledger import open_run_uri
 from synthgen.cost.meter import AttemptMeter, Counts
 from synthgen.cost.prices import PRICE_ENV
 from synthgen.errors import ConfigError
@@ -22,22 +22,22 @@ def test_meter_failed_then_succeeded_rows_and_wall_time(
     monkeypatch.delenv(PRICE_ENV, raising=False)
     usage.reset()
     cfg = config_from_dict({"run_id": "acct", "output": {"uri": str(tmp_path)}})
-    fs, root = run_fs(str(tmp_path / "runs" / "acct"))
+    led = open_run_uri(str(tmp_path / "runs" / "acct"))
     dev = "NVIDIA GeForce RTX 4090"
     m1 = AttemptMeter.start(cfg, "shard-00003", 1, dev, "m")
     time.sleep(0.2)
-    failed = m1.finish(fs, root, Counts(prompts=8), "failed", error="RuntimeError: CUDA OOM")
+    failed = m1.finish_in(led, Counts(prompts=8), "failed", error="RuntimeError: CUDA OOM")
     m2 = AttemptMeter.start(cfg, "shard-00003", 2, dev, "m")
     time.sleep(0.3)
-    ok = m2.finish(fs, root, Counts(8, 80, 800, 8, 700, 0.25), "succeeded")
-    rows = read_ledger(fs, root).to_pylist()
+    ok = m2.finish_in(led, Counts(8, 80, 800, 8, 700, 0.25), "succeeded")
+    rows = led.rows().to_pylist()
     assert [(r["attempt"], r["status"]) for r in rows] == [(1, "failed"), (2, "succeeded")]
     assert rows[0]["error"] == "RuntimeError: CUDA OOM"
     assert 0.2 <= failed["wall_seconds"] < 0.3 and 0.3 <= ok["wall_seconds"] < 0.4
     for r in rows:
         assert r["cost_usd"] == 0.35 * r["wall_seconds"] / 3600
         assert r["price_source"] == "table" and r["device_type"] == "RTX 4090"
-    workers = read_workers(fs, root).to_pylist()
+    workers = led.workers().to_pylist()
     assert len(workers) == 1
     assert workers[0]["shards"] == 1 and workers[0]["failed_attempts"] == 1
     assert workers[0]["busy_seconds"] == pytest.approx(failed["wall_seconds"] + ok["wall_seconds"])

@@ -64,7 +64,7 @@ def test_estimate_cli_calibrates_and_reads_earlier_ledgers(tmp_path, capsys) -> 
     from datetime import UTC, datetime, timedelta
 
     from synthgen.cli import main
-    from synthgen.cost.ledger import run_fs, write_ledger_row
+    from synthgen.cost.ledger import open_run_uri
     from synthgen.cost.prices import Price, ShardAttempt, ledger_row
     from tests.helpers import fake_config, write_config
 
@@ -77,10 +77,7 @@ def test_estimate_cli_calibrates_and_reads_earlier_ledgers(tmp_path, capsys) -> 
     )
     # an earlier run of the same model on an RTX 4090: 10 prompts in 5 s
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    fs, root = run_fs(f"{out}/runs/old")
-    write_ledger_row(
-        fs,
-        root,
+    open_run_uri(f"{out}/runs/old").write(
         ledger_row(
             ShardAttempt(
                 "old", "shard-00000", 1, "x", "w", "h", "NVIDIA GeForce RTX 4090", "fake",

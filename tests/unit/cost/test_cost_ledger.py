@@ -11,15 +11,7 @@ import pytest
 
 from synthgen.config import CostConfig, OutputConfig
 from synthgen.cost import usage
-from synthgen.cost.ledger import (
-    Ledger,
-    read_ledger,
-    read_workers,
-    run_fs,
-    write_ledger_row,
-    write_verification_row,
-    write_worker_row,
-)
+from synthgen.cost.ledger import Ledger, open_run_uri
 from synthgen.cost.prices import Price, ShardAttempt, ledger_row
 from synthgen.errors import StorageError
 from synthgen.io import store as store_module
@@ -56,24 +48,24 @@ def _row(shard: str, attempt: int, status: str, seconds: float) -> dict[str, obj
 
 
 def test_failed_then_retried_shard_has_two_rows_both_counted(tmp_path: Path) -> None:
-    fs, root = run_fs(str(tmp_path / "runs" / "r1"))
-    write_ledger_row(fs, root, _row("shard-00001", 1, "failed", 90.0))
-    write_ledger_row(fs, root, _row("shard-00001", 2, "succeeded", 180.0))
-    write_ledger_row(fs, root, _row("shard-00010", 1, "succeeded", 45.0))
-    rows = read_ledger(fs, root, "shard-00001").to_pylist()
+    led = open_run_uri(str(tmp_path / "runs" / "r1"))
+    led.write(_row("shard-00001", 1, "failed", 90.0))
+    led.write(_row("shard-00001", 2, "succeeded", 180.0))
+    led.write(_row("shard-00010", 1, "succeeded", 45.0))
+    rows = led.rows("shard-00001").to_pylist()
     assert [(r["attempt"], r["status"]) for r in rows] == [(1, "failed"), (2, "succeeded")]
     total = sum(r["cost_usd"] for r in rows)
     assert total == pytest.approx(0.04 * 270 / 3600, abs=1e-15)
-    assert len(read_ledger(fs, root)) == 3
+    assert len(led.rows()) == 3
     # no temp objects left behind, one file per attempt
     names = sorted(p.name for p in (tmp_path / "runs" / "r1" / "ledger").iterdir())
     assert len(names) == 3 and all(n.endswith(".parquet") for n in names)
 
 
 def test_empty_run_reads_as_empty_tables(tmp_path: Path) -> None:
-    fs, root = run_fs(str(tmp_path / "nothing"))
-    assert read_ledger(fs, root).num_rows == 0
-    assert read_workers(fs, root).num_rows == 0
+    led = open_run_uri(str(tmp_path / "nothing"))
+    assert led.rows().num_rows == 0
+    assert led.workers().num_rows == 0
 
 
 def test_usage_snapshot_held_busy_and_overwrite(tmp_path: Path) -> None:
@@ -87,11 +79,11 @@ def test_usage_snapshot_held_busy_and_overwrite(tmp_path: Path) -> None:
     assert row["busy_seconds"] == 3.0 and row["shards"] == 1 and row["failed_attempts"] == 1
     assert row["price_per_hour"] == pytest.approx(0.04) and row["device_type"] == "cpu-core"
     assert row["idle_seconds"] == pytest.approx(10.0 - 3.0 - row["load_seconds"], abs=1e-5)
-    fs, root = run_fs(str(tmp_path / "r"))
-    write_worker_row(fs, root, row)
+    led = open_run_uri(str(tmp_path / "r"))
+    led.write_worker(row)
     later = usage.snapshot("rX", CostConfig(), run_started_at=start, now=now + 5, final=True)
-    write_worker_row(fs, root, later)  # same worker id: overwritten, not doubled
-    rows = read_workers(fs, root).to_pylist()
+    led.write_worker(later)  # same worker id: overwritten, not doubled
+    rows = led.workers().to_pylist()
     assert (
         len(rows) == 1
         and rows[0]["final"]
@@ -130,8 +122,8 @@ def test_usage_plugin_on_real_cluster_writes_final_rows(tmp_path: Path) -> None:
         live = usage.collect(client, "rP", CostConfig(), started)
         assert len(live) == 2 and not any(r["final"] for r in live)
         closing = time.time()
-    fs, root = run_fs(str(tmp_path / "out" / "runs" / "rP"))
-    rows = {r["pid"]: r for r in read_workers(fs, root).to_pylist()}
+    led = open_run_uri(str(tmp_path / "out" / "runs" / "rP"))
+    rows = {r["pid"]: r for r in led.workers().to_pylist()}
     assert len(rows) == 2 and all(r["final"] for r in rows.values())
     busy = rows[pid]
     assert busy["busy_seconds"] == 0.5 and busy["shards"] == 1
@@ -276,8 +268,5 @@ def test_verification_rows_go_to_their_own_files(tmp_path: Path) -> None:
     assert path == ledger.run.stage().ledger_verification("shard-00001", 1, "c1")
     ledger.write(_row("shard-00001", 1, "succeeded", 30.0))
     assert len(ledger.rows()) == 2 and len(ledger.rows("shard-00001")) == 1  # attempts only
-    fs, root = run_fs(ledger.run.root)
-    with pytest.raises(ValueError, match="not a verification row"):
-        write_verification_row(fs, root, _row("shard-00001", 2, "succeeded", 1.0))
-    # the (fs, run_root) functions read and write the same files
-    assert read_ledger(fs, root).equals(ledger.rows())
+    # the same run opened by its URI reads the same files
+    assert open_run_uri(ledger.run.root).rows().equals(ledger.rows())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from synthgen.cost.ledger import run_fs, write_ledger_row, write_worker_row
+from synthgen.cost.ledger import open_run_uri
 from synthgen.cost.prices import Price, ShardAttempt, WorkerUsage, ledger_row, worker_row
 from synthgen.cost.report import (
     load_summary,
@@ -101,12 +101,12 @@ def test_worker_without_row_still_billed_its_shards() -> None:
 
 def test_write_report_local_png_and_markdown(tmp_path: Path) -> None:
     run = tmp_path / "out" / "runs" / "r1"
-    fs, root = run_fs(str(run))
+    led = open_run_uri(str(run))
     ledger, workers = _rows()
     for row in ledger:
-        write_ledger_row(fs, root, row)
+        led.write(row)
     for row in workers:
-        write_worker_row(fs, root, row)
+        led.write_worker(row)
     files = write_report(str(run))
     png = (run / "report.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
@@ -126,16 +126,16 @@ def test_report_missing_run_names_it(tmp_path: Path) -> None:
 def test_report_over_s3(s3_server: str, s3_bucket: str) -> None:
     s3_opts = {"endpoint_url": s3_server}
     uri = f"s3://{s3_bucket}/out/runs/r1"
-    fs, root = run_fs(uri, s3_opts)
+    led = open_run_uri(uri, s3_opts)
     ledger, workers = _rows()
     for row in ledger:
-        write_ledger_row(fs, root, row)
+        led.write(row)
     for row in workers:
-        write_worker_row(fs, root, row)
+        led.write_worker(row)
     files = write_report(uri, storage_options=s3_opts)
     assert files.png_path == f"{uri}/report.png"
-    fs.invalidate_cache()
-    assert fs.cat(f"{root}/report.png").startswith(b"\x89PNG")
+    led.store.fs.invalidate_cache()
+    assert led.store.fs.cat(f"{led.run.root}/report.png").startswith(b"\x89PNG")
     assert load_summary(uri, s3_opts).totals["attempts"] == 3
 
 
@@ -145,12 +145,12 @@ def test_report_cli_prints_and_writes_png(
     from synthgen.cli import main
 
     run = tmp_path / "out" / "runs" / "r1"
-    fs, root = run_fs(str(run))
+    led = open_run_uri(str(run))
     ledger, workers = _rows()
     for row in ledger:
-        write_ledger_row(fs, root, row)
+        led.write(row)
     for row in workers:
-        write_worker_row(fs, root, row)
+        led.write_worker(row)
     png = tmp_path / "chart.png"
     assert main(["report", str(run), "--out", str(png)]) == 0
     out = capsys.readouterr().out

@@ -8,14 +8,7 @@ from pathlib import Path
 import pytest
 
 from synthgen.cost.budget import BudgetGate
-from synthgen.cost.ledger import (
-    read_ledger,
-    run_fs,
-    verify_ledger_path,
-    write_ledger_row,
-    write_verification_row,
-    write_worker_row,
-)
+from synthgen.cost.ledger import open_run_uri
 from synthgen.cost.prices import Price, verification_row
 from synthgen.cost.report import load_summary, manifest_totals, summarize, to_markdown
 from tests.unit.cost.test_report import P4090, PH100, T0, _rows
@@ -102,17 +95,17 @@ def test_budget_spend_counts_verification_but_not_as_an_attempt() -> None:
 
 def test_ledger_files_read_ledger_globs(tmp_path: Path) -> None:
     run = tmp_path / "out" / "runs" / "r1"
-    fs, root = run_fs(str(run))
+    led = open_run_uri(str(run))
     ledger, workers = _rows()
     for row in ledger:
-        write_ledger_row(fs, root, row)
+        led.write(row)
     for row in workers:
-        write_worker_row(fs, root, row)
-    paths = [write_verification_row(fs, root, row) for row in _checks()]
-    assert paths[0] == verify_ledger_path(root, "shard-00000", 2, "v-shard-00000-2")
+        led.write_worker(row)
+    paths = [led.write(row) for row in _checks()]
+    assert paths[0] == led.stage.ledger_verification("shard-00000", 2, "v-shard-00000-2")
     assert Path(paths[0]).name.startswith("shard-00000-verify-a2-")
     assert len({Path(p).name for p in paths}) == 2 and all(Path(p).is_file() for p in paths)
-    every = read_ledger(fs, root).to_pylist()
+    every = led.rows().to_pylist()
     assert sorted(r["status"] for r in every) == [
         "failed",
         "succeeded",
@@ -121,7 +114,7 @@ def test_ledger_files_read_ledger_globs(tmp_path: Path) -> None:
         "verification",
     ]
     # the per-shard glob (what the flow's budget bookkeeping reads) sees attempts only
-    shard0 = read_ledger(fs, root, "shard-00000").to_pylist()
+    shard0 = led.rows("shard-00000").to_pylist()
     assert [r["status"] for r in shard0] == ["failed", "succeeded"]
     t = load_summary(str(run)).totals
     assert t["attempts"] == 3 and t["verification_cost_usd"] == pytest.approx(0.011)

@@ -72,6 +72,22 @@ def test_prepickled_stays_bytes_through_pickling_and_copies() -> None:
     assert ctx == {"flow_run_context": value, "tags_context": {"current_tags": []}}
 
 
+def test_prepickled_unpickles_once_per_blob_and_hands_out_copies(monkeypatch) -> None:
+    import flows._fast_context as fc
+
+    loads, real_loads = [], pickle.loads
+    monkeypatch.setattr(fc.pickle, "loads", lambda b: loads.append(b) or real_loads(b))
+    value = {"flow_run": {"id": "y"}, "parameters": {"n": 1}}
+    blob = _Prepickled.of(value).blob
+    first = _Prepickled(blob).value()  # a fresh object per task, as a worker unpickles it
+    first["extra"] = 1  # a caller changing its copy
+    second = _Prepickled(bytes(blob)).value()
+    assert second == value and "extra" not in second
+    assert len(loads) == 1  # the same bytes: unpickled once
+    other = _Prepickled.of({"flow_run": {"id": "z"}}).value()
+    assert other == {"flow_run": {"id": "z"}} and len(loads) == 2
+
+
 def test_only_the_routine_success_line_is_dropped() -> None:
     f = _DropRoutineSuccess()
 

@@ -11,7 +11,7 @@ from synthgen.stages.base import Stage, StageStats, merged_drops, run_stages
 from synthgen.stages.clean import CleanStage, clean_shard
 from synthgen.stages.generate import GenerateStage
 from synthgen.stages.pipeline import run_stage_list
-from synthgen.stages.plan import PlanStage, PromptsStage, _plan_table
+from synthgen.stages.plan import PlanStage, PromptsStage, plan_table
 from synthgen.stages.publish import PublishStage, RunDedupMarks
 from synthgen.stages.sharding import make_shards
 from tests.helpers import fake_config
@@ -88,7 +88,7 @@ def test_generate_then_clean_counts_equal_the_clean_step_alone(tmp_path) -> None
         fake_config(str(tmp_path), clean={"enabled": True}, model__max_model_len=64)
     )
     source = PromptsStage(cfg)
-    prompts, pstats = source(_plan_table([]))
+    prompts, pstats = source(plan_table([]))
     assert pstats.rows_out == prompts.num_rows == 24
     # one over-long prompt: the engine refuses it, the generate stage flags it
     long = prompts.slice(0, 3).to_pylist()
@@ -107,7 +107,7 @@ def test_generate_then_clean_counts_equal_the_clean_step_alone(tmp_path) -> None
 def test_plan_stage_cuts_the_same_shards_as_make_shards(tmp_path) -> None:
     cfg = config_from_dict(fake_config(str(tmp_path), shards__size=5))
     source = PromptsStage(cfg)
-    rows, _ = source(_plan_table([]))
+    rows, _ = source(plan_table([]))
     planner = PlanStage(cfg)
     out, stats = planner(rows)
     assert out.equals(rows) and stats.drops == {}

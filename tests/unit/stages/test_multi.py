@@ -16,7 +16,7 @@ from synthgen.engines.base import EngineInfo, GenRequest, prompt_seed
 from synthgen.errors import EngineError
 from synthgen.stages.columns import stage_schema
 from synthgen.stages.multi import StageStep, parse_output, stage_sampling
-from synthgen.stages.plan import _plan_table
+from synthgen.stages.plan import plan_table
 from synthgen.stages.prompts import PromptRecord
 
 
@@ -71,7 +71,7 @@ def _cfg(stages, **top):
 
 
 def _plan(*topics: str) -> pa.Table:
-    return _plan_table(
+    return plan_table(
         [PromptRecord(f"p-{t}", [{"role": "user", "content": t}], {"topic": t}) for t in topics]
     )
 

@@ -10,7 +10,7 @@ import pytest
 from synthgen.config import config_from_dict
 from synthgen.config.templating import template_vars
 from synthgen.errors import ConfigError
-from synthgen.stages.plan import _plan_table
+from synthgen.stages.plan import plan_table
 from synthgen.stages.prompts import PromptRecord
 from synthgen.stages.template import (
     StageTemplates,
@@ -45,7 +45,7 @@ def test_first_stage_renders_from_plan_rows():
     cfg = _cfg(
         [{"name": "q", "system": "Be brief about {{ topic }}.", "prompt": "Ask: {{ prompt }}"}]
     )
-    plan = _plan_table(
+    plan = plan_table(
         [PromptRecord("p1", [{"role": "user", "content": "tides"}], {"topic": "tides"})]
     )
     assert render_messages(cfg, cfg.stages[0], plan) == [
@@ -102,7 +102,7 @@ def test_missing_value_and_sandbox_errors_name_stage_and_prompt():
         [{"name": "q", "prompt": "{{ level }}"}],
         prompts={"type": "jsonl", "path": "unused.jsonl"},
     )
-    plan = _plan_table([PromptRecord("p7", [{"role": "user", "content": "x"}], {"other": 1})])
+    plan = plan_table([PromptRecord("p7", [{"role": "user", "content": "x"}], {"other": 1})])
     with pytest.raises(ConfigError, match=r"stages\[0\] \(q\): prompt p7: cannot render.*level"):
         render_messages(cfg, cfg.stages[0], plan)
     cfg = _cfg([{"name": "q", "prompt": "{{ prompt.__class__.__mro__ }}"}])
