@@ -45,6 +45,8 @@ from synthgen.config.secrets import check_overrides, protect, restore_secrets, s
 from synthgen.cost.lost import record_lost_attempts
 from synthgen.cost.report import manifest_totals
 from synthgen.cost.summary import RunSummary, per_worker
+from synthgen.errors import RunIncomplete
+from synthgen.io.checked import ShardWithdrawn
 from synthgen.io.layout import RunLayout
 from synthgen.io.lease import RunLease
 from synthgen.io.store import Store
@@ -61,7 +63,24 @@ def generate_shard(config: dict[str, Any] | Opaque, shard_id: str) -> dict[str, 
     return run_shard(ShardTask(config, shard_id)).as_dict()
 
 
-@task(name="publish-shard", persist_result=False, retries=2, retry_delay_seconds=2)
+def _retry_unless_withdrawn(task: Any, task_run: Any, state: Any) -> bool:
+    """A withdrawn shard is generated again by the flow; retrying its publish cannot help."""
+    try:
+        state.result()
+    except ShardWithdrawn:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+@task(
+    name="publish-shard",
+    persist_result=False,
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=_retry_unless_withdrawn,
+)
 def publish_shard_task(config: dict[str, Any] | Opaque, shard_id: str) -> dict[str, Any]:
     """Publish one committed shard (its run-wide dedup drops read from the run's drops file)."""
     return publish_shard(unwrap(config), shard_id)
@@ -83,9 +102,47 @@ def dedup_task(config: dict[str, Any] | Opaque, shard_ids: list[str]) -> dict[st
         "verified_pairs": res.verified_pairs,
         "drop_counts": res.counts,
         "seconds": round(time.perf_counter() - started, 3),
+        "withdrawn": res.withdrawn,  # shards that failed their check: generated again
         # the publish tasks read their shard's drops from this file (the flow ships none)
         "drops_file": layout.url(layout.dedup_drops),
     }
+
+
+FINISH_ROUNDS = 3  # dedup + publish, again after each regeneration of withdrawn shards
+
+
+def _finish(
+    cfg: RunConfig, task_config: Opaque, store: Store
+) -> tuple[tuple[list[dict[str, Any]], dict[str, Any] | None] | None, list[str]]:
+    """Run-wide dedup and publish over every committed shard: ((published files, manifest
+    extras), []), or (None, withdrawn shards) when a shard failed its check against its
+    commit marker (withdrawn by the check; nothing is published from it)."""
+    run_id = cfg.run_id or ""
+    committed = committed_shards(store, run_id)
+    extra = None
+    if cfg.clean.enabled and (cfg.clean.exact.enabled or cfg.clean.near.enabled):
+        dedup = dedup_task.submit(task_config, sorted(committed)).result()
+        if dedup["withdrawn"]:
+            return None, dedup["withdrawn"]
+        extra = {"dedup": {k: v for k, v in dedup.items() if k != "withdrawn"}}
+        print(
+            f"cross-shard dedup: {dedup['rows_checked']} kept rows checked, "
+            f"{dedup['verified_pairs']} duplicate pairs, dropped {dedup['drop_counts'] or 'none'}"
+        )
+    pubs = {sid: publish_shard_task.submit(task_config, sid) for sid in sorted(committed)}
+    files, failed = [], []
+    for sid, fut in pubs.items():
+        try:
+            files.append(fut.result())
+        except Exception as exc:  # a withdrawn shard, or a storage failure
+            failed.append((sid, exc))
+    if failed:
+        still = committed_shards(store, run_id)
+        withdrawn = [sid for sid, _ in failed if sid not in still]
+        if withdrawn:
+            return None, withdrawn
+        raise failed[0][1]
+    return (files, extra), []
 
 
 def _gpu_annotation(cfg: RunConfig) -> contextlib.AbstractContextManager[Any]:
@@ -182,7 +239,25 @@ def generate_flow(
             f"${res['cost_usd']:.4f} · run {tokens / elapsed:.1f} tokens/s"
         )
 
-    sched = ShardLoop(shard_ids, submit, gates, on_result=report).run()
+    loop = ShardLoop(shard_ids, submit, gates, on_result=report)
+    sched = loop.run()
+    published = None
+    for _ in range(FINISH_ROUNDS):
+        if len(committed_shards(store, cfg.run_id or "")) != total:
+            break  # failed or not started (budget): nothing is published
+        # every shard committed: run-wide dedup, then publish, both on the cluster; each
+        # reads a shard only as its commit marker describes it, withdrawing any that differ
+        published, withdrawn = _finish(cfg, task_config, store)
+        if not withdrawn:
+            break
+        print(
+            f"{len(withdrawn)} committed shard(s) failed their check and were withdrawn "
+            f"({', '.join(withdrawn[:5])}{'...' if len(withdrawn) > 5 else ''}); "
+            "generating them again"
+        )
+        for sid in withdrawn:
+            loop.requeue(sid)
+        sched = loop.run()  # the same loop and gates (budget, timeouts, verification)
     results, failures = sched.results, sched.failures
     verification = None
     if verify is not None:
@@ -194,7 +269,6 @@ def generate_flow(
     record_budget(cfg, budget_msg)
     if budget_msg:
         print(budget_msg)
-    committed = committed_shards(store, cfg.run_id or "")
     try:  # attempts whose worker died wrote no ledger row: price them from their markers
         lost = record_lost_attempts(store, cfg.run_id or "")
         if lost:
@@ -203,19 +277,9 @@ def generate_flow(
         print(f"warning: could not record lost attempts: {type(exc).__name__}: {exc}")
     finish_usage(cfg, run_started_at)
     manifest = None
-    if len(committed) == total:
-        # every shard committed: run-wide dedup, then publish, both on the cluster
-        extra = None
-        if cfg.clean.enabled and (cfg.clean.exact.enabled or cfg.clean.near.enabled):
-            dedup = dedup_task.submit(task_config, sorted(committed)).result()
-            extra = {"dedup": dedup}
-            print(
-                f"cross-shard dedup: {dedup['rows_checked']} kept rows checked, "
-                f"{dedup['verified_pairs']} duplicate pairs, dropped {dedup['drop_counts'] or 'none'}"
-            )
-        pubs = [publish_shard_task.submit(task_config, sid) for sid in sorted(committed)]
-        files = [p.result() for p in pubs]
-        summary = cost_summary(cfg)
+    if published is not None:
+        files, extra = published
+        summary = cost_summary(cfg)  # after finish_usage: the workers' rows are in
         if summary:
             extra = {**(extra or {}), "cost": manifest_totals(summary)}
         manifest = write_manifest(cfg, store, files, extra)
@@ -329,6 +393,12 @@ def _execute_leased(
     publish_cost_artifact(cfg)  # after the cluster closed: workers' final rows are in
     committed = committed_shards(store, run_id)
     missing = [s.shard_id for s in plan.shards if s.shard_id not in committed]
+    if not missing and gen["manifest"] is None:  # committed, but failed their checks again
+        raise RunIncomplete(
+            f"run {run_id}: every shard is committed but the dataset was not published: "
+            f"shards kept failing their check against their commit markers "
+            f"({FINISH_ROUNDS} rounds); see the log for the files. Re-run the same command."
+        )
     partial = bool(missing and gen["budget_message"])
     status = "complete" if not missing else ("partial" if partial else "failed")
     manifest = gen["manifest"]
@@ -357,7 +427,7 @@ def _execute_leased(
     if partial:
         print(gen["budget_message"])
     elif missing:
-        raise RuntimeError(
+        raise RunIncomplete(
             f"run {run_id}: {len(missing)} of {len(plan.shards)} shards failed "
             f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}); committed shards "
             f"are kept: re-run the same command to generate only the missing ones. "

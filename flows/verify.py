@@ -216,7 +216,11 @@ class VerifyGate(Gate):
             f"{check['verifier']}: {status}"
             + (f" z={check['z']:.1f}" if check.get("z") is not None else "")
         )
-        if status == "fail":
+        if status == "withdrawn":  # its file no longer matches its commit: not the worker's
+            self.accepted.pop(shard_id, None)
+            print(f"shard {shard_id}: {'; '.join(check.get('reasons') or [])}")
+            self.loop.requeue(shard_id)
+        elif status == "fail":
             self.out.quarantined.append(check)
             self.accepted.pop(shard_id, None)
             self._regenerate(shard_id, check["generator"], "; ".join(check.get("reasons") or []))

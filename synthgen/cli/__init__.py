@@ -17,7 +17,27 @@ import sys
 from collections.abc import Sequence
 
 from synthgen.cli.cost import add_cost_commands
-from synthgen.errors import StorageError, SynthgenError
+from synthgen.cli.lifecycle import (
+    EXIT_BUSY,
+    EXIT_INCOMPLETE,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    EXIT_WAIT_TIMEOUT,
+    Terminated,
+    install_sigterm,
+    start_watchdog,
+)
+from synthgen.errors import (
+    BudgetExhausted,
+    EngineError,
+    PreflightError,
+    RunIncomplete,
+    RunLockedError,
+    StorageError,
+    SynthgenError,
+)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -28,13 +48,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     from synthgen.io.lease import RunLease
     from synthgen.io.store import Store
 
+    install_sigterm()  # SIGTERM unwinds the run (servers and workers closed), exit 143
     check_overrides(args.set)  # credentials never become Prefect parameters
     cfg = load_config(args.config, args.set)  # fail on a bad config before anything starts
     protect(cfg)
     print(f"synthgen: run {cfg.run_id} ({args.config}) -> {cfg.output.uri}", flush=True)
     # model, scheduler, credentials, writable output: before the Prefect server or any GPU
     in_block = cfg.output.credentials_block is not None  # readable only once Prefect is up
-    print(f"synthgen: {run_preflight(cfg, storage=not in_block).render()}", flush=True)
+    try:
+        report = run_preflight(cfg, storage=not in_block)
+    except StorageError as exc:  # an unusable output (no bucket, not writable): bad input
+        raise PreflightError(str(exc)) from exc
+    print(f"synthgen: {report.render()}", flush=True)
+    start_watchdog()  # a SIGKILLed run takes its server and workers down with it
     if not in_block:
         RunLease(Store(cfg.output), cfg.run_id or "").ensure_free()  # refuse before startup
     from flows.prefect_env import prefect_api
@@ -47,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.summary_json:
         with open(args.summary_json, "w", encoding="utf-8") as fh:
             json.dump(result, fh, indent=2, default=str)
-    return 0 if result["status"] == "complete" else 3
+    return EXIT_OK if result["status"] == "complete" else EXIT_INCOMPLETE
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -69,8 +95,8 @@ def cmd_trigger(args: argparse.Namespace) -> int:
     result = trigger(args.name, args.set, timeout=args.timeout, poll_interval=args.poll)
     print(result.render(), flush=True)
     if not result.final:
-        return 4
-    return 0 if result.ok else 3
+        return EXIT_WAIT_TIMEOUT
+    return EXIT_OK if result.ok else EXIT_INCOMPLETE
 
 
 def add_serve_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -120,21 +146,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def exit_code(exc: SynthgenError) -> int:
+    """The exit code of an expected failure (docs/cli.md#exit-codes)."""
+    if isinstance(exc, RunLockedError):
+        return EXIT_BUSY
+    if isinstance(exc, RunIncomplete | BudgetExhausted | StorageError | EngineError):
+        return EXIT_INCOMPLETE
+    return EXIT_INVALID  # config, overrides, prompts, preflight, a missing dependency
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # bad arguments: usage + exit 2 (argparse)
     try:
         return int(args.func(args))
     except SynthgenError as exc:
         from synthgen.config.secrets import MASKER
 
+        code = exit_code(exc)
         hint = ""
-        if isinstance(exc, StorageError):
+        if code == EXIT_INCOMPLETE:
             hint = "\nsynthgen: committed shards are kept; re-run the same command to resume"
         print(f"synthgen: error: {MASKER.mask(str(exc))}{hint}", file=sys.stderr)
-        return 2
+        return code
     except KeyboardInterrupt:
         print("synthgen: interrupted; committed shards are kept, re-run to resume", file=sys.stderr)
-        return 130
+        return EXIT_SIGINT
+    except Terminated:
+        print(
+            "synthgen: terminated (SIGTERM); committed shards are kept, re-run to resume",
+            file=sys.stderr,
+        )
+        return EXIT_SIGTERM
     except Exception as exc:
         from synthgen.config.secrets import MASKER
         from synthgen.io.store import is_transient
@@ -148,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "synthgen: committed shards are kept; re-run the same command to resume",
             file=sys.stderr,
         )
-        return 2
+        return EXIT_INCOMPLETE
 
 
 if __name__ == "__main__":

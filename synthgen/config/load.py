@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from synthgen.config.overrides import apply_overrides
+from synthgen.config.overrides import apply_overrides, overrides_at
 from synthgen.config.run import RunConfig
 from synthgen.errors import ConfigError
 
@@ -41,7 +41,9 @@ def config_from_dict(
             msg = err["msg"]
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
-            lines.append(f"{source}: {key}: {msg}")
+            by = overrides_at(key.split("."), overrides)
+            where = ", ".join(f"--set {o!r}" for o in by) if by else source
+            lines.append(f"{where}: {key}: {msg}")
         raise ConfigError("invalid config\n  " + "\n  ".join(lines)) from None
 
 

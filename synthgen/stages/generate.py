@@ -9,7 +9,6 @@ a committed shard or one that will be generated again (overwriting the same keys
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -19,15 +18,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from synthgen.config import RunConfig
 from synthgen.cost.meter import AttemptMeter, Counts
 from synthgen.cost.prices import kept_counts
 from synthgen.engines.base import GenRequest, prompt_seed
 from synthgen.engines.cache import get_engine, worker_identity
-from synthgen.errors import StorageError
 from synthgen.io.attempts import commit_markers
+from synthgen.io.checked import ShardWithdrawn, read_checked, read_marker
 from synthgen.io.layout import RunLayout
 from synthgen.io.schema import RECORD_SCHEMA
 from synthgen.io.store import Store
@@ -93,21 +91,13 @@ class _Superseded(Exception):
 
 
 def read_committed_shard(store: Store, run_id: str, shard_id: str) -> pa.Table:
-    """The rows of a committed shard, checked against its commit marker's sha256.
+    """The rows of a committed shard, checked against its commit marker (sha256, row count,
+    readable Parquet; `synthgen.io.checked.read_checked`).
 
-    A file that does not match its marker (overwritten after the commit, corrupted) is never
-    used: the marker is removed, so that a re-run generates the shard again, and the error
-    says so."""
-    marker_path = commit_path(store, run_id, shard_id)
-    marker = store.read_json(marker_path)
-    data = store.read_bytes(marker.get("file") or shard_path(store, run_id, shard_id))
-    if hashlib.sha256(data).hexdigest() != marker.get("sha256"):
-        store.rm(marker_path)
-        raise StorageError(
-            f"run {run_id}: shard {shard_id}: the file does not match its commit marker "
-            "(sha256 differs); the commit was withdrawn, re-run to generate the shard again"
-        )
-    return pq.read_table(pa.BufferReader(data))
+    A file that does not match its marker (overwritten after the commit, truncated,
+    corrupted), or a garbage marker, is never used: the marker is withdrawn, so that the
+    shard is generated again, and `ShardWithdrawn` (a StorageError) says so."""
+    return read_checked(store, run_id, shard_id).table
 
 
 def committed_shards(store: Store, run_id: str) -> dict[str, dict[str, Any]]:
@@ -199,8 +189,11 @@ def run_shard(task: ShardTask) -> ShardResult:
     run_id = cfg.run_id or ""
     store = Store(cfg.output)
     marker = commit_path(store, run_id, task.shard_id)
-    if store.exists(marker):
-        done = store.read_json(marker)
+    try:
+        done = read_marker(store, run_id, task.shard_id)
+    except ShardWithdrawn:  # a garbage marker (withdrawn, logged): generate the shard again
+        done = None
+    if done is not None:
         return ShardResult(**{**done["result"], "status": "skipped"})
 
     started_at = _now()
