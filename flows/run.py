@@ -33,6 +33,7 @@ from flows.cost import (
     runner_kwargs,
     start_usage,
 )
+from flows.credentials import load_secret_token
 from flows.loop import Gate, ShardLoop
 from flows.refs import SUMMARY_ARTIFACT_PREFIX, deployment_default_config, resolve_config_ref
 from flows.task_runner import Opaque, SynthgenTaskRunner, unwrap
@@ -47,6 +48,7 @@ from synthgen.cost.report import manifest_totals
 from synthgen.cost.summary import RunSummary, per_worker
 from synthgen.errors import RunIncomplete
 from synthgen.io.checked import ShardWithdrawn
+from synthgen.io.hub import HubTarget, push_dataset, token_from_env
 from synthgen.io.layout import RunLayout
 from synthgen.io.lease import RunLease
 from synthgen.io.store import Store
@@ -293,6 +295,23 @@ def generate_flow(
     }
 
 
+def _push_to_hub(cfg: RunConfig, store: Store) -> None:
+    """`output.hub`: the published dataset folder to the Hub, one commit (the token from
+    the Secret block or HF_TOKEN; masked)."""
+    hub = cfg.output.hub
+    if hub is None:
+        return
+    if hub.token_block:
+        token, source = load_secret_token(hub.token_block), hub.token_block
+    else:
+        token, source = token_from_env(), "HF_TOKEN"
+    target = HubTarget(hub.repo, private=hub.private, revision=hub.revision)
+    done = push_dataset(
+        store, target, token, message=f"synthgen: run {cfg.run_id}", token_source=source
+    )
+    print(f"pushed {len(done['files'])} files to the Hub: {done['repo']}@{done['revision']}")
+
+
 def summary_artifact_key(run_id: str) -> str:
     """Artifact keys allow lowercase letters, digits and dashes only."""
     slug = re.sub(r"[^a-z0-9-]+", "-", run_id.lower()).strip("-")
@@ -424,6 +443,8 @@ def _execute_leased(
             markdown=f"## synthgen run `{cfg.name}` / `{run_id}`\n\n{summary.render_markdown()}",
             description=f"cost and throughput of run {run_id}",
         )
+    if status == "complete" and cfg.output.hub is not None:
+        _push_to_hub(cfg, store)
     if partial:
         print(gen["budget_message"])
     elif missing:

@@ -31,7 +31,10 @@ from synthgen.cli.lifecycle import (
 )
 from synthgen.errors import (
     BudgetExhausted,
+    ConfigError,
     EngineError,
+    HubError,
+    HubTokenError,
     PreflightError,
     RunIncomplete,
     RunLockedError,
@@ -45,6 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from synthgen.config import load_config
     from synthgen.config.secrets import check_overrides, protect
     from synthgen.cost.summary import RunSummary
+    from synthgen.io.hub import check_token_shape, token_from_env
     from synthgen.io.lease import RunLease
     from synthgen.io.store import Store
 
@@ -60,6 +64,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     except StorageError as exc:  # an unusable output (no bucket, not writable): bad input
         raise PreflightError(str(exc)) from exc
     print(f"synthgen: {report.render()}", flush=True)
+    hub = cfg.output.hub
+    if hub is not None and hub.token_block is None:  # a block is readable once Prefect is up
+        try:
+            check_token_shape(token_from_env(), "HF_TOKEN (output.hub)")
+        except HubTokenError as exc:
+            raise PreflightError(str(exc)) from None
     start_watchdog()  # a SIGKILLed run takes its server and workers down with it
     if not in_block:
         RunLease(Store(cfg.output), cfg.run_id or "").ensure_free()  # refuse before startup
@@ -74,6 +84,64 @@ def cmd_run(args: argparse.Namespace) -> int:
         with open(args.summary_json, "w", encoding="utf-8") as fh:
             json.dump(result, fh, indent=2, default=str)
     return EXIT_OK if result["status"] == "complete" else EXIT_INCOMPLETE
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Push OUTPUT/dataset/ to the Hub (one commit)."""
+    from synthgen.config import OutputConfig, load_config
+    from synthgen.config.hub import HubConfig
+    from synthgen.io.hub import HubTarget, push_dataset, token_from_env
+    from synthgen.io.store import Store
+
+    output = OutputConfig(uri=args.output)
+    hub = None
+    if args.config:
+        cfg_output = load_config(args.config, args.set).output
+        output = cfg_output.model_copy(update={"uri": args.output})
+        hub = cfg_output.hub
+    if args.hub:
+        hub = HubConfig(
+            repo=args.hub,
+            private=args.private,
+            revision=args.revision,
+            token_block=args.token_block or (hub.token_block if hub else None),
+        )
+    if hub is None:
+        raise ConfigError("synthgen publish: name the repository with --hub ORG/NAME")
+    target = HubTarget(hub.repo, private=hub.private, revision=hub.revision)
+    if hub.token_block:
+        from flows.prefect_env import prefect_api
+
+        with prefect_api():
+            from flows.credentials import load_secret_token
+
+            token, source = load_secret_token(hub.token_block), hub.token_block
+    else:
+        token, source = token_from_env(), "HF_TOKEN"
+    done = push_dataset(Store(output), target, token, token_source=source)
+    print(
+        f"synthgen: pushed {len(done['files'])} files ({len(done['deleted'])} removed) to "
+        f"{done['repo']}@{done['revision']}: {done['commit']}"
+    )
+    return EXIT_OK
+
+
+def add_publish_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    pub = sub.add_parser(
+        "publish", help="push a published dataset (OUTPUT/dataset/) to the Hugging Face Hub"
+    )
+    pub.add_argument("output", metavar="OUTPUT", help="the run's output URI (local or s3://)")
+    pub.add_argument("--hub", metavar="ORG/NAME", help="dataset repository on the Hub")
+    pub.add_argument("--private", action="store_true", help="create the repository private")
+    pub.add_argument("--revision", metavar="BRANCH", help="commit to this branch (default main)")
+    pub.add_argument(
+        "--token-block", metavar="secret/NAME", help="Prefect Secret holding the token"
+    )
+    pub.add_argument(
+        "--config", help="a run config: its output.storage_options and output.hub are used"
+    )
+    pub.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
+    pub.set_defaults(func=cmd_publish)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -142,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--summary-json", metavar="PATH", help="also write the summary as JSON")
     run.set_defaults(func=cmd_run)
     add_cost_commands(sub)
+    add_publish_command(sub)
     add_serve_commands(sub)
     return p
 
@@ -150,7 +219,9 @@ def exit_code(exc: SynthgenError) -> int:
     """The exit code of an expected failure (docs/cli.md#exit-codes)."""
     if isinstance(exc, RunLockedError):
         return EXIT_BUSY
-    if isinstance(exc, RunIncomplete | BudgetExhausted | StorageError | EngineError):
+    if isinstance(exc, HubTokenError):
+        return EXIT_INVALID
+    if isinstance(exc, RunIncomplete | BudgetExhausted | StorageError | EngineError | HubError):
         return EXIT_INCOMPLETE
     return EXIT_INVALID  # config, overrides, prompts, preflight, a missing dependency
 
