@@ -52,6 +52,7 @@ from synthgen.io.hub import HubTarget, push_dataset, token_from_env
 from synthgen.io.layout import RunLayout
 from synthgen.io.lease import RunLease
 from synthgen.io.store import Store
+from synthgen.stages.decontam import benchmark_summary, write_benchmark_index
 from synthgen.stages.dedup.stage import dedup_run
 from synthgen.stages.generate import ShardTask, committed_shards, run_shard
 from synthgen.stages.plan import write_plan
@@ -131,6 +132,9 @@ def _finish(
             f"cross-shard dedup: {dedup['rows_checked']} kept rows checked, "
             f"{dedup['verified_pairs']} duplicate pairs, dropped {dedup['drop_counts'] or 'none'}"
         )
+    bench = benchmark_summary(cfg, store)
+    if bench:
+        extra = {**(extra or {}), "decontamination": bench}
     pubs = {sid: publish_shard_task.submit(task_config, sid) for sid in sorted(committed)}
     files, failed = [], []
     for sid, fut in pubs.items():
@@ -393,6 +397,12 @@ def _execute_leased(
     cfg: RunConfig, store: Store, lease: RunLease, started: float
 ) -> dict[str, Any]:
     plan = write_plan(cfg, store)
+    bench = write_benchmark_index(cfg, store)  # hashed once here; the workers load the file
+    if bench:
+        print(
+            f"decontamination: {bench['ngrams']} {bench['ngram']}-grams of "
+            f"{', '.join(b['name'] for b in bench['benchmarks'])}"
+        )
     run_id = cfg.run_id or ""
     layout = RunLayout(store, run_id)
     already = committed_shards(store, run_id)

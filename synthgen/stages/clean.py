@@ -54,7 +54,16 @@ def clean_shard(table: pa.Table, cfg: CleanConfig) -> tuple[pa.Table, dict[str, 
     n = len(texts)
 
     hashes = np.fromiter((text_hash(t) for t in texts), dtype=np.uint64, count=n)
-    reasons: list[str | None] = [REJECTED if f == "rejected" else None for f in finish]
+    # a reason an earlier stage set (rejected_prompt, contaminated) is kept
+    earlier = (
+        table.column("drop_reason").to_pylist()
+        if "drop_reason" in table.column_names
+        else [None] * n
+    )
+    reasons: list[str | None] = [
+        e if e is not None else (REJECTED if f == "rejected" else None)
+        for e, f in zip(earlier, finish, strict=True)
+    ]
 
     sigs: np.ndarray | None = None
     if cfg.enabled and cfg.near.enabled:

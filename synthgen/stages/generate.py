@@ -31,6 +31,7 @@ from synthgen.io.schema import RECORD_SCHEMA
 from synthgen.io.store import Store
 from synthgen.stages.base import Stage, merged_drops, run_stages
 from synthgen.stages.clean import CleanStage
+from synthgen.stages.decontam import decontam_stages
 from synthgen.stages.plan import prompt_records, read_shard_rows
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ class GenerateStage(Stage):
 
 def after_generate(cfg: RunConfig) -> list[Stage]:
     """The stages a shard goes through on its worker after generation, in order."""
-    return [CleanStage(cfg.clean)]
+    return [*decontam_stages(cfg), CleanStage(cfg.clean)]
 
 
 def run_shard(task: ShardTask) -> ShardResult:
