@@ -133,6 +133,35 @@ def resolve_output_options(output: OutputConfig) -> dict[str, Any]:
     return merge_storage_options(output.storage_options, creds)
 
 
+def load_secret_token(ref: str) -> str:
+    """The string held by the Prefect Secret block `ref` ('secret/NAME'), e.g. a Hub token
+    (`output.hub.token_block`); masked in this process's logs from here on."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from synthgen.config.secrets import MASKER
+
+    slug, _, name = ref.partition("/")
+    if slug != "secret" or not name:
+        raise ConfigError(f"output.hub.token_block {ref!r}: expected 'secret/NAME'")
+    with get_client(sync_client=True) as client:
+        try:
+            doc = client.read_block_document_by_name(
+                name, block_type_slug="secret", include_secrets=True
+            )
+        except ObjectNotFound:
+            raise ConfigError(
+                f"output.hub.token_block {ref!r}: no such block on the Prefect server"
+            ) from None
+    value = (doc.data or {}).get("value")
+    if isinstance(value, dict):  # a JSON secret: {"token": ...}
+        value = value.get("token") or value.get("HF_TOKEN")
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"output.hub.token_block {ref!r}: the secret holds no token string")
+    MASKER.add([value.strip()])
+    return value.strip()
+
+
 def install() -> None:
     """Let every `Store` in this process resolve `output.credentials_block` (import-time)."""
     storage.set_credentials_resolver(resolve_output_options)

@@ -33,6 +33,7 @@ from flows.cost import (
     runner_kwargs,
     start_usage,
 )
+from flows.credentials import load_secret_token
 from flows.loop import Gate, ShardLoop
 from flows.refs import SUMMARY_ARTIFACT_PREFIX, deployment_default_config, resolve_config_ref
 from flows.task_runner import Opaque, SynthgenTaskRunner, unwrap
@@ -45,10 +46,14 @@ from synthgen.config.secrets import check_overrides, protect, restore_secrets, s
 from synthgen.cost.ledger import record_lost_attempts
 from synthgen.cost.report import manifest_totals
 from synthgen.cost.summary import RunSummary, per_worker
+from synthgen.errors import RunIncomplete
 from synthgen.io.attempts import commit_markers
-from synthgen.io.layout import RunLayout
+from synthgen.io.checked import ShardWithdrawn
+from synthgen.io.hub import HubTarget, push_dataset, token_from_env
+from synthgen.io.layout import RunLayout, unit_key
 from synthgen.io.lease import RunLease
 from synthgen.io.store import Store
+from synthgen.stages.decontam import benchmark_summary, write_benchmark_index
 from synthgen.stages.dedup.stage import dedup_run
 from synthgen.stages.generate import ShardTask, run_shard
 from synthgen.stages.plan import write_plan
@@ -70,7 +75,24 @@ def generate_shard(config: dict[str, Any] | Opaque, shard_id: str) -> dict[str, 
     return run_shard(ShardTask(config, shard_id)).as_dict()
 
 
-@task(name="publish-shard", persist_result=False, retries=2, retry_delay_seconds=2)
+def _retry_unless_withdrawn(task: Any, task_run: Any, state: Any) -> bool:
+    """A withdrawn shard is generated again by the flow; retrying its publish cannot help."""
+    try:
+        state.result()
+    except ShardWithdrawn:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+@task(
+    name="publish-shard",
+    persist_result=False,
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=_retry_unless_withdrawn,
+)
 def publish_shard_task(config: dict[str, Any] | Opaque, shard_id: str) -> dict[str, Any]:
     """Publish one committed shard (its run-wide dedup drops read from the run's drops file)."""
     return publish_shard(unwrap(config), shard_id)
@@ -92,9 +114,51 @@ def dedup_task(config: dict[str, Any] | Opaque, shard_ids: list[str]) -> dict[st
         "verified_pairs": res.verified_pairs,
         "drop_counts": res.counts,
         "seconds": round(time.perf_counter() - started, 3),
+        "withdrawn": res.withdrawn,  # shards that failed their check: generated again
         # the publish tasks read their shard's drops from this file (the flow ships none)
         "drops_file": layout.url(layout.dedup_drops),
     }
+
+
+FINISH_ROUNDS = 3  # dedup + publish, again after each regeneration of withdrawn shards
+
+
+def _finish(
+    cfg: RunConfig, task_config: Opaque, store: Store
+) -> tuple[tuple[list[dict[str, Any]], dict[str, Any] | None] | None, list[str]]:
+    """Run-wide dedup and publish over every committed shard: ((published files, manifest
+    extras), []), or (None, withdrawn shards) when a shard failed its check against its
+    commit marker (withdrawn by the check; nothing is published from it)."""
+    run_id = cfg.run_id or ""
+    final = final_stage(cfg)
+    committed = commit_markers(store, run_id, final)
+    extra = None
+    if cfg.clean.enabled and (cfg.clean.exact.enabled or cfg.clean.near.enabled):
+        dedup = dedup_task.submit(task_config, sorted(committed)).result()
+        if dedup["withdrawn"]:
+            return None, dedup["withdrawn"]
+        extra = {"dedup": {k: v for k, v in dedup.items() if k != "withdrawn"}}
+        print(
+            f"cross-shard dedup: {dedup['rows_checked']} kept rows checked, "
+            f"{dedup['verified_pairs']} duplicate pairs, dropped {dedup['drop_counts'] or 'none'}"
+        )
+    bench = benchmark_summary(cfg, store)
+    if bench:
+        extra = {**(extra or {}), "decontamination": bench}
+    pubs = {sid: publish_shard_task.submit(task_config, sid) for sid in sorted(committed)}
+    files, failed = [], []
+    for sid, fut in pubs.items():
+        try:
+            files.append(fut.result())
+        except Exception as exc:  # a withdrawn shard, or a storage failure
+            failed.append((sid, exc))
+    if failed:
+        still = commit_markers(store, run_id, final)
+        withdrawn = [sid for sid, _ in failed if sid not in still]
+        if withdrawn:
+            return None, withdrawn
+        raise failed[0][1]
+    return (files, extra), []
 
 
 def _gpu_annotation(cfg: RunConfig) -> contextlib.AbstractContextManager[Any]:
@@ -199,14 +263,34 @@ def generate_flow(
 
     plan_shards = plan_shards if plan_shards is not None else list(shard_ids)
     multi = len(stage_names(cfg)) > 1
-    sched = ShardLoop(
+    final = final_stage(cfg)
+    loop = ShardLoop(
         shard_ids,
         submit,
         gates,
         on_result=report,
         successor=(lambda key: next_unit(cfg, key)) if multi else None,
         order=all_units(cfg, plan_shards) if multi else None,
-    ).run()
+    )
+    sched = loop.run()
+    published = None
+    for _ in range(FINISH_ROUNDS):
+        if len(commit_markers(store, cfg.run_id or "", final)) != len(plan_shards):
+            break  # failed or not started (budget): nothing is published
+        # every shard of the final stage committed: run-wide dedup, then publish, both on
+        # the cluster; each reads a shard only as its commit marker describes it,
+        # withdrawing any that differ
+        published, withdrawn = _finish(cfg, task_config, store)
+        if not withdrawn:
+            break
+        print(
+            f"{len(withdrawn)} committed shard(s) failed their check and were withdrawn "
+            f"({', '.join(withdrawn[:5])}{'...' if len(withdrawn) > 5 else ''}); "
+            "generating them again"
+        )
+        for sid in withdrawn:
+            loop.requeue(unit_key(final, sid))
+        sched = loop.run()  # the same loop and gates (budget, timeouts, verification)
     results, failures = sched.results, sched.failures
     verification = None
     if verify is not None:
@@ -218,7 +302,6 @@ def generate_flow(
     record_budget(cfg, budget_msg)
     if budget_msg:
         print(budget_msg)
-    committed = commit_markers(store, cfg.run_id or "", final_stage(cfg))
     try:  # attempts whose worker died wrote no ledger row: price them from their markers
         lost = record_lost_attempts(store, cfg.run_id or "", stage_names(cfg))
         if lost:
@@ -227,19 +310,9 @@ def generate_flow(
         print(f"warning: could not record lost attempts: {type(exc).__name__}: {exc}")
     finish_usage(cfg, run_started_at)
     manifest = None
-    if len(committed) == len(plan_shards):
-        # every shard of the final stage committed: run-wide dedup, then publish, both on the cluster
-        extra = None
-        if cfg.clean.enabled and (cfg.clean.exact.enabled or cfg.clean.near.enabled):
-            dedup = dedup_task.submit(task_config, sorted(committed)).result()
-            extra = {"dedup": dedup}
-            print(
-                f"cross-shard dedup: {dedup['rows_checked']} kept rows checked, "
-                f"{dedup['verified_pairs']} duplicate pairs, dropped {dedup['drop_counts'] or 'none'}"
-            )
-        pubs = [publish_shard_task.submit(task_config, sid) for sid in sorted(committed)]
-        files = [p.result() for p in pubs]
-        summary = cost_summary(cfg)
+    if published is not None:
+        files, extra = published
+        summary = cost_summary(cfg)  # after finish_usage: the workers' rows are in
         if summary:
             extra = {**(extra or {}), "cost": manifest_totals(summary)}
         manifest = write_manifest(cfg, store, files, extra)
@@ -251,6 +324,23 @@ def generate_flow(
         "budget_message": budget_msg,
         "verification": verification,
     }
+
+
+def _push_to_hub(cfg: RunConfig, store: Store) -> None:
+    """`output.hub`: the published dataset folder to the Hub, one commit (the token from
+    the Secret block or HF_TOKEN; masked)."""
+    hub = cfg.output.hub
+    if hub is None:
+        return
+    if hub.token_block:
+        token, source = load_secret_token(hub.token_block), hub.token_block
+    else:
+        token, source = token_from_env(), "HF_TOKEN"
+    target = HubTarget(hub.repo, private=hub.private, revision=hub.revision)
+    done = push_dataset(
+        store, target, token, message=f"synthgen: run {cfg.run_id}", token_source=source
+    )
+    print(f"pushed {len(done['files'])} files to the Hub: {done['repo']}@{done['revision']}")
 
 
 def summary_artifact_key(run_id: str) -> str:
@@ -334,6 +424,12 @@ def _execute_leased(
     cfg: RunConfig, store: Store, lease: RunLease, started: float
 ) -> dict[str, Any]:
     plan = write_plan(cfg, store)
+    bench = write_benchmark_index(cfg, store)  # hashed once here; the workers load the file
+    if bench:
+        print(
+            f"decontamination: {bench['ngrams']} {bench['ngram']}-grams of "
+            f"{', '.join(b['name'] for b in bench['benchmarks'])}"
+        )
     run_id = cfg.run_id or ""
     layout = RunLayout(store, run_id)
     shard_ids = [s.shard_id for s in plan.shards]
@@ -358,6 +454,12 @@ def _execute_leased(
     publish_cost_artifact(cfg)  # after the cluster closed: workers' final rows are in
     committed = committed_units(store, cfg)
     missing = [u for u in reversed(units) if u not in committed]
+    if not missing and gen["manifest"] is None:  # committed, but failed their checks again
+        raise RunIncomplete(
+            f"run {run_id}: every shard is committed but the dataset was not published: "
+            f"shards kept failing their check against their commit markers "
+            f"({FINISH_ROUNDS} rounds); see the log for the files. Re-run the same command."
+        )
     partial = bool(missing and gen["budget_message"])
     status = "complete" if not missing else ("partial" if partial else "failed")
     manifest = gen["manifest"]
@@ -383,10 +485,12 @@ def _execute_leased(
             markdown=f"## synthgen run `{cfg.name}` / `{run_id}`\n\n{summary.render_markdown()}",
             description=f"cost and throughput of run {run_id}",
         )
+    if status == "complete" and cfg.output.hub is not None:
+        _push_to_hub(cfg, store)
     if partial:
         print(gen["budget_message"])
     elif missing:
-        raise RuntimeError(
+        raise RunIncomplete(
             f"run {run_id}: {len(missing)} of {len(units)} shards failed "
             f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}); committed shards "
             f"are kept: re-run the same command to generate only the missing ones. "

@@ -216,7 +216,15 @@ class VerifyGate(Gate):
             f"{check['verifier']}: {status}"
             + (f" z={check['z']:.1f}" if check.get("z") is not None else "")
         )
-        if status == "fail":
+        if status == "withdrawn":  # its file no longer matches its commit: not the worker's
+            self.accepted.pop(shard_id, None)
+            print(f"shard {shard_id}: {'; '.join(check.get('reasons') or [])}")
+            self.regens[shard_id] = self.regens.get(shard_id, 0) + 1
+            if self.regens[shard_id] > self.vcfg.max_regenerations:
+                self.out.failures.append(f"{shard_id}: withdrawn {self.regens[shard_id]} times")
+            else:
+                self.loop.requeue(shard_id)
+        elif status == "fail":
             self.out.quarantined.append(check)
             self.accepted.pop(shard_id, None)
             self._regenerate(shard_id, check["generator"], "; ".join(check.get("reasons") or []))

@@ -37,3 +37,16 @@ class RunLockedError(SynthgenError, RuntimeError):
 
 class BudgetExhausted(SynthgenError, RuntimeError):
     """The budget cap stopped the run before every shard was done."""
+
+
+class RunIncomplete(SynthgenError, RuntimeError):
+    """A run ended with shards not committed or not published (committed shards are kept:
+    re-running the same command generates only the missing ones). CLI exit code 3."""
+
+
+class HubError(SynthgenError, RuntimeError):
+    """Pushing the dataset to the Hugging Face Hub failed or cannot start (token, repo)."""
+
+
+class HubTokenError(HubError, ValueError):
+    """The Hub token is missing, malformed or refused: invalid input (CLI exit code 2)."""

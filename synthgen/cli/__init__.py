@@ -17,7 +17,30 @@ import sys
 from collections.abc import Sequence
 
 from synthgen.cli.cost import add_cost_commands
-from synthgen.errors import StorageError, SynthgenError
+from synthgen.cli.lifecycle import (
+    EXIT_BUSY,
+    EXIT_INCOMPLETE,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    EXIT_WAIT_TIMEOUT,
+    Terminated,
+    install_sigterm,
+    start_watchdog,
+)
+from synthgen.errors import (
+    BudgetExhausted,
+    ConfigError,
+    EngineError,
+    HubError,
+    HubTokenError,
+    PreflightError,
+    RunIncomplete,
+    RunLockedError,
+    StorageError,
+    SynthgenError,
+)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -25,16 +48,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     from synthgen.config import load_config
     from synthgen.config.secrets import check_overrides, protect
     from synthgen.cost.summary import RunSummary
+    from synthgen.io.hub import check_token_shape, token_from_env
     from synthgen.io.lease import RunLease
     from synthgen.io.store import Store
 
+    install_sigterm()  # SIGTERM unwinds the run (servers and workers closed), exit 143
     check_overrides(args.set)  # credentials never become Prefect parameters
     cfg = load_config(args.config, args.set)  # fail on a bad config before anything starts
     protect(cfg)
     print(f"synthgen: run {cfg.run_id} ({args.config}) -> {cfg.output.uri}", flush=True)
     # model, scheduler, credentials, writable output: before the Prefect server or any GPU
     in_block = cfg.output.credentials_block is not None  # readable only once Prefect is up
-    print(f"synthgen: {run_preflight(cfg, storage=not in_block).render()}", flush=True)
+    try:
+        report = run_preflight(cfg, storage=not in_block)
+    except StorageError as exc:  # an unusable output (no bucket, not writable): bad input
+        raise PreflightError(str(exc)) from exc
+    print(f"synthgen: {report.render()}", flush=True)
+    hub = cfg.output.hub
+    if hub is not None and hub.token_block is None:  # a block is readable once Prefect is up
+        try:
+            check_token_shape(token_from_env(), "HF_TOKEN (output.hub)")
+        except HubTokenError as exc:
+            raise PreflightError(str(exc)) from None
+    start_watchdog()  # a SIGKILLed run takes its server and workers down with it
     if not in_block:
         RunLease(Store(cfg.output), cfg.run_id or "").ensure_free()  # refuse before startup
     from flows.prefect_env import prefect_api
@@ -47,7 +83,65 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.summary_json:
         with open(args.summary_json, "w", encoding="utf-8") as fh:
             json.dump(result, fh, indent=2, default=str)
-    return 0 if result["status"] == "complete" else 3
+    return EXIT_OK if result["status"] == "complete" else EXIT_INCOMPLETE
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Push OUTPUT/dataset/ to the Hub (one commit)."""
+    from synthgen.config import OutputConfig, load_config
+    from synthgen.config.hub import HubConfig
+    from synthgen.io.hub import HubTarget, push_dataset, token_from_env
+    from synthgen.io.store import Store
+
+    output = OutputConfig(uri=args.output)
+    hub = None
+    if args.config:
+        cfg_output = load_config(args.config, args.set).output
+        output = cfg_output.model_copy(update={"uri": args.output})
+        hub = cfg_output.hub
+    if args.hub:
+        hub = HubConfig(
+            repo=args.hub,
+            private=args.private,
+            revision=args.revision,
+            token_block=args.token_block or (hub.token_block if hub else None),
+        )
+    if hub is None:
+        raise ConfigError("synthgen publish: name the repository with --hub ORG/NAME")
+    target = HubTarget(hub.repo, private=hub.private, revision=hub.revision)
+    if hub.token_block:
+        from flows.prefect_env import prefect_api
+
+        with prefect_api():
+            from flows.credentials import load_secret_token
+
+            token, source = load_secret_token(hub.token_block), hub.token_block
+    else:
+        token, source = token_from_env(), "HF_TOKEN"
+    done = push_dataset(Store(output), target, token, token_source=source)
+    print(
+        f"synthgen: pushed {len(done['files'])} files ({len(done['deleted'])} removed) to "
+        f"{done['repo']}@{done['revision']}: {done['commit']}"
+    )
+    return EXIT_OK
+
+
+def add_publish_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    pub = sub.add_parser(
+        "publish", help="push a published dataset (OUTPUT/dataset/) to the Hugging Face Hub"
+    )
+    pub.add_argument("output", metavar="OUTPUT", help="the run's output URI (local or s3://)")
+    pub.add_argument("--hub", metavar="ORG/NAME", help="dataset repository on the Hub")
+    pub.add_argument("--private", action="store_true", help="create the repository private")
+    pub.add_argument("--revision", metavar="BRANCH", help="commit to this branch (default main)")
+    pub.add_argument(
+        "--token-block", metavar="secret/NAME", help="Prefect Secret holding the token"
+    )
+    pub.add_argument(
+        "--config", help="a run config: its output.storage_options and output.hub are used"
+    )
+    pub.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
+    pub.set_defaults(func=cmd_publish)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -69,8 +163,8 @@ def cmd_trigger(args: argparse.Namespace) -> int:
     result = trigger(args.name, args.set, timeout=args.timeout, poll_interval=args.poll)
     print(result.render(), flush=True)
     if not result.final:
-        return 4
-    return 0 if result.ok else 3
+        return EXIT_WAIT_TIMEOUT
+    return EXIT_OK if result.ok else EXIT_INCOMPLETE
 
 
 def add_serve_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -116,25 +210,44 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--summary-json", metavar="PATH", help="also write the summary as JSON")
     run.set_defaults(func=cmd_run)
     add_cost_commands(sub)
+    add_publish_command(sub)
     add_serve_commands(sub)
     return p
 
 
+def exit_code(exc: SynthgenError) -> int:
+    """The exit code of an expected failure (docs/cli.md#exit-codes)."""
+    if isinstance(exc, RunLockedError):
+        return EXIT_BUSY
+    if isinstance(exc, HubTokenError):
+        return EXIT_INVALID
+    if isinstance(exc, RunIncomplete | BudgetExhausted | StorageError | EngineError | HubError):
+        return EXIT_INCOMPLETE
+    return EXIT_INVALID  # config, overrides, prompts, preflight, a missing dependency
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # bad arguments: usage + exit 2 (argparse)
     try:
         return int(args.func(args))
     except SynthgenError as exc:
         from synthgen.config.secrets import MASKER
 
+        code = exit_code(exc)
         hint = ""
-        if isinstance(exc, StorageError):
+        if code == EXIT_INCOMPLETE:
             hint = "\nsynthgen: committed shards are kept; re-run the same command to resume"
         print(f"synthgen: error: {MASKER.mask(str(exc))}{hint}", file=sys.stderr)
-        return 2
+        return code
     except KeyboardInterrupt:
         print("synthgen: interrupted; committed shards are kept, re-run to resume", file=sys.stderr)
-        return 130
+        return EXIT_SIGINT
+    except Terminated:
+        print(
+            "synthgen: terminated (SIGTERM); committed shards are kept, re-run to resume",
+            file=sys.stderr,
+        )
+        return EXIT_SIGTERM
     except Exception as exc:
         from synthgen.config.secrets import MASKER
         from synthgen.io.store import is_transient
@@ -148,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "synthgen: committed shards are kept; re-run the same command to resume",
             file=sys.stderr,
         )
-        return 2
+        return EXIT_INCOMPLETE
 
 
 if __name__ == "__main__":

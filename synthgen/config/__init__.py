@@ -9,7 +9,9 @@ schedule, verify, run); loading and overrides in `load` and `overrides`; the sec
 from __future__ import annotations
 
 from synthgen.config.clean import (
+    BenchmarkFile,
     CleanConfig,
+    DecontaminateConfig,
     ExactDedupConfig,
     FiltersConfig,
     GopherQualityConfig,
@@ -22,6 +24,7 @@ from synthgen.config.clean import (
 )
 from synthgen.config.cluster import ClusterConfig, TLSConfig
 from synthgen.config.cost import DEFAULT_PRICES, BudgetConfig, CostConfig
+from synthgen.config.hub import HubConfig
 from synthgen.config.load import config_from_dict, load_config
 from synthgen.config.model import FakeOptions, ModelConfig, SamplingConfig, VllmOptions
 from synthgen.config.output import OutputConfig
@@ -43,7 +46,9 @@ __all__ = [
     "DEFAULT_PRICES",
     "BudgetConfig",
     "BuiltinSource",
+    "BenchmarkFile",
     "CleanConfig",
+    "DecontaminateConfig",
     "ClusterConfig",
     "CostConfig",
     "ExactDedupConfig",
@@ -56,6 +61,7 @@ __all__ = [
     "LanguageFilterConfig",
     "ModelConfig",
     "NearDedupConfig",
+    "HubConfig",
     "OutputConfig",
     "ParquetSource",
     "PromptSource",

@@ -211,6 +211,51 @@ class FiltersConfig(_Section):
     language: LanguageFilterConfig = Field(default_factory=LanguageFilterConfig)
 
 
+class BenchmarkFile(_Section):
+    """One evaluation set that generated records must not overlap."""
+
+    path: str = Field(
+        description="JSONL or Parquet file (by extension: .jsonl/.json or .parquet), a local "
+        "path or an fsspec URL; read once per run by the flow, never by the workers."
+    )
+    field: str = Field("text", description="The field (column) holding the benchmark text.")
+    name: str | None = Field(
+        None,
+        description="Name written to `contaminated_by` and the manifest; unset = the file "
+        "name without its extension.",
+    )
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        base = self.path.rstrip("/").rsplit("/", 1)[-1]
+        return base.split(".", 1)[0] or base
+
+
+class DecontaminateConfig(_Section):
+    """Drop records that share a word n-gram with a benchmark (evaluation) set."""
+
+    benchmarks: list[BenchmarkFile] = Field(
+        default_factory=list,
+        description="Benchmark files to check against; empty = no decontamination. A record "
+        "sharing one word n-gram (normalised text) with an item is flagged `contaminated`, "
+        "the benchmark named in its `contaminated_by` column (raw shards only).",
+    )
+    ngram: int = Field(
+        13, ge=1, le=64, description="n of the word n-grams (13, as in GPT-3's decontamination)."
+    )
+    columns: list[Literal["completion", "prompt"]] = Field(
+        default_factory=lambda: ["completion"],
+        min_length=1,
+        description="Record columns checked: completion, prompt, or both.",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.benchmarks)
+
+
 class CleanConfig(_Section):
     """Quality filters and exact and near-duplicate removal (within each shard and across the run)."""
 
@@ -221,6 +266,7 @@ class CleanConfig(_Section):
     exact: ExactDedupConfig = Field(default_factory=ExactDedupConfig)
     near: NearDedupConfig = Field(default_factory=NearDedupConfig)
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
     global_partitions: int | None = Field(
         None,
         ge=1,

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from synthgen.config.overrides import apply_overrides
+from synthgen.config.overrides import apply_overrides, overrides_at
 from synthgen.config.run import RunConfig
 from synthgen.errors import ConfigError
 
@@ -43,8 +43,10 @@ def config_from_dict(
                 msg = "unknown key"
             if key == "<root>":  # a check across sections names its keys itself
                 lines.append(f"{source}: {msg.removeprefix('Value error, ')}")
-            else:
-                lines.append(f"{source}: {key}: {msg}")
+                continue
+            by = overrides_at(key.split("."), overrides)
+            where = ", ".join(f"--set {o!r}" for o in by) if by else source
+            lines.append(f"{where}: {key}: {msg}")
         raise ConfigError("invalid config\n  " + "\n  ".join(lines)) from None
 
 

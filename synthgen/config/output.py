@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, PositiveInt
 
 from synthgen.config.base import Section as _Section
+from synthgen.config.hub import HubConfig
 from synthgen.config.secret_rule import CredentialMapping
 
 
@@ -47,4 +48,9 @@ class OutputConfig(_Section):
         ge=1.0,
         description="Run lease expiry (renewed every third of it while the flow runs); a crashed "
         "flow's lease can be taken over after this (at once on the same host).",
+    )
+    hub: HubConfig | None = Field(
+        None,
+        description="Push OUTPUT/dataset/ to the Hugging Face Hub as one commit when a run "
+        "completes (`synthgen publish OUTPUT --hub ORG/NAME` does it by hand).",
     )

@@ -15,9 +15,14 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected key.path=value")
     key, raw = item.split("=", 1)
-    path = [p for p in key.strip().split(".") if p]
-    if not path:
-        raise ConfigError(f"--set {item!r}: empty key")
+    if not key.strip():
+        raise ConfigError(f"--set {item!r}: empty key (expected key.path=value)")
+    path = [p.strip() for p in key.strip().split(".")]
+    if any(not p for p in path):
+        raise ConfigError(
+            f"--set {item!r}: malformed key {key.strip()!r} (an empty part between dots; "
+            "expected key.path=value)"
+        )
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -47,3 +52,18 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
             node = nxt
         node[path[-1]] = value
     return data
+
+
+def overrides_at(loc: list[str], overrides: list[str] | None) -> list[str]:
+    """The overrides that set the key at `loc` or a key inside or above it (to name them in
+    a validation error)."""
+    out = []
+    for item in overrides or []:
+        try:
+            path, _ = parse_override(item)
+        except ConfigError:
+            continue
+        n = min(len(path), len(loc))
+        if n and path[:n] == loc[:n]:
+            out.append(item)
+    return out

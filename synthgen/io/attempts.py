@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from synthgen.io.checked import ShardWithdrawn, read_marker
 from synthgen.io.layout import DEFAULT_STAGE, RunLayout, StageLayout
 from synthgen.io.store import Store
 
@@ -81,13 +82,19 @@ def next_attempt(store: Store, layout: StageLayout, shard_id: str) -> int:
 def commit_markers(
     store: Store, run_id: str, stage: str = DEFAULT_STAGE
 ) -> dict[str, dict[str, Any]]:
-    """shard_id -> commit marker, for every committed shard of the run's `stage`."""
+    """shard_id -> commit marker, for every committed shard of the run's `stage`. A marker
+    that is not a usable commit marker (garbage, no sha256 or row count) is withdrawn."""
     layout = RunLayout(store, run_id).stage(stage)
     out = {}
     for name in store.ls(layout.commits_dir):
         if name.endswith(".json"):
             shard_id = name.removesuffix(".json")
-            out[shard_id] = store.read_json(layout.commit(shard_id))
+            try:
+                marker = read_marker(store, run_id, shard_id, stage)
+            except ShardWithdrawn:  # a garbage marker: withdrawn (logged), not committed
+                continue
+            if marker is not None:
+                out[shard_id] = marker
     return out
 
 

@@ -137,14 +137,26 @@ def _storage_options(output: OutputConfig) -> dict[str, Any]:
 
 
 def _synced_temp(path: str, data: bytes) -> str:
-    """A complete, fsynced temporary file beside local `path`, to be moved/linked into place."""
+    """A complete, fsynced temporary file beside local `path`, to be moved/linked into place
+    (removed again when writing it fails)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
     return tmp
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _is_local(fs: AbstractFileSystem) -> bool:
@@ -167,7 +179,11 @@ def atomic_write(
     def _write() -> None:
         if local:
             tmp = _synced_temp(path, data)
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except BaseException:  # no temporary file outlives a failed write
+                _unlink_quietly(tmp)
+                raise
         else:
             fs.pipe_file(path, data)
 
@@ -338,8 +354,16 @@ class Store:
             self.write_bytes(probe, b"ok")
             self.rm(probe)
         except StorageError:
+            self._remove_probe(probe)
             raise
         except Exception as exc:
+            self._remove_probe(probe)
             raise StorageError(
                 f"output.uri {self.uri!r} is not writable: {type(exc).__name__}: {exc}"
             ) from exc
+
+    def _remove_probe(self, probe: str) -> None:
+        try:  # a half-done probe must not stay behind (best effort: the store may be down)
+            self.fs.rm(probe)
+        except Exception:  # noqa: S110
+            pass

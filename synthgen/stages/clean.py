@@ -54,7 +54,8 @@ def clean_shard(table: pa.Table, cfg: CleanConfig) -> tuple[pa.Table, dict[str, 
     n = len(texts)
 
     hashes = np.fromiter((text_hash(t) for t in texts), dtype=np.uint64, count=n)
-    # a reason an earlier stage set (schema_invalid, keep_if) stays
+    # a reason an earlier stage set (rejected_prompt, contaminated, schema_invalid, keep_if)
+    # stays
     earlier = (
         table.column("drop_reason").to_pylist()
         if "drop_reason" in table.column_names

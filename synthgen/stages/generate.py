@@ -9,7 +9,6 @@ a committed shard or one that will be generated again (overwriting the same keys
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -19,7 +18,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from synthgen.config import RunConfig
 from synthgen.cost.ledger import Ledger
@@ -27,12 +25,13 @@ from synthgen.cost.meter import AttemptMeter, Counts
 from synthgen.cost.prices import kept_counts
 from synthgen.engines.base import GenRequest, prompt_seed
 from synthgen.engines.cache import get_engine, worker_identity
-from synthgen.errors import StorageError
 from synthgen.io.attempts import next_attempt
+from synthgen.io.checked import ShardWithdrawn, read_checked, read_marker
 from synthgen.io.layout import DEFAULT_STAGE, RunLayout
 from synthgen.io.store import Store
 from synthgen.stages.base import Stage, merged_drops, run_stages
 from synthgen.stages.clean import CleanStage
+from synthgen.stages.decontam import decontam_stages
 from synthgen.stages.multi import StageStep
 from synthgen.stages.plan import prompt_records, read_shard_rows
 from synthgen.stages.records import records_table
@@ -90,23 +89,13 @@ class _Superseded(Exception):
 def read_committed_shard(
     store: Store, run_id: str, shard_id: str, stage: str = DEFAULT_STAGE
 ) -> pa.Table:
-    """The rows of a committed shard of `stage`, checked against its commit marker's sha256.
+    """The rows of a committed shard of `stage`, checked against its commit marker (sha256,
+    row count, readable Parquet; `synthgen.io.checked.read_checked`).
 
-    A file that does not match its marker (overwritten after the commit, corrupted) is never
-    used: the marker is removed, so that a re-run generates the shard again, and the error
-    says so."""
-    layout = RunLayout(store, run_id).stage(stage)
-    marker_path = layout.commit(shard_id)
-    marker = store.read_json(marker_path)
-    data = store.read_bytes(marker.get("file") or layout.shard(shard_id))
-    if hashlib.sha256(data).hexdigest() != marker.get("sha256"):
-        store.rm(marker_path)
-        raise StorageError(
-            f"run {run_id}: shard {shard_id} of stage {stage}: the file does not match its "
-            "commit marker (sha256 differs); the commit was withdrawn, re-run to generate the "
-            "shard again"
-        )
-    return pq.read_table(pa.BufferReader(data))
+    A file that does not match its marker (overwritten after the commit, truncated,
+    corrupted), or a garbage marker, is never used: the marker is withdrawn, so that the
+    shard is generated again, and `ShardWithdrawn` (a StorageError) says so."""
+    return read_checked(store, run_id, shard_id, stage).table
 
 
 def _now() -> str:
@@ -144,7 +133,7 @@ class GenerateStage(Stage):
 
 def after_generate(cfg: RunConfig) -> list[Stage]:
     """The stages a shard goes through on its worker after generation, in order."""
-    return [CleanStage(cfg.clean)]
+    return [*decontam_stages(cfg), CleanStage(cfg.clean)]
 
 
 def _steps(
@@ -182,8 +171,11 @@ def run_shard(task: ShardTask) -> ShardResult:
     run_layout = RunLayout(store, run_id)
     layout = run_layout.stage(stage)
     marker = layout.commit(shard_id)
-    if store.exists(marker):
-        done = store.read_json(marker)
+    try:
+        done = read_marker(store, run_id, shard_id, stage)
+    except ShardWithdrawn:  # a garbage marker (withdrawn, logged): generate the shard again
+        done = None
+    if done is not None:
         return ShardResult(**{**done["result"], "status": "skipped"})
 
     started_at = _now()

@@ -12,7 +12,6 @@ neither published nor counted as done: the flow regenerates it on another worker
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import uuid
@@ -21,7 +20,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from synthgen.config import RunConfig
 from synthgen.cost.ledger import Ledger
@@ -29,7 +27,8 @@ from synthgen.cost.meter import worker_price
 from synthgen.cost.prices import Price, cost_of, verification_row
 from synthgen.engines.base import ScoreRequest, ScoringEngine
 from synthgen.engines.cache import get_engine, worker_identity
-from synthgen.errors import ConfigError, EngineError, StorageError
+from synthgen.errors import ConfigError, EngineError
+from synthgen.io.checked import ShardWithdrawn, read_checked
 from synthgen.io.layout import DEFAULT_STAGE, RunLayout, StageLayout
 from synthgen.io.store import Store
 from synthgen.verify.sample import choose_sample, new_sample_seed
@@ -47,7 +46,7 @@ class VerifyTask:
 class VerifyResult:
     shard_id: str
     attempt: int
-    status: str  # pass | fail | inconclusive | stale | distrusted
+    status: str  # pass | fail | inconclusive | stale | distrusted | withdrawn
     generator: str = ""  # worker that generated the shard
     verifier: str = ""  # worker that re-scored it
     records: int = 0
@@ -106,17 +105,15 @@ def quarantine_shard(
     return dest
 
 
-def _read_committed(store: Store, run_id: str, shard_id: str) -> tuple[dict[str, Any], bytes]:
-    stage = _stage(store, run_id)
-    marker = store.read_json(stage.commit(shard_id))
-    data = store.read_bytes(stage.shard(shard_id))
-    sha = hashlib.sha256(data).hexdigest()
-    if marker.get("sha256") and marker["sha256"] != sha:
-        raise StorageError(
-            f"verify {run_id}/{shard_id}: shard file sha256 {sha[:12]} does not match its "
-            f"commit marker ({str(marker['sha256'])[:12]})"
-        )
-    return marker, data
+def _read_committed(store: Store, run_id: str, shard_id: str) -> tuple[dict[str, Any], pa.Table]:
+    """The shard's marker and rows, checked against the marker (`synthgen.io.checked`);
+    raises `ShardWithdrawn` (the marker removed) when they do not match."""
+    shard = read_checked(store, run_id, shard_id)
+    return shard.marker, shard.table
+
+
+def _withdrawn(task: VerifyTask, exc: ShardWithdrawn) -> VerifyResult:
+    return VerifyResult(task.shard_id, task.attempt, "withdrawn", reasons=[str(exc)])
 
 
 def distrust_shard(task: VerifyTask, reason: str) -> VerifyResult:
@@ -126,7 +123,10 @@ def distrust_shard(task: VerifyTask, reason: str) -> VerifyResult:
     store = Store(cfg.output)
     if not store.exists(_stage(store, run_id).commit(task.shard_id)):
         return VerifyResult(task.shard_id, task.attempt, "stale")
-    marker, _ = _read_committed(store, run_id, task.shard_id)
+    try:
+        marker, _ = _read_committed(store, run_id, task.shard_id)
+    except ShardWithdrawn as exc:
+        return _withdrawn(task, exc)
     result = VerifyResult(
         task.shard_id,
         int(marker["result"]["attempt"]),
@@ -148,14 +148,16 @@ def verify_shard(task: VerifyTask) -> VerifyResult:
     store = Store(cfg.output)
     if not store.exists(_stage(store, run_id).commit(task.shard_id)):
         return VerifyResult(task.shard_id, task.attempt, "stale")
-    marker, data = _read_committed(store, run_id, task.shard_id)
+    try:
+        marker, table = _read_committed(store, run_id, task.shard_id)
+    except ShardWithdrawn as exc:
+        return _withdrawn(task, exc)
     attempt = int(marker["result"]["attempt"])
     if attempt != task.attempt:
         return VerifyResult(task.shard_id, task.attempt, "stale")
     generator = str(marker["result"]["worker"])
     verifier, host = worker_identity()
 
-    table: pa.Table = pq.read_table(pa.BufferReader(data))
     rows = [
         r
         for r in table.select(["prompt_id", "messages", "completion", "drop_reason"]).to_pylist()

@@ -28,7 +28,7 @@ def test_second_concurrent_run_is_refused_and_the_first_completes(tmp_path, pref
     holder = read_lease(store, cfg.run_id)
 
     code, summary, text = run_cli(cfg_path, tmp_path, "second", timeout=120)
-    assert code == 2 and summary is None
+    assert code == 5 and summary is None  # busy: another live run holds the lease
     assert "is being run by another live process" in text
     assert holder.holder in text and holder.host in text and f"pid {holder.pid}" in text
     assert "expires" in text and cfg.run_id in text

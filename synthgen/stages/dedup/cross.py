@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import operator
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from synthgen.config import CleanConfig
+from synthgen.io.checked import Expect, ShardMismatch, check_bytes
 from synthgen.stages.dedup.clusters import candidate_pairs, resolve
 from synthgen.stages.dedup.lsh import band_keys, estimated_jaccard
 from synthgen.stages.dedup.minhash import splitmix64
@@ -53,6 +54,7 @@ class Source:
 
     path: str
     prior: bool = False  # rows of an earlier published dataset: never dropped
+    expect: Expect | None = None  # a committed shard: what its commit marker says of it
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class DedupResult:
     candidate_pairs: int
     verified_pairs: int
     rows: int  # kept rows of the run's shards that took part
+    withdrawn: list[str] = field(default_factory=list)  # shards that failed their check
 
     def by_shard(self) -> dict[str, dict[str, str]]:
         """shard_id -> {prompt_id: reason}."""
@@ -100,9 +103,19 @@ def _read(src: Source, p: _Params) -> pa.Table:
             if p.run_id is not None:
                 t = t.filter(pc.not_equal(t.column("run_id"), p.run_id))
             return t.drop_columns(["run_id"])
-        names = pq.read_schema(path, filesystem=fs).names
-        cols = COLUMNS + (["sample_index"] if "sample_index" in names else [])
-        t = pq.read_table(path, columns=cols, filesystem=fs)
+        if src.expect is None:
+            names = pq.read_schema(path, filesystem=fs).names
+            cols = COLUMNS + (["sample_index"] if "sample_index" in names else [])
+            t = pq.read_table(path, columns=cols, filesystem=fs)
+        else:  # only bytes that match the shard's commit marker are used
+            try:
+                data = fs.cat_file(path)
+            except FileNotFoundError:
+                raise ShardMismatch(src.path, "the committed file is missing") from None
+            checked = check_bytes(data, src.expect, COLUMNS + _sample_index(data))
+            if isinstance(checked, str):
+                raise ShardMismatch(src.path, checked)
+            t = checked
     except (OSError, pa.ArrowInvalid, KeyError) as exc:
         raise OSError(f"cross-shard dedup: cannot read {src.path}: {exc}") from exc
     t = t.filter(pc.is_null(t.column("drop_reason"))).drop_columns(["drop_reason"])
@@ -110,6 +123,15 @@ def _read(src: Source, p: _Params) -> pa.Table:
         keys = pa.array(row_keys(t), pa.string())
         t = t.drop_columns(["sample_index"]).set_column(0, "prompt_id", keys)
     return t
+
+
+def _sample_index(data: bytes) -> list[str]:
+    """["sample_index"] when the Parquet bytes have that column (multi-sample runs)."""
+    try:
+        names = pq.read_schema(pa.BufferReader(data)).names
+    except (pa.ArrowException, OSError, ValueError):
+        return []  # check_bytes says what is wrong with the file
+    return ["sample_index"] if "sample_index" in names else []
 
 
 def row_keys(table: pa.Table) -> list[str]:
@@ -293,6 +315,7 @@ def cross_shard_dedup(
     filesystem: Any = None,
     prior_index_paths: Sequence[str] = (),
     run_id: str | None = None,
+    expect: Mapping[str, Expect] | None = None,
 ) -> DedupResult:
     """Run-wide exact + near duplicates over committed shard files, on `client`'s cluster.
 
@@ -300,6 +323,8 @@ def cross_shard_dedup(
     filesystem, e.g. the run's `Store.fs`).
     `prior_index_paths`: parts of a published dataset's dedup index (its rows always win);
     rows of it that carry `run_id` are ignored (a re-published run does not drop itself).
+    `expect`: path -> what the shard's commit marker says (sha256, rows); such a file is
+    read whole and checked, and `ShardMismatch` is raised when it does not match.
     Returns the rows to drop; the shard files are not modified.
     """
     bands, rows = cfg.near.lsh_params()
@@ -318,7 +343,8 @@ def cross_shard_dedup(
         storage_options=dict(storage_options or {}),
         filesystem=filesystem,
     )
-    sources = [Source(s) for s in sorted(shard_paths)] + [
+    expect = expect or {}
+    sources = [Source(s, expect=expect.get(s)) for s in sorted(shard_paths)] + [
         Source(s, prior=True) for s in sorted(prior_index_paths)
     ]
     if not sources or not (p.exact or p.near):

@@ -220,3 +220,36 @@ def test_verify_budget_and_timeout_together(tmp_path) -> None:
     assert isinstance(out.stopped_by, Decision) and out.not_started
     assert budget.gate.spent_usd <= 2.0 + 2 * budget.gate.per_shard_usd
     assert set(out.not_started).isdisjoint({r["shard_id"] for r in vrun.results})
+
+
+def test_a_withdrawn_check_regenerates_the_shard_without_flagging_its_worker(tmp_path) -> None:
+    sim = Cluster()
+    verify = _verify(tmp_path, sim, fail_on=None)
+    base = verify.submit_check
+
+    def check(res: dict[str, Any], verifiers: list[str]) -> Fut:
+        fut = base(res, verifiers)
+        if res["shard_id"] == "shard-00001" and res["attempt"] == 1:
+            fut._value = {**fut._value, "status": "withdrawn", "reasons": ["sha256 differs"]}
+        return fut
+
+    verify.submit_check = check
+    ShardLoop(SHARDS[:3], sim.submit, [verify]).run()
+    vrun = verify.finish([])
+    assert [a for s, _, a in sim.submitted if s == "shard-00001"] == [1, 2]
+    assert vrun.flagged == {} and not vrun.failures
+    assert sorted(r["shard_id"] for r in vrun.results) == SHARDS[:3]
+
+
+def test_the_loop_runs_again_for_requeued_shards_with_the_same_gates(tmp_path) -> None:
+    # what generate_flow does with shards withdrawn by dedup or publish
+    sim = Cluster(cost=0.25)
+    budget = _budget(tmp_path, sim, 100.0)
+    loop = ShardLoop(SHARDS[:4], sim.submit, [budget])
+    first = loop.run()
+    assert len(first.results) == 4
+    loop.requeue("shard-00002")
+    again = loop.run()
+    assert again is first and len(again.results) == 5  # one LoopResult, results accumulate
+    assert [a for s, _, a in sim.submitted if s == "shard-00002"] == [1, 2]
+    assert budget.gate.spent_usd == pytest.approx(1.25)
