@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 
+from synthgen.config.secrets import MASKER
 from synthgen.errors import ConfigError
 from synthgen.io import store as storage
 
@@ -136,10 +137,6 @@ def resolve_output_options(output: OutputConfig) -> dict[str, Any]:
 def load_secret_token(ref: str) -> str:
     """The string held by the Prefect Secret block `ref` ('secret/NAME'), e.g. a Hub token
     (`output.hub.token_block`); masked in this process's logs from here on."""
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    from synthgen.config.secrets import MASKER
 
     slug, _, name = ref.partition("/")
     if slug != "secret" or not name:

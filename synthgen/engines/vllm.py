@@ -44,7 +44,7 @@ from synthgen.engines.base import (
     ScoreRequest,
 )
 from synthgen.engines.devices import DeviceInfo, detect_device
-from synthgen.engines.guided import SCHEMA_INVALID, validate, vllm_params
+from synthgen.engines.guided import SCHEMA_INVALID, key, validate, vllm_params
 from synthgen.engines.presets import GpuPreset, VllmSettings, resolve_vllm_settings
 from synthgen.errors import EngineError, MissingDependencyError
 
@@ -557,7 +557,6 @@ class VllmEngine:
         return masks
 
     def _compiled_grammar(self, guided: GuidedConfig) -> Any:
-        from synthgen.engines.guided import key
 
         cache: dict[str, Any] = self.__dict__.setdefault("_grammars", {})
         k = key(guided)

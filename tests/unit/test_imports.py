@@ -173,8 +173,14 @@ FUNCTION_IMPORTS: dict[tuple[str, str], str] = {
             "flows.run",
             "flows.serve",
             "flows.trigger",
+            "flows.credentials",
+            "synthgen.config.hub",
+            "synthgen.io.hub",
         )
     },
+    ("synthgen/cli/lifecycle.py", "psutil"): _CLI,
+    ("synthgen/io/hub.py", "huggingface_hub"): "heavy import, only for `publish --hub`",
+    ("synthgen/engines/vllm.py", "xgrammar"): "optional (ships with vLLM); guided scoring only",
     **{
         ("synthgen/cli/cost.py", m): _CLI
         for m in ("synthgen.cost.report", "synthgen.config", "synthgen.cost.estimate")

@@ -10,7 +10,7 @@ from synthgen.config import RunConfig, SamplingConfig, VerifyConfig, config_from
 from synthgen.engines import cache
 from synthgen.engines.base import Score, ScoreRequest, ScoringEngine
 from synthgen.engines.fake import FakeEngine
-from synthgen.errors import ConfigError, StorageError
+from synthgen.errors import ConfigError
 from synthgen.io.layout import RunLayout
 from synthgen.io.store import Store
 from synthgen.stages.generate import ShardTask, run_shard
@@ -192,8 +192,10 @@ def test_verify_refuses_a_shard_file_that_does_not_match_its_marker(tmp_path):
     cfg, store, sid = _committed_shard(tmp_path)
     path = RunLayout(store, cfg.run_id or "").stage().shard(sid)
     store.write_bytes(path, store.read_bytes(path) + b"tampered")
-    with pytest.raises(StorageError, match=f"{sid}: shard file sha256"):
-        verify_shard(VerifyTask(cfg.model_dump(mode="json"), sid, 1))
+    res = verify_shard(VerifyTask(cfg.model_dump(mode="json"), sid, 1))
+    # never scored: the shard is withdrawn (regenerated), its worker is not blamed
+    assert res.status == "withdrawn" and "does not match its commit marker" in res.reasons[0]
+    assert not store.exists(RunLayout(store, cfg.run_id or "").stage().commit(sid))
 
 
 def test_distrust_quarantines_without_scoring(tmp_path):
