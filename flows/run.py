@@ -51,7 +51,16 @@ from synthgen.io.store import Store
 from synthgen.stages.dedup.stage import dedup_run
 from synthgen.stages.generate import ShardTask, committed_shards, run_shard
 from synthgen.stages.plan import write_plan
-from synthgen.stages.publish import publish_shard, write_manifest
+from synthgen.stages.publish import (
+    check_owner,
+    checkpoint,
+    collect_garbage,
+    commit_publish,
+    publish_id,
+    publish_shard,
+    published_as,
+    shard_digests,
+)
 
 
 @task(name="generate-shard", persist_result=False)
@@ -62,9 +71,12 @@ def generate_shard(config: dict[str, Any] | Opaque, shard_id: str) -> dict[str, 
 
 
 @task(name="publish-shard", persist_result=False, retries=2, retry_delay_seconds=2)
-def publish_shard_task(config: dict[str, Any] | Opaque, shard_id: str) -> dict[str, Any]:
-    """Publish one committed shard (its run-wide dedup drops read from the run's drops file)."""
-    return publish_shard(unwrap(config), shard_id)
+def publish_shard_task(
+    config: dict[str, Any] | Opaque, shard_id: str, pid: str, index: int, count: int
+) -> dict[str, Any]:
+    """Write one committed shard's files of publish `pid` (its run-wide dedup drops read from
+    its part of the run's drops)."""
+    return publish_shard(unwrap(config), shard_id, publish_id=pid, index=index, count=count)
 
 
 @task(name="dedup-run", persist_result=False, retries=1, retry_delay_seconds=2)
@@ -83,8 +95,9 @@ def dedup_task(config: dict[str, Any] | Opaque, shard_ids: list[str]) -> dict[st
         "verified_pairs": res.verified_pairs,
         "drop_counts": res.counts,
         "seconds": round(time.perf_counter() - started, 3),
-        # the publish tasks read their shard's drops from this file (the flow ships none)
+        # each publish task reads its shard's part of the drops (the flow ships none)
         "drops_file": layout.url(layout.dedup_drops),
+        "drops_sha256": res.digest,
     }
 
 
@@ -213,12 +226,7 @@ def generate_flow(
                 f"cross-shard dedup: {dedup['rows_checked']} kept rows checked, "
                 f"{dedup['verified_pairs']} duplicate pairs, dropped {dedup['drop_counts'] or 'none'}"
             )
-        pubs = [publish_shard_task.submit(task_config, sid) for sid in sorted(committed)]
-        files = [p.result() for p in pubs]
-        summary = cost_summary(cfg)
-        if summary:
-            extra = {**(extra or {}), "cost": manifest_totals(summary)}
-        manifest = write_manifest(cfg, store, files, extra)
+        manifest = _publish(cfg, store, task_config, sorted(committed), extra)
     return {
         "results": results,
         "failures": failures,
@@ -227,6 +235,42 @@ def generate_flow(
         "budget_message": budget_msg,
         "verification": verification,
     }
+
+
+def _publish(
+    cfg: RunConfig,
+    store: Store,
+    task_config: Opaque,
+    shard_ids: list[str],
+    extra: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Publish the committed shards as one transaction (synthgen.stages.publish): each
+    shard's files on the cluster, then the manifest and the card (the switch), then the
+    earlier publish's files go. A publish `dataset/` already shows is not written again."""
+    run_id = cfg.run_id or ""
+    pid = publish_id(
+        cfg, shard_digests(store, run_id), (extra or {}).get("dedup", {}).get("drops_sha256")
+    )
+    done = published_as(store, run_id, pid)
+    if done is not None:
+        gone = collect_garbage(store, done)  # a publish killed after its switch left these
+        print(f"run {run_id}: already published as {pid} ({done['rows']} rows); "
+              f"{len(gone)} stale file(s) removed" if gone else
+              f"run {run_id}: already published as {pid} ({done['rows']} rows)")  # fmt: skip
+        return done
+    check_owner(cfg, store)  # before any file is written
+    n = len(shard_ids)
+    pubs = [
+        publish_shard_task.submit(task_config, sid, pid, i, n) for i, sid in enumerate(shard_ids)
+    ]
+    shards = []
+    for p in pubs:
+        shards.append(p.result())
+        checkpoint("publish.shard_done")
+    summary = cost_summary(cfg)
+    if summary:
+        extra = {**(extra or {}), "cost": manifest_totals(summary)}
+    return commit_publish(cfg, store, shards, pid, extra)
 
 
 def summary_artifact_key(run_id: str) -> str:
@@ -309,6 +353,7 @@ def execute(
 def _execute_leased(
     cfg: RunConfig, store: Store, lease: RunLease, started: float
 ) -> dict[str, Any]:
+    check_owner(cfg, store)  # another run's dataset here: refuse before any GPU time
     plan = write_plan(cfg, store)
     run_id = cfg.run_id or ""
     layout = RunLayout(store, run_id)

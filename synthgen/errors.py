@@ -37,3 +37,8 @@ class RunLockedError(SynthgenError, RuntimeError):
 
 class BudgetExhausted(SynthgenError, RuntimeError):
     """The budget cap stopped the run before every shard was done."""
+
+
+class PublishRefused(SynthgenError, RuntimeError):
+    """Publishing would replace a dataset another run published to the same output (or
+    replace data with zero rows); the message names both run ids and the flag that allows it."""

@@ -54,6 +54,20 @@ class RunConfig(_Section):
     select: SelectConfig = Field(default_factory=SelectConfig)
 
     @model_validator(mode="after")
+    def _check_output_format(self) -> RunConfig:
+        if self.output.format == "dpo" and self.select.strategy != "pairs":
+            raise ValueError(
+                "output.format: dpo publishes preference pairs; it needs select.strategy: pairs"
+            )
+        names = [s.name for s in self.stages] or ["generate"]
+        if self.output.stage is not None and self.output.stage not in names:
+            raise ValueError(
+                f"output.stage: {self.output.stage!r} is not a stage of this run "
+                f"({', '.join(names)})"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _derive_run_id(self) -> RunConfig:
         if self.run_id is None:
             self.run_id = f"{self.name}-{self.fingerprint()[:10]}"

@@ -77,6 +77,7 @@ class DedupResult:
     candidate_pairs: int
     verified_pairs: int
     rows: int  # kept rows of the run's shards that took part
+    digest: str | None = None  # sha256 of the written drops file (dedup.stage.dedup_run)
 
     def by_shard(self) -> dict[str, dict[str, str]]:
         """shard_id -> {prompt_id: reason}."""

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import posixpath
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from synthgen.config import RunConfig
 from synthgen.io.layout import DatasetLayout, RunLayout
 from synthgen.io.store import Store
 from synthgen.stages.dedup.cross import DROPS_SCHEMA, DedupResult, cross_shard_dedup
-from synthgen.stages.dedup.index import index_paths
+from synthgen.stages.dedup.index import LEGACY_INDEX_DIR, index_paths
 from synthgen.stages.generate import shard_path
 
 
@@ -18,18 +22,44 @@ def drops_path(store: Store, run_id: str) -> str:
 
 def dedup_run(client: Any, cfg: RunConfig, store: Store, shard_ids: list[str]) -> DedupResult:
     """Cross-shard (and, if configured, against-published) dedup of the run's committed
-    shards on `client`'s cluster; writes `runs/RUN_ID/dedup/drops.parquet` (shard_id,
-    prompt_id, reason) and returns the result."""
+    shards on `client`'s cluster; writes each shard's drops (`dedup/drops/SHARD.parquet`,
+    for the shards that have any) and then the whole run's, `runs/RUN_ID/dedup/drops.parquet`
+    (shard_id, prompt_id, reason), and returns the result (`digest`: the sha256 of the
+    run-wide file)."""
     run_id = cfg.run_id or ""
+    layout = RunLayout(store, run_id)
     paths = [shard_path(store, run_id, sid) for sid in sorted(shard_ids)]
     prior: list[str] = []
     if cfg.clean.near.against_published:
-        prior = index_paths(store.fs, DatasetLayout(store).dir, cfg.clean)
+        prior = index_paths(store.fs, store.root, cfg.clean) + index_paths(
+            store.fs, DatasetLayout(store).dir, cfg.clean, LEGACY_INDEX_DIR
+        )
     result = cross_shard_dedup(
         client, paths, cfg.clean, filesystem=store.fs, prior_index_paths=prior, run_id=run_id
     )
-    store.write_table(drops_path(store, run_id), result.drops)
+    # the run-wide file marks the parts complete: drop it first, write it last
+    store.rm(layout.dedup_drops)
+    for name in store.ls(layout.dedup_drops_parts):
+        store.rm(posixpath.join(layout.dedup_drops_parts, name))
+    result.drops = result.drops.sort_by([("shard_id", "ascending"), ("prompt_id", "ascending")])
+    for sid, part in _by_shard(result.drops).items():
+        store.write_table(layout.dedup_drops_shard(sid), part)
+    _, result.digest = store.write_table(layout.dedup_drops, result.drops)
     return result
+
+
+def _by_shard(drops: pa.Table) -> dict[str, pa.Table]:
+    """Slices of the (sorted) drops table, one per shard."""
+    if drops.num_rows == 0:
+        return {}
+    shard_ids = drops.column("shard_id").to_pylist()
+    out: dict[str, pa.Table] = {}
+    start = 0
+    for i in range(1, len(shard_ids) + 1):
+        if i == len(shard_ids) or shard_ids[i] != shard_ids[start]:
+            out[shard_ids[start]] = drops.slice(start, i - start)
+            start = i
+    return out
 
 
 def read_drops(store: Store, run_id: str) -> dict[str, dict[str, str]]:
@@ -37,7 +67,20 @@ def read_drops(store: Store, run_id: str) -> dict[str, dict[str, str]]:
     path = drops_path(store, run_id)
     if not store.exists(path):
         return {}
-    t = store.read_table(path)
+    return _mapping(store.read_table(path))
+
+
+def read_shard_drops(store: Store, run_id: str, shard_id: str) -> dict[str, str]:
+    """One shard's {prompt_id: reason} (its part of the drops, not the whole run's file);
+    {} when the run-wide search found none in it or did not run."""
+    layout = RunLayout(store, run_id)
+    data = store.read_optional(layout.dedup_drops_shard(shard_id))
+    if data is None:
+        return {}
+    return _mapping(pq.read_table(pa.BufferReader(data))).get(shard_id, {})
+
+
+def _mapping(t: pa.Table) -> dict[str, dict[str, str]]:
     if t.schema != DROPS_SCHEMA:
         t = t.cast(DROPS_SCHEMA)
     out: dict[str, dict[str, str]] = {}
@@ -46,4 +89,4 @@ def read_drops(store: Store, run_id: str) -> dict[str, dict[str, str]]:
     return out
 
 
-__all__ = ["dedup_run", "drops_path", "read_drops"]
+__all__ = ["dedup_run", "drops_path", "read_drops", "read_shard_drops"]
