@@ -102,9 +102,12 @@ def _need(table: pa.Table, stage: str, field: str, fmt: str) -> str:
 
 
 def _provenance(table: pa.Table, stage: str, names: tuple[str, ...]) -> dict[str, pa.Array]:
+    """The stage's own `NAME.x` column where it has one, else the row's plain `x`."""
     out: dict[str, pa.Array] = {}
     for name in names:
         col = stage_column(table, stage, name)
+        if col is None and name in table.column_names:
+            col = name
         if col is not None:
             out[name] = table.column(col)
     return out
