@@ -338,7 +338,8 @@ def collect_garbage(store: Store, manifest: dict[str, Any]) -> list[str]:
     gone = []
     for name in store.ls(dataset.data_dir):
         rel = f"{DATA_DIR}/{name}"
-        if rel.endswith(".parquet") and rel not in keep:
+        # a killed local write leaves `.NAME.tmp-XXXX` (Store.write_bytes); it goes too
+        if (rel.endswith(".parquet") or ".parquet.tmp-" in name) and rel not in keep:
             store.rm(dataset.file(rel))
             gone.append(rel)
     for name in store.ls(dataset.dir):  # the flat layout: shard-*.parquet, _manifest.json...
@@ -359,6 +360,7 @@ def _schema_of(store: Store, dataset: DatasetLayout, files: list[dict[str, Any]]
 
 
 def _read_schema(store: Store, path: str) -> pa.Schema:
+    store.fs.invalidate_cache(path)
     with store.fs.open(path, "rb") as fh:
         return pq.read_schema(fh)
 

@@ -101,5 +101,8 @@ def test_the_flat_layout_of_earlier_versions_is_read_and_then_cleaned(tmp_path) 
             cfg.model_copy(update={"output": cfg.output.model_copy(update={"replace": False})}),
             store,
         )
+    # what a write killed mid-way leaves on a local disk
+    store.write_bytes(dataset.file("data/.train-00000-of-00001-p0.parquet.tmp-abcd1234"), b"x")
     commit_publish(cfg, store, [_shard(store, "p1", 1)], "p1")
     assert store.ls(dataset.dir) == ["README.md", "data"]
+    assert store.ls(dataset.data_dir) == ["train-00000-of-00001-p1.parquet"]
