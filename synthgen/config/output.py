@@ -12,7 +12,8 @@ from synthgen.config.secret_rule import CredentialMapping
 
 
 class OutputConfig(_Section):
-    """Where the run writes: OUTPUT/runs/RUN_ID/ (shards, ledger, plan) and OUTPUT/dataset/."""
+    """Where the run writes: OUTPUT/runs/RUN_ID/ (shards, ledger, plan, manifests) and
+    OUTPUT/dataset/ (a Hugging Face dataset repository: README.md + data/)."""
 
     uri: str = Field("./data", description="Local path or s3://bucket/prefix.")
     storage_options: CredentialMapping = Field(
