@@ -137,7 +137,8 @@ def _generation(cfg: dict[str, Any]) -> list[str]:
     for st in cfg.get("stages") or []:
         m = (st.get("model") or {}).get("path") or "the run's model"
         sampling = {k: v for k, v in (st.get("sampling") or {}).items() if v is not None}
-        out.append(f"- stage `{st['name']}` (model {m}; sampling {sampling or 'the run`s'}):")
+        how = json.dumps(sampling, sort_keys=True) if sampling else "the run's"
+        out.append(f"- stage `{st['name']}` (model {m}; sampling {how}):")
         if st.get("system"):
             out.append(f"  - system: `{st['system']}`")
         out.append(f"  - prompt: `{st['prompt']}`")

@@ -11,6 +11,7 @@ from synthgen.errors import PublishRefused
 from synthgen.io.layout import DatasetLayout
 from synthgen.io.store import Store
 from synthgen.stages.card import front_matter
+from synthgen.stages.formats import to_dpo
 from synthgen.stages.publish import (
     check_owner,
     commit_publish,
@@ -106,3 +107,35 @@ def test_the_flat_layout_of_earlier_versions_is_read_and_then_cleaned(tmp_path) 
     commit_publish(cfg, store, [_shard(store, "p1", 1)], "p1")
     assert store.ls(dataset.dir) == ["README.md", "data"]
     assert store.ls(dataset.data_dir) == ["train-00000-of-00001-p1.parquet"]
+
+
+def test_a_dpo_folder_loads_with_datasets_as_trls_preference_format(tmp_path) -> None:
+    datasets = pytest.importorskip("datasets", reason="datasets is a test dependency")
+    cfg = config_from_dict({
+        "output": {"uri": str(tmp_path), "format": "dpo", "license": "cc-by-4.0"},
+        "stages": [{"name": "answer", "prompt": "{{ prompt }}", "sampling": {"n": 2}}],
+        "select": {"strategy": "pairs", "by": "judge.score", "stage": "answer"},
+    })  # fmt: skip
+    store = Store(cfg.output)
+    dataset = DatasetLayout(store)
+    rows = to_dpo(pa.table({
+        "run_id": [cfg.run_id] * 2, "prompt_id": ["p1", "p2"],
+        "answer.messages": ['[{"role": "user", "content": "Hi?"}]'] * 2,
+        "chosen": ["Hello!", "Hey."], "rejected": ["No.", "..."],
+        "chosen_score": [9.0, 8.0], "rejected_score": [1.0, 2.0],
+    }), "answer")  # fmt: skip
+    path = dataset.data_name("train", 0, 1, "d1")
+    size, sha = store.write_table(dataset.file(path), rows)
+    shard = {"shard_id": "s0", "rows": 2, "generated": 4, "kept_tokens": 0,
+             "drop_counts": {"low_margin": 2},
+             "files": [{"path": path, "split": "train", "rows": 2, "bytes": size, "sha256": sha,
+                        "shard_id": "s0"}]}  # fmt: skip
+    commit_publish(cfg, store, [shard], "d1")
+    meta = front_matter(store.read_bytes(dataset.card).decode())
+    assert meta["license"] == "cc-by-4.0" and "dpo" in meta["tags"]
+    ds = datasets.load_dataset(dataset.dir, cache_dir=str(tmp_path / "hf"))["train"]
+    msg = datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")})
+    for col in ("prompt", "chosen", "rejected"):
+        assert ds.features[col] == msg, col
+    assert ds[0]["chosen"] == [{"role": "assistant", "content": "Hello!"}]
+    assert ds[0]["prompt"] == [{"role": "user", "content": "Hi?"}]
