@@ -13,6 +13,7 @@ import contextlib
 import logging
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import dask
@@ -57,7 +58,16 @@ from synthgen.stages.decontam import benchmark_summary, write_benchmark_index
 from synthgen.stages.dedup.stage import dedup_run
 from synthgen.stages.generate import ShardTask, run_shard
 from synthgen.stages.plan import write_plan
-from synthgen.stages.publish import publish_shard, write_manifest
+from synthgen.stages.publish import (
+    check_owner,
+    checkpoint,
+    collect_garbage,
+    commit_publish,
+    publish_id,
+    publish_shard,
+    published_as,
+    shard_digests,
+)
 from synthgen.stages.units import (
     all_units,
     committed_units,
@@ -93,9 +103,12 @@ def _retry_unless_withdrawn(task: Any, task_run: Any, state: Any) -> bool:
     retry_delay_seconds=2,
     retry_condition_fn=_retry_unless_withdrawn,
 )
-def publish_shard_task(config: dict[str, Any] | Opaque, shard_id: str) -> dict[str, Any]:
-    """Publish one committed shard (its run-wide dedup drops read from the run's drops file)."""
-    return publish_shard(unwrap(config), shard_id)
+def publish_shard_task(
+    config: dict[str, Any] | Opaque, shard_id: str, pid: str, index: int, count: int
+) -> dict[str, Any]:
+    """Write one committed shard's files of publish `pid` (its run-wide dedup drops read from
+    its part of the run's drops)."""
+    return publish_shard(unwrap(config), shard_id, publish_id=pid, index=index, count=count)
 
 
 @task(name="dedup-run", persist_result=False, retries=1, retry_delay_seconds=2)
@@ -115,20 +128,34 @@ def dedup_task(config: dict[str, Any] | Opaque, shard_ids: list[str]) -> dict[st
         "drop_counts": res.counts,
         "seconds": round(time.perf_counter() - started, 3),
         "withdrawn": res.withdrawn,  # shards that failed their check: generated again
-        # the publish tasks read their shard's drops from this file (the flow ships none)
+        # each publish task reads its shard's part of the drops (the flow ships none)
         "drops_file": layout.url(layout.dedup_drops),
+        "drops_sha256": res.digest,
     }
 
 
 FINISH_ROUNDS = 3  # dedup + publish, again after each regeneration of withdrawn shards
 
 
+@dataclass
+class Published:
+    """What the finishing round wrote: this publish's shard files (`shards`, the manifest's
+    extras) to be switched to by `commit_publish`, or `done`: the manifest of the publish
+    `dataset/` already shows (a re-run of a published run writes nothing)."""
+
+    pid: str
+    shards: list[dict[str, Any]]
+    extra: dict[str, Any] | None
+    done: dict[str, Any] | None = None
+
+
 def _finish(
     cfg: RunConfig, task_config: Opaque, store: Store
-) -> tuple[tuple[list[dict[str, Any]], dict[str, Any] | None] | None, list[str]]:
-    """Run-wide dedup and publish over every committed shard: ((published files, manifest
-    extras), []), or (None, withdrawn shards) when a shard failed its check against its
-    commit marker (withdrawn by the check; nothing is published from it)."""
+) -> tuple[Published | None, list[str]]:
+    """Run-wide dedup and the publish's shard files over every committed shard of the final
+    stage: (Published, []), or (None, withdrawn shards) when a shard failed its check
+    against its commit marker (withdrawn by the check; nothing is published from it). The
+    switch (manifest, card) is the caller's, once the workers' cost rows are in."""
     run_id = cfg.run_id or ""
     final = final_stage(cfg)
     committed = commit_markers(store, run_id, final)
@@ -145,11 +172,30 @@ def _finish(
     bench = benchmark_summary(cfg, store)
     if bench:
         extra = {**(extra or {}), "decontamination": bench}
-    pubs = {sid: publish_shard_task.submit(task_config, sid) for sid in sorted(committed)}
-    files, failed = [], []
+    pid = publish_id(
+        cfg,
+        shard_digests(store, run_id, final),
+        (extra or {}).get("dedup", {}).get("drops_sha256"),
+    )
+    done = published_as(store, run_id, pid)
+    if done is not None:
+        gone = collect_garbage(store, done)  # a publish killed after its switch left these
+        print(f"run {run_id}: already published as {pid} ({done['rows']} rows); "
+              f"{len(gone)} stale file(s) removed" if gone else
+              f"run {run_id}: already published as {pid} ({done['rows']} rows)")  # fmt: skip
+        return Published(pid, [], extra, done), []
+    check_owner(cfg, store)  # before any file is written
+    shard_ids = sorted(committed)
+    n = len(shard_ids)
+    pubs = {
+        sid: publish_shard_task.submit(task_config, sid, pid, i, n)
+        for i, sid in enumerate(shard_ids)
+    }
+    shards, failed = [], []
     for sid, fut in pubs.items():
         try:
-            files.append(fut.result())
+            shards.append(fut.result())
+            checkpoint("publish.shard_done")
         except Exception as exc:  # a withdrawn shard, or a storage failure
             failed.append((sid, exc))
     if failed:
@@ -158,7 +204,7 @@ def _finish(
         if withdrawn:
             return None, withdrawn
         raise failed[0][1]
-    return (files, extra), []
+    return Published(pid, shards, extra), []
 
 
 def _gpu_annotation(cfg: RunConfig) -> contextlib.AbstractContextManager[Any]:
@@ -311,11 +357,13 @@ def generate_flow(
     finish_usage(cfg, run_started_at)
     manifest = None
     if published is not None:
-        files, extra = published
-        summary = cost_summary(cfg)  # after finish_usage: the workers' rows are in
-        if summary:
-            extra = {**(extra or {}), "cost": manifest_totals(summary)}
-        manifest = write_manifest(cfg, store, files, extra)
+        manifest = published.done
+        if manifest is None:  # the switch: manifest and card, after the workers' rows are in
+            summary = cost_summary(cfg)
+            extra = published.extra
+            if summary:
+                extra = {**(extra or {}), "cost": manifest_totals(summary)}
+            manifest = commit_publish(cfg, store, published.shards, published.pid, extra)
     return {
         "results": results,
         "failures": failures,
@@ -423,6 +471,7 @@ def execute(
 def _execute_leased(
     cfg: RunConfig, store: Store, lease: RunLease, started: float
 ) -> dict[str, Any]:
+    check_owner(cfg, store)  # another run's dataset here: refuse before any GPU time
     plan = write_plan(cfg, store)
     bench = write_benchmark_index(cfg, store)  # hashed once here; the workers load the file
     if bench:

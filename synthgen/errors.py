@@ -50,3 +50,8 @@ class HubError(SynthgenError, RuntimeError):
 
 class HubTokenError(HubError, ValueError):
     """The Hub token is missing, malformed or refused: invalid input (CLI exit code 2)."""
+
+
+class PublishRefused(SynthgenError, RuntimeError):
+    """Publishing would replace a dataset another run published to the same output (or
+    replace data with zero rows); the message names both run ids and the flag that allows it."""

@@ -7,6 +7,10 @@ from typing import Any
 
 import yaml
 
+from synthgen.config import OutputConfig
+from synthgen.io.store import Store
+from synthgen.stages.publish import read_manifest
+
 
 def write_config(path: Path, data: dict[str, Any]) -> str:
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
@@ -49,3 +53,8 @@ def verdict_of(scorer: Any, gen: Any, reqs: list[Any], sampling: Any) -> tuple[A
         top_k=10,
     )
     return judge(scores, VerifyConfig()), scores
+
+
+def published_manifest(out: Any, storage_options: dict[str, Any] | None = None) -> Any:
+    """The manifest of what OUTPUT/dataset shows now (the one its card names), or None."""
+    return read_manifest(Store(OutputConfig(uri=str(out), storage_options=storage_options or {})))

@@ -53,7 +53,7 @@ class NearDedupConfig(_Section):
     against_published: bool = Field(
         False,
         description="Also drop records that duplicate the dataset already published under "
-        "OUTPUT/dataset/ (its band index is stored in dataset/_dedup_index/).",
+        "OUTPUT/dataset/ (its band index is stored beside it, in OUTPUT/dedup_index/).",
     )
 
     @property

@@ -57,6 +57,12 @@ class RunConfig(_Section):
     @model_validator(mode="after")
     def _check_stages(self) -> RunConfig:
         check_multistage(self)
+        names = [s.name for s in self.stages] or ["generate"]
+        if self.output.stage is not None and self.output.stage not in names:
+            raise ValueError(
+                f"output.stage: {self.output.stage!r} is not a stage of this run "
+                f"({', '.join(names)})"
+            )
         return self
 
     @model_validator(mode="after")

@@ -104,7 +104,7 @@ class RunSummary:
             cost_this_invocation_usd=sum(r["cost_usd"] for r in generated),
             wall_seconds=wall_seconds,
             output=dataset.url() if manifest else RunLayout(store, cfg.run_id or "").url(),
-            manifest=dataset.url(dataset.manifest) if manifest else None,
+            manifest=_manifest_url(store, manifest) if manifest else None,
             rejects=rejects,
             drop_counts=dict(drops),
             workers=workers,
@@ -200,3 +200,9 @@ def verification_rows(v: dict[str, Any] | None) -> list[tuple[str, str]]:
     if v.get("unverified"):
         rows.append(("unverified shards", ", ".join(v["unverified"][:10])))
     return rows
+
+
+def _manifest_url(store: Store, manifest: dict[str, Any]) -> str:
+    """Where a publish's manifest lives (`runs/RUN_ID/publish/PID/manifest.json`)."""
+    run = RunLayout(store, manifest["run_id"])
+    return run.url(run.publish_manifest(manifest["publish_id"]))

@@ -10,7 +10,9 @@ Pure path arithmetic over a `Store`'s root: nothing here touches storage.
         _lease.json                      .lease  (+ _lease.json.lock beside it on local disks)
         budget.json                      .budget
         workers/WORKER.parquet           .worker(worker_id)     (what a worker bills the run)
-        dedup/drops.parquet              .dedup_drops
+        dedup/drops.parquet              .dedup_drops   (the whole run's; written last)
+        dedup/drops/SHARD.parquet        .dedup_drops_shard(shard)  (each shard's part)
+        publish/PID/manifest.json        .publish_manifest(pid)  (one per publish; immutable)
         report.png, report.md            .report_png, .report_md
         shards/SHARD.parquet             .stage().shard(shard)            \\
         _commits/SHARD.json              .stage().commit(shard)            |
@@ -20,9 +22,12 @@ Pure path arithmetic over a `Store`'s root: nothing here touches storage.
         verify/SHARD.aN.json, flagged.json .stage().verify_record(), ...   |
         quarantine/SHARD.aN.{parquet,json} .stage().quarantined(...)      /
         stages/NAME/...                  .stage(NAME): another stage's shards, same names
-      dataset/                           DatasetLayout(store).dir
-        _manifest.json, _README.md       .manifest, .card
-        _dedup_index/                    .dedup_index
+      dataset/                           DatasetLayout(store).dir  (a Hugging Face dataset repo)
+        README.md                        .card: the card; its `configs` list the data files
+                                         of the current publish (written last: the switch)
+        data/SPLIT-NNNNN-of-NNNNN-PID.parquet  .data_file(split, i, n, pid)
+      dedup_index/                       DatasetLayout(store).dedup_index (beside dataset/:
+                                         no data glob of the dataset reaches it)
 
 A stage's shard is the unit of commit, retry and cost, so everything keyed by a shard lives
 under its stage. The default stage is the run root itself, so the paths of a one-stage run
@@ -43,9 +48,11 @@ DATASET_DIR = "dataset"
 STAGES_DIR = "stages"
 DEFAULT_STAGE = "generate"
 
-MANIFEST = "_manifest.json"
-CARD = "_README.md"
-DEDUP_INDEX_DIR = "_dedup_index"
+MANIFEST = "manifest.json"
+CARD = "README.md"
+DATA_DIR = "data"
+PUBLISH_DIR = "publish"
+DEDUP_INDEX_DIR = "dedup_index"
 LEASE = "_lease.json"
 BUDGET = "budget.json"
 REJECTS = "rejects.jsonl"
@@ -220,6 +227,17 @@ class RunLayout:
     def dedup_drops(self) -> str:
         return self.path("dedup", "drops.parquet")
 
+    def dedup_drops_shard(self, shard_id: str) -> str:
+        return self.path("dedup", "drops", f"{shard_id}.parquet")
+
+    @property
+    def dedup_drops_parts(self) -> str:
+        return self.path("dedup", "drops")
+
+    def publish_manifest(self, publish_id: str) -> str:
+        """The manifest of one publish of this run (written before the card switches)."""
+        return self.path(PUBLISH_DIR, publish_id, MANIFEST)
+
     @property
     def report_png(self) -> str:
         return self.path("report.png")
@@ -239,26 +257,35 @@ def all_runs_ledger_glob(store: Store) -> str:
 
 
 class DatasetLayout:
-    """The published dataset, `OUTPUT/dataset/` (shared by the runs of an output)."""
+    """The published dataset, `OUTPUT/dataset/` (shared by the runs of an output): a Hugging
+    Face dataset repository, `README.md` + `data/*.parquet`, and nothing else."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self.dir = store.path(DATASET_DIR)
 
     def file(self, name: str) -> str:
+        """A path under the dataset folder (`name` relative to it, e.g. `data/x.parquet`)."""
         return _join(self.dir, name)
-
-    @property
-    def manifest(self) -> str:
-        return self.file(MANIFEST)
 
     @property
     def card(self) -> str:
         return self.file(CARD)
 
     @property
+    def data_dir(self) -> str:
+        return self.file(DATA_DIR)
+
+    @staticmethod
+    def data_name(split: str, index: int, count: int, publish_id: str) -> str:
+        """`data/SPLIT-NNNNN-of-NNNNN-PID.parquet`, relative to the dataset folder (the Hub's
+        split-from-file-name pattern; the publish id keeps each publish's files apart)."""
+        return f"{DATA_DIR}/{split}-{index:05d}-of-{count:05d}-{publish_id}.parquet"
+
+    @property
     def dedup_index(self) -> str:
-        return self.file(DEDUP_INDEX_DIR)
+        """The band index of what was published here: beside the dataset folder."""
+        return self.store.path(DEDUP_INDEX_DIR)
 
     def url(self, path: str | None = None) -> str:
         return self.store.location(self.dir if path is None else path)
@@ -268,10 +295,12 @@ __all__ = [
     "BUDGET",
     "CARD",
     "DATASET_DIR",
+    "DATA_DIR",
     "DEDUP_INDEX_DIR",
     "DEFAULT_STAGE",
     "LEASE",
     "MANIFEST",
+    "PUBLISH_DIR",
     "RUNS_DIR",
     "DatasetLayout",
     "RunLayout",

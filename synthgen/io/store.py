@@ -138,9 +138,12 @@ def _storage_options(output: OutputConfig) -> dict[str, Any]:
 
 def _synced_temp(path: str, data: bytes) -> str:
     """A complete, fsynced temporary file beside local `path`, to be moved/linked into place
-    (removed again when writing it fails)."""
+    (removed again when writing it fails). Its name starts with "." (`.NAME.tmp-XXXX`):
+    directory readers (pyarrow, pandas) skip it and `*.parquet` globs do not match it, even
+    when a killed write leaves it behind."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    head, name = os.path.split(path)
+    tmp = os.path.join(head, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
@@ -274,14 +277,18 @@ class Store:
         return retrying(_create, f"creating {self.location(path)}", self.policy)
 
     def read_bytes(self, path: str) -> bytes:
-        return retrying(
-            lambda: self.fs.cat_file(path), f"reading {self.location(path)}", self.policy
-        )
+        def _read() -> bytes:
+            # an earlier listing (ls) of the parent must not hide an object written since
+            self.fs.invalidate_cache(path)
+            return bytes(self.fs.cat_file(path))
+
+        return retrying(_read, f"reading {self.location(path)}", self.policy)
 
     def read_optional(self, path: str) -> bytes | None:
         """The bytes at `path`, or None when there is no such object."""
 
         def _read() -> bytes | None:
+            self.fs.invalidate_cache(path)
             try:
                 return bytes(self.fs.cat_file(path))
             except FileNotFoundError:

@@ -1,37 +1,88 @@
-"""Publish a finished run: kept records -> OUTPUT/dataset/ (Parquet, one file per shard),
-plus `_manifest.json` (files, rows, checksums, schema, config, totals) and a dataset card."""
+"""Publish a finished run: kept records -> `OUTPUT/dataset/`, a Hugging Face dataset repository
+(`README.md` card + `data/SPLIT-NNNNN-of-NNNNN-PID.parquet`), as one transaction.
+
+1. Each shard's publish task writes its rows (in `output.format`, by split) to new files whose
+   names carry the publish id `PID`: no file a reader may be using is ever overwritten with
+   other content.
+2. `commit_publish` writes this publish's manifest (`runs/RUN_ID/publish/PID/manifest.json`,
+   immutable), then the card, whose `configs` list exactly this publish's files: writing the
+   card is the switch (one atomic PUT or rename).
+3. Only then are the files of earlier publishes (and of killed ones) deleted.
+
+A publish is refused, naming both run ids, when the output's dataset belongs to another run
+(`output.replace: true` allows it) or when it would replace data with zero rows.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import posixpath
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from synthgen import __version__
 from synthgen.config import RunConfig
 from synthgen.config.multistage import compared_stage
-from synthgen.io.layout import DatasetLayout, split_key
-from synthgen.io.schema import DATASET_COLUMNS, RECORD_SCHEMA
+from synthgen.errors import PublishRefused
+from synthgen.io.attempts import commit_markers
+from synthgen.io.layout import DATA_DIR, DEFAULT_STAGE, DatasetLayout, RunLayout, split_key
 from synthgen.io.store import Store
 from synthgen.stages.base import Stage, run_stages
+from synthgen.stages.card import front_matter, render_card
 from synthgen.stages.dedup.cross import apply_drops
 from synthgen.stages.dedup.index import index_rows, write_index
-from synthgen.stages.dedup.stage import read_drops
+from synthgen.stages.dedup.stage import read_shard_drops
+from synthgen.stages.formats import (
+    pairs_stage,
+    sft_stage,
+    split_names,
+    split_rows,
+    to_format,
+    to_raw,
+)
 from synthgen.stages.generate import read_committed_shard
 from synthgen.stages.select import group_span, select_rows
 from synthgen.stages.units import committed_units, final_stage
+
+MANIFEST_FORMAT = "synthgen-dataset/2"
+LEGACY_FILES = ("_manifest.json", "_README.md")  # the dataset folder before it became a HF repo
+
+FORMAT_DESCRIPTIONS = {
+    "raw": "every kept record with its provenance",
+    "sft": "`messages`: the request chat plus the generated assistant turn, with provenance",
+    "dpo": "`prompt`, `chosen`, `rejected`: TRL's conversational preference format",
+}
+
+# Test-only extension point: called at named points of a publish (`checkpoint`); tests install
+# a hook that kills the process there (tests/support/killpoint.py). None in production.
+_checkpoint_hook: Callable[[str], None] | None = None
+
+
+def set_checkpoint_hook(hook: Callable[[str], None] | None) -> None:
+    global _checkpoint_hook
+    _checkpoint_hook = hook
+
+
+def checkpoint(name: str) -> None:
+    """Named points of a publish: `publish.shard_done` (the flow got one shard's files),
+    `publish.before_switch` (manifest written, card not yet), `publish.after_switch` (card
+    written, earlier files not yet deleted)."""
+    if _checkpoint_hook is not None:
+        _checkpoint_hook(name)
 
 
 def kept_rows(table: pa.Table, extra_drops: set[str] | None = None) -> pa.Table:
     mask = pc.is_null(table["drop_reason"])
     if extra_drops:
         mask = pc.and_(mask, pc.invert(pc.is_in(table["prompt_id"], pa.array(sorted(extra_drops)))))
-    # multi-stage runs: every stage's columns (instruction, response.messages, judge.score...)
-    stage_columns = [c for c in table.column_names if c not in RECORD_SCHEMA.names]
-    return table.filter(mask).select(DATASET_COLUMNS + stage_columns)
+    return to_raw(table.filter(mask))
 
 
 class RunDedupMarks(Stage):
@@ -63,8 +114,8 @@ class SelectStage(Stage):
 
 
 class PublishStage(Stage):
-    """A committed shard's rows -> the rows its published file holds: the kept ones, in the
-    dataset's columns (rows flagged by an earlier stage were counted there, not here)."""
+    """A committed shard's rows -> the rows its published files hold: the kept ones, without
+    the clean stage's internals (rows flagged by an earlier stage were counted there)."""
 
     name = "publish"
 
@@ -72,55 +123,86 @@ class PublishStage(Stage):
         return kept_rows(rows)
 
 
+# ------------------------------------------------------------------------------ the id
+def publish_id(cfg: RunConfig, shard_digests: dict[str, str], drops_digest: str | None) -> str:
+    """What this publish's files are made of, hashed: the committed shards (their sha256),
+    the run-wide drops, the publish settings and the synthgen version. The same run
+    published again with the same settings gets the same id (and the same file names)."""
+    basis = {
+        "run_id": cfg.run_id,
+        "config": cfg.fingerprint(),
+        "synthgen": __version__,
+        "format": cfg.output.format,
+        "stage": sft_stage(cfg) if cfg.output.format == "sft" else pairs_stage(cfg),
+        "splits": cfg.output.splits,
+        "license": cfg.output.license,
+        "compression": cfg.output.compression,
+        "shards": dict(sorted(shard_digests.items())),
+        "drops": drops_digest,
+    }
+    return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def shard_digests(store: Store, run_id: str, stage: str = DEFAULT_STAGE) -> dict[str, str]:
+    """shard_id -> sha256 of its committed file of `stage` (the run's final stage: what is
+    published), from the commit markers."""
+    return {sid: str(m.get("sha256")) for sid, m in commit_markers(store, run_id, stage).items()}
+
+
+# ------------------------------------------------------------------------------ per shard
 def publish_shard(
     config: dict[str, Any],
     shard_id: str,
+    *,
+    publish_id: str,
+    index: int,
+    count: int,
     extra_drops: dict[str, str] | list[str] | None = None,
 ) -> dict[str, Any]:
-    """Write the kept records of one committed shard to dataset/; return its file entry.
+    """Write one committed shard's kept rows as this publish's files (one per split,
+    `data/SPLIT-{index}-of-{count}-{publish_id}.parquet`); return the shard's entry.
 
     `extra_drops`: prompt_id -> reason from the run-wide dedup stage (a plain list means
-    reason "dropped"); None: this shard's entries of the run's drops file
-    (`runs/RUN_ID/dedup/drops.parquet`, written by the dedup stage), if there is one. The entry counts the shard's records: generated = rows + dropped,
-    with drop_counts per reason (filters, in-shard and cross-shard duplicates).
+    reason "dropped"); None: this shard's part of the run's drops
+    (`runs/RUN_ID/dedup/drops/SHARD.parquet`). The entry counts the shard's records:
+    generated = rows + dropped, with drop_counts per reason.
     """
     cfg = RunConfig.model_validate(config)
     store = Store(cfg.output)
-    table = read_committed_shard(store, cfg.run_id or "", shard_id, final_stage(cfg))  # checked
+    run_id = cfg.run_id or ""
+    final = final_stage(cfg)
+    table = read_committed_shard(store, run_id, shard_id, final)  # checked against its marker
     if extra_drops is None:
-        extra_drops = read_drops(store, cfg.run_id or "").get(shard_id, {})
+        extra_drops = read_shard_drops(store, run_id, shard_id)
     if isinstance(extra_drops, list):
         extra_drops = dict.fromkeys(extra_drops, "dropped")
-    marks = RunDedupMarks(extra_drops or {})
-    table, _ = marks(table)
+    table, _ = RunDedupMarks(extra_drops or {})(table)
     generated = table.num_rows
     if cfg.stages and cfg.select.strategy != "all":
         table, _ = SelectStage(cfg)(table)
     kept, _ = run_stages([PublishStage()], table)
-    name = f"{shard_id}.parquet"
     dataset = DatasetLayout(store)
-    size, sha = store.write_table(dataset.file(name), kept)
+    files = []
+    for split, rows in split_rows(to_format(kept, cfg), cfg.output.splits).items():
+        name = dataset.data_name(split, index, count, publish_id)
+        size, sha = store.write_table(dataset.file(name), rows)
+        files.append({"path": name, "split": split, "rows": rows.num_rows, "bytes": size,
+                      "sha256": sha, "shard_id": shard_id})  # fmt: skip
     reasons = Counter(r for r in table["drop_reason"].to_pylist() if r is not None)
     if cfg.clean.enabled and cfg.clean.near.enabled:
-        write_index(
-            store.fs,
-            dataset.dir,
-            f"{cfg.run_id}--{shard_id}",
-            index_rows(table),
-            cfg.clean,
-        )
+        write_index(store.fs, store.root, f"{run_id}--{shard_id}", index_rows(table), cfg.clean)
+    tokens = kept["completion_tokens"] if "completion_tokens" in kept.column_names else None
     return {
-        "path": name,
         "shard_id": shard_id,
         "rows": kept.num_rows,
-        "bytes": size,
-        "sha256": sha,
         "generated": generated,
-        "kept_tokens": int(pc.sum(kept["completion_tokens"]).as_py() or 0),
+        "kept_tokens": int(pc.sum(tokens).as_py() or 0) if tokens is not None else 0,
         "drop_counts": dict(sorted(reasons.items())),
+        "files": files,
     }
 
 
+# ------------------------------------------------------------------------------ totals
 def totals_from(results: list[dict[str, Any]]) -> dict[str, Any]:
     t: dict[str, Any] = Counter()
     drops: Counter[str] = Counter()
@@ -160,77 +242,181 @@ def totals_from(results: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def write_manifest(
-    cfg: RunConfig, store: Store, files: list[dict[str, Any]], extra: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    run_id = cfg.run_id or ""
-    markers = committed_units(store, cfg)
-    results = [m["result"] for m in markers.values()]
-    schema = pa.schema([f for f in _dataset_schema()])
-    manifest = {
-        "format": "synthgen-dataset/1",
-        "synthgen_version": __version__,
-        "run_id": run_id,
-        "published_at": datetime.now(UTC).isoformat(),
-        "files": sorted(files, key=lambda f: f["path"]),
-        "rows": sum(f["rows"] for f in files),
-        "schema": [{"name": f.name, "type": str(f.type)} for f in schema],
-        "config": cfg.public_dict(),
-        "totals": _with_clean_totals(totals_from(results), files),
-        **(extra or {}),
-    }
-    dataset = DatasetLayout(store)
-    base = dataset.dir
-    keep = {f["path"] for f in files}
-    for name in store.ls(base):
-        if name.endswith(".parquet") and name not in keep:
-            store.rm(dataset.file(name))  # stale file from an earlier run
-    # "_" prefix: pyarrow.dataset and pandas skip it when reading the directory (DuckDB and
-    # polars read the one-level glob dataset/*.parquet)
-    store.write_bytes(dataset.card, _card(manifest).encode())
-    store.write_json(dataset.manifest, manifest)
-    return manifest
-
-
-def _with_clean_totals(totals: dict[str, Any], files: list[dict[str, Any]]) -> dict[str, Any]:
-    """Final record counts from the published files (after the run-wide dedup stage):
+def _with_clean_totals(totals: dict[str, Any], shards: list[dict[str, Any]]) -> dict[str, Any]:
+    """Final record counts from the published shards (after the run-wide dedup stage):
     generated = kept + dropped, with drops per reason."""
-    if not files or "drop_counts" not in files[0]:
+    if not shards:
         return totals
     drops: Counter[str] = Counter()
-    for f in files:
-        drops.update(f.get("drop_counts", {}))
-    kept = sum(f["rows"] for f in files)
+    for s in shards:
+        drops.update(s.get("drop_counts", {}))
     totals = dict(totals)
-    totals["generated"] = sum(f.get("generated", f["rows"]) for f in files)
-    totals["kept_records"] = kept
-    totals["kept_tokens"] = sum(f.get("kept_tokens", 0) for f in files)
+    totals["generated"] = sum(s.get("generated", s["rows"]) for s in shards)
+    totals["kept_records"] = sum(s["rows"] for s in shards)
+    totals["kept_tokens"] = sum(s.get("kept_tokens", 0) for s in shards)
     totals["dropped"] = sum(drops.values())
     totals["drop_counts"] = dict(sorted(drops.items()))
     return totals
 
 
-def _dataset_schema() -> list[pa.Field]:
-    return [RECORD_SCHEMA.field(n) for n in DATASET_COLUMNS]
+# ------------------------------------------------------------------------------ what is published
+def read_card(store: Store) -> dict[str, Any]:
+    """The `synthgen` block of the current card's front matter (run_id, publish_id, manifest,
+    rows), {} when nothing is published; an output published before the dataset became a
+    HF repository (`dataset/_manifest.json`) reads as {run_id, legacy: True}."""
+    dataset = DatasetLayout(store)
+    data = store.read_optional(dataset.card)
+    if data is not None:
+        return dict(front_matter(data.decode()).get("synthgen") or {})
+    legacy = store.read_optional(dataset.file(LEGACY_FILES[0]))
+    if legacy is not None:
+        m = json.loads(legacy)
+        return {"run_id": m.get("run_id"), "rows": m.get("rows"), "legacy": True}
+    return {}
 
 
-def _card(m: dict[str, Any]) -> str:
-    t = m["totals"]
-    model = m["config"]["model"].get("path") or "SmolLM2-135M-Instruct (bundled)"
-    lines = [
-        f"# synthgen dataset — run `{m['run_id']}`",
-        "",
-        f"Published {m['published_at']} by synthgen {m['synthgen_version']}.",
-        "",
-        f"- rows: {m['rows']} in {len(m['files'])} Parquet files (zstd)",
-        f"- model: {model} ({m['config']['model']['engine']})",
-        f"- prompts: {t.get('prompts', 0)}; completion tokens: {t.get('completion_tokens', 0)}",
-        f"- cost: ${t.get('cost_usd', 0.0):.4f}",
-        f"- dropped: {t.get('drop_counts', {})}",
-        "",
-        "Read with `pyarrow.dataset.dataset(PATH, format='parquet')` or pandas, or with the "
-        "one-level glob `PATH/*.parquet` (DuckDB `read_parquet`, polars, Hugging Face "
-        "`datasets` `data_files`): deeper globs also reach the `_dedup_index/` files. "
-        "`_manifest.json` lists every file with its row count and sha256.",
-    ]
-    return "\n".join(lines) + "\n"
+def read_manifest(store: Store) -> dict[str, Any] | None:
+    """The manifest of what `dataset/` shows now (the one its card names), or None."""
+    card = read_card(store)
+    if not card.get("manifest"):
+        return None
+    path = posixpath.normpath(posixpath.join(DatasetLayout(store).dir, card["manifest"]))
+    data = store.read_optional(path)
+    return json.loads(data) if data is not None else None
+
+
+def check_owner(cfg: RunConfig, store: Store, card: dict[str, Any] | None = None) -> None:
+    """Refuse (PublishRefused) when `dataset/` shows another run's data and this run may not
+    replace it (`output.replace`)."""
+    card = read_card(store) if card is None else card
+    other = card.get("run_id")
+    if other and other != cfg.run_id and not cfg.output.replace:
+        raise PublishRefused(
+            f"{DatasetLayout(store).url()} holds the dataset published by run {other!r}; "
+            f"run {cfg.run_id!r} would replace it. Publish this run to another output.uri, "
+            f"or replace the dataset on purpose with --set output.replace=true. Nothing was "
+            f"changed in the dataset."
+        )
+
+
+def published_as(store: Store, run_id: str, pid: str) -> dict[str, Any] | None:
+    """The manifest when `dataset/` already shows publish `pid` of `run_id` (a re-run of a
+    published run: nothing to write), else None."""
+    card = read_card(store)
+    if card.get("run_id") != run_id or card.get("publish_id") != pid:
+        return None
+    return read_manifest(store)
+
+
+# ------------------------------------------------------------------------------ the switch
+def commit_publish(
+    cfg: RunConfig,
+    store: Store,
+    shards: list[dict[str, Any]],
+    pid: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Make publish `pid` (its shards' files already written) what `dataset/` shows: the
+    manifest, then the card (the switch), then delete every other file under `data/`."""
+    run_id = cfg.run_id or ""
+    card = read_card(store)
+    check_owner(cfg, store, card)
+    rows = sum(s["rows"] for s in shards)
+    if rows == 0 and card.get("rows") and not cfg.output.replace:
+        raise PublishRefused(
+            f"run {run_id!r} would publish 0 rows over the {card['rows']} rows of run "
+            f"{card.get('run_id')!r} in {DatasetLayout(store).url()}; the dataset was left as "
+            f"it is (--set output.replace=true publishes the empty dataset)"
+        )
+    layout = RunLayout(store, run_id)
+    dataset = DatasetLayout(store)
+    manifest_path = layout.publish_manifest(pid)
+    files = sorted((f for s in shards for f in s["files"]), key=lambda f: f["path"])
+    results = [m["result"] for m in committed_units(store, cfg).values()]
+    schema = _schema_of(store, dataset, files)
+    manifest = {
+        "manifest_format": MANIFEST_FORMAT,
+        "synthgen_version": __version__,
+        "run_id": run_id,
+        "publish_id": pid,
+        "config_hash": cfg.fingerprint(),
+        "published_at": datetime.now(UTC).isoformat(),
+        "license": cfg.output.license,
+        "format": {
+            "name": cfg.output.format,
+            "description": FORMAT_DESCRIPTIONS[cfg.output.format],
+        },
+        "splits": split_names(cfg.output.splits),
+        "split_fractions": dict(cfg.output.splits),
+        "files": files,
+        "shards": sorted(
+            ({k: v for k, v in s.items() if k != "files"} for s in shards),
+            key=lambda s: s["shard_id"],
+        ),
+        "rows": rows,
+        "schema": [{"name": f.name, "type": str(f.type)} for f in schema],
+        "config": cfg.public_dict(),
+        "totals": _with_clean_totals(totals_from(results), shards),
+        "manifest_path": posixpath.relpath(manifest_path, dataset.dir),
+        **(extra or {}),
+    }
+    store.write_json(manifest_path, manifest)
+    checkpoint("publish.before_switch")
+    store.write_bytes(dataset.card, render_card(manifest, schema, dataset.url()).encode())
+    checkpoint("publish.after_switch")
+    collect_garbage(store, manifest)
+    return manifest
+
+
+def collect_garbage(store: Store, manifest: dict[str, Any]) -> list[str]:
+    """Delete what the current publish does not list: other publishes' data files (earlier
+    ones, killed ones) and the files of the layout before this one. Returns the names."""
+    dataset = DatasetLayout(store)
+    keep = {f["path"] for f in manifest["files"]}
+    gone = []
+    for name in store.ls(dataset.data_dir):
+        rel = f"{DATA_DIR}/{name}"
+        # a killed local write leaves `.NAME.tmp-XXXX` (Store.write_bytes); it goes too
+        if (rel.endswith(".parquet") or ".parquet.tmp-" in name) and rel not in keep:
+            store.rm(dataset.file(rel))
+            gone.append(rel)
+    for name in store.ls(dataset.dir):  # the flat layout: shard-*.parquet, _manifest.json...
+        if name.endswith(".parquet") or name in LEGACY_FILES:
+            store.rm(dataset.file(name))
+            gone.append(name)
+    return gone
+
+
+def _schema_of(store: Store, dataset: DatasetLayout, files: list[dict[str, Any]]) -> pa.Schema:
+    """The data files' schema (every file of a publish has the same one)."""
+    if not files:
+        return pa.schema([])
+    path = dataset.file(files[0]["path"])
+    return store.retry(
+        lambda: _read_schema(store, path), f"reading the schema of {store.location(path)}"
+    )
+
+
+def _read_schema(store: Store, path: str) -> pa.Schema:
+    store.fs.invalidate_cache(path)
+    with store.fs.open(path, "rb") as fh:
+        return pq.read_schema(fh)
+
+
+__all__ = [
+    "PublishStage",
+    "RunDedupMarks",
+    "check_owner",
+    "checkpoint",
+    "collect_garbage",
+    "commit_publish",
+    "kept_rows",
+    "publish_id",
+    "publish_shard",
+    "published_as",
+    "read_card",
+    "read_manifest",
+    "set_checkpoint_hook",
+    "shard_digests",
+    "totals_from",
+]

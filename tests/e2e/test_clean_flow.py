@@ -13,6 +13,7 @@ import pytest
 import s3fs
 
 from flows.run import synthgen_run
+from synthgen.stages.card import front_matter
 from synthgen.stages.dedup.normalize import text_hash
 from tests.helpers import fake_config, write_config
 
@@ -37,8 +38,13 @@ def _clean_cfg(uri: str, **extra) -> dict:
     return cfg
 
 
+def _manifest(fs, root: str) -> dict:
+    card = front_matter(fs.cat_file(f"{root}/dataset/README.md").decode())["synthgen"]
+    return json.loads(fs.cat_file(f"{root}/dataset/{card['manifest']}"))
+
+
 def _check_run(fs, root: str, summary: dict) -> None:
-    manifest = json.loads(fs.cat_file(f"{root}/dataset/_manifest.json"))
+    manifest = _manifest(fs, root)
     run_id = manifest["run_id"]
     raw = pa.concat_tables(
         [
@@ -47,7 +53,7 @@ def _check_run(fs, root: str, summary: dict) -> None:
         ]
     )
     drops = pq.read_table(f"{root}/runs/{run_id}/dedup/drops.parquet", filesystem=fs)
-    data = ds.dataset(f"{root}/dataset", format="parquet", filesystem=fs).to_table()
+    data = ds.dataset(f"{root}/dataset/data", format="parquet", filesystem=fs).to_table()
     t = manifest["totals"]
 
     # counts add up: generated = kept + dropped, per shard and in total
@@ -55,8 +61,8 @@ def _check_run(fs, root: str, summary: dict) -> None:
     assert t["kept_records"] == manifest["rows"] == data.num_rows
     assert t["generated"] == t["kept_records"] + t["dropped"]
     assert t["dropped"] == sum(t["drop_counts"].values())
-    for f in manifest["files"]:
-        assert f["generated"] == f["rows"] + sum(f["drop_counts"].values())
+    for s in manifest["shards"]:
+        assert s["generated"] == s["rows"] + sum(s["drop_counts"].values())
     assert summary["drop_counts"] == t["drop_counts"]
     assert summary["generated"] == 24 and summary["rows_published"] == data.num_rows
 
@@ -74,8 +80,8 @@ def _check_run(fs, root: str, summary: dict) -> None:
     assert drops.num_rows > 0
     # dropped rows stay in the raw shards; the dataset has no clean-stage columns
     assert raw.num_rows == 24 and "drop_reason" not in data.column_names
-    # the band index of the published records is stored with the dataset
-    index = fs.glob(f"{root}/dataset/_dedup_index/*.parquet")
+    # the band index of the published records is stored beside the dataset
+    index = fs.glob(f"{root}/dedup_index/*.parquet")
     assert sum(pq.read_metadata(p, filesystem=fs).num_rows for p in index) == data.num_rows
 
 
@@ -88,14 +94,13 @@ def test_flow_cleans_and_publishes_only_kept_records_local(tmp_path, prefect_api
 
     fs = fsspec.filesystem("file")
     _check_run(fs, str(out), summary)
-    sha = [f["sha256"] for f in json.loads((out / "dataset/_manifest.json").read_text())["files"]]
+    sha = [f["sha256"] for f in _manifest(fs, str(out))["files"]]
 
     # a re-run (resume, then re-publish) keeps exactly the same representatives
     again = synthgen_run(config=cfg_path)
     assert again["shards_generated"] == 0
     _check_run(fs, str(out), again)
-    manifest = json.loads((out / "dataset/_manifest.json").read_text())
-    assert [f["sha256"] for f in manifest["files"]] == sha
+    assert [f["sha256"] for f in _manifest(fs, str(out))["files"]] == sha
 
 
 @pytest.mark.slow
@@ -114,6 +119,8 @@ def test_against_published_drops_what_the_dataset_has(tmp_path, prefect_api):
     s1 = synthgen_run(config=write_config(tmp_path / "a.yaml", first))
     second = _clean_cfg(str(out), name="second")
     second["clean"]["near"] = {"against_published": True}
+    # another run's dataset, and zero rows to show: both need the explicit flag
+    second["output"]["replace"] = True
     s2 = synthgen_run(config=write_config(tmp_path / "b.yaml", second))
     assert s1["run_id"] != s2["run_id"]
     # same prompts, same seeds -> the same texts: all already published

@@ -15,6 +15,7 @@ import yaml
 from synthgen.cost.ledger import Ledger, open_run_uri
 from synthgen.cost.prices import PRICE_ENV
 from synthgen.cost.report import load_summary
+from tests.helpers import published_manifest
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -65,9 +66,8 @@ def test_fake_engine_known_time_wall_within_5pct_cost_exact(
         assert r["cost_usd"] == r["price_per_hour"] * r["wall_seconds"] / 3600
         assert r["device_type"] == "cpu-core" and r["price_source"] == "table"
     # manifest totals = ledger totals
-    import json
 
-    manifest = json.loads((tmp_path / "out" / "dataset" / "_manifest.json").read_text())
+    manifest = published_manifest(tmp_path / "out")
     assert manifest["cost"]["cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in rows))
     assert manifest["cost"]["completion_tokens"] == sum(r["completion_tokens"] for r in rows)
     # the embedded cluster's worker wrote its final row when the cluster closed
@@ -162,7 +162,7 @@ def test_budget_stops_then_resume_with_higher_budget(
         spent = sum(costs[:j])
         assert spent + spent / j <= 2.5
     assert sum(costs) + sum(costs) / k > 2.5
-    assert not (tmp_path / "out" / "dataset" / "_manifest.json").exists()
+    assert not (tmp_path / "out" / "dataset" / "README.md").exists()
     shard_files = {p.name: p.stat().st_mtime_ns for p in (Path(led.run.root) / "shards").iterdir()}
     assert len(shard_files) == k
     run_uri = str(tmp_path / "out" / "runs" / first["run_id"])
@@ -242,4 +242,4 @@ def test_held_time_matches_worker_lifetime_on_embedded_default(
     print(f"held {held:.2f}s vs worker lifetime {lifetime:.2f}s (pid {pid})")
     assert abs(held - lifetime) / lifetime < 0.01
     assert workers[0]["load_seconds"] > 0 and summary.totals["utilisation"] < 1.0
-    assert os.path.exists(tmp_path / "out" / "dataset" / "_manifest.json")
+    assert os.path.exists(tmp_path / "out" / "dataset" / "README.md")

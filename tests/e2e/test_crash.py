@@ -44,7 +44,7 @@ def _config(out, address, **more):
 
 
 def _rows(path):
-    table = ds.dataset(path / "dataset", format="parquet").to_table()
+    table = ds.dataset(path / "dataset" / "data", format="parquet").to_table()
     return table.select(["prompt_id", "completion"]).to_pylist()
 
 
@@ -112,7 +112,7 @@ def test_sigkill_of_the_flow_process_then_rerun_generates_only_missing_shards(
     wait_for(lambda: len(commit_markers(store, cfg.run_id)) >= 2, 120, "two committed shards")
     os.kill(cli.pid, signal.SIGKILL)
     cli.wait(timeout=10)
-    assert not (out / "dataset" / "_manifest.json").exists()
+    assert not (out / "dataset" / "README.md").exists()
     # shards already handed to the workers may still start and commit; let them land first:
     # no attempt running, and nothing new for 4 s (longer than a shard plus task start-up)
     last: dict = {"state": None, "since": time.monotonic()}

@@ -47,7 +47,7 @@ def test_hung_shard_is_timed_out_and_rerun_on_a_dask_cluster(tmp_path, prefect_a
     assert started is not None and prompt in started["prompt_ids"], "the hang never started"
     assert not stuck.returned(), "the flow waited for the hung call to return"
 
-    table = ds.dataset(out / "dataset", format="parquet").to_table()
+    table = ds.dataset(out / "dataset" / "data", format="parquet").to_table()
     ids = table["prompt_id"].to_pylist()
     assert len(ids) == 24 and len(set(ids)) == 24
 

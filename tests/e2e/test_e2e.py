@@ -14,6 +14,7 @@ import pytest
 import s3fs
 
 from tests.conftest import REPO
+from tests.helpers import published_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -60,8 +61,10 @@ def test_synthgen_run_bundled_model_to_s3_and_resume(tmp_path, s3_server, s3_buc
     assert s1["status"] == "complete" and s1["shards_generated"] == 2
 
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server}, skip_instance_cache=True)
-    table = ds.dataset(f"{s3_bucket}/synth/dataset", format="parquet", filesystem=fs).to_table()
-    manifest = json.loads(fs.cat_file(f"{s3_bucket}/synth/dataset/_manifest.json"))
+    table = ds.dataset(
+        f"{s3_bucket}/synth/dataset/data", format="parquet", filesystem=fs
+    ).to_table()
+    manifest = published_manifest(f"s3://{s3_bucket}/synth", {"endpoint_url": s3_server})
 
     # only kept records are published, and the counts add up: generated = kept + dropped
     totals = manifest["totals"]
@@ -97,5 +100,5 @@ def test_synthgen_run_bundled_model_to_s3_and_resume(tmp_path, s3_server, s3_buc
     s2 = json.loads((tmp_path / "s2.json").read_text())
     assert s2["run_id"] == s1["run_id"]
     assert s2["shards_generated"] == 0 and s2["completion_tokens"] == 0
-    manifest2 = json.loads(fs.cat_file(f"{s3_bucket}/synth/dataset/_manifest.json"))
+    manifest2 = published_manifest(f"s3://{s3_bucket}/synth", {"endpoint_url": s3_server})
     assert [f["sha256"] for f in manifest2["files"]] == [f["sha256"] for f in manifest["files"]]

@@ -8,7 +8,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from flows.run import synthgen_run
-from tests.helpers import fake_config, write_config
+from tests.helpers import fake_config, published_manifest, write_config
 
 
 def read_dataset(path):
@@ -22,7 +22,7 @@ def test_flow_writes_one_row_per_prompt_and_resumes_without_regenerating(tmp_pat
     assert first["status"] == "complete"
     assert first["shards_total"] == 5 and first["shards_generated"] == 5
 
-    table = read_dataset(out / "dataset")
+    table = read_dataset(out / "dataset" / "data")
     assert table.num_rows == 24
     ids = table["prompt_id"].to_pylist()
     assert len(set(ids)) == 24
@@ -31,7 +31,7 @@ def test_flow_writes_one_row_per_prompt_and_resumes_without_regenerating(tmp_pat
         assert all(v for v in table[col].to_pylist()), col
     assert set(table["engine"].to_pylist()) == {"fake"}
 
-    manifest = json.loads((out / "dataset" / "_manifest.json").read_text())
+    manifest = published_manifest(out)
     assert manifest["rows"] == table.num_rows == sum(f["rows"] for f in manifest["files"])
     assert manifest["totals"]["completion_tokens"] == sum(table["completion_tokens"].to_pylist())
     assert manifest["totals"]["prompts"] == 24
@@ -54,7 +54,7 @@ def test_flow_writes_one_row_per_prompt_and_resumes_without_regenerating(tmp_pat
     second = synthgen_run(config=cfg_path)
     assert second["run_id"] == first["run_id"]
     assert second["shards_generated"] == 0 and second["shards_skipped"] == 5
-    manifest2 = json.loads((out / "dataset" / "_manifest.json").read_text())
+    manifest2 = published_manifest(out)
     assert [f["sha256"] for f in manifest2["files"]] == [f["sha256"] for f in manifest["files"]]
 
 
@@ -68,7 +68,7 @@ def test_partial_run_resumes_only_missing_shards(tmp_path, prefect_api):
         (run_dir / "_commits" / f"{sid}.json").unlink()
     second = synthgen_run(config=cfg_path)
     assert second["shards_generated"] == 2 and second["shards_skipped"] == 3
-    table = read_dataset(out / "dataset")
+    table = read_dataset(out / "dataset" / "data")
     assert sorted(table["prompt_id"].to_pylist()) == sorted(set(table["prompt_id"].to_pylist()))
     assert table.num_rows == 24
 
@@ -86,4 +86,4 @@ def test_overrides_reach_the_run(tmp_path, prefect_api):
     cfg_path = write_config(tmp_path / "c.yaml", fake_config(str(tmp_path / "elsewhere")))
     res = synthgen_run(config=cfg_path, overrides=[f"output.uri={out}", "shards.size=12"])
     assert res["shards_total"] == 2
-    assert (out / "dataset" / "_manifest.json").is_file()
+    assert (out / "dataset" / "README.md").is_file()

@@ -11,7 +11,7 @@ from synthgen.config import config_from_dict
 from synthgen.io.lease import read_lease
 from synthgen.io.store import Store
 from tests.crash_helpers import run_cli, start_cli, wait_for
-from tests.helpers import fake_config, write_config
+from tests.helpers import fake_config, published_manifest, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,7 @@ def test_second_concurrent_run_is_refused_and_the_first_completes(tmp_path, pref
     assert first.wait(timeout=240) == 0, (tmp_path / "first.log").read_text()[-3000:]
     result = json.loads((tmp_path / "first.json").read_text())
     assert result["status"] == "complete" and result["shards_generated"] == 8
-    manifest = json.loads((out / "dataset" / "_manifest.json").read_text())
+    manifest = published_manifest(out)
     assert manifest["rows"] == 24
     assert read_lease(store, cfg.run_id) is None  # released at the end
 

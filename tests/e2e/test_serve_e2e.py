@@ -19,7 +19,7 @@ import pytest
 import s3fs
 
 from tests._procs import VENV_BIN, Proc, child_env, start_prefect_server, wait_until
-from tests.helpers import fake_config, write_config
+from tests.helpers import fake_config, published_manifest, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -175,9 +175,9 @@ def test_prefect_cli_run_completes_and_dataset_exists(served: Served) -> None:
     assert run.state.type.value == "COMPLETED"
     assert run.parameters["overrides"] == ["sampling.seed=99"]
     assert run.name.startswith("nightly-e2e/nightly-e2e-")  # config name / run id
-    table = pads.dataset(served.local_out / "dataset", format="parquet").to_table()
+    table = pads.dataset(served.local_out / "dataset" / "data", format="parquet").to_table()
     assert table.num_rows == 8
-    assert json.loads((served.local_out / "dataset" / "_manifest.json").read_text())["rows"] == 8
+    assert published_manifest(served.local_out)["rows"] == 8
 
 
 def test_bad_override_fails_the_run_with_the_cli_message(served: Served) -> None:

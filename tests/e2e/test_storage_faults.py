@@ -88,9 +88,9 @@ def _commits(store, run_id):
 
 def _dataset_ids(store):
     ids = []
-    for name in store.ls(store.path("dataset")):
+    for name in store.ls(store.path("dataset", "data")):
         if name.endswith(".parquet"):
-            ids += store.read_table(store.path("dataset", name))["prompt_id"].to_pylist()
+            ids += store.read_table(store.path("dataset", "data", name))["prompt_id"].to_pylist()
     return ids
 
 
@@ -130,7 +130,7 @@ def test_outage_past_the_retry_budget_fails_clearly_then_resumes(tmp_path, prefe
         blob = store.read_bytes(marker["file"])
         assert hashlib.sha256(blob).hexdigest() == marker["sha256"], sid
         assert pq.read_table(pa.BufferReader(blob)).num_rows == marker["rows"]
-    assert not store.exists(store.path("dataset", "_manifest.json"))
+    assert not store.exists(store.path("dataset", "README.md"))
 
     code, summary, text = run_cli(cfg_path, tmp_path, "resume")
     assert code == 0, text[-3000:]
@@ -160,13 +160,13 @@ def test_a_shard_file_that_no_longer_matches_its_commit_is_never_published(tmp_p
     write_plan(cfg, store)
     config = cfg.model_dump(mode="json")
     assert run_shard(ShardTask(config, "shard-00000")).status == "done"
-    assert publish_shard(config, "shard-00000")["rows"] == 5
+    assert publish_shard(config, "shard-00000", publish_id="p", index=0, count=1)["rows"] == 5
     # something rewrites the shard after its commit (a late attempt, a stray tool)
     other = pq.read_table(store.run_path(cfg.run_id, "shards", "shard-00000.parquet")).slice(0, 2)
     store.write_table(RunLayout(store, cfg.run_id).stage().shard("shard-00000"), other)
     with pytest.raises(SGStorageError, match="shard-00000: the file does not match its commit"):
-        publish_shard(config, "shard-00000")
+        publish_shard(config, "shard-00000", publish_id="p", index=0, count=1)
     assert not store.exists(RunLayout(store, cfg.run_id).stage().commit("shard-00000"))  # withdrawn
     again = run_shard(ShardTask(config, "shard-00000"))  # the re-run regenerates it
     assert again.status == "done" and again.rows == 5
-    assert publish_shard(config, "shard-00000")["rows"] == 5
+    assert publish_shard(config, "shard-00000", publish_id="p", index=0, count=1)["rows"] == 5

@@ -251,7 +251,7 @@ def test_flow_runs_over_tls_and_generate_tasks_land_on_gpu_worker(
         server.stop()
     assert result["status"] == "complete"
     assert result["shards_generated"] == 6
-    assert pads.dataset(out / "dataset", format="parquet").count_rows() == 24
+    assert pads.dataset(out / "dataset" / "data", format="parquet").count_rows() == 24
 
     with tls_cluster.client() as client:
         addr_of = {w["name"]: a for a, w in client.scheduler_info()["workers"].items()}

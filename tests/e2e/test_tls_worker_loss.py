@@ -68,7 +68,7 @@ def test_killed_gpu_worker_is_restarted_and_no_row_is_lost_or_doubled(
 
     assert killed == [pid], "the GPU worker was never killed"
     assert result["status"] == "complete"
-    table = pads.dataset(out / "dataset", format="parquet").to_table()
+    table = pads.dataset(out / "dataset" / "data", format="parquet").to_table()
     ids = table["prompt_id"].to_pylist()
     assert len(ids) == 24 and len(set(ids)) == 24
     commits = [

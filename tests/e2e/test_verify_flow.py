@@ -109,7 +109,7 @@ def test_cheating_worker_is_caught_quarantined_regenerated_and_named(
     assert v["flagged_workers"] == [cheater]
     assert v["quarantined"] and all(q["generator"] == cheater for q in v["quarantined"])
     # the published dataset: every prompt once, none from the cheater
-    table = ds.dataset(out / "dataset", format="parquet").to_table()
+    table = ds.dataset(out / "dataset" / "data", format="parquet").to_table()
     assert table.num_rows == 24 and len(set(table["prompt_id"].to_pylist())) == 24
     assert cheater not in set(table["worker"].to_pylist())
     # quarantined shards are kept for audit, with the verdict

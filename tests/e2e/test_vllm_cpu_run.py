@@ -129,7 +129,9 @@ def test_synthgen_run_with_vllm_on_a_dask_worker_to_s3_resume_and_reuse(
     s1 = json.loads((tmp_path / "s1.json").read_text())
     assert s1["status"] == "complete" and s1["shards_generated"] == 2 and s1["generated"] == 6
 
-    table = ds.dataset(f"{s3_bucket}/synth/dataset", format="parquet", filesystem=fs).to_table()
+    table = ds.dataset(
+        f"{s3_bucket}/synth/dataset/data", format="parquet", filesystem=fs
+    ).to_table()
     rows = table.to_pylist()
     assert rows and {r["engine"] for r in rows} == {"vllm"}
     assert {r["model"] for r in rows} == {"SmolLM2-135M-Instruct"}
@@ -177,7 +179,7 @@ def test_synthgen_run_with_vllm_on_a_dask_worker_to_s3_resume_and_reuse(
     assert state2["loads"] == state["loads"]  # the same single load
 
     # seeded: a prompt's text is the same in both runs, whatever shard it landed in
-    table2 = ds.dataset(f"{s3_bucket}/synth2/dataset", format="parquet", filesystem=fs)
+    table2 = ds.dataset(f"{s3_bucket}/synth2/dataset/data", format="parquet", filesystem=fs)
     by_id = {r["prompt_id"]: r["completion"] for r in rows}
     common_ids = [r for r in table2.to_table().to_pylist() if r["prompt_id"] in by_id]
     assert common_ids

@@ -80,6 +80,7 @@ class DedupResult:
     verified_pairs: int
     rows: int  # kept rows of the run's shards that took part
     withdrawn: list[str] = field(default_factory=list)  # shards that failed their check
+    digest: str | None = None  # sha256 of the written drops file (dedup.stage.dedup_run)
 
     def by_shard(self) -> dict[str, dict[str, str]]:
         """shard_id -> {prompt_id: reason}."""

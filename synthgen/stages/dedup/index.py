@@ -1,4 +1,6 @@
-"""The dedup index stored with a published dataset (`dataset/_dedup_index/`).
+"""The dedup index of what an output published (`OUTPUT/dedup_index/`, beside `dataset/`, so
+that no data glob of the dataset reaches it; outputs published before kept it in
+`dataset/_dedup_index/`, which is still read).
 
 One Parquet part per published shard (`RUN_ID--SHARD_ID.parquet`) holds, for each published record, its prompt_id, shard_id,
 run_id, text hash and MinHash signature; `_meta.json` records the MinHash parameters, so
@@ -20,7 +22,8 @@ from synthgen.config import CleanConfig
 from synthgen.errors import ConfigError
 from synthgen.stages.dedup.cross import INDEX_COLUMNS
 
-INDEX_DIR = "_dedup_index"
+INDEX_DIR = "dedup_index"
+LEGACY_INDEX_DIR = "_dedup_index"  # inside dataset/, before the dataset became a HF repo
 META_FILE = "_meta.json"
 INDEX_VERSION = 2  # 2: stratified signatures as A*i + (B + r)
 
@@ -45,9 +48,10 @@ def index_rows(table: pa.Table) -> pa.Table:
     return table.select(INDEX_COLUMNS)
 
 
-def write_index(fs: Any, dataset_dir: str, part_name: str, rows: pa.Table, cfg: CleanConfig) -> str:
-    """Write one index part (and the meta file); returns the part's path."""
-    root = f"{dataset_dir.rstrip('/')}/{INDEX_DIR}"
+def write_index(fs: Any, parent: str, part_name: str, rows: pa.Table, cfg: CleanConfig) -> str:
+    """Write one index part (and the meta file) under `parent/dedup_index/`; returns the
+    part's path."""
+    root = f"{parent.rstrip('/')}/{INDEX_DIR}"
     fs.makedirs(root, exist_ok=True)
     meta_path = f"{root}/{META_FILE}"
     meta = index_meta(cfg)
@@ -64,10 +68,10 @@ def write_index(fs: Any, dataset_dir: str, part_name: str, rows: pa.Table, cfg: 
     return path
 
 
-def index_paths(fs: Any, dataset_dir: str, cfg: CleanConfig) -> list[str]:
-    """Paths (inside `fs`) of the published index parts (empty when none), after a check
-    that they were built with the same MinHash parameters."""
-    root = f"{dataset_dir.rstrip('/')}/{INDEX_DIR}"
+def index_paths(fs: Any, parent: str, cfg: CleanConfig, name: str = INDEX_DIR) -> list[str]:
+    """Paths (inside `fs`) of the index parts under `parent/name/` (empty when none), after
+    a check that they were built with the same MinHash parameters."""
+    root = f"{parent.rstrip('/')}/{name}"
     meta_path = f"{root}/{META_FILE}"
     if not fs.exists(meta_path):
         return []

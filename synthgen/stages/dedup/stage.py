@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import posixpath
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from synthgen.config import RunConfig
 from synthgen.errors import StorageError
@@ -12,7 +16,7 @@ from synthgen.io.checked import ShardMismatch, check_committed, marker_expect
 from synthgen.io.layout import DatasetLayout, RunLayout
 from synthgen.io.store import Store
 from synthgen.stages.dedup.cross import DROPS_SCHEMA, DedupResult, cross_shard_dedup
-from synthgen.stages.dedup.index import index_paths
+from synthgen.stages.dedup.index import LEGACY_INDEX_DIR, index_paths
 from synthgen.stages.units import final_stage
 
 log = logging.getLogger(__name__)
@@ -24,8 +28,10 @@ def drops_path(store: Store, run_id: str) -> str:
 
 def dedup_run(client: Any, cfg: RunConfig, store: Store, shard_ids: list[str]) -> DedupResult:
     """Cross-shard (and, if configured, against-published) dedup of the run's committed
-    shards on `client`'s cluster; writes `runs/RUN_ID/dedup/drops.parquet` (shard_id,
-    prompt_id, reason) and returns the result.
+    shards on `client`'s cluster; writes each shard's drops (`dedup/drops/SHARD.parquet`,
+    for the shards that have any) and then the whole run's, `runs/RUN_ID/dedup/drops.parquet`
+    (shard_id, prompt_id, reason), and returns the result (`digest`: the sha256 of the
+    run-wide file).
 
     Every shard is read only as the bytes its commit marker names (sha256, rows). When one
     does not match, every shard is checked, the failing ones are withdrawn
@@ -37,7 +43,8 @@ def dedup_run(client: Any, cfg: RunConfig, store: Store, shard_ids: list[str]) -
     gone = sorted(sid for sid in shard_ids if sid not in markers)
     if gone:
         return _withdrawn(gone)
-    layout = RunLayout(store, run_id).stage(stage)
+    run_layout = RunLayout(store, run_id)
+    layout = run_layout.stage(stage)
     paths = {sid: layout.shard(sid) for sid in sorted(shard_ids)}
     expect = {}
     for sid, path in paths.items():
@@ -47,7 +54,9 @@ def dedup_run(client: Any, cfg: RunConfig, store: Store, shard_ids: list[str]) -
         expect[path] = want
     prior: list[str] = []
     if cfg.clean.near.against_published:
-        prior = index_paths(store.fs, DatasetLayout(store).dir, cfg.clean)
+        prior = index_paths(store.fs, store.root, cfg.clean) + index_paths(
+            store.fs, DatasetLayout(store).dir, cfg.clean, LEGACY_INDEX_DIR
+        )
     try:
         result = cross_shard_dedup(
             client,
@@ -64,7 +73,14 @@ def dedup_run(client: Any, cfg: RunConfig, store: Store, shard_ids: list[str]) -
         if not withdrawn:  # it changed back, or was replaced again meanwhile: fail loudly
             raise StorageError(f"run {run_id}: cross-shard dedup: {exc}") from exc
         return _withdrawn(withdrawn)
-    store.write_table(drops_path(store, run_id), result.drops)
+    # the run-wide file marks the parts complete: drop it first, write it last
+    store.rm(run_layout.dedup_drops)
+    for name in store.ls(run_layout.dedup_drops_parts):
+        store.rm(posixpath.join(run_layout.dedup_drops_parts, name))
+    result.drops = result.drops.sort_by([("shard_id", "ascending"), ("prompt_id", "ascending")])
+    for sid, part in _by_shard(result.drops).items():
+        store.write_table(run_layout.dedup_drops_shard(sid), part)
+    _, result.digest = store.write_table(run_layout.dedup_drops, result.drops)
     return result
 
 
@@ -72,12 +88,39 @@ def _withdrawn(shard_ids: list[str]) -> DedupResult:
     return DedupResult(DROPS_SCHEMA.empty_table(), {}, 0, 0, 0, withdrawn=sorted(shard_ids))
 
 
+def _by_shard(drops: pa.Table) -> dict[str, pa.Table]:
+    """Slices of the (sorted) drops table, one per shard."""
+    if drops.num_rows == 0:
+        return {}
+    shard_ids = drops.column("shard_id").to_pylist()
+    out: dict[str, pa.Table] = {}
+    start = 0
+    for i in range(1, len(shard_ids) + 1):
+        if i == len(shard_ids) or shard_ids[i] != shard_ids[start]:
+            out[shard_ids[start]] = drops.slice(start, i - start)
+            start = i
+    return out
+
+
 def read_drops(store: Store, run_id: str) -> dict[str, dict[str, str]]:
     """shard_id -> {prompt_id: reason} from a written drops file ({} when none)."""
     path = drops_path(store, run_id)
     if not store.exists(path):
         return {}
-    t = store.read_table(path)
+    return _mapping(store.read_table(path))
+
+
+def read_shard_drops(store: Store, run_id: str, shard_id: str) -> dict[str, str]:
+    """One shard's {prompt_id: reason} (its part of the drops, not the whole run's file);
+    {} when the run-wide search found none in it or did not run."""
+    layout = RunLayout(store, run_id)
+    data = store.read_optional(layout.dedup_drops_shard(shard_id))
+    if data is None:
+        return {}
+    return _mapping(pq.read_table(pa.BufferReader(data))).get(shard_id, {})
+
+
+def _mapping(t: pa.Table) -> dict[str, dict[str, str]]:
     if t.schema != DROPS_SCHEMA:
         t = t.cast(DROPS_SCHEMA)
     out: dict[str, dict[str, str]] = {}
@@ -86,4 +129,4 @@ def read_drops(store: Store, run_id: str) -> dict[str, dict[str, str]]:
     return out
 
 
-__all__ = ["dedup_run", "drops_path", "read_drops"]
+__all__ = ["dedup_run", "drops_path", "read_drops", "read_shard_drops"]

@@ -179,7 +179,7 @@ def test_over_long_prompt_is_one_rejected_record_not_a_failed_shard(tmp_path, pr
     res = synthgen_run(config=write_config(tmp_path / "c.yaml", data))
     assert res["status"] == "complete" and res["shards_total"] == 1
     assert res["drop_counts"] == {"rejected_prompt": 1}
-    published = ds.dataset(out / "dataset", format="parquet").to_table()
+    published = ds.dataset(out / "dataset" / "data", format="parquet").to_table()
     assert sorted(published["prompt_id"].to_pylist()) == [f"ok-{i}" for i in range(5)]
     raw = ds.dataset(out / "runs" / res["run_id"] / "shards", format="parquet").to_table()
     row = [r for r in raw.to_pylist() if r["prompt_id"] == "too-long"][0]
@@ -226,7 +226,7 @@ def test_bad_records_within_tolerance_are_quarantined_and_the_run_completes(tmp_
         and reject["source"] == str(src)
         and "malformed JSON" in reject["reason"]
     )
-    assert ds.dataset(out / "dataset", format="parquet").to_table().num_rows == 19
+    assert ds.dataset(out / "dataset" / "data", format="parquet").to_table().num_rows == 19
 
 
 def test_bad_records_above_tolerance_stop_the_run_before_any_work(tmp_path, prefect_api):

@@ -241,7 +241,8 @@ def _search_prefect_and_bucket(secrets, run_id, s3_server, s3_bucket):
 
     _flush_logs()
     objects = _bucket_text(s3_server, s3_bucket)
-    assert any(p.endswith("_manifest.json") for p in objects)
+    assert any(p.endswith("/manifest.json") for p in objects)
+    assert any(p.endswith("/dataset/README.md") for p in objects)
     assert any("/runs/" in p for p in objects) and any("/dataset/" in p for p in objects)
     for path, blob in objects.items():
         _assert_absent(secrets, path, blob)

@@ -63,11 +63,17 @@ def test_dataset_paths_are_defined_once(tmp_path: Path) -> None:
     store = Store(OutputConfig(uri=str(tmp_path / "out")))
     dataset = DatasetLayout(store)
     assert dataset.dir == f"{tmp_path}/out/dataset"
-    assert dataset.manifest == f"{tmp_path}/out/dataset/_manifest.json"
-    assert dataset.card == f"{tmp_path}/out/dataset/_README.md"
-    assert dataset.dedup_index == f"{tmp_path}/out/dataset/_dedup_index"
-    assert RunLayout(store, "r").dataset.manifest == dataset.manifest
-    assert dataset.dir.endswith("/" + DATASET_DIR) and dataset.manifest.endswith("/" + MANIFEST)
+    assert dataset.card == f"{tmp_path}/out/dataset/README.md"
+    assert dataset.data_dir == f"{tmp_path}/out/dataset/data"
+    assert dataset.data_name("train", 3, 40, "abc") == "data/train-00003-of-00040-abc.parquet"
+    # nothing but the card and the data inside the dataset folder: no data glob reaches the
+    # dedup index or the manifests
+    assert dataset.dedup_index == f"{tmp_path}/out/dedup_index"
+    run = RunLayout(store, "r")
+    assert run.publish_manifest("abc") == f"{tmp_path}/out/runs/r/publish/abc/{MANIFEST}"
+    assert run.dedup_drops_shard("s1") == f"{tmp_path}/out/runs/r/dedup/drops/s1.parquet"
+    assert run.dataset.card == dataset.card
+    assert dataset.dir.endswith("/" + DATASET_DIR)
     assert dedup_index.INDEX_DIR == DEDUP_INDEX_DIR
     # the stages name no dataset paths of their own: they use the layout
     for module in (publish, dedup_stage):

@@ -99,7 +99,7 @@ def test_flow_with_bundled_model_catches_a_shuffling_worker(tmp_path, prefect_ap
     v = res["verification"]
     assert v["flagged_workers"] == [cheater]
     assert v["quarantined"] and all(q["generator"] == cheater for q in v["quarantined"])
-    table = ds.dataset(out / "dataset", format="parquet").to_table()
+    table = ds.dataset(out / "dataset" / "data", format="parquet").to_table()
     assert table.num_rows == 8 and cheater not in set(table["worker"].to_pylist())
     assert set(table["model"].to_pylist()) == {"SmolLM2-135M-Instruct"}
     assert v["verify_seconds"] > 0 and v["generate_engine_seconds"] > 0
