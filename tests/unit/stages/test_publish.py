@@ -113,7 +113,12 @@ def test_a_dpo_folder_loads_with_datasets_as_trls_preference_format(tmp_path) ->
     datasets = pytest.importorskip("datasets", reason="datasets is a test dependency")
     cfg = config_from_dict({
         "output": {"uri": str(tmp_path), "format": "dpo", "license": "cc-by-4.0"},
-        "stages": [{"name": "answer", "prompt": "{{ prompt }}", "sampling": {"n": 2}}],
+        "stages": [
+            {"name": "answer", "prompt": "{{ prompt }}", "sampling": {"n": 2}},
+            {"name": "judge", "prompt": "{{ answer }}", "parse": "json",
+             "guided": {"json_schema": {"type": "object",
+                                        "properties": {"score": {"type": "integer"}}}}},
+        ],
         "select": {"strategy": "pairs", "by": "judge.score", "stage": "answer"},
     })  # fmt: skip
     store = Store(cfg.output)
