@@ -16,6 +16,7 @@ from synthgen.cost.ledger import run_ledger
 from synthgen.cost.report import format_text, load_summary
 from synthgen.io.attempts import commit_markers
 from synthgen.io.store import Store
+from synthgen.stages.publish import read_manifest
 from tests.crash_helpers import run_cli, start_cli, start_dask, wait_for
 from tests.helpers import fake_config, write_config
 
@@ -45,7 +46,7 @@ def test_three_stages_each_committed_and_costed_and_chained(tmp_path, prefect_ap
     assert stages == {"instruction", "response", "judge"}
     assert sum(1 for r in rows if r["status"] == "succeeded") == 15
 
-    table = ds.dataset(out / "dataset", format="parquet").to_table()
+    table = ds.dataset(out / "dataset" / "data", format="parquet").to_table()
     assert table.num_rows == 24
     assert len(set(table["prompt_id"].to_pylist())) == 24
     for row in table.to_pylist():
@@ -57,7 +58,7 @@ def test_three_stages_each_committed_and_costed_and_chained(tmp_path, prefect_ap
         assert row["completion"] == row["judge"]
 
     # the manifest and the cost report split rows, tokens and drops per stage
-    manifest = json.loads((out / "dataset" / "_manifest.json").read_text())
+    manifest = read_manifest(store)
     per_stage = manifest["totals"]["per_stage"]
     assert list(per_stage) == ["instruction", "response", "judge"] or set(per_stage) == {
         "instruction",
@@ -111,7 +112,7 @@ def test_killed_in_its_second_stage_a_three_stage_run_resumes_to_the_same_datase
         os.kill(cli.pid, signal.SIGKILL)
         cli.wait(timeout=10)
         assert len(commit_markers(store, cfg.run_id, "judge")) < 8
-        assert not (out / "dataset" / "_manifest.json").exists()
+        assert not (out / "dataset" / "README.md").exists()
 
         code, summary, text = run_cli(cfg_path, tmp_path, "rerun")
         assert code == 0, text[-3000:]
@@ -122,8 +123,10 @@ def test_killed_in_its_second_stage_a_three_stage_run_resumes_to_the_same_datase
         procs.stop()
 
     cols = ["prompt_id", "instruction", "response", "judge"]
-    got = ds.dataset(out / "dataset", format="parquet").to_table().select(cols).to_pylist()
-    want = ds.dataset(ref / "dataset", format="parquet").to_table().select(cols).to_pylist()
+    got = ds.dataset(out / "dataset" / "data", format="parquet").to_table().select(cols).to_pylist()
+    want = (
+        ds.dataset(ref / "dataset" / "data", format="parquet").to_table().select(cols).to_pylist()
+    )
     assert len({r["prompt_id"] for r in got}) == len(got) == 24
     assert sorted(got, key=lambda r: r["prompt_id"]) == sorted(want, key=lambda r: r["prompt_id"])
 
@@ -172,7 +175,7 @@ def test_preference_pairs_from_n_samples_and_a_guided_judge(tmp_path, prefect_ap
     low = [r for r in judged.to_pylist() if r["judge.score"] < 2]
     assert all(r["drop_reason"] == "keep_if" for r in low)
 
-    table = ds.dataset(out / "dataset", format="parquet").to_table()
+    table = ds.dataset(out / "dataset" / "data", format="parquet").to_table()
     rows = table.to_pylist()
     assert rows and len({r["prompt_id"] for r in rows}) == len(rows)  # one pair per prompt
     for r in rows:
@@ -187,5 +190,5 @@ def test_preference_pairs_from_n_samples_and_a_guided_judge(tmp_path, prefect_ap
         assert samples[r["rejected_sample_index"]]["response"] == r["rejected"]
         best = max(s["judge.score"] for s in samples.values())
         assert r["chosen_score"] == best
-    manifest = json.loads((out / "dataset" / "_manifest.json").read_text())
+    manifest = read_manifest(store)
     assert manifest["rows"] == len(rows)
