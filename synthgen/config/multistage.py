@@ -354,6 +354,12 @@ def check_multistage(cfg: RunConfig, prompt_fields: frozenset[str] | None = None
     single-step run with the default select and a raw or sft output). `prompt_fields`: the
     prompt records' metadata keys when known from the data (plan time), else those the
     source type makes known at load (none known for jsonl / parquet: any name passes)."""
+    if cfg.stages and cfg.verify.enabled:
+        raise ValueError(
+            "verify.enabled: spot checks of untrusted workers cover one-step runs only for now "
+            "(a multi-stage run's stages are not checked); run multi-stage runs on trusted "
+            "workers with verify.enabled: false"
+        )
     checker = _Checker(cfg, prompt_fields)
     checker.names()
     for i, stage in enumerate(cfg.stages):

@@ -340,3 +340,15 @@ def test_errors_through_a_file_name_the_file_and_stage(tmp_path):
     msg = str(exc.value)
     assert f"{path}: stages[2] (judge): prompt uses {{{{ answer }}}}" in msg
     assert "<root>" not in msg and "Value error" not in msg
+
+
+def test_verification_of_a_multi_stage_run_is_refused_at_load_with_the_reason() -> None:
+    import pytest
+
+    from synthgen.config import config_from_dict
+    from synthgen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="verify.enabled: spot checks .* one-step runs only"):
+        config_from_dict(
+            {"stages": [{"name": "a", "prompt": "{{ prompt }}"}], "verify": {"enabled": True}}
+        )
