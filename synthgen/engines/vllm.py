@@ -325,6 +325,7 @@ def to_completion(req: GenRequest, output: Any, fit: PromptFit, index: int = 0) 
         reason,
         error=fit.note,
         sample_index=index,
+        token_ids=list(out.token_ids),
     )
 
 
@@ -502,7 +503,10 @@ class VllmEngine:
                     f"score: prompt {r.prompt_id} has {len(prompt)} tokens, over "
                     f"max_model_len {self.max_model_len}"
                 )
-            completion = list(self.tokenizer.encode(r.completion, add_special_tokens=False))
+            if r.completion_ids is not None:
+                completion = list(r.completion_ids)
+            else:
+                completion = list(self.tokenizer.encode(r.completion, add_special_tokens=False))
             seqs.append((prompt + completion[:room], len(prompt)))
         todo = [i for i, (ids, plen) in enumerate(seqs) if len(ids) > plen]
         outputs: list[Any] = []
