@@ -34,6 +34,7 @@ LLM_ARGS = {
     "kv_cache_memory_bytes",
     "enable_chunked_prefill",
     "compilation_config",
+    "max_logprobs",
 }
 
 

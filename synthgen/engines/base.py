@@ -33,6 +33,9 @@ class Completion:
     error: str | None = None
     sample_index: int = 0  # which of the request's `sampling.n` samples (seed: sample_seed)
     attempts: int = 1  # guided sampling without constrained decoding: tries it took
+    # the sampled token ids (stop token included), where the engine has them: verification
+    # of a guided stage scores these, since re-tokenising the text gives other tokens
+    token_ids: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,9 @@ class ScoreRequest:
     prompt_id: str
     messages: list[dict[str, str]]
     completion: str
+    # the completion's sampled token ids (Completion.token_ids), scored instead of the
+    # re-tokenised text when given (required to verify a guided stage on vLLM)
+    completion_ids: list[int] | None = None
 
 
 @dataclass

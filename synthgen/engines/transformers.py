@@ -286,15 +286,16 @@ class TransformersEngine:
                 rows += [((i, j), ids, sample_seed(req.seed, j)) for j in range(n)]
         attempt = 0
         while rows:
-            for (i, j), plen, (text, tokens, reason) in self._decode(rows, sampling):
+            for (i, j), plen, (text, ids, reason) in self._decode(rows, sampling):
                 results[i, j] = Completion(
                     requests[i].prompt_id,
                     text,
                     plen if j == 0 else 0,
-                    tokens,
+                    len(ids),
                     reason,  # type: ignore[arg-type]
                     sample_index=j,
                     attempts=attempt + 1,
+                    token_ids=ids,
                 )
             if guided is None:
                 break
@@ -312,8 +313,8 @@ class TransformersEngine:
 
     def _decode(
         self, rows: list[tuple[Any, list[int], int]], sampling: SamplingConfig
-    ) -> list[tuple[Any, int, tuple[str, int, str]]]:
-        """(key, prompt tokens, (text, completion tokens, finish reason)) per row, each
+    ) -> list[tuple[Any, int, tuple[str, list[int], str]]]:
+        """(key, prompt tokens, (text, sampled token ids, finish reason)) per row, each
         row sampled with its own seed, in batches of similar length."""
         # Similar lengths together: less padding, same results (each row has its own seed).
         rows = sorted(rows, key=lambda item: len(item[1]))
@@ -347,8 +348,9 @@ class TransformersEngine:
                 stop = next((k for k, t in enumerate(tokens) if t in self.eos_ids), None)
                 kept = tokens if stop is None else tokens[:stop]
                 text = self.tokenizer.decode(kept, skip_special_tokens=True).strip()
-                count = len(kept) + (1 if stop is not None else 0)
-                out.append((key, len(ids), (text, count, "stop" if stop is not None else "length")))
+                sampled = tokens if stop is None else tokens[: stop + 1]  # with the stop token
+                reason = "stop" if stop is not None else "length"
+                out.append((key, len(ids), (text, sampled, reason)))
         return out
 
     def score(

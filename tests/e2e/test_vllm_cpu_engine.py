@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import pytest
 
-from synthgen.config import RunConfig, SamplingConfig
-from synthgen.engines.base import GenRequest, ScoreRequest, ScoringEngine, prompt_seed
+from synthgen.config import RunConfig, SamplingConfig, VerifyConfig
+from synthgen.config.stages import GuidedConfig
+from synthgen.engines.base import GenRequest, ScoreRequest, ScoringEngine, prompt_seed, sample_seed
+from synthgen.engines.guided import SCHEMA_INVALID, validate
 from synthgen.stages.prompts import load_prompts
+from synthgen.verify import judge
 from tests.helpers import verdict_of
 from tests.support.cheats import STRATEGIES, CheatingEngine
 
@@ -74,3 +77,74 @@ def test_vllm_scoring_catches_every_cheating_strategy(vllm_cpu_engine, strategy)
     verdict, _ = verdict_of(vllm_cpu_engine, cheater, _requests(4, 12), sampling)
     assert verdict.status == "fail", (strategy, verdict.as_dict())
     assert verdict.stats is not None and verdict.stats.z is not None and verdict.stats.z < -5
+
+
+# ------------------------------------------------------------------ n samples, guided output
+GUIDED = [
+    GuidedConfig(
+        json_schema={
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+            "required": ["name", "age"],
+        }
+    ),
+    GuidedConfig(regex=r"[A-Z][a-z ,]{10,60}\."),
+    GuidedConfig(choice=["red", "green", "blue"]),
+]
+
+
+def test_n_samples_share_one_request_and_match_separate_seeded_requests(vllm_cpu_engine) -> None:
+    eng = vllm_cpu_engine
+    reqs = _requests(3, 21)
+    one = SamplingConfig(max_new_tokens=12, temperature=1.0)
+    three = eng.generate(reqs, one.model_copy(update={"n": 3}))
+    assert [(c.prompt_id, c.sample_index) for c in three] == [
+        (r.prompt_id, i) for r in reqs for i in range(3)
+    ]
+    assert all(len({c.text for c in three[3 * k : 3 * k + 3]}) >= 2 for k in range(3)), three
+    assert len({c.text for c in three}) >= 8
+    # vLLM seeds sample i of a seeded request seed + i (honoured on CPU): the same texts as
+    # three separate requests with those seeds, and as the request alone
+    separate = [
+        GenRequest(r.prompt_id, r.messages, sample_seed(r.seed, i)) for r in reqs for i in range(3)
+    ]
+    alone = eng.generate(separate, one)
+    assert [c.text for c in alone] == [c.text for c in three]
+    again = eng.generate(reqs[1:2], one.model_copy(update={"n": 3}))
+    assert [c.text for c in again] == [c.text for c in three[3:6]]
+    assert [c.prompt_tokens > 0 for c in three] == [True, False, False] * 3
+
+
+@pytest.mark.parametrize("guided", GUIDED, ids=["json", "regex", "choice"])
+def test_guided_outputs_validate_and_honest_guided_shards_pass_verification(
+    vllm_cpu_engine, guided
+) -> None:
+    eng = vllm_cpu_engine
+    reqs = _requests(4, 7)
+    sampling = SamplingConfig(max_new_tokens=40, n=2)
+    out = eng.generate(reqs, sampling, guided)
+    assert len(out) == 8
+    for c in out:  # complete outputs satisfy the constraint; a cut one is marked
+        if c.finish_reason == "stop":
+            assert validate(c.text, guided)[0] and c.error is None, (c.text, c.error)
+        elif not validate(c.text, guided)[0]:
+            assert c.error and c.error.startswith(SCHEMA_INVALID)
+    assert sum(c.finish_reason == "stop" for c in out) >= 4
+    if guided.choice is not None:
+        return  # one token each: too short to judge (inconclusive)
+    by_id = {r.prompt_id: r for r in reqs}
+    score = [
+        ScoreRequest(c.prompt_id, by_id[c.prompt_id].messages, c.text, c.token_ids) for c in out
+    ]
+    honest = judge(eng.score(score, sampling, top_k=10, guided=guided), VerifyConfig())
+    assert honest.status == "pass", honest.as_dict()
+    # under the unconstrained baseline the same honest shard fails: the constraint matters
+    plain = judge(eng.score(score, sampling, top_k=10), VerifyConfig())
+    assert plain.status == "fail"
+    # a hotter sampler under the same constraint is still caught
+    hot = CheatingEngine(eng, "hot").generate(reqs, sampling, guided)
+    cheat = [
+        ScoreRequest(c.prompt_id, by_id[c.prompt_id].messages, c.text, c.token_ids) for c in hot
+    ]
+    verdict = judge(eng.score(cheat, sampling, top_k=10, guided=guided), VerifyConfig())
+    assert verdict.status == "fail" and verdict.stats.z < -10, verdict.as_dict()
