@@ -74,3 +74,54 @@ def vllm_params(vllm_module: Any, guided: GuidedConfig) -> dict[str, Any]:
 def key(guided: GuidedConfig) -> str:
     """A stable cache key of the constraint (the attempt count does not change it)."""
     return json.dumps(spec_kwargs(guided), sort_keys=True)
+
+
+FINITE_LIMIT = 256  # most instances a finite constraint may have to be decoded as a choice
+
+
+def finite_instances(guided: GuidedConfig, limit: int = FINITE_LIMIT) -> list[str] | None:
+    """Every output `guided` allows, when they are few: the `choice` list, or the instances
+    of a JSON schema built only of enums, consts, booleans, small integer ranges and objects
+    of those (a judge's `{"score": 1..10}`, an extractor's enums), as canonical JSON text.
+    None when the set is infinite or larger than `limit` (regex, free strings, numbers).
+
+    An engine without a grammar backend (transformers) decodes such a constraint exactly:
+    it scores every instance under the model and samples one, instead of resampling free
+    text until it happens to validate."""
+    if guided.choice is not None:
+        return list(guided.choice) if len(guided.choice) <= limit else None
+    if guided.json_schema is None:
+        return None
+    values = _finite_values(guided.json_schema, limit)
+    if values is None:
+        return None
+    return [json.dumps(v, ensure_ascii=False) for v in values]
+
+
+def _finite_values(schema: Any, limit: int) -> list[Any] | None:
+    if not isinstance(schema, dict):
+        return None
+    if "const" in schema:
+        return [schema["const"]]
+    if "enum" in schema:
+        enum = list(schema["enum"])
+        return enum if len(enum) <= limit else None
+    kind = schema.get("type")
+    if kind == "boolean":
+        return [True, False]
+    if kind == "integer":
+        lo, hi = schema.get("minimum"), schema.get("maximum")
+        if isinstance(lo, int) and isinstance(hi, int) and 0 <= hi - lo < limit:
+            return list(range(lo, hi + 1))
+        return None
+    if kind == "object" and isinstance(schema.get("properties"), dict):
+        if schema.get("additionalProperties") not in (None, False):
+            return None
+        combos: list[dict[str, Any]] = [{}]
+        for name, sub in schema["properties"].items():  # every property present, in order
+            options = _finite_values(sub, limit)
+            if options is None or len(combos) * len(options) > limit:
+                return None
+            combos = [{**c, name: o} for c in combos for o in options]
+        return combos
+    return None

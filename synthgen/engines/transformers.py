@@ -12,8 +12,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import importlib.util
+import math
 import os
 import platform
+import random
 import shutil
 import time
 import uuid
@@ -46,7 +48,7 @@ from synthgen.engines.base import (  # noqa: E402
     sample_seed,
 )
 from synthgen.engines.devices import DeviceInfo, detect_device  # noqa: E402
-from synthgen.engines.guided import SCHEMA_INVALID, validate  # noqa: E402
+from synthgen.engines.guided import SCHEMA_INVALID, finite_instances, validate  # noqa: E402
 from synthgen.engines.sampling import draw  # noqa: E402
 from synthgen.engines.tokenstats import score_from_stats, token_stats  # noqa: E402
 from synthgen.errors import EngineError, MissingDependencyError  # noqa: E402
@@ -284,6 +286,14 @@ class TransformersEngine:
                     )
             else:
                 rows += [((i, j), ids, sample_seed(req.seed, j)) for j in range(n)]
+        finite = finite_instances(guided) if guided is not None else None
+        if finite is not None:  # a small closed set: decoded exactly, no resampling
+            for (i, j), plen, (text, ids, reason) in self._choose(rows, finite, sampling):
+                results[i, j] = Completion(
+                    requests[i].prompt_id, text, plen if j == 0 else 0, len(ids),
+                    reason, sample_index=j, token_ids=ids,  # type: ignore[arg-type]
+                )  # fmt: skip
+            rows = []
         attempt = 0
         while rows:
             for (i, j), plen, (text, ids, reason) in self._decode(rows, sampling):
@@ -310,6 +320,58 @@ class TransformersEngine:
                 break
             rows = [(key, ids, attempt_seed(seed, attempt)) for key, ids, seed in retry]
         return [results[i, j] for i in range(len(requests)) for j in range(n)]
+
+    def _choose(
+        self, rows: list[tuple[Any, list[int], int]], choices: list[str], sampling: SamplingConfig
+    ) -> list[tuple[Any, int, tuple[str, list[int], str]]]:
+        """Constrained decoding of a closed set (`guided.finite_instances`): every choice is
+        scored under the model (its tokens and the end-of-turn token, teacher-forced), and
+        each row samples one with its own seed from softmax(log p / temperature) (the
+        likeliest at temperature 0). The prompts' scores are shared by their n samples."""
+        end = self.tokenizer.eos_token_id
+        if end not in self.eos_ids:
+            end = sorted(self.eos_ids)[0]
+        cand = [[*self.tokenizer.encode(c, add_special_tokens=False), end] for c in choices]
+        scores: dict[tuple[int, ...], list[float]] = {}
+        out = []
+        for key, ids, seed in rows:
+            prompt = tuple(ids)
+            if prompt not in scores:
+                scores[prompt] = self._sequence_logprobs(list(prompt), cand)
+            logp = scores[prompt]
+            if sampling.temperature == 0:
+                k = max(range(len(choices)), key=lambda c: (logp[c], -c))
+            else:
+                top = max(logp)
+                weights = [math.exp((lp - top) / sampling.temperature) for lp in logp]
+                k = random.Random(seed).choices(range(len(choices)), weights=weights)[0]
+            out.append((key, len(ids), (choices[k], cand[k], "stop")))
+        return out
+
+    def _sequence_logprobs(self, prompt: list[int], continuations: list[list[int]]) -> list[float]:
+        """log p(continuation | prompt) of each continuation (teacher-forced, batched)."""
+        pad = self.tokenizer.pad_token_id or 0
+        out: list[float] = []
+        for start in range(0, len(continuations), self.cfg.batch_size):
+            batch = continuations[start : start + self.cfg.batch_size]
+            width = len(prompt) + max(len(c) for c in batch)
+            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, c in enumerate(batch):
+                seq = prompt + c
+                input_ids[row, : len(seq)] = torch.tensor(seq)
+                attention[row, : len(seq)] = 1
+            p = len(prompt)
+            with torch.inference_mode():
+                logits = self.model(
+                    input_ids=input_ids.to(self.torch_device),
+                    attention_mask=attention.to(self.torch_device),
+                ).logits
+                for row, c in enumerate(batch):  # only the positions that predict `c`
+                    logp = torch.log_softmax(logits[row, p - 1 : p - 1 + len(c)].float(), -1)
+                    picked = logp.gather(1, torch.tensor(c, device=logp.device).view(-1, 1))
+                    out.append(float(picked.sum()))
+        return out
 
     def _decode(
         self, rows: list[tuple[Any, list[int], int]], sampling: SamplingConfig

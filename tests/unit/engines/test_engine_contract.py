@@ -279,7 +279,9 @@ def test_contract_n_samples_of_a_rejected_prompt_are_all_rejected(case: Case) ->
     assert [c.prompt_id for c in out[2:]] == ["c0", "c0"]
 
 
-GUIDED_IMPOSSIBLE = GuidedConfig(choice=["zqxj-vvk-never"], max_attempts=2)
+# an open constraint (a regex): engines without a grammar backend validate and resample; a
+# closed set (choice, small enum schemas) they decode exactly (guided.finite_instances)
+GUIDED_IMPOSSIBLE = GuidedConfig(regex="zqxj-vvk-never", max_attempts=2)
 
 
 def test_contract_guided_output_validates_or_is_marked_schema_invalid(case: Case) -> None:
@@ -290,7 +292,9 @@ def test_contract_guided_output_validates_or_is_marked_schema_invalid(case: Case
         assert c.finish_reason in {"stop", "length"}
         ok = validate(c.text, GuidedConfig(choice=["red", "green", "blue"]))[0]
         assert ok or (c.error or "").startswith(SCHEMA_INVALID), (c.text, c.error)
-    if case.engine == "fake" or case.shared == "vllm_cpu_engine":  # constrained decoding
+    # constrained decoding: vLLM's grammar backends, the transformers engine's exact choice
+    # among a closed set, the fake engine's instances of the constraint
+    if case.engine in ("fake", "transformers") or case.shared == "vllm_cpu_engine":
         assert all(c.text in {"red", "green", "blue"} and c.error is None for c in out)
 
 
@@ -313,3 +317,56 @@ def test_contract_guided_impossible_constraint_ends_in_schema_invalid(case: Case
         assert c.error and c.error.startswith(SCHEMA_INVALID), c.error
         assert c.finish_reason in {"stop", "length"} and c.attempts == 2
         assert c.text != "zqxj-vvk-never"
+
+
+def test_contract_a_closed_set_is_sampled_from_the_models_own_distribution(case: Case) -> None:
+    if case.engine != "transformers":
+        pytest.skip("the transformers engine's exact decoding of closed sets")
+    eng = build(case)
+    judge = GuidedConfig(
+        json_schema={
+            "type": "object",
+            "properties": {"score": {"type": "integer", "minimum": 1, "maximum": 5}},
+            "required": ["score"],
+        }
+    )
+    hot = SAMPLING.model_copy(update={"n": 3, "temperature": 1.0})
+    out = eng.generate(REQUESTS, hot, judge)
+    assert all(validate(c.text, judge)[0] and c.error is None for c in out)
+    assert all(c.finish_reason == "stop" and c.completion_tokens > 0 for c in out)
+    # seeded per sample: the same request alone gives the same samples
+    alone = eng.generate([REQUESTS[2]], hot, judge)
+    assert [c.text for c in alone] == [c.text for c in out[6:9]]
+    # greedy: the likeliest instance, the same for every sample
+    greedy = eng.generate(REQUESTS[:1], hot.model_copy(update={"temperature": 0.0}), judge)
+    assert len({c.text for c in greedy}) == 1
+
+
+def test_finite_json_and_choice_constraints_list_their_instances() -> None:
+    from synthgen.config.stages import GuidedConfig
+    from synthgen.engines.guided import finite_instances, validate
+
+    judge = GuidedConfig(
+        json_schema={
+            "type": "object",
+            "properties": {"score": {"type": "integer", "minimum": 1, "maximum": 10}},
+            "required": ["score"],
+        }
+    )
+    got = finite_instances(judge)
+    assert got is not None and len(got) == 10 and got[0] == '{"score": 1}'
+    assert all(validate(t, judge)[0] for t in got)
+    two = GuidedConfig(
+        json_schema={
+            "type": "object",
+            "properties": {"a": {"enum": ["x", "y"]}, "b": {"type": "boolean"}},
+        }
+    )
+    assert sorted(finite_instances(two) or []) == sorted(
+        ['{"a": "x", "b": true}', '{"a": "x", "b": false}', '{"a": "y", "b": true}',
+         '{"a": "y", "b": false}']
+    )  # fmt: skip
+    assert finite_instances(GuidedConfig(choice=["yes", "no"])) == ["yes", "no"]
+    free = GuidedConfig(json_schema={"type": "object", "properties": {"t": {"type": "string"}}})
+    assert finite_instances(free) is None
+    assert finite_instances(GuidedConfig(regex="[0-9]+")) is None
