@@ -111,10 +111,27 @@ def _schema_properties(stage: StageConfig) -> dict[str, Any] | None:
 
 def _kind(prop: Any) -> str:
     typ = prop.get("type") if isinstance(prop, dict) else None
+    if typ is None and isinstance(prop, dict) and ("enum" in prop or "const" in prop):
+        # an untyped enum / const: typed by its values when they share one JSON type
+        values = prop.get("enum", [prop.get("const")])
+        kinds = {_value_kind(v) for v in values}
+        return kinds.pop() if len(kinds) == 1 and None not in kinds else "json"
     if isinstance(typ, list):
         non_null = [t for t in typ if t != "null"]
         typ = non_null[0] if len(non_null) == 1 else None
     return _KINDS.get(typ, "json") if isinstance(typ, str) else "json"
+
+
+def _value_kind(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int64"
+    if isinstance(value, float):
+        return "float64"
+    if isinstance(value, str):
+        return "string"
+    return None
 
 
 def _field_refs(cfg: RunConfig) -> Iterable[tuple[str, str]]:

@@ -352,3 +352,32 @@ def test_verification_of_a_multi_stage_run_is_refused_at_load_with_the_reason() 
         config_from_dict(
             {"stages": [{"name": "a", "prompt": "{{ prompt }}"}], "verify": {"enabled": True}}
         )
+
+
+def test_an_untyped_enum_field_is_typed_by_its_values() -> None:
+    from synthgen.config import config_from_dict
+    from synthgen.config.multistage import parsed_fields
+
+    cfg = config_from_dict(
+        {
+            "stages": [
+                {
+                    "name": "x",
+                    "prompt": "{{ prompt }}",
+                    "parse": "json",
+                    "guided": {
+                        "json_schema": {
+                            "type": "object",
+                            "properties": {
+                                "label": {"enum": ["a", "b"]},
+                                "level": {"enum": [1, 2]},
+                                "mixed": {"enum": [1, "b"]},
+                            },
+                        }
+                    },
+                }
+            ]
+        }
+    )
+    kinds = parsed_fields(cfg, cfg.stages[0])
+    assert kinds == {"label": "string", "level": "int64", "mixed": "json"}
