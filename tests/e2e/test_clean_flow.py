@@ -4,6 +4,7 @@ the fake engine, output on local disk and on a live S3 endpoint (moto)."""
 from __future__ import annotations
 
 import json
+import posixpath
 from collections import defaultdict
 
 import pyarrow as pa
@@ -40,7 +41,9 @@ def _clean_cfg(uri: str, **extra) -> dict:
 
 def _manifest(fs, root: str) -> dict:
     card = front_matter(fs.cat_file(f"{root}/dataset/README.md").decode())["synthgen"]
-    return json.loads(fs.cat_file(f"{root}/dataset/{card['manifest']}"))
+    # the card names the manifest relative to dataset/ ("../runs/..."): object stores do
+    # not resolve "..", so the path is normalised first (as synthgen's read_manifest does)
+    return json.loads(fs.cat_file(posixpath.normpath(f"{root}/dataset/{card['manifest']}")))
 
 
 def _check_run(fs, root: str, summary: dict) -> None:
