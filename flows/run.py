@@ -43,6 +43,7 @@ from flows.verify import VerifyGate, cluster_workers, restrict, runner_client, s
 from synthgen.cluster.client import generate_resources
 from synthgen.cluster.preflight import check_output, run_preflight
 from synthgen.config import RunConfig, load_config
+from synthgen.config.multistage import clean_stage
 from synthgen.config.secrets import check_overrides, protect, restore_secrets, stash_secrets
 from synthgen.cost.ledger import record_lost_attempts
 from synthgen.cost.report import manifest_totals
@@ -153,7 +154,7 @@ def _finish(
     cfg: RunConfig, task_config: Opaque, store: Store
 ) -> tuple[Published | None, list[str]]:
     """Run-wide dedup and the publish's shard files over every committed shard of the final
-    stage: (Published, []), or (None, withdrawn shards) when a shard failed its check
+    stage: (Published, []), or (None, withdrawn units) when a shard failed its check
     against its commit marker (withdrawn by the check; nothing is published from it). The
     switch (manifest, card) is the caller's, once the workers' cost rows are in."""
     run_id = cfg.run_id or ""
@@ -162,8 +163,8 @@ def _finish(
     extra = None
     if cfg.clean.enabled and (cfg.clean.exact.enabled or cfg.clean.near.enabled):
         dedup = dedup_task.submit(task_config, sorted(committed)).result()
-        if dedup["withdrawn"]:
-            return None, dedup["withdrawn"]
+        if dedup["withdrawn"]:  # shards of the deduplicated stage: their units run again
+            return None, [unit_key(clean_stage(cfg), sid) for sid in dedup["withdrawn"]]
         extra = {"dedup": {k: v for k, v in dedup.items() if k != "withdrawn"}}
         print(
             f"cross-shard dedup: {dedup['rows_checked']} kept rows checked, "
@@ -200,7 +201,7 @@ def _finish(
             failed.append((sid, exc))
     if failed:
         still = commit_markers(store, run_id, final)
-        withdrawn = [sid for sid, _ in failed if sid not in still]
+        withdrawn = [unit_key(final, sid) for sid, _ in failed if sid not in still]
         if withdrawn:
             return None, withdrawn
         raise failed[0][1]
@@ -334,8 +335,8 @@ def generate_flow(
             f"({', '.join(withdrawn[:5])}{'...' if len(withdrawn) > 5 else ''}); "
             "generating them again"
         )
-        for sid in withdrawn:
-            loop.requeue(unit_key(final, sid))
+        for unit in withdrawn:
+            loop.requeue(unit)
         sched = loop.run()  # the same loop and gates (budget, timeouts, verification)
     results, failures = sched.results, sched.failures
     verification = None

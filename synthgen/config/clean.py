@@ -263,6 +263,12 @@ class CleanConfig(_Section):
         True,
         description="false: no filters and no dedup (records are only hashed; nothing is dropped).",
     )
+    stage: str | None = Field(
+        None,
+        description="Multi-stage runs: the stage whose text is filtered and deduplicated (on its "
+        "workers, and run-wide; its rows dropped here go no further). Unset = the final stage. "
+        "Set it when the final stage is a judge or an extractor (its JSON is not the text).",
+    )
     exact: ExactDedupConfig = Field(default_factory=ExactDedupConfig)
     near: NearDedupConfig = Field(default_factory=NearDedupConfig)
     filters: FiltersConfig = Field(default_factory=FiltersConfig)

@@ -68,6 +68,26 @@ def stage_n(cfg: RunConfig, stage: StageConfig) -> int:
     return stage.sampling.n if stage.sampling.n is not None else cfg.sampling.n
 
 
+def clean_stage(cfg: RunConfig) -> str:
+    """The stage whose text is cleaned and deduplicated: `clean.stage`, else the final one
+    (`generate` for a one-step run)."""
+    if cfg.clean.stage:
+        return cfg.clean.stage
+    return cfg.stages[-1].name if cfg.stages else "generate"
+
+
+def descendants_span(cfg: RunConfig, stage: str) -> int:
+    """How many final rows one row of `stage` becomes: the product of `sampling.n` of the
+    stages after it (1 for the final stage)."""
+    names = [s.name for s in cfg.stages]
+    if stage not in names:
+        return 1
+    span = 1
+    for s in cfg.stages[names.index(stage) + 1 :]:
+        span *= stage_n(cfg, s)
+    return span
+
+
 def compared_stage(cfg: RunConfig) -> str | None:
     """The stage whose samples `select` compares: `select.stage`, else the last stage with
     `sampling.n` > 1 (None: there is none)."""
@@ -376,6 +396,12 @@ def check_multistage(cfg: RunConfig, prompt_fields: frozenset[str] | None = None
             "verify.enabled: spot checks of untrusted workers cover one-step runs only for now "
             "(a multi-stage run's stages are not checked); run multi-stage runs on trusted "
             "workers with verify.enabled: false"
+        )
+    names = [s.name for s in cfg.stages]
+    if cfg.clean.stage is not None and cfg.clean.stage not in names:
+        raise ValueError(
+            f"clean.stage: {cfg.clean.stage!r} is not a stage of this run "
+            f"({', '.join(names) or 'a one-step run has none: leave it unset'})"
         )
     checker = _Checker(cfg, prompt_fields)
     checker.names()

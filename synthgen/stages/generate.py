@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 
 from synthgen.config import RunConfig
+from synthgen.config.multistage import clean_stage
 from synthgen.cost.ledger import Ledger
 from synthgen.cost.meter import AttemptMeter, Counts
 from synthgen.cost.prices import kept_counts
@@ -35,7 +36,7 @@ from synthgen.stages.decontam import decontam_stages
 from synthgen.stages.multi import StageStep
 from synthgen.stages.plan import prompt_records, read_shard_rows
 from synthgen.stages.records import records_table
-from synthgen.stages.units import final_stage, split_key, stage_config, upstream
+from synthgen.stages.units import split_key, stage_config, upstream
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +159,9 @@ def _steps(
         else read_committed_shard(store, run_id, shard_id, up)
     )
     generate = StageStep(cfg, sc, shard_id, engine, worker)
-    # the final stage's text is cleaned (filters, in-shard dedup) before it is committed
-    after = after_generate(cfg) if stage == final_stage(cfg) else []
+    # the clean stage's text (default: the final stage's) is filtered and deduplicated in
+    # the shard before it is committed; its dropped rows go no further
+    after = after_generate(cfg) if stage == clean_stage(cfg) else []
     return engine, rows, [generate, *after], generate
 
 

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from synthgen import __version__
 from synthgen.config import RunConfig
-from synthgen.config.multistage import compared_stage
+from synthgen.config.multistage import clean_stage, compared_stage, descendants_span
 from synthgen.errors import PublishRefused
 from synthgen.io.attempts import commit_markers
 from synthgen.io.layout import DATA_DIR, DEFAULT_STAGE, DatasetLayout, RunLayout, split_key
@@ -91,11 +91,12 @@ class RunDedupMarks(Stage):
 
     name = "dedup"
 
-    def __init__(self, drops: dict[str, str]) -> None:
+    def __init__(self, drops: dict[str, str], span: int = 1) -> None:
         self.drops = drops
+        self.span = span  # final rows per row of the deduplicated stage
 
     def process(self, rows: pa.Table) -> pa.Table:
-        return apply_drops(rows, self.drops)
+        return apply_drops(rows, self.drops, self.span)
 
 
 class SelectStage(Stage):
@@ -176,7 +177,8 @@ def publish_shard(
         extra_drops = read_shard_drops(store, run_id, shard_id)
     if isinstance(extra_drops, list):
         extra_drops = dict.fromkeys(extra_drops, "dropped")
-    table, _ = RunDedupMarks(extra_drops or {})(table)
+    cleaned = clean_stage(cfg)
+    table, _ = RunDedupMarks(extra_drops or {}, descendants_span(cfg, cleaned))(table)
     generated = table.num_rows
     if cfg.stages and cfg.select.strategy != "all":
         table, _ = SelectStage(cfg)(table)
@@ -190,7 +192,11 @@ def publish_shard(
                       "sha256": sha, "shard_id": shard_id})  # fmt: skip
     reasons = Counter(r for r in table["drop_reason"].to_pylist() if r is not None)
     if cfg.clean.enabled and cfg.clean.near.enabled:
-        write_index(store.fs, store.root, f"{run_id}--{shard_id}", index_rows(table), cfg.clean)
+        # the index holds the deduplicated text's signatures: the clean stage's rows
+        source = (
+            table if cleaned == final else read_committed_shard(store, run_id, shard_id, cleaned)
+        )
+        write_index(store.fs, store.root, f"{run_id}--{shard_id}", index_rows(source), cfg.clean)
     tokens = kept["completion_tokens"] if "completion_tokens" in kept.column_names else None
     return {
         "shard_id": shard_id,

@@ -135,14 +135,16 @@ def _sample_index(data: bytes) -> list[str]:
     return ["sample_index"] if "sample_index" in names else []
 
 
-def row_keys(table: pa.Table) -> list[str]:
+def row_keys(table: pa.Table, span: int = 1) -> list[str]:
     """The key the drops name a row by: its prompt_id, or `PROMPT_ID#SAMPLE_INDEX` in a
-    multi-sample table (a `sample_index` column), where a prompt has several rows."""
+    multi-sample table (a `sample_index` column), where a prompt has several rows. `span`:
+    the rows are descendants of the deduplicated stage's rows, `span` per row (later stages
+    with n > 1), and take their ancestor's key."""
     pids = table.column("prompt_id").to_pylist()
     if "sample_index" not in table.column_names:
         return pids
     idx = table.column("sample_index").to_pylist()
-    return [f"{p}#{i}" for p, i in zip(pids, idx, strict=True)]
+    return [f"{p}#{i // span}" for p, i in zip(pids, idx, strict=True)]
 
 
 def prompt_of(key: str) -> str:
@@ -372,12 +374,12 @@ def cross_shard_dedup(
     )
 
 
-def apply_drops(table: pa.Table, drops: dict[str, str]) -> pa.Table:
-    """Set drop_reason of the rows whose key (`row_keys`) is in `drops` (one shard's
-    mapping)."""
+def apply_drops(table: pa.Table, drops: dict[str, str], span: int = 1) -> pa.Table:
+    """Set drop_reason of the rows whose key (`row_keys`, with `span`) is in `drops` (one
+    shard's mapping)."""
     if not drops:
         return table
-    pids = row_keys(table)
+    pids = row_keys(table, span)
     cur = table.column("drop_reason").to_pylist()
     new = [drops.get(pid, r) if r is None else r for pid, r in zip(pids, cur, strict=True)]
     idx = table.schema.get_field_index("drop_reason")

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from synthgen.config import RunConfig
+from synthgen.config.multistage import clean_stage
 from synthgen.errors import StorageError
 from synthgen.io.attempts import commit_markers
 from synthgen.io.checked import ShardMismatch, check_committed, marker_expect
@@ -17,7 +18,6 @@ from synthgen.io.layout import DatasetLayout, RunLayout
 from synthgen.io.store import Store
 from synthgen.stages.dedup.cross import DROPS_SCHEMA, DedupResult, cross_shard_dedup
 from synthgen.stages.dedup.index import LEGACY_INDEX_DIR, index_paths
-from synthgen.stages.units import final_stage
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def dedup_run(client: Any, cfg: RunConfig, store: Store, shard_ids: list[str]) -
     (`synthgen.io.checked`) and the result lists them in `withdrawn` (no drops file is
     written): the flow generates them again and runs this stage again."""
     run_id = cfg.run_id or ""
-    stage = final_stage(cfg)  # the text the run publishes
+    stage = clean_stage(cfg)  # the text that is deduplicated (default: the final stage's)
     markers = commit_markers(store, run_id, stage)  # withdraws garbage markers
     gone = sorted(sid for sid in shard_ids if sid not in markers)
     if gone:

@@ -381,3 +381,23 @@ def test_an_untyped_enum_field_is_typed_by_its_values() -> None:
     )
     kinds = parsed_fields(cfg, cfg.stages[0])
     assert kinds == {"label": "string", "level": "int64", "mixed": "json"}
+
+
+def test_clean_stage_must_name_a_stage_and_sets_what_is_deduplicated() -> None:
+    import pytest
+
+    from synthgen.config import config_from_dict
+    from synthgen.config.multistage import clean_stage, descendants_span
+    from synthgen.errors import ConfigError
+
+    stages = [
+        {"name": "q", "prompt": "{{ prompt }}"},
+        {"name": "a", "prompt": "{{ q }}", "sampling": {"n": 3}},
+        {"name": "j", "prompt": "{{ a }}", "sampling": {"n": 2}},
+    ]
+    cfg = config_from_dict({"stages": stages, "clean": {"stage": "a"}})
+    assert clean_stage(cfg) == "a" and descendants_span(cfg, "a") == 2
+    assert descendants_span(cfg, "q") == 6 and descendants_span(cfg, "j") == 1
+    assert clean_stage(config_from_dict({"stages": stages})) == "j"
+    with pytest.raises(ConfigError, match="clean.stage: 'zz' is not a stage"):
+        config_from_dict({"stages": stages, "clean": {"stage": "zz"}})

@@ -155,3 +155,21 @@ def test_band_pairs_equals_candidate_pairs() -> None:
     assert len(got) == 998 + 3 + 120 + 84 - 9
     assert np.array_equal(got, want)
     assert band_pairs(keys[:1]).shape == (0, 2)
+
+
+def test_drops_of_a_deduplicated_stage_reach_its_descendants_only() -> None:
+    import pyarrow as pa
+
+    from synthgen.stages.dedup.cross import apply_drops, row_keys
+
+    # final rows: prompt p, 2 rows of the deduplicated stage x 2 samples each (span 2)
+    t = pa.table(
+        {
+            "prompt_id": ["p", "p", "p", "p"],
+            "sample_index": pa.array([0, 1, 2, 3], pa.int32()),
+            "drop_reason": pa.array([None] * 4, pa.string()),
+        }
+    )
+    assert row_keys(t, span=2) == ["p#0", "p#0", "p#1", "p#1"]
+    out = apply_drops(t, {"p#1": "near_duplicate"}, span=2)
+    assert out.column("drop_reason").to_pylist() == [None, None, "near_duplicate", "near_duplicate"]
