@@ -28,6 +28,9 @@ def _run(name: str, tmp_path: Path, *more: str) -> tuple[dict, object]:
         f"output.uri={tmp_path / 'out'}",
         "prompts.count=2",
         "sampling.max_new_tokens=12",
+        # 12-token texts fail the Gopher filters (too few stop words): off for the test only
+        "clean.filters.gopher_quality.enabled=false",
+        "clean.filters.gopher_repetition.enabled=false",
         *more,
     ]
     path = str(EXAMPLES / f"{name}.yaml")
