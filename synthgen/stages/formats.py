@@ -29,7 +29,9 @@ from synthgen.errors import ConfigError
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 MESSAGES = pa.list_(MESSAGE)
-INTERNAL_COLUMNS = ("minhash", "drop_reason", "error")
+# clean-stage internals; `contaminated_by` is null on every kept row (it names the benchmark
+# of a dropped one, in the raw shard)
+INTERNAL_COLUMNS = ("minhash", "drop_reason", "error", "contaminated_by")
 SINGLE_STAGE = "generate"
 TRAIN = "train"
 

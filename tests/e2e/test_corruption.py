@@ -16,6 +16,7 @@ from flows.run import synthgen_run
 from synthgen.config import config_from_dict
 from synthgen.io.layout import DatasetLayout, RunLayout
 from synthgen.io.store import Store
+from synthgen.stages.publish import read_manifest
 from tests.helpers import fake_config, write_config
 
 pytestmark = pytest.mark.slow
@@ -40,7 +41,8 @@ def _config(tmp_path, request, dedup: bool):
 
 def _published(store: Store) -> list[tuple[str, str]]:
     dataset = DatasetLayout(store)
-    manifest = store.read_json(dataset.manifest)
+    manifest = read_manifest(store)  # the one the card names
+    assert manifest is not None
     rows = []
     for f in manifest["files"]:
         data = store.read_bytes(dataset.file(f["path"]))

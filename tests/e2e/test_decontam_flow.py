@@ -12,6 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.run import synthgen_run
+from synthgen.config import OutputConfig
+from synthgen.io.store import Store
+from synthgen.stages.publish import read_manifest
 from tests.helpers import fake_config, write_config
 
 pytestmark = pytest.mark.slow
@@ -30,7 +33,7 @@ CLEAN = {
 def test_a_benchmark_copy_is_dropped_and_the_manifest_lists_the_benchmark(tmp_path, prefect_api):
     plain = fake_config(str(tmp_path / "a"), shards__size=6, clean=CLEAN)
     synthgen_run(config=write_config(tmp_path / "a.yaml", plain))
-    rows = ds.dataset(tmp_path / "a" / "dataset", format="parquet").to_table().to_pylist()
+    rows = ds.dataset(tmp_path / "a" / "dataset" / "data", format="parquet").to_table().to_pylist()
     rows = sorted(rows, key=lambda r: r["prompt_id"])
     target, other = rows[3], rows[7]
     assert len(target["completion"].split()) >= 13
@@ -49,12 +52,12 @@ def test_a_benchmark_copy_is_dropped_and_the_manifest_lists_the_benchmark(tmp_pa
     summary = synthgen_run(config=write_config(tmp_path / "b.yaml", data))
     assert summary["status"] == "complete"
 
-    manifest = json.loads((tmp_path / "b" / "dataset" / "_manifest.json").read_text())
+    manifest = read_manifest(Store(OutputConfig(uri=str(tmp_path / "b"))))
     dc = manifest["decontamination"]
     assert dc["ngram"] == 13 and dc["columns"] == ["completion"]
     assert [b["name"] for b in dc["benchmarks"]] == ["evals"] and dc["benchmarks"][0]["items"] == 2
     assert manifest["totals"]["drop_counts"] == {"contaminated": 1}
-    published = ds.dataset(tmp_path / "b" / "dataset", format="parquet").to_table()
+    published = ds.dataset(tmp_path / "b" / "dataset" / "data", format="parquet").to_table()
     ids = set(published["prompt_id"].to_pylist())
     assert target["prompt_id"] not in ids and other["prompt_id"] in ids and len(ids) == 23
     assert "contaminated_by" not in published.column_names  # published columns unchanged
