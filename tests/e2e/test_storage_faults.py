@@ -164,7 +164,9 @@ def test_a_shard_file_that_no_longer_matches_its_commit_is_never_published(tmp_p
     # something rewrites the shard after its commit (a late attempt, a stray tool)
     other = pq.read_table(store.run_path(cfg.run_id, "shards", "shard-00000.parquet")).slice(0, 2)
     store.write_table(RunLayout(store, cfg.run_id).stage().shard("shard-00000"), other)
-    with pytest.raises(SGStorageError, match="shard-00000: the file does not match its commit"):
+    with pytest.raises(
+        SGStorageError, match=r"shard-00000\.parquet: the file does not match its commit"
+    ):
         publish_shard(config, "shard-00000", publish_id="p", index=0, count=1)
     assert not store.exists(RunLayout(store, cfg.run_id).stage().commit("shard-00000"))  # withdrawn
     again = run_shard(ShardTask(config, "shard-00000"))  # the re-run regenerates it
