@@ -229,7 +229,18 @@ def _trigger(served: Served, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_synthgen_trigger_waits_and_prints_state_and_summary(served: Served) -> None:
-    done = _trigger(served, "nightly-e2e", "--set", "sampling.max_new_tokens=8", "--poll", "0.5")
+    # another run id than the module's earlier runs into the same output: replacing their
+    # dataset must be asked for (one owner per output)
+    done = _trigger(
+        served,
+        "nightly-e2e",
+        "--set",
+        "sampling.max_new_tokens=8",
+        "--set",
+        "output.replace=true",
+        "--poll",
+        "0.5",
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert ": COMPLETED" in done.stdout
     assert "rows published | 8" in done.stdout  # the summary artifact, printed
