@@ -52,8 +52,9 @@ class Throughput:
     samples: int = 0  # prompts measured
 
 
-def calibrate(cfg: RunConfig, sample: int = 8) -> tuple[Throughput, int, str]:
-    """Run the configured engine on the first `sample` prompts; (throughput, prompts, model).
+def calibrate(cfg: RunConfig, sample: int = 8) -> tuple[Throughput, int, str, list[Row]]:
+    """Run the configured engine on the first `sample` prompts (through every stage of a
+    multi-stage run); (throughput, prompts, model, per-stage rows: [] for one step).
 
     Model load time is excluded (it is paid once per worker, not per prompt).
     """
@@ -64,8 +65,8 @@ def calibrate(cfg: RunConfig, sample: int = 8) -> tuple[Throughput, int, str]:
         raise ConfigError("estimate: the prompt source yields no prompts")
     chosen = records[:sample]
     if cfg.stages:
-        tp, model, _ = calibrate_stages(cfg, chosen)
-        return tp, len(records), model
+        tp, model, per_stage = calibrate_stages(cfg, chosen)
+        return tp, len(records), model, per_stage
     engine = get_engine(cfg.model)
     requests = [
         GenRequest(p.prompt_id, p.messages, prompt_seed(cfg.sampling.seed, p.prompt_id))
@@ -86,7 +87,7 @@ def calibrate(cfg: RunConfig, sample: int = 8) -> tuple[Throughput, int, str]:
         price_per_hour=price.per_hour,
         samples=len(chosen),
     )
-    return tp, len(records), engine.info.model
+    return tp, len(records), engine.info.model, []
 
 
 def calibrate_stages(cfg: RunConfig, chosen: list[Any]) -> tuple[Throughput, str, list[Row]]:
@@ -289,17 +290,8 @@ def estimate(
     model: str | None = cfg.model.path
     prompts: int | None = None
     per_stage: list[Row] = []
-    if calibrate_here and cfg.stages:
-        records = load_prompts(cfg).records
-        if not records:
-            raise ConfigError("estimate: the prompt source yields no prompts")
-        if sample < 1:
-            raise ConfigError(f"estimate: --sample must be >= 1, got {sample}")
-        tp, model, per_stage = calibrate_stages(cfg, records[:sample])
-        prompts = len(records)
-        measured.append(tp)
-    elif calibrate_here:
-        tp, prompts, model = calibrate(cfg, sample)
+    if calibrate_here:
+        tp, prompts, model, per_stage = calibrate(cfg, sample)
         measured.append(tp)
     earlier = ledger_throughputs(read_earlier_ledgers(cfg), model)
     if cfg.stages:
