@@ -139,6 +139,14 @@ def lost_rows(store: Store, run_id: str, stage: str = DEFAULT_STAGE) -> list[dic
     history = attempt_history(store, run_id, stage)
     ledger = Ledger(RunLayout(store, run_id)).rows().to_pylist()  # every stage's rows
     seen = {(r["shard_id"], int(r["attempt"])) for r in ledger}
+    # an attempt that wrote its "succeeded" row (before its commit marker) and then died, or
+    # whose result another attempt's commit superseded: its output was not kept, so its row
+    # becomes a "lost" one, with what it measured (the spending was real)
+    finished = {
+        (r["shard_id"], int(r["attempt"])): r
+        for r in ledger
+        if r["status"] == "succeeded" and not is_verification(r)
+    }
     by_worker: dict[str, dict[str, Any]] = {}
     for r in ledger:
         if r["status"] in ("succeeded", "failed"):
@@ -149,7 +157,21 @@ def lost_rows(store: Store, run_id: str, stage: str = DEFAULT_STAGE) -> list[dic
     rows = []
     for shard_id, attempts in by_shard.items():
         for i, a in enumerate(attempts):
-            if a["outcome"] != "lost" or (shard_id, int(a["attempt"])) in seen:
+            key = (shard_id, int(a["attempt"]))
+            if a["outcome"] == "lost" and key in finished:
+                rows.append(
+                    {
+                        **finished[key],
+                        "status": "lost",
+                        "kept_records": None,
+                        "kept_tokens": None,
+                        "usd_per_1m_kept_tokens": None,
+                        "error": "finished generating but its result was not kept (its worker "
+                        "died before the commit, or another attempt committed first)",
+                    }
+                )
+                continue
+            if a["outcome"] != "lost" or key in seen:
                 continue
             nxt = attempts[i + 1] if i + 1 < len(attempts) else None
             started = _ts(a["started_at"])
@@ -195,8 +217,9 @@ def lost_rows(store: Store, run_id: str, stage: str = DEFAULT_STAGE) -> list[dic
 def record_lost_attempts(
     store: Store, run_id: str, stages: tuple[str, ...] | list[str] = (DEFAULT_STAGE,)
 ) -> int:
-    """Write a ledger row for every lost attempt of the run's `stages` that has none;
-    returns how many."""
+    """Write a ledger row for every lost attempt of the run's `stages` that has none, and
+    turn the "succeeded" row of an attempt whose result was not kept into a "lost" one (same
+    file: the row keeps its attempt_id); returns how many."""
     rows = [r for stage in stages for r in lost_rows(store, run_id, stage)]
     ledger = Ledger(RunLayout(store, run_id))
     for row in rows:

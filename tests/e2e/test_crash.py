@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from datetime import UTC, datetime
 
 import pyarrow.dataset as ds
 import pytest
@@ -61,8 +62,12 @@ def test_sigkill_of_a_dask_worker_mid_shard_loses_and_doubles_nothing(
         commits = commit_markers(store, cfg.run_id)
         if not commits:
             return None  # wait until the run is under way (first shard committed)
+        now = datetime.now(UTC)
         for a in attempt_history(store, cfg.run_id):
-            if a["outcome"] == "running" and a["worker"] in dask_procs.workers:
+            age = (now - datetime.fromisoformat(a["started_at"])).total_seconds()
+            # a shard takes 1.2 s: one started under 0.5 s ago is still generating when the
+            # kill lands (an older one might commit first, and then nothing is lost)
+            if a["outcome"] == "running" and a["worker"] in dask_procs.workers and age < 0.5:
                 return a
         return None
 

@@ -270,3 +270,37 @@ def test_verification_rows_go_to_their_own_files(tmp_path: Path) -> None:
     assert len(ledger.rows()) == 2 and len(ledger.rows("shard-00001")) == 1  # attempts only
     # the same run opened by its URI reads the same files
     assert open_run_uri(ledger.run.root).rows().equals(ledger.rows())
+
+
+def test_an_attempt_that_finished_but_was_not_kept_becomes_a_lost_row(tmp_path):
+    """A worker that wrote its "succeeded" row and died before its commit marker (or lost the
+    commit race): its row turns "lost", keeps what it measured, and is not doubled."""
+    import json
+
+    from synthgen.cost.ledger import record_lost_attempts
+
+    store = Store(OutputConfig(uri=str(tmp_path)))
+    layout = RunLayout(store, "r1").stage()
+    ledger = Ledger(RunLayout(store, "r1"))
+    for attempt, worker in ((1, "tcp://dead"), (2, "tcp://w")):
+        store.write_json(
+            layout.attempt("shard-00001", attempt, f"u{attempt}"),
+            {
+                "shard_id": "shard-00001",
+                "attempt": attempt,
+                "worker": worker,
+                "host": "h",
+                "started_at": (T0 + timedelta(seconds=10 * attempt)).isoformat(),
+            },
+        )
+    ledger.write(_row("shard-00001", 1, "succeeded", 5.0))  # died before its commit
+    ledger.write(_row("shard-00001", 2, "succeeded", 5.0))
+    commit = {"sha256": "0" * 64, "rows": 4, "result": {"attempt": 2}}
+    store.write_bytes(layout.commit("shard-00001"), json.dumps(commit).encode())
+
+    assert record_lost_attempts(store, "r1") == 1
+    rows = ledger.rows().to_pylist()
+    assert [(r["attempt"], r["status"]) for r in rows] == [(1, "lost"), (2, "succeeded")]
+    assert rows[0]["wall_seconds"] == 5.0 and rows[0]["cost_usd"] > 0
+    assert rows[0]["kept_records"] is None and "not kept" in rows[0]["error"]
+    assert record_lost_attempts(store, "r1") == 0  # idempotent: nothing more to record
