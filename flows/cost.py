@@ -65,7 +65,8 @@ def start_usage(cfg: RunConfig, run_started_at: float) -> int:
     usage.register(client, _plugin(cfg, run_started_at))
     info = client.scheduler_info(n_workers=-1)["workers"].values()
     if cfg.model.needs_gpu:
-        slots = sum(int(w.get("resources", {}).get(cfg.cluster.gpu_resource, 0)) for w in info)
+        gpus = sum(int(w.get("resources", {}).get(cfg.cluster.gpu_resource, 0)) for w in info)
+        slots = gpus * cfg.cluster.overlap  # a GPU holds `overlap` shards (one generating)
     else:
         slots = sum(int(w.get("nthreads", 1)) for w in info)
     return max(slots, 1)

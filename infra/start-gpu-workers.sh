@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start one Dask worker process per GPU, each pinned with CUDA_VISIBLE_DEVICES and
-# advertising one unit of the GPU resource, so generate tasks land one per GPU.
+# advertising one unit of the GPU resource; a generate task asks for 1/cluster.overlap of it,
+# so each GPU holds `overlap` shards (one generating while the others read or write).
 #
 #   SYNTHGEN_SCHEDULER_ADDRESS=tls://sched.example:8786 infra/start-gpu-workers.sh          # all GPUs
 #   SYNTHGEN_SCHEDULER_ADDRESS=tls://sched.example:8786 infra/start-gpu-workers.sh --gpu 1  # just GPU 1 (systemd template)
@@ -14,6 +15,7 @@
 #   SYNTHGEN_PRICE_PER_HOUR     what this host costs per GPU-hour in USD (optional; overrides
 #                               the config's price table for shards run here)
 #   SYNTHGEN_GPU_RESOURCE       Dask resource name (default GPU; must match cluster.gpu_resource)
+#   SYNTHGEN_WORKER_THREADS     threads per GPU worker (default 2; at least cluster.overlap)
 #   SYNTHGEN_WORKER_NAME        name prefix (default: short hostname); workers are PREFIX-gpuN
 #   SYNTHGEN_WORKER_HOST        address to listen on / advertise (default: dask's choice)
 #   SYNTHGEN_WORKER_PORT_BASE   fixed worker port for GPU 0; GPU N uses BASE+N (for firewalls)
@@ -27,7 +29,7 @@ ONLY_GPU=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --gpu) ONLY_GPU="${2:?--gpu needs an index}"; shift 2 ;;
-        -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument $1" ;;
     esac
 done
@@ -65,7 +67,7 @@ worker_cmd() {
     WORKER_ENV=(CUDA_VISIBLE_DEVICES="$gpu" SYNTHGEN_GPU_TYPE="$type")
     [[ -n "${SYNTHGEN_PRICE_PER_HOUR:-}" ]] && WORKER_ENV+=(SYNTHGEN_PRICE_PER_HOUR="$SYNTHGEN_PRICE_PER_HOUR")
     WORKER_CMD=("$DASK_BIN" worker "$ADDRESS" "${TLS_ARGS[@]}"
-        --name "$PREFIX-gpu$gpu" --nthreads 1 --resources "$RESOURCE=1"
+        --name "$PREFIX-gpu$gpu" --nthreads "${SYNTHGEN_WORKER_THREADS:-2}" --resources "$RESOURCE=1"
         --dashboard-address 127.0.0.1:0)
     [[ -n "${SYNTHGEN_WORKER_HOST:-}" ]] && WORKER_CMD+=(--host "$SYNTHGEN_WORKER_HOST")
     [[ -n "${SYNTHGEN_WORKER_PORT_BASE:-}" ]] && WORKER_CMD+=(--worker-port "$((SYNTHGEN_WORKER_PORT_BASE + gpu))")

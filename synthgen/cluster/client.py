@@ -74,7 +74,8 @@ def task_runner_kwargs(cfg: ClusterConfig) -> dict[str, Any]:
         "cluster_class": "synthgen.cluster.client.local_cluster",
         "cluster_kwargs": {
             "n_workers": cfg.n_workers,
-            "threads_per_worker": cfg.threads_per_worker,
+            # a worker's engine calls take turns: the extra threads overlap I/O with them
+            "threads_per_worker": max(cfg.threads_per_worker, cfg.overlap),
             "processes": True,
             "memory_limit": cfg.memory_limit,
             "dashboard_address": "127.0.0.1:0",
@@ -90,7 +91,9 @@ def generate_needs_gpu(cfg: RunConfig) -> bool:
 
 
 def generate_resources(cfg: RunConfig) -> dict[str, float] | None:
-    """Dask resources for one generate task: `{gpu_resource: 1}` or None (any worker).
+    """Dask resources for one generate task: `{gpu_resource: 1/cluster.overlap}` or None
+    (any worker): a GPU worker (`--resources GPU=1 --nthreads N`) holds `overlap` shards at
+    once, whose engine calls take turns (`synthgen.engines.turns`).
 
     Use as `with dask.annotate(resources=...)` around the task submission.
     """
@@ -100,7 +103,7 @@ def generate_resources(cfg: RunConfig) -> dict[str, float] | None:
         # A LocalCluster's workers share this machine's devices and advertise no resources:
         # a constrained task would wait forever, so none is asked for.
         return None
-    return {cfg.cluster.gpu_resource: 1.0}
+    return {cfg.cluster.gpu_resource: 1.0 / cfg.cluster.overlap}
 
 
 def worker_advertised(environ: dict[str, str] | None = None) -> dict[str, Any]:

@@ -29,6 +29,13 @@ class ClusterConfig(_Section):
         1,
         description="LocalCluster threads per worker process.",
     )
+    overlap: PositiveInt = Field(
+        2,
+        description="Shard attempts a worker holds at once: one runs the engine while the "
+        "others read their prompts or clean, write and commit theirs (a worker's engine calls "
+        "take turns, one at a time). LocalCluster workers get at least this many threads; GPU "
+        "tasks ask for 1/overlap of `gpu_resource`. 1: the engine waits for each shard's I/O.",
+    )
     memory_limit: str | None = Field("auto", description="LocalCluster per-worker memory limit.")
     tls: TLSConfig | None = None
     allow_insecure: bool = Field(

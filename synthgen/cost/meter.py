@@ -1,7 +1,7 @@
 """The pipeline's side of the ledger: meter one shard attempt and write its row.
 
     meter = AttemptMeter.start(cfg, shard_id, attempt, device)    # after the engine loaded
-    ...generate, write the shard...
+    ...generate (in an engine turn), meter.charge_from(turn), write the shard...
     row = meter.finish_in(ledger, counts, "succeeded")            # before the commit marker
 On an exception, `meter.finish_in(..., status="failed", error=...)` writes the failed
 attempt's row too (it cost money), then the caller re-raises. `finish(fs, run_root, ...)` is
@@ -11,6 +11,7 @@ the same for the one caller still holding a filesystem and a run root (`run_shar
 from __future__ import annotations
 
 import socket
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from synthgen.cost.prices import (
     price_for_device,
     worker_price_override,
 )
+from synthgen.engines.turns import Turn, charged_until
 from synthgen.errors import ConfigError
 
 
@@ -70,6 +72,16 @@ class AttemptMeter:
     worker: str
     started_at: datetime
     attempt_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    turn: Turn | None = None
+
+    def charge_from(self, turn: Turn | None) -> None:
+        """The attempt ran the engine in `turn`: its charged window starts there and ends at
+        the next turn on this worker if that comes before the attempt ends
+        (`synthgen.engines.turns`), so that attempts overlapping on one worker (one
+        generating while another writes) are never charged the same seconds twice."""
+        if turn is not None:
+            self.turn = turn
+            self.started_at = datetime.fromtimestamp(turn.started, tz=UTC)
 
     @classmethod
     def start(
@@ -101,7 +113,7 @@ class AttemptMeter:
                 model=self.model,
                 price=self.price,
                 started_at=self.started_at,
-                finished_at=datetime.now(UTC),
+                finished_at=datetime.fromtimestamp(charged_until(self.turn, time.time()), tz=UTC),
                 engine_seconds=counts.engine_seconds,
                 prompts=counts.prompts,
                 prompt_tokens=counts.prompt_tokens,

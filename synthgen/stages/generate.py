@@ -26,6 +26,7 @@ from synthgen.cost.meter import AttemptMeter, Counts
 from synthgen.cost.prices import kept_counts
 from synthgen.engines.base import GenRequest, prompt_seed
 from synthgen.engines.cache import get_engine, worker_identity
+from synthgen.engines.turns import Turn, engine_turn
 from synthgen.io.attempts import next_attempt
 from synthgen.io.checked import ShardWithdrawn, read_checked, read_marker
 from synthgen.io.layout import DEFAULT_STAGE, RunLayout
@@ -117,6 +118,7 @@ class GenerateStage(Stage):
         self.worker = worker
         self.completions: list[Any] = []
         self.engine_seconds = 0.0
+        self.turn: Turn | None = None  # this worker's engine turn the call ran in
 
     def process(self, rows: pa.Table) -> pa.Table:
         prompts = prompt_records(rows)
@@ -124,9 +126,10 @@ class GenerateStage(Stage):
         requests = [
             GenRequest(p.prompt_id, p.messages, s) for p, s in zip(prompts, seeds, strict=True)
         ]
-        started = time.perf_counter()
-        self.completions = self.engine.generate(requests, self.cfg.sampling)
-        self.engine_seconds = time.perf_counter() - started
+        with engine_turn() as self.turn:  # the next shard's call waits for this one only
+            started = time.perf_counter()
+            self.completions = self.engine.generate(requests, self.cfg.sampling)
+            self.engine_seconds = time.perf_counter() - started
         return records_table(
             self.cfg, self.shard_id, prompts, self.completions, self.engine.info, self.worker, seeds
         )
@@ -205,6 +208,7 @@ def run_shard(task: ShardTask) -> ShardResult:
         # on the worker: generate, then (final stage) clean: hashes, MinHash, filters, in-shard
         # duplicates
         table, stats = run_stages(steps, rows)
+        meter.charge_from(generate.turn)
         completions = generate.completions
         counts.engine_seconds = generate.engine_seconds
         drop_counts = merged_drops(stats)
@@ -226,6 +230,7 @@ def run_shard(task: ShardTask) -> ShardResult:
         return ShardResult(**{**done["result"], "status": "superseded", "attempt": attempt})
     except Exception as exc:
         # a failed attempt cost money too: record it, then let the task retry
+        meter.charge_from(getattr(generate, "turn", None))
         try:
             meter.finish_in(ledger, counts, "failed", error=f"{type(exc).__name__}: {exc}")
         except Exception as ledger_exc:  # never hide the original failure

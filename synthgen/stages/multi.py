@@ -25,6 +25,7 @@ from synthgen.config import RunConfig, SamplingConfig
 from synthgen.config.multistage import SAMPLE_INDEX, SOURCE_PROMPT, parsed_fields, where
 from synthgen.config.stages import StageConfig
 from synthgen.engines.base import GenRequest, prompt_seed
+from synthgen.engines.turns import Turn, engine_turn
 from synthgen.errors import EngineError
 from synthgen.io.schema import RECORD_FIELDS
 from synthgen.stages.base import DROP_COLUMN, Stage
@@ -116,6 +117,7 @@ class StageStep(Stage):
         self.schema = stage_schema(cfg, self.index)
         self.completions: list[Any] = []
         self.engine_seconds = 0.0
+        self.turn: Turn | None = None  # this worker's engine turn the call ran in
 
     @property
     def prompt_tokens(self) -> int:
@@ -160,13 +162,14 @@ class StageStep(Stage):
         requests = [
             GenRequest(pid, chat, seed) for pid, chat, seed in zip(ids, chats, seeds, strict=True)
         ]
-        started = time.perf_counter()
-        completions = (
-            self.engine.generate(requests, self.sampling, guided=self.stage_cfg.guided)
-            if requests
-            else []
-        )
-        self.engine_seconds = time.perf_counter() - started
+        with engine_turn() as self.turn:  # one engine call at a time on this worker
+            started = time.perf_counter()
+            completions = (
+                self.engine.generate(requests, self.sampling, guided=self.stage_cfg.guided)
+                if requests
+                else []
+            )
+            self.engine_seconds = time.perf_counter() - started
         self.completions = list(completions)
         if len(completions) != len(requests) * n:
             raise EngineError(

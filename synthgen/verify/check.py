@@ -27,6 +27,7 @@ from synthgen.cost.meter import worker_price
 from synthgen.cost.prices import Price, cost_of, verification_row
 from synthgen.engines.base import ScoreRequest, ScoringEngine
 from synthgen.engines.cache import get_engine, worker_identity
+from synthgen.engines.turns import engine_turn
 from synthgen.errors import ConfigError, EngineError
 from synthgen.io.checked import ShardWithdrawn, read_checked
 from synthgen.io.layout import DEFAULT_STAGE, RunLayout, StageLayout
@@ -174,10 +175,11 @@ def verify_shard(task: VerifyTask) -> VerifyResult:
             f"verify {run_id}/{task.shard_id}: engine {cfg.model.engine!r} cannot score "
             "completions; disable verify.enabled or use an engine with score()"
         )
-    started_at = datetime.now(UTC)
-    t0 = time.perf_counter()
-    scores = engine.score(requests, cfg.sampling, top_k=vcfg.top_k) if requests else []
-    seconds = time.perf_counter() - t0
+    with engine_turn():  # one engine call at a time on this worker
+        started_at = datetime.now(UTC)
+        t0 = time.perf_counter()
+        scores = engine.score(requests, cfg.sampling, top_k=vcfg.top_k) if requests else []
+        seconds = time.perf_counter() - t0
     verdict = judge(scores, vcfg)
 
     try:  # priced like a generation attempt on this worker

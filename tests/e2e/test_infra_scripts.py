@@ -155,7 +155,7 @@ def test_gpu_worker_script_builds_one_pinned_worker_per_gpu(tmp_path: Path) -> N
             f"CUDA={gpu} TYPE=RTX 4090 PRICE=0.35 ARGS=worker tls://sched.example.org:8786"
         )
         assert f"--name box-gpu{gpu}" in line
-        assert "--nthreads 1" in line and "--resources GPU=1" in line
+        assert "--nthreads 2" in line and "--resources GPU=1" in line
         assert "--dashboard-address 127.0.0.1:0" in line
         assert f"--worker-port {9000 + int(gpu)}" in line
         assert f"--tls-cert {tmp_path / 'tls'}/worker.pem" in line

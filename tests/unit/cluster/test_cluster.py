@@ -142,15 +142,17 @@ def test_local_cluster_kwargs_unchanged() -> None:
 def test_generate_resources_follow_engine_and_override(certs: Path) -> None:
     remote = {"address": "tls://h:8786", "tls": _tls(certs), "gpu_resource": "GPU"}
     vllm = config_from_dict({"model": {"engine": "vllm"}, "cluster": remote})
-    assert generate_resources(vllm) == {"GPU": 1.0}
+    assert generate_resources(vllm) == {"GPU": 0.5}  # cluster.overlap 2: two shards per GPU
+    solo = config_from_dict({"model": {"engine": "vllm"}, "cluster": {**remote, "overlap": 1}})
+    assert generate_resources(solo) == {"GPU": 1.0}
     cuda = config_from_dict({"model": {"device": "cuda"}, "cluster": remote})
-    assert generate_resources(cuda) == {"GPU": 1.0}
+    assert generate_resources(cuda) == {"GPU": 0.5}
     cpu = config_from_dict({"model": {"engine": "fake"}, "cluster": remote})
     assert generate_resources(cpu) is None
     forced = config_from_dict(
         {"model": {"engine": "fake"}, "cluster": {**remote, "gpu_tasks": True, "gpu_resource": "A"}}
     )
-    assert generate_resources(forced) == {"A": 1.0}
+    assert generate_resources(forced) == {"A": 0.5}
     off = config_from_dict({"model": {"engine": "vllm"}, "cluster": {**remote, "gpu_tasks": False}})
     assert generate_resources(off) is None
     # a LocalCluster advertises no resources: asking for one would hang forever
