@@ -81,12 +81,27 @@ class InputConfig(_Section):
 class ShardsConfig(_Section):
     """How prompts are cut into shards, the unit of scheduling, commit, retry and cost."""
 
-    size: PositiveInt = Field(8, description="Prompts per shard (the largest shard if guided).")
+    size: PositiveInt | None = Field(
+        None,
+        description="Prompts per shard (the largest shard if guided); set, it pins the size. "
+        "Unset: sized by work where the engine's speed is known (GPU engines: the slowest "
+        "bundled preset's `tokens_per_s` or the slowest `cost.throughput_hints`; the fake "
+        "engine: its simulated speed): `target_seconds` of engine time per shard, at most "
+        "a quarter of the prompts per expected worker; elsewhere (CPU engines) 8.",
+    )
+    target_seconds: float = Field(
+        180.0,
+        gt=0.0,
+        description="Engine seconds per shard when `size` is unset and the engine's speed is "
+        "known (a few minutes: the per-shard orchestration cost is paid once per shard).",
+    )
     sizing: Literal["uniform", "guided"] = Field(
         "uniform",
         description="uniform: every shard `size` prompts. guided: decreasing sizes so fast "
         "and slow GPUs finish together (benchmarks/hetero_sched.py).",
     )
     expected_workers: PositiveInt = Field(
-        1, description="(guided) workers the sizes are planned for; part of the run's identity."
+        1,
+        description="Workers the sizes are planned for (guided sizing; the cap on work-sized "
+        "shards); part of the run's identity.",
     )

@@ -20,6 +20,8 @@ from synthgen.config.schedule import ScheduleConfig
 from synthgen.config.stages import SelectConfig, StageConfig
 from synthgen.config.verify import VerifyConfig
 
+CPU_SHARD_SIZE = 8  # prompts per shard when `shards.size` is unset and not sized by work
+
 
 class RunConfig(_Section):
     name: str = Field(
@@ -82,7 +84,31 @@ class RunConfig(_Section):
             include={"name", "prompts", "shards", "model", "sampling", "clean", "stages", "select"},
             exclude_defaults=True,
         )
+        shards = data.get("shards", {})
+        if shards.get("size") == CPU_SHARD_SIZE:  # the former default: such runs keep their ids
+            shards.pop("size")
+        if self.shards_by_work():  # unset size means a different plan here: a different run
+            shards["size"] = "work"
+        if shards:
+            data["shards"] = shards
+        else:
+            data.pop("shards", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+    def models(self) -> list[ModelConfig]:
+        """The run's model and every stage's own model."""
+        return [self.model, *(s.model for s in self.stages if s.model is not None)]
+
+    def shards_by_work(self) -> bool:
+        """`shards.size` unset and an engine whose speed is known before it runs (a GPU
+        engine, or the fake engine simulating one): shards are sized by engine time
+        (`synthgen.stages.sizing.shard_size`); otherwise by `CPU_SHARD_SIZE` prompts."""
+        if self.shards.size is not None:
+            return False
+        return any(
+            m.needs_gpu or (m.engine == "fake" and m.fake.seconds_per_token > 0)
+            for m in self.models()
+        )
 
     def public_dict(self) -> dict[str, Any]:
         """The config with every credential shown as `***`: safe for manifests and logs (the

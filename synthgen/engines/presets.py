@@ -55,6 +55,13 @@ class GpuPreset(BaseModel):
         None, gt=0.0, description="KV-cache GiB (kv_cache_memory_bytes). Unset on GPUs."
     )
     enforce_eager: bool | None = Field(None, description="Unset: false (compile).")
+    tokens_per_s: float | None = Field(
+        None,
+        gt=0.0,
+        description="Planning figure: completion tokens/s one worker of this GPU is expected "
+        "to give (batched decoding, a ~8B model). Only sizes default shards "
+        "(`shards.size` unset; the slowest preset's figure); never measured by synthgen.",
+    )
 
     def matches(self, device: DeviceInfo) -> bool:
         if device.kind == "cpu":

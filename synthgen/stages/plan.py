@@ -15,7 +15,7 @@ from synthgen.io.store import Store
 from synthgen.stages.base import Stage
 from synthgen.stages.prompts import PromptRecord, PromptSet, load_prompts
 from synthgen.stages.sharding import Shard, make_shards
-from synthgen.stages.sizing import make_sized_shards, plan_shard_sizes
+from synthgen.stages.sizing import make_sized_shards, plan_shard_sizes, shard_size
 
 PLAN_SCHEMA = pa.schema(
     [
@@ -78,14 +78,13 @@ class PlanStage(Stage):
 
     def process(self, rows: pa.Table) -> pa.Table:
         ids = rows.column("prompt_id").to_pylist()
+        size = shard_size(self.cfg, len(ids))
         if self.cfg.shards.sizing == "guided":
-            sizes = plan_shard_sizes(
-                len(ids), self.cfg.shards.size, self.cfg.shards.expected_workers
-            )
+            sizes = plan_shard_sizes(len(ids), size, self.cfg.shards.expected_workers)
             self.shards = make_sized_shards(ids, sizes)
         else:
             records = [PromptRecord(pid, [], {}, None) for pid in ids]
-            self.shards = make_shards(records, self.cfg.shards.size)
+            self.shards = make_shards(records, size)
         return rows
 
 

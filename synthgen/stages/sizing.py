@@ -1,4 +1,6 @@
-"""Shard sizing for heterogeneous workers (pure functions the flow can call).
+"""Shard sizing: by work (`shard_size`: a few minutes of expected engine time per shard
+when the engine's speed is known), and for heterogeneous workers (pure functions the flow
+can call).
 
 Dask hands a queued task to whichever worker frees a thread first, so fast cards take more
 shards; what is left to control is the tail: the run ends when the slowest card finishes
@@ -12,6 +14,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from synthgen.config import ModelConfig, RunConfig
+from synthgen.config.run import CPU_SHARD_SIZE
+from synthgen.engines.presets import load_presets
 from synthgen.stages.sharding import Shard, shard_id
 
 
@@ -138,3 +143,74 @@ def relative_speeds(workers: Sequence[dict]) -> list[float]:
         return []
     slowest = min(rates)
     return [r / slowest for r in rates]
+
+
+# ----------------------------------------------------------------- shards sized by work
+def expected_tokens_per_s(cfg: RunConfig, model: ModelConfig) -> float | None:
+    """Completion tokens/s one worker is expected to give with `model`, known before it runs:
+    the fake engine's simulated speed; for GPU engines the slowest `cost.throughput_hints`,
+    else the slowest bundled GPU preset's planning figure (`tokens_per_s`); None elsewhere
+    (CPU engines: their speed varies too much with the machine to plan on)."""
+    if model.engine == "fake":
+        spt = model.fake.seconds_per_token
+        return 1.0 / spt if spt > 0 else None
+    if not model.needs_gpu:
+        return None
+    hints = [v for v in cfg.cost.throughput_hints.values() if v > 0]
+    if hints:
+        return min(hints)
+    figures = [
+        p.tokens_per_s
+        for p in load_presets(model.vllm.presets_dir)
+        if p.device == "cuda" and p.tokens_per_s
+    ]
+    return min(figures) if figures else None
+
+
+def _completion_tokens(model: ModelConfig, max_new_tokens: int) -> int:
+    if model.engine == "fake":
+        return min(model.fake.tokens_per_completion, max_new_tokens)
+    return max_new_tokens  # the most a completion may take: shards err on the short side
+
+
+def seconds_per_prompt(cfg: RunConfig) -> float | None:
+    """Expected engine seconds one prompt costs in the run's longest unit (a unit is one
+    stage of a shard; a stage generates for every sample of the stage before it), or None
+    when no stage's engine speed is known."""
+    steps: list[tuple[ModelConfig, int, int]] = []  # (model, max_new_tokens, samples)
+    if not cfg.stages:
+        steps.append((cfg.model, cfg.sampling.max_new_tokens, cfg.sampling.n))
+    for stage in cfg.stages:
+        model = stage.model or cfg.model
+        sp = stage.sampling
+        steps.append(
+            (
+                model,
+                sp.max_new_tokens or cfg.sampling.max_new_tokens,
+                sp.n or cfg.sampling.n,
+            )
+        )
+    longest = None
+    rows = 1  # input rows per prompt of the current stage
+    for model, max_new, n in steps:
+        tps = expected_tokens_per_s(cfg, model)
+        if tps:
+            seconds = rows * n * _completion_tokens(model, max_new) / tps
+            longest = seconds if longest is None else max(longest, seconds)
+        rows *= n
+    return longest
+
+
+def shard_size(cfg: RunConfig, n_prompts: int) -> int:
+    """Prompts per shard (the largest, if guided): `shards.size` when set; sized by work
+    when the engine's speed is known (`RunConfig.shards_by_work`): `shards.target_seconds`
+    of expected engine time, at most a quarter of the prompts per expected worker (so every
+    worker gets shards); `CPU_SHARD_SIZE` otherwise."""
+    if cfg.shards.size is not None:
+        return cfg.shards.size
+    spp = seconds_per_prompt(cfg) if cfg.shards_by_work() else None
+    if not spp:
+        return CPU_SHARD_SIZE
+    by_work = math.floor(cfg.shards.target_seconds / spp)
+    cap = math.ceil(n_prompts / (4 * cfg.shards.expected_workers))
+    return max(1, min(by_work, cap))

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import pytest
 
+from synthgen.config import RunConfig, config_from_dict
+from synthgen.engines.presets import load_presets
 from synthgen.stages.sizing import (
+    expected_tokens_per_s,
     guided_shard_sizes,
     make_sized_shards,
     max_shard_size,
     plan_shard_sizes,
     relative_speeds,
+    seconds_per_prompt,
+    shard_size,
     split_by_sizes,
 )
 
@@ -106,3 +111,78 @@ def test_relative_speeds_from_summary_rows() -> None:
     assert relative_speeds(rows) == [3.0, 1.0]
     assert relative_speeds([]) == []
     assert sum(plan_shard_sizes(100, 50, 2, speeds=relative_speeds(rows))) == 100
+
+
+# ------------------------------------------------------------- shards sized by work (issue 16)
+def _cfg(**over: object) -> RunConfig:
+    data: dict = {
+        "prompts": {"type": "template", "templates": ["t {topic}"], "topics": ["a"]},
+        "sampling": {"max_new_tokens": 256},
+    }
+    for key, value in over.items():
+        node = data
+        *parents, last = key.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return config_from_dict(data)
+
+
+def test_cpu_engines_keep_eight_prompt_shards_and_the_same_run_id() -> None:
+    default = _cfg()  # the embedded default: transformers on this machine's CPU
+    assert not default.shards_by_work()
+    assert shard_size(default, 10_000) == 8
+    fake = _cfg(model__engine="fake")  # no simulated speed: a CPU engine
+    assert shard_size(fake, 10_000) == 8
+    # `size: 8` written out was the default: the run is the same run as before
+    assert _cfg(shards__size=8).run_id == default.run_id
+    assert shard_size(_cfg(shards__size=3), 10_000) == 3
+
+
+def test_gpu_speed_engines_get_minutes_of_work_per_shard() -> None:
+    # the fake engine at 2400 tokens/s, 256-token completions: 0.107 s per prompt
+    fast = _cfg(
+        model__engine="fake",
+        model__fake__seconds_per_token=1 / 2400,
+        model__fake__tokens_per_completion=256,
+    )
+    assert fast.shards_by_work()
+    assert seconds_per_prompt(fast) == pytest.approx(256 / 2400)
+    assert shard_size(fast, 1_000_000) == 1687  # 180 s / (256 / 2400) s
+    assert shard_size(fast, 2560) == 640  # at most a quarter of the prompts per worker
+    two = _cfg(
+        model__engine="fake", model__fake__seconds_per_token=1 / 2400, shards__expected_workers=2
+    )
+    assert shard_size(two, 2560) == 320
+    pinned = _cfg(model__engine="fake", model__fake__seconds_per_token=1 / 2400, shards__size=64)
+    assert not pinned.shards_by_work() and shard_size(pinned, 2560) == 64
+    # sized by work is a different plan: a different run than the pinned default
+    eight = _cfg(model__engine="fake", model__fake__seconds_per_token=1 / 2400, shards__size=8)
+    assert fast.run_id != eight.run_id
+    # vLLM on GPUs: the slowest bundled preset's planning figure, or the slowest hint
+    vllm = _cfg(model__engine="vllm")
+    slowest = min(p.tokens_per_s for p in load_presets() if p.device == "cuda")
+    assert expected_tokens_per_s(vllm, vllm.model) == slowest
+    assert shard_size(vllm, 1_000_000) == int(180 * slowest / 256)
+    hinted = _cfg(model__engine="vllm", cost__throughput_hints={"rtx-4090": 2400, "l4": 900})
+    assert shard_size(hinted, 1_000_000) == int(180 * 900 / 256)
+
+
+def test_multistage_units_are_sized_by_their_longest_stage() -> None:
+    cfg = config_from_dict(
+        {
+            "prompts": {"type": "template", "templates": ["t {topic}"], "topics": ["a"]},
+            "model": {
+                "engine": "fake",
+                "fake": {"seconds_per_token": 0.01, "tokens_per_completion": 16},
+            },
+            "sampling": {"max_new_tokens": 16},
+            "stages": [
+                {"name": "q", "prompt": "{{ prompt }}"},
+                {"name": "a", "prompt": "{{ q }}", "sampling": {"n": 2}},
+                {"name": "j", "prompt": "{{ q }} {{ a }}"},  # 2 rows per prompt by now
+            ],
+        }
+    )
+    assert seconds_per_prompt(cfg) == pytest.approx(2 * 16 * 0.01)
+    assert shard_size(cfg, 100_000) == int(180 / 0.32)
