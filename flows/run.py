@@ -64,10 +64,10 @@ from synthgen.stages.publish import (
     checkpoint,
     collect_garbage,
     commit_publish,
+    digests_of,
     publish_id,
     publish_shard,
     published_as,
-    shard_digests,
 )
 from synthgen.stages.units import (
     all_units,
@@ -151,15 +151,16 @@ class Published:
 
 
 def _finish(
-    cfg: RunConfig, task_config: Opaque, store: Store
+    cfg: RunConfig, task_config: Opaque, store: Store, committed: dict[str, dict[str, Any]]
 ) -> tuple[Published | None, list[str]]:
     """Run-wide dedup and the publish's shard files over every committed shard of the final
     stage: (Published, []), or (None, withdrawn units) when a shard failed its check
     against its commit marker (withdrawn by the check; nothing is published from it). The
-    switch (manifest, card) is the caller's, once the workers' cost rows are in."""
+    switch (manifest, card) is the caller's, once the workers' cost rows are in.
+    `committed`: the final stage's commit markers, read once by the caller (nothing commits
+    while the run finishes; a shard the checks withdraw ends this round)."""
     run_id = cfg.run_id or ""
     final = final_stage(cfg)
-    committed = commit_markers(store, run_id, final)
     extra = None
     if cfg.clean.enabled and (cfg.clean.exact.enabled or cfg.clean.near.enabled):
         dedup = dedup_task.submit(task_config, sorted(committed)).result()
@@ -175,7 +176,7 @@ def _finish(
         extra = {**(extra or {}), "decontamination": bench}
     pid = publish_id(
         cfg,
-        shard_digests(store, run_id, final),
+        digests_of(committed),
         (extra or {}).get("dedup", {}).get("drops_sha256"),
     )
     done = published_as(store, run_id, pid)
@@ -322,12 +323,13 @@ def generate_flow(
     sched = loop.run()
     published = None
     for _ in range(FINISH_ROUNDS):
-        if len(commit_markers(store, cfg.run_id or "", final)) != len(plan_shards):
+        committed = commit_markers(store, cfg.run_id or "", final)
+        if len(committed) != len(plan_shards):
             break  # failed or not started (budget): nothing is published
         # every shard of the final stage committed: run-wide dedup, then publish, both on
         # the cluster; each reads a shard only as its commit marker describes it,
         # withdrawing any that differ
-        published, withdrawn = _finish(cfg, task_config, store)
+        published, withdrawn = _finish(cfg, task_config, store, committed)
         if not withdrawn:
             break
         print(

@@ -34,7 +34,7 @@ from synthgen.cost.prices import (
     usd_per_million,
     worker_table,
 )
-from synthgen.io.attempts import attempt_history
+from synthgen.io.attempts import AttemptName, attempt_history
 from synthgen.io.layout import DEFAULT_STAGE, RunLayout, StageLayout, unit_key
 from synthgen.io.store import Store
 
@@ -128,6 +128,23 @@ def _ts(value: str) -> datetime:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
+def _may_have_lost(store: Store, run_id: str, stage: str) -> bool:
+    """Whether any attempt of `stage` can be lost, from two listings (no file read): a lost
+    attempt belongs to a committed shard and is not the attempt that committed it, so a
+    committed shard with a single attempt marker has none (that attempt wrote its marker
+    before it committed), and an uncommitted shard's attempts are still running."""
+    layout = RunLayout(store, run_id).stage(stage)
+    per_shard: dict[str, int] = {}
+    for name in store.ls(layout.attempts_dir):
+        parsed = AttemptName.parse(name)
+        if parsed is not None:
+            per_shard[parsed.shard_id] = per_shard.get(parsed.shard_id, 0) + 1
+    if all(n == 1 for n in per_shard.values()):
+        return False
+    committed = {n.removesuffix(".json") for n in store.ls(layout.commits_dir)}
+    return any(n > 1 and sid in committed for sid, n in per_shard.items())
+
+
 def lost_rows(store: Store, run_id: str, stage: str = DEFAULT_STAGE) -> list[dict[str, Any]]:
     """Ledger rows for the run's lost attempts that have none yet.
 
@@ -136,6 +153,8 @@ def lost_rows(store: Store, run_id: str, stage: str = DEFAULT_STAGE) -> list[dic
     shard started, priced like that worker's other attempts (price 0, source "unknown", if
     the worker left nothing else). The time is an upper bound of what the dead worker spent.
     """
+    if not _may_have_lost(store, run_id, stage):
+        return []  # the usual end of a run: two listings, no file read
     history = attempt_history(store, run_id, stage)
     ledger = Ledger(RunLayout(store, run_id)).rows().to_pylist()  # every stage's rows
     seen = {(r["shard_id"], int(r["attempt"])) for r in ledger}

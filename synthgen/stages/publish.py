@@ -147,7 +147,12 @@ def publish_id(cfg: RunConfig, shard_digests: dict[str, str], drops_digest: str 
 def shard_digests(store: Store, run_id: str, stage: str = DEFAULT_STAGE) -> dict[str, str]:
     """shard_id -> sha256 of its committed file of `stage` (the run's final stage: what is
     published), from the commit markers."""
-    return {sid: str(m.get("sha256")) for sid, m in commit_markers(store, run_id, stage).items()}
+    return digests_of(commit_markers(store, run_id, stage))
+
+
+def digests_of(markers: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """shard_id -> sha256 of its committed file, from commit markers already read."""
+    return {sid: str(m.get("sha256")) for sid, m in markers.items()}
 
 
 # ------------------------------------------------------------------------------ per shard
@@ -416,6 +421,7 @@ __all__ = [
     "checkpoint",
     "collect_garbage",
     "commit_publish",
+    "digests_of",
     "kept_rows",
     "publish_id",
     "publish_shard",
