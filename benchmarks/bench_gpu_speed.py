@@ -19,6 +19,7 @@ default.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
 import tempfile
@@ -37,6 +38,7 @@ def _moto() -> tuple[object, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     return server, f"http://127.0.0.1:{port}"
