@@ -111,9 +111,12 @@ class GenerateStage(Stage):
 
     name = "generate"
 
-    def __init__(self, cfg: RunConfig, shard_id: str, engine: Any, worker: str) -> None:
+    def __init__(
+        self, cfg: RunConfig, shard_id: str, engine: Any, worker: str, attempt: int = 0
+    ) -> None:
         self.cfg = cfg
         self.shard_id = shard_id
+        self.attempt = attempt
         self.engine = engine
         self.worker = worker
         self.completions: list[Any] = []
@@ -126,7 +129,10 @@ class GenerateStage(Stage):
         requests = [
             GenRequest(p.prompt_id, p.messages, s) for p, s in zip(prompts, seeds, strict=True)
         ]
-        with engine_turn() as self.turn:  # the next shard's call waits for this one only
+        # the next shard's call waits for this one only (not for an abandoned one)
+        with engine_turn(
+            f"{self.name}/{self.shard_id}", self.attempt, self.cfg.cluster.shard_timeout_s
+        ) as self.turn:
             started = time.perf_counter()
             self.completions = self.engine.generate(requests, self.cfg.sampling)
             self.engine_seconds = time.perf_counter() - started
@@ -141,14 +147,14 @@ def after_generate(cfg: RunConfig) -> list[Stage]:
 
 
 def _steps(
-    cfg: RunConfig, store: Store, stage: str, shard_id: str, worker: str
+    cfg: RunConfig, store: Store, stage: str, shard_id: str, worker: str, attempt: int
 ) -> tuple[Any, pa.Table, list[Stage], Any]:
     """(engine, input rows, the stages of this unit on its worker, the generating stage)."""
     run_id = cfg.run_id or ""
     sc = stage_config(cfg, stage)
     engine = get_engine(cfg.model if sc is None or sc.model is None else sc.model)
     if sc is None:  # the one-step run
-        generate: Any = GenerateStage(cfg, shard_id, engine, worker)
+        generate: Any = GenerateStage(cfg, shard_id, engine, worker, attempt)
         return (
             engine,
             read_shard_rows(store, run_id, shard_id),
@@ -161,7 +167,7 @@ def _steps(
         if up is None
         else read_committed_shard(store, run_id, shard_id, up)
     )
-    generate = StageStep(cfg, sc, shard_id, engine, worker)
+    generate = StageStep(cfg, sc, shard_id, engine, worker, attempt)
     # the clean stage's text (default: the final stage's) is filtered and deduplicated in
     # the shard before it is committed; its dropped rows go no further
     after = after_generate(cfg) if stage == clean_stage(cfg) else []
@@ -199,7 +205,7 @@ def run_shard(task: ShardTask) -> ShardResult:
 
     # the engine loads before the attempt's clock starts: load time is the worker's (held)
     # cost, recorded in its worker row, not this shard's
-    engine, rows, steps, generate = _steps(cfg, store, stage, shard_id, worker)
+    engine, rows, steps, generate = _steps(cfg, store, stage, shard_id, worker, attempt)
     meter = AttemptMeter.start(cfg, task.shard_id, attempt, engine.info.device, engine.info.model)
     ledger = Ledger(run_layout)
     counts = Counts()

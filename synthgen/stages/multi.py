@@ -98,9 +98,16 @@ class StageStep(Stage):
     `prompt_tokens`, `completion_tokens`), for the shard's cost meter."""
 
     def __init__(
-        self, cfg: RunConfig, stage_cfg: StageConfig, shard_id: str, engine: Any, worker: str
+        self,
+        cfg: RunConfig,
+        stage_cfg: StageConfig,
+        shard_id: str,
+        engine: Any,
+        worker: str,
+        attempt: int = 0,
     ) -> None:
         self.cfg = cfg
+        self.attempt = attempt
         self.stage_cfg = stage_cfg
         self.name = stage_cfg.name  # type: ignore[misc]  # a stage per configured name
         self.index = cfg.stages.index(stage_cfg)
@@ -162,7 +169,9 @@ class StageStep(Stage):
         requests = [
             GenRequest(pid, chat, seed) for pid, chat, seed in zip(ids, chats, seeds, strict=True)
         ]
-        with engine_turn() as self.turn:  # one engine call at a time on this worker
+        with engine_turn(  # one engine call at a time on this worker
+            f"{self.name}/{self.shard_id}", self.attempt, self.cfg.cluster.shard_timeout_s
+        ) as self.turn:
             started = time.perf_counter()
             completions = (
                 self.engine.generate(requests, self.sampling, guided=self.stage_cfg.guided)

@@ -175,7 +175,7 @@ def verify_shard(task: VerifyTask) -> VerifyResult:
             f"verify {run_id}/{task.shard_id}: engine {cfg.model.engine!r} cannot score "
             "completions; disable verify.enabled or use an engine with score()"
         )
-    with engine_turn():  # one engine call at a time on this worker
+    with engine_turn(abandon_after=cfg.cluster.shard_timeout_s):  # one call at a time
         started_at = datetime.now(UTC)
         t0 = time.perf_counter()
         scores = engine.score(requests, cfg.sampling, top_k=vcfg.top_k) if requests else []

@@ -149,3 +149,37 @@ def test_engine_calls_take_turns_and_charged_windows_do_not_overlap() -> None:
         assert charged_until(t, late) == nxt.started
     assert charged_until(turns[-1], late) == late  # no later turn: charged until it ends
     assert charged_until(None, 5.0) == 5.0
+
+
+def _stuck_holder(key: str, attempt: int) -> tuple[threading.Thread, threading.Event]:
+    """A call holding the engine turn like a stuck GPU call, until released (or WAIT_S)."""
+    held, release = threading.Event(), threading.Event()
+
+    def stuck() -> None:
+        with engine_turn(key, attempt):
+            held.set()
+            release.wait(WAIT_S)
+
+    thread = threading.Thread(target=stuck)
+    thread.start()
+    assert held.wait(WAIT_S)
+    return thread, release
+
+
+def test_a_stuck_call_does_not_stop_its_worker() -> None:
+    # the flow re-ran the shard (attempt 2) on the worker whose attempt 1 is stuck
+    thread, release = _stuck_holder("generate/shard-00000", 1)
+    with engine_turn("generate/shard-00000", 2) as turn:
+        rerun_ran_while_stuck = not release.is_set()
+    assert rerun_ran_while_stuck and turn.attempt == 2
+    release.set()
+    thread.join(WAIT_S)
+    # past the shard timeout, any other unit's call stops waiting for the holder too
+    thread, release = _stuck_holder("generate/shard-00001", 1)
+    with engine_turn("generate/shard-00002", 1, abandon_after=0.1):
+        other_ran_while_stuck = not release.is_set()
+    assert other_ran_while_stuck
+    release.set()
+    thread.join(WAIT_S)
+    with engine_turn("generate/shard-00003", 1):  # and turns go on as before
+        pass
