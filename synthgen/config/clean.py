@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from synthgen.config.base import Section as _Section
 from synthgen.errors import ConfigError
-from synthgen.stages.dedup.lsh import optimal_bands_rows
+from synthgen.stages.dedup.lsh import exact_bands_rows, optimal_bands_rows
 
 
 class ExactDedupConfig(_Section):
@@ -70,6 +70,14 @@ class NearDedupConfig(_Section):
                 )
             return self.bands, self.num_perm // self.bands
         return optimal_bands_rows(self.threshold, self.num_perm)
+
+    def exact_lsh_params(self) -> tuple[int, int]:
+        """(bands, rows) where candidates are verified by exact Jaccard (in-shard, where
+        the texts are at hand): given `bands`, or the most rows per band that still make
+        a pair at the threshold a candidate with probability >= 0.999."""
+        if self.bands is not None:
+            return self.lsh_params()
+        return exact_bands_rows(self.threshold, self.num_perm)
 
 
 class WordCountFilterConfig(_Section):
