@@ -177,3 +177,18 @@ def test_signatures_identical_across_processes() -> None:
     ]
     assert outs[0] == outs[1] == here
     assert len(set(here)) == 3
+
+
+def test_exact_bands_rows_reach_the_recall_target_with_most_rows() -> None:
+    from synthgen.stages.dedup.lsh import exact_bands_rows
+
+    def p_cand(t: float, b: int, r: int) -> float:
+        return 1.0 - (1.0 - t**r) ** b
+
+    for t, perms in ((0.8, 128), (0.5, 128), (0.9, 256)):
+        b, r = exact_bands_rows(t, perms)
+        assert b * r <= perms and b == perms // r
+        assert p_cand(t, b, r) >= 0.999
+        assert p_cand(t, perms // (r + 1), r + 1) < 0.999  # one more row would miss it
+    assert NearDedupConfig(shingle_size=5).exact_lsh_params() == (25, 5)
+    assert NearDedupConfig(bands=16).exact_lsh_params() == (16, 8)  # pinned bands win
