@@ -34,7 +34,8 @@ class NearDedupConfig(_Section):
         0.8,
         gt=0.0,
         lt=1.0,
-        description="Estimated Jaccard at or above which two records are near duplicates.",
+        description="Jaccard of the shingle sets at or above which two records are near "
+        "duplicates (exact; estimated from the signatures against a published index).",
     )
     bands: int | None = Field(
         None, ge=1, description="LSH bands; unset = derived from threshold and num_perm."
