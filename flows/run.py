@@ -40,6 +40,7 @@ from flows.refs import SUMMARY_ARTIFACT_PREFIX, deployment_default_config, resol
 from flows.task_runner import Opaque, SynthgenTaskRunner, unwrap
 from flows.timeouts import ShardTimeouts
 from flows.verify import VerifyGate, cluster_workers, restrict, runner_client, submit_check_task
+from synthgen.checkpoints import checkpoint
 from synthgen.cluster.client import generate_resources
 from synthgen.cluster.preflight import check_output, run_preflight
 from synthgen.config import RunConfig, load_config
@@ -61,7 +62,6 @@ from synthgen.stages.generate import ShardTask, run_shard
 from synthgen.stages.plan import write_plan
 from synthgen.stages.publish import (
     check_owner,
-    checkpoint,
     collect_garbage,
     commit_publish,
     publish_id,
@@ -208,6 +208,23 @@ def _finish(
     return Published(pid, shards, extra), []
 
 
+def _withdrawn_since(
+    cfg: RunConfig, store: Store, sched: Any, plan_shards: list[str]
+) -> list[str] | None:
+    """Before a finishing round: [] when every shard of the final stage is committed; the
+    units to generate again when some are not although the loop ended with none failed or
+    left unstarted (a commit withdrawn since: its marker found unreadable now, removed and
+    logged by `commit_markers`); None when the loop left shards failed or not started
+    (budget): nothing is published."""
+    committed = commit_markers(store, cfg.run_id or "", final_stage(cfg))
+    missing = [sid for sid in plan_shards if sid not in committed]
+    if not missing:
+        return []
+    if sched.failures or sched.not_started or sched.stopped_by is not None:
+        return None
+    return pending_units(cfg, missing, set(committed_units(store, cfg)))
+
+
 def _gpu_annotation(cfg: RunConfig) -> contextlib.AbstractContextManager[Any]:
     """Generate tasks that need a GPU ask for one unit of it: only GPU workers receive them."""
     resources = generate_resources(cfg)
@@ -295,6 +312,7 @@ def generate_flow(
         nonlocal tokens, last_line, reported
         reported += 1
         tokens += res["completion_tokens"]
+        checkpoint("generate.shard_done")
         now = time.perf_counter()
         elapsed = now - started
         # a line per shard, at most one a second (plus the first and last): thousands of
@@ -310,7 +328,6 @@ def generate_flow(
 
     plan_shards = plan_shards if plan_shards is not None else list(shard_ids)
     multi = len(stage_names(cfg)) > 1
-    final = final_stage(cfg)
     loop = ShardLoop(
         shard_ids,
         submit,
@@ -320,16 +337,19 @@ def generate_flow(
         order=all_units(cfg, plan_shards) if multi else None,
     )
     sched = loop.run()
+    checkpoint("generate.done")
     published = None
     for _ in range(FINISH_ROUNDS):
-        if len(commit_markers(store, cfg.run_id or "", final)) != len(plan_shards):
+        withdrawn = _withdrawn_since(cfg, store, sched, plan_shards)
+        if withdrawn is None:
             break  # failed or not started (budget): nothing is published
-        # every shard of the final stage committed: run-wide dedup, then publish, both on
-        # the cluster; each reads a shard only as its commit marker describes it,
-        # withdrawing any that differ
-        published, withdrawn = _finish(cfg, task_config, store)
         if not withdrawn:
-            break
+            # every shard of the final stage committed: run-wide dedup, then publish, both
+            # on the cluster; each reads a shard only as its commit marker describes it,
+            # withdrawing any that differ
+            published, withdrawn = _finish(cfg, task_config, store)
+            if not withdrawn:
+                break
         print(
             f"{len(withdrawn)} committed shard(s) failed their check and were withdrawn "
             f"({', '.join(withdrawn[:5])}{'...' if len(withdrawn) > 5 else ''}); "
@@ -474,6 +494,7 @@ def _execute_leased(
 ) -> dict[str, Any]:
     check_owner(cfg, store)  # another run's dataset here: refuse before any GPU time
     plan = write_plan(cfg, store)
+    checkpoint("run.planned")
     bench = write_benchmark_index(cfg, store)  # hashed once here; the workers load the file
     if bench:
         print(
