@@ -312,7 +312,6 @@ def generate_flow(
         nonlocal tokens, last_line, reported
         reported += 1
         tokens += res["completion_tokens"]
-        checkpoint("generate.shard_done")
         now = time.perf_counter()
         elapsed = now - started
         # a line per shard, at most one a second (plus the first and last): thousands of

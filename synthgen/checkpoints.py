@@ -6,7 +6,6 @@ Dask worker preload, in its worker processes), or one that damages the output th
 The points, in the order a run reaches them:
 
 - `run.planned` (flow): the plan is written, nothing generated yet.
-- `generate.shard_done` (flow): the flow got one generated shard's result.
 - `generate.file_written` (worker): a shard's file is written, its commit marker not yet.
 - `generate.committed` (worker): a shard's commit marker is written, the flow not told yet.
 - `generate.done` (flow): the generate loop ended, run-wide dedup and publish not started.
@@ -23,7 +22,6 @@ from collections.abc import Callable
 
 POINTS = (
     "run.planned",
-    "generate.shard_done",
     "generate.file_written",
     "generate.committed",
     "generate.done",
