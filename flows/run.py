@@ -50,7 +50,7 @@ from synthgen.cost.ledger import record_lost_attempts
 from synthgen.cost.report import manifest_totals
 from synthgen.cost.summary import RunSummary, per_worker
 from synthgen.errors import RunIncomplete
-from synthgen.io.attempts import commit_markers
+from synthgen.io.attempts import commit_markers, withdraw_unreadable
 from synthgen.io.checked import ShardWithdrawn
 from synthgen.io.hub import HubTarget, push_dataset, token_from_env
 from synthgen.io.layout import RunLayout, unit_key
@@ -211,18 +211,18 @@ def _finish(
 def _withdrawn_since(
     cfg: RunConfig, store: Store, sched: Any, plan_shards: list[str]
 ) -> list[str] | None:
-    """Before a finishing round: [] when every shard of the final stage is committed; the
-    units to generate again when some are not although the loop ended with none failed or
-    left unstarted (a commit withdrawn since: its marker found unreadable now, removed and
-    logged by `commit_markers`); None when the loop left shards failed or not started
-    (budget): nothing is published."""
-    committed = commit_markers(store, cfg.run_id or "", final_stage(cfg))
-    missing = [sid for sid in plan_shards if sid not in committed]
-    if not missing:
-        return []
-    if sched.failures or sched.not_started or sched.stopped_by is not None:
-        return None
-    return pending_units(cfg, missing, set(committed_units(store, cfg)))
+    """Before a finishing round: the units to generate again when a commit marker of the
+    final stage turned unreadable since the loop committed it (withdrawn here, logged);
+    else [] when every shard of the final stage is committed, None when not (failed, not
+    started for the budget, or given up by verification): nothing is published."""
+    run_id = cfg.run_id or ""
+    final = final_stage(cfg)
+    plan = set(plan_shards)
+    gone = [sid for sid in withdraw_unreadable(store, run_id, final) if sid in plan]
+    if gone and not (sched.failures or sched.not_started or sched.stopped_by is not None):
+        return pending_units(cfg, gone, set(committed_units(store, cfg)))
+    committed = commit_markers(store, run_id, final)
+    return [] if all(sid in committed for sid in plan_shards) else None
 
 
 def _gpu_annotation(cfg: RunConfig) -> contextlib.AbstractContextManager[Any]:
