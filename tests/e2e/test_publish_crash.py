@@ -1,7 +1,9 @@
 """Publish as a transaction (issue 18): the process running the flow is SIGKILLed mid-publish,
 after the manifest but before the card switch, and after the switch but before the earlier
-files are deleted; readers of the card see the previous dataset whole until the switch, the
-re-run publishes exactly what an uninterrupted run publishes. Local and on the S3 protocol."""
+files are deleted; no process of the killed run remains, readers of the card see the
+previous dataset whole until the switch, the re-run publishes exactly what an uninterrupted
+run publishes. Local and on the S3 protocol. (The earlier boundaries of a run:
+tests/e2e/test_crash_points.py.)"""
 
 from __future__ import annotations
 
