@@ -40,6 +40,7 @@ from flows.refs import SUMMARY_ARTIFACT_PREFIX, deployment_default_config, resol
 from flows.task_runner import Opaque, SynthgenTaskRunner, unwrap
 from flows.timeouts import ShardTimeouts
 from flows.verify import VerifyGate, cluster_workers, restrict, runner_client, submit_check_task
+from synthgen.checkpoints import checkpoint
 from synthgen.cluster.client import generate_resources
 from synthgen.cluster.preflight import check_output, run_preflight
 from synthgen.config import RunConfig, load_config
@@ -49,7 +50,7 @@ from synthgen.cost.ledger import record_lost_attempts
 from synthgen.cost.report import manifest_totals
 from synthgen.cost.summary import RunSummary, per_worker
 from synthgen.errors import RunIncomplete
-from synthgen.io.attempts import commit_markers
+from synthgen.io.attempts import commit_markers, withdraw_unreadable
 from synthgen.io.checked import ShardWithdrawn
 from synthgen.io.hub import HubTarget, push_dataset, token_from_env
 from synthgen.io.layout import RunLayout, unit_key
@@ -61,7 +62,6 @@ from synthgen.stages.generate import ShardTask, run_shard
 from synthgen.stages.plan import write_plan
 from synthgen.stages.publish import (
     check_owner,
-    checkpoint,
     collect_garbage,
     commit_publish,
     publish_id,
@@ -208,6 +208,23 @@ def _finish(
     return Published(pid, shards, extra), []
 
 
+def _withdrawn_since(
+    cfg: RunConfig, store: Store, sched: Any, plan_shards: list[str]
+) -> list[str] | None:
+    """Before a finishing round: the units to generate again when a commit marker of the
+    final stage turned unreadable since the loop committed it (withdrawn here, logged);
+    else [] when every shard of the final stage is committed, None when not (failed, not
+    started for the budget, or given up by verification): nothing is published."""
+    run_id = cfg.run_id or ""
+    final = final_stage(cfg)
+    plan = set(plan_shards)
+    gone = [sid for sid in withdraw_unreadable(store, run_id, final) if sid in plan]
+    if gone and not (sched.failures or sched.not_started or sched.stopped_by is not None):
+        return pending_units(cfg, gone, set(committed_units(store, cfg)))
+    committed = commit_markers(store, run_id, final)
+    return [] if all(sid in committed for sid in plan_shards) else None
+
+
 def _gpu_annotation(cfg: RunConfig) -> contextlib.AbstractContextManager[Any]:
     """Generate tasks that need a GPU ask for one unit of it: only GPU workers receive them."""
     resources = generate_resources(cfg)
@@ -310,7 +327,6 @@ def generate_flow(
 
     plan_shards = plan_shards if plan_shards is not None else list(shard_ids)
     multi = len(stage_names(cfg)) > 1
-    final = final_stage(cfg)
     loop = ShardLoop(
         shard_ids,
         submit,
@@ -320,16 +336,19 @@ def generate_flow(
         order=all_units(cfg, plan_shards) if multi else None,
     )
     sched = loop.run()
+    checkpoint("generate.done")
     published = None
     for _ in range(FINISH_ROUNDS):
-        if len(commit_markers(store, cfg.run_id or "", final)) != len(plan_shards):
+        withdrawn = _withdrawn_since(cfg, store, sched, plan_shards)
+        if withdrawn is None:
             break  # failed or not started (budget): nothing is published
-        # every shard of the final stage committed: run-wide dedup, then publish, both on
-        # the cluster; each reads a shard only as its commit marker describes it,
-        # withdrawing any that differ
-        published, withdrawn = _finish(cfg, task_config, store)
         if not withdrawn:
-            break
+            # every shard of the final stage committed: run-wide dedup, then publish, both
+            # on the cluster; each reads a shard only as its commit marker describes it,
+            # withdrawing any that differ
+            published, withdrawn = _finish(cfg, task_config, store)
+            if not withdrawn:
+                break
         print(
             f"{len(withdrawn)} committed shard(s) failed their check and were withdrawn "
             f"({', '.join(withdrawn[:5])}{'...' if len(withdrawn) > 5 else ''}); "
@@ -474,6 +493,7 @@ def _execute_leased(
 ) -> dict[str, Any]:
     check_owner(cfg, store)  # another run's dataset here: refuse before any GPU time
     plan = write_plan(cfg, store)
+    checkpoint("run.planned")
     bench = write_benchmark_index(cfg, store)  # hashed once here; the workers load the file
     if bench:
         print(

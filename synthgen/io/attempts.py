@@ -84,18 +84,31 @@ def commit_markers(
 ) -> dict[str, dict[str, Any]]:
     """shard_id -> commit marker, for every committed shard of the run's `stage`. A marker
     that is not a usable commit marker (garbage, no sha256 or row count) is withdrawn."""
+    return _read_commits(store, run_id, stage)[0]
+
+
+def withdraw_unreadable(store: Store, run_id: str, stage: str = DEFAULT_STAGE) -> list[str]:
+    """Withdraw every commit marker of `stage` that is not a usable one (logged, as by
+    `commit_markers`); returns their shard ids (sorted), the shards to generate again."""
+    return sorted(_read_commits(store, run_id, stage)[1])
+
+
+def _read_commits(
+    store: Store, run_id: str, stage: str
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
     layout = RunLayout(store, run_id).stage(stage)
-    out = {}
+    out, withdrawn = {}, []
     for name in store.ls(layout.commits_dir):
         if name.endswith(".json"):
             shard_id = name.removesuffix(".json")
             try:
                 marker = read_marker(store, run_id, shard_id, stage)
             except ShardWithdrawn:  # a garbage marker: withdrawn (logged), not committed
+                withdrawn.append(shard_id)
                 continue
             if marker is not None:
                 out[shard_id] = marker
-    return out
+    return out, withdrawn
 
 
 def attempt_history(store: Store, run_id: str, stage: str = DEFAULT_STAGE) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from synthgen.checkpoints import checkpoint
 from synthgen.config import RunConfig
 from synthgen.config.multistage import clean_stage
 from synthgen.cost.ledger import Ledger
@@ -235,6 +236,7 @@ def run_shard(task: ShardTask) -> ShardResult:
                 ledger_exc,
             )
         raise
+    checkpoint("generate.file_written")
     row = meter.finish_in(ledger, counts, "succeeded")  # written before the commit marker
     result = ShardResult(
         run_id=run_id,
@@ -275,4 +277,5 @@ def run_shard(task: ShardTask) -> ShardResult:
     # first commit wins: a concurrent attempt (a timed-out one returning late) never replaces it
     if not store.create_bytes(marker, json.dumps(commit, indent=2, sort_keys=True).encode()):
         return ShardResult(**{**result.as_dict(), "status": "superseded"})
+    checkpoint("generate.committed")
     return result
