@@ -34,6 +34,7 @@ from prefect.context import FlowRunContext
 from flows.loop import Gate
 from flows.task_runner import Opaque, unwrap
 from synthgen.config import RunConfig
+from synthgen.io.checked import ShardWithdrawn, read_marker
 from synthgen.io.layout import RunLayout, split_key, unit_key
 from synthgen.io.store import Store
 from synthgen.stages.units import committed_units, stage_names, upstream
@@ -241,6 +242,23 @@ class VerifyGate(Gate):
                     print(f"unit {unit} retracted: it read {sid}, which {why}")
                     self.out.retracted.append(unit)
 
+    def _check_committed(self, sid: str, seen: int) -> None:
+        """An accepted unit whose check found another attempt committed (a superseded
+        attempt reported the winner under its own number): check the committed one."""
+        if sid not in self.accepted:
+            return
+        stage, shard = split_key(sid)
+        try:
+            marker = read_marker(self.store, self.run_id, shard, stage)
+        except ShardWithdrawn:
+            marker = None
+        if marker is None:
+            return
+        res = {**marker["result"], "shard_id": sid}
+        if int(res["attempt"]) != seen and not self._checked(sid, res):
+            self.accepted[sid] = res
+            self._verify(res)
+
     def _checked(self, sid: str, res: dict[str, Any]) -> bool:
         return self.store.exists(verify_path(self.store, self.run_id, sid, int(res["attempt"])))
 
@@ -301,7 +319,8 @@ class VerifyGate(Gate):
             f"{check['verifier']}: {status}"
             + (f" z={check['z']:.1f}" if check.get("z") is not None else "")
         )
-        if status == "stale":  # a newer attempt (or none) is committed: its own check decides
+        if status == "stale":  # another attempt (or none) is committed: check that one
+            self._check_committed(shard_id, int(check["attempt"]))
             return
         if status == "withdrawn":  # its file no longer matches its commit: not the worker's
             self.accepted.pop(shard_id, None)

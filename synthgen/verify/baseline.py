@@ -29,13 +29,14 @@ import pyarrow as pa
 from synthgen.config import ModelConfig, RunConfig, SamplingConfig
 from synthgen.config.multistage import COMPLETION_IDS, SAMPLE_INDEX
 from synthgen.config.stages import GuidedConfig
+from synthgen.engines.base import ScoreRequest
 from synthgen.io.checked import read_checked
 from synthgen.io.store import Store
 from synthgen.stages.multi import StageStep, stage_request_seed, stage_sampling
 from synthgen.stages.plan import read_shard_rows
 from synthgen.stages.units import stage_config, upstream
 
-__all__ = ["COMPLETION_IDS", "Baseline", "single_step", "stage_baseline"]
+__all__ = ["COMPLETION_IDS", "Baseline", "score_requests", "single_step", "stage_baseline"]
 
 _MAX_LISTED = 3  # mismatching rows named in a reason
 
@@ -134,3 +135,25 @@ def stage_baseline(
         )
     out.chats = chats
     return out
+
+
+def score_requests(table: pa.Table, base: Baseline) -> list[ScoreRequest]:
+    """One scoring request per row that has a completion to score (a rejected prompt has
+    none): the baseline's chat (else the recorded one), the completion text, and the
+    sampled token ids where the shard keeps them (a guided stage's `completion_ids`)."""
+    ids = (
+        table.column(COMPLETION_IDS).to_pylist()
+        if COMPLETION_IDS in table.column_names
+        else [None] * table.num_rows
+    )
+    chats = (
+        base.chats
+        if base.chats is not None
+        else [json.loads(m) for m in table.column("messages").to_pylist()]
+    )
+    rows = table.select(["prompt_id", "completion", "drop_reason"]).to_pylist()
+    return [
+        ScoreRequest(r["prompt_id"], chat, r["completion"], completion_ids=tok)
+        for r, chat, tok in zip(rows, chats, ids, strict=True)
+        if r["drop_reason"] != "rejected_prompt"
+    ]

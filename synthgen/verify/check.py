@@ -18,7 +18,6 @@ since it read it is retracted (`retract_shard`), not judged.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -31,14 +30,14 @@ from synthgen.config import RunConfig
 from synthgen.cost.ledger import Ledger
 from synthgen.cost.meter import worker_price
 from synthgen.cost.prices import Price, cost_of, verification_row
-from synthgen.engines.base import ScoreRequest, ScoringEngine
+from synthgen.engines.base import ScoringEngine
 from synthgen.engines.cache import get_engine, worker_identity
 from synthgen.errors import ConfigError, EngineError
 from synthgen.io.checked import ShardWithdrawn, read_checked, read_marker
 from synthgen.io.layout import RunLayout, StageLayout, split_key
 from synthgen.io.store import Store
 from synthgen.stages.generate import stale_upstream
-from synthgen.verify.baseline import COMPLETION_IDS, single_step, stage_baseline
+from synthgen.verify.baseline import score_requests, single_step, stage_baseline
 from synthgen.verify.sample import choose_sample, new_sample_seed
 from synthgen.verify.verdict import judge
 
@@ -213,28 +212,9 @@ def verify_shard(task: VerifyTask) -> VerifyResult:
     # the honest baseline: the stage's model, sampling, constraint, and the prompts the stage
     # renders from the committed upstream rows (a one-step run: the run's, as recorded)
     base = stage_baseline(cfg, store, stage, shard_id, table) if cfg.stages else single_step(cfg)
-    ids = (
-        table.column(COMPLETION_IDS).to_pylist()
-        if COMPLETION_IDS in table.column_names
-        else [None] * table.num_rows
-    )
-    chats = base.chats or [json.loads(m) for m in table.column("messages").to_pylist()]
-    rows = [
-        (r, chat, tok)
-        for r, chat, tok in zip(
-            table.select(["prompt_id", "completion", "drop_reason"]).to_pylist(),
-            chats,
-            ids,
-            strict=True,
-        )
-        if r["drop_reason"] != "rejected_prompt"
-    ]
+    rows = score_requests(table, base)
     seed = new_sample_seed(vcfg)
-    picked = [rows[i] for i in choose_sample(len(rows), vcfg, seed)]
-    requests = [
-        ScoreRequest(r["prompt_id"], chat, r["completion"], completion_ids=tok)
-        for r, chat, tok in picked
-    ]
+    requests = [rows[i] for i in choose_sample(len(rows), vcfg, seed)]
     engine = get_engine(base.model)
     if not isinstance(engine, ScoringEngine):
         raise EngineError(

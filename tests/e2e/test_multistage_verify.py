@@ -152,3 +152,20 @@ def test_a_worker_cheating_in_the_second_stage_is_caught_excluded_and_redone(
     for row in table.to_pylist():
         assert row["response"] not in TEXT_POOL
         assert row["response"] in json.loads(row["judge.messages"])[-1]["content"]
+
+
+def test_a_resumed_run_checks_every_stage_an_earlier_session_committed(tmp_path, prefect_api):
+    out = tmp_path / "out"
+    cfg = fake_config(
+        str(out), prompts__limit=6, shards__size=2, cluster__n_workers=2, stages=STAGES
+    )
+    cfg_path = write_config(tmp_path / "c.yaml", cfg)
+    first = synthgen_run(config=cfg_path)
+    assert first["status"] == "complete" and first["verification"] is None
+    second = synthgen_run(config=cfg_path, overrides=["verify.enabled=true", "verify.min_tokens=4"])
+    assert second["run_id"] == first["run_id"] and second["shards_generated"] == 0
+    v = second["verification"]
+    assert v["statuses"] == {"pass": 9} and v["flagged_workers"] == []
+    run_dir = out / "runs" / first["run_id"]
+    for name in NAMES:
+        assert len(list((_stage_dir(run_dir, name) / "verify").glob("shard-*.json"))) == 3
