@@ -205,3 +205,50 @@ def test_commit_markers_record_the_upstream_commit_they_read(tmp_path, stage):
         prev = "instruction" if stage == "response" else "response"
         up = store.read_json(_layout(store, cfg, prev).commit(SHARD))
         assert marker["upstream"] == {"stage": prev, "attempt": 1, "sha256": up["sha256"]}
+
+
+class _Loop:
+    """What VerifyGate calls on the generate loop, recorded."""
+
+    def __init__(self) -> None:
+        self.shard_ids: list[str] = []
+        self.calls: list[tuple[str, str]] = []
+
+    def requeue(self, unit: str) -> None:
+        self.calls.append(("requeue", unit))
+
+    def cancel(self, unit: str) -> None:
+        self.calls.append(("cancel", unit))
+
+    def advance(self, unit: str) -> None:
+        self.calls.append(("advance", unit))
+
+    def track(self, unit: str, fut: Any) -> None:
+        self.calls.append(("track", unit))
+
+
+def test_a_unit_quarantined_after_its_later_stages_ran_retracts_them(tmp_path):
+    from flows.verify import VerifyGate
+
+    cfg, data, store = _run(tmp_path)
+    gate = VerifyGate(cfg, data, lambda res, workers: None, lambda: ["w1", "w2"], store)
+    loop = _Loop()
+    gate.bind(loop)  # type: ignore[arg-type]
+    first = f"instruction:{SHARD}"
+    gate.accepted[first] = store.read_json(_layout(store, cfg, "instruction").commit(SHARD))[
+        "result"
+    ]
+    # its worker is flagged after the shard's later stages committed from it
+    gate._distrust(first, {**gate.accepted[first], "shard_id": first})
+    for stage in ("response", "judge"):
+        layout = _layout(store, cfg, stage)
+        assert not store.exists(layout.commit(SHARD)), stage
+        audit = store.read_json(store.path(layout.quarantine_dir, f"{SHARD}.a1.json"))
+        assert audit["verdict"]["status"] == "retracted"
+        assert first in audit["verdict"]["reasons"][0]
+        assert ("cancel", f"{stage}:{SHARD}") in loop.calls
+    assert gate.out.retracted == [f"response:{SHARD}", f"judge:{SHARD}"]
+    assert ("requeue", first) in loop.calls  # the first stage is generated again
+    # the later stages wait for it: they are not queued until it passes its check
+    assert ("requeue", f"response:{SHARD}") not in loop.calls
+    assert gate.holds(first)
