@@ -12,9 +12,12 @@ by gates, which compose: every gate is asked, every gate hears every event.
   on_failure(shard, err)  a shard failed for good (budget)
   on_check(shard, check)  a check future a gate submitted through `track` returned
   on_tick()               every `tick_s` while anything runs (shard timeout)
+  holds(unit)             -> True: the unit's successor waits for the gate's `advance`
+                          (verification: a stage's output is read once it passed its check)
 
 Gates act on the loop through `requeue` (run the shard again, admitted like any other),
-`resubmit` (a new attempt now, the running one abandoned), `fail` and `track`. The loop
+`resubmit` (a new attempt now, the running one abandoned), `fail`, `track`, `advance`
+(queue a committed unit's successor) and `cancel` (forget a unit: queued or running). The loop
 knows nothing of Prefect: futures need `add_done_callback(fn)` and `result()`.
 """
 
@@ -58,6 +61,9 @@ class Gate:
 
     def on_tick(self) -> None:
         pass
+
+    def holds(self, shard_id: str) -> bool:
+        return False
 
 
 @dataclass
@@ -130,6 +136,17 @@ class ShardLoop:
         for gate in self.gates:
             gate.on_failure(shard_id, error)
 
+    def advance(self, shard_id: str) -> None:
+        """Queue the unit that reads `shard_id`'s output (multi-stage runs), if any."""
+        nxt = self.successor(shard_id) if self.successor is not None else None
+        if nxt is not None and nxt not in self.current and nxt not in self.queue:
+            self.queue.insert(0, nxt)
+
+    def cancel(self, shard_id: str) -> None:
+        """Forget the unit: out of the queue, its running attempt (if any) abandoned."""
+        self.current.pop(shard_id, None)
+        self.queue = [s for s in self.queue if s != shard_id]
+
     def track(self, shard_id: str, future: Any) -> None:
         """A check future (submitted by a gate): its gates' on_check hears it when done."""
         self.checks[future] = shard_id
@@ -198,12 +215,11 @@ class ShardLoop:
             self._report(res)
         for gate in self.gates:
             gate.on_result(shard_id, res)
-        nxt = self.successor(shard_id) if self.successor is not None else None
         committed = res.get("status") in ("done", "skipped", "superseded")
         taken_back = shard_id in self.current or shard_id in self.queue  # e.g. verification
-        if nxt is not None and committed and not taken_back:
-            if nxt not in self.current and nxt not in self.queue:
-                self.queue.insert(0, nxt)  # the unit committed: its next stage may start
+        held = any(gate.holds(shard_id) for gate in self.gates)
+        if committed and not taken_back and not held:
+            self.advance(shard_id)  # the unit committed: its next stage may start
 
     def run(self) -> LoopResult:
         for gate in self.gates:

@@ -41,7 +41,7 @@ from flows.task_runner import Opaque, SynthgenTaskRunner, unwrap
 from flows.timeouts import ShardTimeouts
 from flows.verify import VerifyGate, cluster_workers, restrict, runner_client, submit_check_task
 from synthgen.checkpoints import checkpoint
-from synthgen.cluster.client import generate_resources
+from synthgen.cluster.client import unit_resources
 from synthgen.cluster.preflight import check_output, run_preflight
 from synthgen.config import RunConfig, load_config
 from synthgen.config.multistage import clean_stage
@@ -53,7 +53,7 @@ from synthgen.errors import RunIncomplete
 from synthgen.io.attempts import commit_markers, withdraw_unreadable
 from synthgen.io.checked import ShardWithdrawn
 from synthgen.io.hub import HubTarget, push_dataset, token_from_env
-from synthgen.io.layout import RunLayout, unit_key
+from synthgen.io.layout import RunLayout, split_key, unit_key
 from synthgen.io.lease import RunLease
 from synthgen.io.store import Store
 from synthgen.stages.decontam import benchmark_summary, write_benchmark_index
@@ -225,12 +225,33 @@ def _withdrawn_since(
     return [] if all(sid in committed for sid in plan_shards) else None
 
 
-def _gpu_annotation(cfg: RunConfig) -> contextlib.AbstractContextManager[Any]:
-    """Generate tasks that need a GPU ask for one unit of it: only GPU workers receive them."""
-    resources = generate_resources(cfg)
+def _gpu_annotation(
+    cfg: RunConfig, unit: str | None = None
+) -> contextlib.AbstractContextManager[Any]:
+    """A unit's tasks ask for its stage's resources (a GPU, `stages[i].resources`): only
+    workers that advertise them receive them."""
+    resources = unit_resources(cfg, unit)
     if resources:
         return dask.annotate(resources=resources)
     return contextlib.nullcontext()
+
+
+def _placeable(cfg: RunConfig, unit: str, workers: list[str]) -> None:
+    """LookupError (the unit fails with it, naming its stage) when no worker of the cluster
+    advertises the resources the unit needs: its task would wait forever."""
+    resources = unit_resources(cfg, unit)
+    if resources and not workers:
+        stage = split_key(unit)[0]
+        named = next(
+            (f"stages[{i}] ({stage})" for i, s in enumerate(cfg.stages) if s.name == stage),
+            f"stage {stage}",
+        )
+        raise LookupError(
+            f"{named} needs worker resources {resources} and no worker of the cluster "
+            "advertises them (start one with `dask worker ... --resources "
+            + ",".join(f"{k}={v:g}" for k, v in resources.items())
+            + "`, or change the stage's `resources`)"
+        )
 
 
 def _backoff(cfg: RunConfig) -> list[float]:
@@ -276,15 +297,22 @@ def generate_flow(
     slots = start_usage(cfg, run_started_at)  # workers are held (and billed) from here
     started = time.perf_counter()
     store = Store(cfg.output)
-    resources = generate_resources(cfg)  # verify tasks load the same engine
+    placed = any(s.resources for s in cfg.stages)  # stages placed on their own workers
+
+    def able(unit: str | None = None) -> list[str]:
+        """The workers that may run (and verify) `unit`: those with its resources."""
+        return cluster_workers(runner_client(), unit_resources(cfg, unit))
 
     def submit(sid: str, avoid: set[str] | None, priority: int) -> Any:
         # plan order first (priority): with guided sizing the big shards start early;
         # `avoid`: workers flagged by verification (restricted to the others)
         allowed = None
-        if avoid:
-            allowed = [w for w in cluster_workers(runner_client(), resources) if w not in avoid]
-        with _gpu_annotation(cfg), restrict(allowed, priority):
+        if avoid or placed:
+            workers = able(sid)
+            _placeable(cfg, sid, workers)
+            if avoid:
+                allowed = [w for w in workers if w not in avoid]
+        with _gpu_annotation(cfg, sid), restrict(allowed, priority):
             return gen.submit(task_config, sid)
 
     # gates: budget (admission), shard timeout (ticks), verification (checks, exclusions)
@@ -297,9 +325,10 @@ def generate_flow(
         verify = VerifyGate(
             cfg,
             config,
-            submit_check_task(task_config, lambda: _gpu_annotation(cfg)),
-            lambda: cluster_workers(runner_client(), resources),
+            submit_check_task(task_config, lambda unit: _gpu_annotation(cfg, unit)),
+            able,
             store,
+            workers_for=able,
         )
         gates.append(verify)
 

@@ -138,10 +138,43 @@ def after_generate(cfg: RunConfig) -> list[Stage]:
     return [*decontam_stages(cfg), CleanStage(cfg.clean)]
 
 
+def upstream_ref(marker: dict[str, Any], stage: str) -> dict[str, Any]:
+    """What a unit's commit marker records of the upstream commit it read."""
+    return {
+        "stage": stage,
+        "attempt": marker.get("result", {}).get("attempt"),
+        "sha256": marker.get("sha256"),
+    }
+
+
+def stale_upstream(
+    store: Store, run_id: str, cfg: RunConfig, stage: str, shard_id: str, marker: dict[str, Any]
+) -> str | None:
+    """Why the committed unit `stage:shard_id` (its `marker`) no longer rests on its upstream
+    (the upstream shard was quarantined or generated again since), or None. A marker that
+    records no upstream (the first stage, a one-step run, older runs) is never stale."""
+    ref = marker.get("upstream")
+    if not ref:
+        return None
+    try:
+        now = read_marker(store, run_id, shard_id, ref["stage"])
+    except ShardWithdrawn:
+        now = None
+    if now is None:
+        return f"its upstream {ref['stage']}:{shard_id} is no longer committed"
+    if now.get("sha256") != ref.get("sha256"):
+        return (
+            f"it read attempt {ref.get('attempt')} of {ref['stage']}:{shard_id}, since replaced "
+            f"by attempt {now.get('result', {}).get('attempt')}"
+        )
+    return None
+
+
 def _steps(
     cfg: RunConfig, store: Store, stage: str, shard_id: str, worker: str
-) -> tuple[Any, pa.Table, list[Stage], Any]:
-    """(engine, input rows, the stages of this unit on its worker, the generating stage)."""
+) -> tuple[Any, pa.Table, list[Stage], Any, dict[str, Any] | None]:
+    """(engine, input rows, the stages of this unit on its worker, the generating stage,
+    the upstream commit it reads or None)."""
     run_id = cfg.run_id or ""
     sc = stage_config(cfg, stage)
     engine = get_engine(cfg.model if sc is None or sc.model is None else sc.model)
@@ -152,18 +185,20 @@ def _steps(
             read_shard_rows(store, run_id, shard_id),
             [generate, *after_generate(cfg)],
             generate,
+            None,
         )
     up = upstream(cfg, stage)
-    rows = (
-        read_shard_rows(store, run_id, shard_id)
-        if up is None
-        else read_committed_shard(store, run_id, shard_id, up)
-    )
+    ref = None
+    if up is None:
+        rows = read_shard_rows(store, run_id, shard_id)
+    else:
+        checked = read_checked(store, run_id, shard_id, up)
+        rows, ref = checked.table, upstream_ref(checked.marker, up)
     generate = StageStep(cfg, sc, shard_id, engine, worker)
     # the clean stage's text (default: the final stage's) is filtered and deduplicated in
     # the shard before it is committed; its dropped rows go no further
     after = after_generate(cfg) if stage == clean_stage(cfg) else []
-    return engine, rows, [generate, *after], generate
+    return engine, rows, [generate, *after], generate, ref
 
 
 def run_shard(task: ShardTask) -> ShardResult:
@@ -177,6 +212,11 @@ def run_shard(task: ShardTask) -> ShardResult:
     try:
         done = read_marker(store, run_id, shard_id, stage)
     except ShardWithdrawn:  # a garbage marker (withdrawn, logged): generate the shard again
+        done = None
+    stale = None if done is None else stale_upstream(store, run_id, cfg, stage, shard_id, done)
+    if stale is not None:  # committed from an upstream shard that was replaced since
+        log.warning("run %s: unit %s is generated again: %s", run_id, task.shard_id, stale)
+        store.rm(marker)
         done = None
     if done is not None:
         return ShardResult(**{**done["result"], "status": "skipped"})
@@ -197,7 +237,7 @@ def run_shard(task: ShardTask) -> ShardResult:
 
     # the engine loads before the attempt's clock starts: load time is the worker's (held)
     # cost, recorded in its worker row, not this shard's
-    engine, rows, steps, generate = _steps(cfg, store, stage, shard_id, worker)
+    engine, rows, steps, generate, up_ref = _steps(cfg, store, stage, shard_id, worker)
     meter = AttemptMeter.start(cfg, task.shard_id, attempt, engine.info.device, engine.info.model)
     ledger = Ledger(run_layout)
     counts = Counts()
@@ -274,6 +314,8 @@ def run_shard(task: ShardTask) -> ShardResult:
         "rows": table.num_rows,
         "result": result.as_dict(),
     }
+    if up_ref is not None:  # a later stage: the upstream commit its rows come from
+        commit["upstream"] = up_ref
     # first commit wins: a concurrent attempt (a timed-out one returning late) never replaces it
     if not store.create_bytes(marker, json.dumps(commit, indent=2, sort_keys=True).encode()):
         return ShardResult(**{**result.as_dict(), "status": "superseded"})

@@ -253,3 +253,66 @@ def test_the_loop_runs_again_for_requeued_shards_with_the_same_gates(tmp_path) -
     assert again is first and len(again.results) == 5  # one LoopResult, results accumulate
     assert [a for s, _, a in sim.submitted if s == "shard-00002"] == [1, 2]
     assert budget.gate.spent_usd == pytest.approx(1.25)
+
+
+def test_verify_holds_a_units_next_stage_until_it_passed_and_redoes_it_after_a_cheat(
+    tmp_path,
+) -> None:
+    """Two stages: `b:S` starts only after `a:S` passed its check; a cheating `b:S` (w1) is
+    regenerated on w2, and the final stage's accepted units all come from w2."""
+    from synthgen.stages.units import all_units, next_unit
+
+    cfg = _cfg(
+        tmp_path,
+        verify__enabled=True,
+        verify__exclude_flagged_workers=False,
+        stages=[{"name": "a", "prompt": "{{ prompt }}"}, {"name": "b", "prompt": "{{ a }}"}],
+    )
+    sim = Cluster()
+    events: list[tuple[str, str]] = []
+    submit_check = sim.check(fail_on=None)
+
+    def check(res: dict[str, Any], verifiers: list[str]) -> Fut:
+        events.append(("check", res["shard_id"]))
+        if res["shard_id"].startswith("b:") and res["worker"] == "w1" and res["attempt"] == 1:
+            fut = Fut()
+            fut.finish(
+                {
+                    "shard_id": res["shard_id"],
+                    "attempt": 1,
+                    "generator": "w1",
+                    "verifier": verifiers[0],
+                    "status": "fail",
+                    "reasons": ["cheat"],
+                }
+            )
+            return fut
+        return submit_check(res, verifiers)
+
+    def submit(sid: str, avoid: set[str] | None, priority: int) -> Fut:
+        events.append(("start", sid))
+        return sim.submit(sid, avoid, priority)
+
+    verify = VerifyGate(
+        cfg, cfg.model_dump(mode="json"), check, lambda: sim.workers, Store(cfg.output)
+    )
+    shards = SHARDS[:4]
+    loop = ShardLoop(
+        [f"a:{s}" for s in shards],
+        submit,
+        [verify],
+        successor=lambda key: next_unit(cfg, key),
+        order=all_units(cfg, shards),
+    )
+    out = loop.run()
+    vrun = verify.finish(out.failures)
+    assert not vrun.failures
+    for s in shards:  # b:S started only after a:S was checked (and passed)
+        assert events.index(("check", f"a:{s}")) < events.index(("start", f"b:{s}"))
+    cheated = [q["shard_id"] for q in vrun.quarantined]
+    assert cheated and all(u.startswith("b:") for u in cheated)
+    redone = [(s, w, a) for s, w, a in sim.submitted if s in cheated and a == 2]
+    assert len(redone) == len(cheated) and all(w == "w2" for _, w, _ in redone)
+    finals = {r["shard_id"]: r for r in vrun.results if r["shard_id"].startswith("b:")}
+    assert sorted(finals) == [f"b:{s}" for s in shards]
+    assert all(finals[u]["worker"] == "w2" for u in cheated)
