@@ -16,10 +16,12 @@ summary names it. A worker that missed a deadline and has not been heard from by
 scheduler for `SILENT_S` (frozen, partitioned) is removed from the scheduler at once
 (`remove_worker`), as its TTL would much later: Dask re-routes the shards queued on it.
 
-Stragglers (`cluster.speculation`): once no unstarted shard remains, an idle worker runs a
-backup copy of the running shard whose expected remaining time on its worker is longest,
-when that is more than `SPECULATION_GAIN` x the copy's expected time on the idle worker
-(MapReduce's backup tasks); the first to return is the shard's result (the first commit
+Stragglers (`cluster.speculation`): once no shard is left to submit, an idle worker runs a
+copy of a shard queued behind a busy worker (submitted `WAITING_S` ago and not started:
+free if the copy commits first, the original then finds the shard committed), else a backup
+copy of the running shard whose expected remaining time on its worker is longest, when that
+is more than `SPECULATION_GAIN` x the copy's expected time on the idle worker (MapReduce's
+backup tasks); the first to return is the shard's result (the first commit
 wins, as always), the loser is cancelled (a copy not yet started never runs; one running
 finds the shard committed and writes nothing) and its cost is on the ledger with the error
 `speculation: ...`. At most `cluster.speculation_max_fraction` of the run's shards get one.
@@ -75,7 +77,8 @@ def remove_silent_workers(client: Any, suspects: list[str], silent_s: float) -> 
     return gone
 
 
-SPECULATION_GAIN = 1.5  # a backup copy must be expected to finish this much sooner
+SPECULATION_GAIN = 1.2  # a backup copy must be expected to finish this much sooner
+WAITING_S = 2.0  # a shard submitted this long ago and not started is queued behind a worker
 
 
 def speculation_enabled(cfg: RunConfig) -> bool:
@@ -136,9 +139,12 @@ class ShardTimeouts(Gate):
             # a few generations per worker in flight: a flag applies to shards not yet started
             self.window = max(2, 2 * len(workers()))
         self.speculation = speculation_enabled(cfg) and workers is not None
+        if self.speculation:  # a straggler is caught early in its attempt, or not worth it
+            self.tick_s = min(self.tick_s, 1.0)
         units = max(1, len(self.policy.prompts) * len(stage_names(cfg)))
         self.max_copies = max(1, int(c.speculation_max_fraction * units))
         self.copies: dict[str, tuple[str, str]] = {}  # unit -> (slow worker, copy's worker)
+        self.unstarted: dict[str, float] = {}  # unit -> first tick it was seen not started
 
     # -- submission --------------------------------------------------------------------
     def avoid(self, shard_id: str) -> set[str]:
@@ -246,7 +252,9 @@ class ShardTimeouts(Gate):
         if len(self.copies) >= self.max_copies:
             return
         running: dict[str, tuple[str, float]] = {}  # unit -> (worker, elapsed)
+        waiting: list[str] = []  # submitted a while ago, not started: queued behind a worker
         busy = {self.copies[u][0] for u in self.loop.backups if u in self.copies}
+        now = time.monotonic()
         for unit in self.loop.current:
             stage, shard = split_key(unit)
             watch = self.watches.get(stage)
@@ -254,14 +262,34 @@ class ShardTimeouts(Gate):
             elapsed = watch.elapsed(shard) if watch is not None else None
             if worker:
                 busy.add(worker)
-            if worker and elapsed is not None and unit not in self.loop.backups:
+            if unit in self.loop.backups:
+                continue
+            if worker and elapsed is not None:
                 running[unit] = (worker, elapsed)
+            elif now - self.unstarted.setdefault(unit, now) >= WAITING_S:
+                waiting.append(unit)
+        for unit in [u for u in self.unstarted if u not in self.loop.current]:
+            del self.unstarted[unit]
         idle = [
             w
             for w in self.workers()
             if w not in busy and w not in self.flagged and w not in self.suspects
         ]
         everyone = set(self.workers())
+        # a shard queued behind a busy worker first: if the copy commits before it starts,
+        # it finds the shard committed and costs nothing
+        for unit in waiting:
+            if not idle or len(self.copies) >= self.max_copies:
+                return
+            stage, _ = split_key(unit)
+            best = max(idle, key=lambda w: self.policy.tokens_per_s(stage, w) or 0.0)
+            if self.loop.speculate(unit, everyone - {best}):
+                idle.remove(best)
+                self.copies[unit] = ("(queued)", best)
+                print(
+                    f"shard {unit}: queued behind a busy worker for {WAITING_S:g}s+ while "
+                    f"{best} is idle; a copy runs there, first commit wins"
+                )
         for unit in sorted(running, key=lambda u: -self._remaining(u, *running[u])):
             if not idle or len(self.copies) >= self.max_copies:
                 return

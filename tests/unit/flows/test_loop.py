@@ -380,3 +380,35 @@ def test_speculation_is_capped_and_off_by_default_for_cpu_engines(tmp_path) -> N
     assert len(sim.speculative) == 1
     off = ShardTimeouts(_cfg(tmp_path), Store(cfg.output), workers=lambda: sim.workers)
     assert not off.speculation  # the fake engine: off unless set
+
+
+def test_a_shard_queued_behind_a_busy_worker_is_copied_to_an_idle_one(
+    tmp_path, monkeypatch
+) -> None:
+    import flows.timeouts
+
+    monkeypatch.setattr(flows.timeouts, "WAITING_S", 0.0)
+    sim = Cluster(hang={"shard-00001"})  # submitted to w2, never starts there
+
+    class Queued(Watch):
+        def worker(self, sid: str) -> str:
+            return "" if sid == "shard-00001" else super().worker(sid)  # no start marker
+
+        def elapsed(self, sid: str) -> float | None:  # type: ignore[override]
+            return None if sid == "shard-00001" else 0.0
+
+    cfg = _cfg(tmp_path, cluster__speculation=True)
+    gate = ShardTimeouts(
+        cfg,
+        Store(cfg.output),
+        poll_s=0.01,
+        watch=Queued(set(), sim),  # type: ignore[arg-type]
+        policy=DeadlinePolicy(cfg, {sid: 5 for sid in SHARDS[:4]}),
+        workers=lambda: sim.workers,
+    )
+    out = ShardLoop(SHARDS[:4], sim.submit, [gate]).run()
+    assert sorted(r["shard_id"] for r in out.results) == SHARDS[:4]
+    assert sim.speculative == [("shard-00001", "w1")]  # both look idle; equally fast: the first
+    assert gate.summary()["speculative_copies"] == {
+        "shard-00001": {"slow": "(queued)", "copy": "w1"}
+    }
