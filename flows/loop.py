@@ -133,7 +133,8 @@ class ShardLoop:
     def speculate(self, shard_id: str, avoid: set[str]) -> bool:
         """A backup attempt of a running shard, kept away from `avoid` (besides what the
         gates avoid); the first of the two to return is the shard's result, the other is
-        ignored (and cancelled). False when the shard is not running or has a backup."""
+        ignored (and given to `cancel`, if any). False when the shard is not running or has a
+        backup."""
         if shard_id not in self.current or shard_id in self.backups:
             return False
         for gate in self.gates:

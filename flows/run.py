@@ -277,13 +277,6 @@ def generate_flow(
                 return gen.submit(task_config, sid, True)
             return gen.submit(task_config, sid)
 
-    def cancel(fut: Any) -> None:
-        """The losing copy of a speculated shard: dropped if it has not started (one running
-        cannot be interrupted; it finds the shard committed and writes nothing)."""
-        wrapped = getattr(fut, "wrapped_future", None)
-        if wrapped is not None:
-            wrapped.cancel()
-
     # gates: budget (admission), shard deadlines (ticks, late workers avoided), verification
     # (checks, exclusions)
     budget = BudgetWatch(cfg, slots)
@@ -344,7 +337,10 @@ def generate_flow(
         on_result=report,
         successor=(lambda key: next_unit(cfg, key)) if multi else None,
         order=all_units(cfg, plan_shards) if multi else None,
-        cancel=cancel,
+        # the losing copy of a speculated shard is not cancelled: a running one cannot be
+        # interrupted, and cancelling it would make Dask see its busy worker as free (the
+        # publish tasks queued there waited for it); one not started finds the shard
+        # committed when it starts (skipped, no attempt)
     )
     sched = loop.run()
     published = None
