@@ -156,7 +156,11 @@ def main() -> None:
             for p in procs:
                 p.terminate()
             for p in procs:
-                p.wait(timeout=30)
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:  # a worker busy with a losing copy
+                    p.kill()
+                    p.wait(timeout=10)
     shard_s = args.size * 128 * args.seconds_per_token
     print(f"machine: {machine()}")
     print(
