@@ -38,10 +38,11 @@ from flows.credentials import load_secret_token
 from flows.loop import Gate, ShardLoop
 from flows.refs import SUMMARY_ARTIFACT_PREFIX, deployment_default_config, resolve_config_ref
 from flows.task_runner import Opaque, SynthgenTaskRunner, unwrap
-from flows.timeouts import ShardTimeouts
+from flows.timeouts import ShardTimeouts, remove_silent_workers
 from flows.verify import VerifyGate, cluster_workers, restrict, runner_client, submit_check_task
 from synthgen.checkpoints import checkpoint
 from synthgen.cluster.client import unit_resources
+from synthgen.cluster.deadlines import DeadlinePolicy
 from synthgen.cluster.preflight import check_output, run_preflight
 from synthgen.config import RunConfig, load_config
 from synthgen.config.multistage import clean_stage
@@ -80,10 +81,12 @@ from synthgen.stages.units import (
 
 
 @task(name="generate-shard", persist_result=False)
-def generate_shard(config: dict[str, Any] | Opaque, shard_id: str) -> dict[str, Any]:
+def generate_shard(
+    config: dict[str, Any] | Opaque, shard_id: str, speculative: bool = False
+) -> dict[str, Any]:
     config = unwrap(config)
     protect(config)  # mask credentials in this worker process's logs too
-    return run_shard(ShardTask(config, shard_id)).as_dict()
+    return run_shard(ShardTask(config, shard_id, speculative)).as_dict()
 
 
 def _retry_unless_withdrawn(task: Any, task_run: Any, state: Any) -> bool:
@@ -303,23 +306,39 @@ def generate_flow(
         """The workers that may run (and verify) `unit`: those with its resources."""
         return cluster_workers(runner_client(), unit_resources(cfg, unit))
 
-    def submit(sid: str, avoid: set[str] | None, priority: int) -> Any:
+    def submit(sid: str, avoid: set[str] | None, priority: int, speculative: bool = False) -> Any:
         # plan order first (priority): with guided sizing the big shards start early;
-        # `avoid`: workers flagged by verification (restricted to the others)
+        # `avoid`: workers flagged by verification or late (restricted to the others)
         allowed = None
         if avoid or placed:
             workers = able(sid)
             _placeable(cfg, sid, workers)
             if avoid:
                 allowed = [w for w in workers if w not in avoid]
+                if not allowed:
+                    raise LookupError(f"no worker left (excluded: {', '.join(sorted(avoid))})")
         with _gpu_annotation(cfg, sid), restrict(allowed, priority):
+            if speculative:  # a backup copy of a straggler (its own task run)
+                return gen.submit(task_config, sid, True)
             return gen.submit(task_config, sid)
 
-    # gates: budget (admission), shard timeout (ticks), verification (checks, exclusions)
+    # gates: budget (admission), shard deadlines (ticks, late workers avoided), verification
+    # (checks, exclusions)
     budget = BudgetWatch(cfg, slots)
     gates: list[Gate] = [budget]
-    if cfg.cluster.shard_timeout_s is not None:
-        gates.append(ShardTimeouts(cfg, store))
+    deadlines = None
+    if cfg.cluster.shard_timeout_s is not None or cfg.cluster.deadlines:
+        plan = store.read_json(RunLayout(store, cfg.run_id or "").plan_index)
+        deadlines = ShardTimeouts(
+            cfg,
+            store,
+            policy=DeadlinePolicy(cfg, {s["shard_id"]: int(s["prompts"]) for s in plan["shards"]}),
+            workers=able,
+            remove_silent=lambda suspects, silent_s: remove_silent_workers(
+                runner_client(), suspects, silent_s
+            ),
+        )
+        gates.append(deadlines)
     verify = None
     if cfg.verify.enabled:  # spot checks on other workers as shards commit (issue 8)
         verify = VerifyGate(
@@ -363,6 +382,10 @@ def generate_flow(
         on_result=report,
         successor=(lambda key: next_unit(cfg, key)) if multi else None,
         order=all_units(cfg, plan_shards) if multi else None,
+        # the losing copy of a speculated shard is not cancelled: a running one cannot be
+        # interrupted, and cancelling it would make Dask see its busy worker as free (the
+        # publish tasks queued there waited for it); one not started finds the shard
+        # committed when it starts (skipped, no attempt)
     )
     sched = loop.run()
     checkpoint("generate.done")
@@ -392,6 +415,12 @@ def generate_flow(
         vrun = verify.finish(failures)
         failures, results = vrun.failures, vrun.results  # accepted generations only
         verification = vrun.summary(sum(r["engine_seconds"] for r in sched.results))
+    late = deadlines.summary() if deadlines is not None else None
+    if late and late["flagged_workers"]:
+        print(
+            "workers flagged for missed deadlines (no new shards this run): "
+            + ", ".join(late["flagged_workers"])
+        )
     gen_seconds = time.perf_counter() - started
     budget_msg = budget_message(cfg, sched, total)
     record_budget(cfg, budget_msg)
@@ -400,10 +429,13 @@ def generate_flow(
     try:  # attempts whose worker died wrote no ledger row: price them from their markers
         lost = record_lost_attempts(store, cfg.run_id or "", stage_names(cfg))
         if lost:
-            print(f"{lost} lost attempt(s) (worker died mid-shard) recorded in the ledger")
+            print(
+                f"{lost} lost attempt(s) (worker died or was abandoned mid-shard, or its "
+                "result was not kept) recorded in the ledger"
+            )
     except Exception as exc:  # bookkeeping never fails a run
         print(f"warning: could not record lost attempts: {type(exc).__name__}: {exc}")
-    finish_usage(cfg, run_started_at)
+    finish_usage(cfg, run_started_at, deadlines.removed if deadlines is not None else None)
     manifest = None
     if published is not None:
         manifest = published.done
@@ -412,6 +444,8 @@ def generate_flow(
             extra = published.extra
             if summary:
                 extra = {**(extra or {}), "cost": manifest_totals(summary)}
+            if late and (late["missed"] or late["flagged_workers"]):
+                extra = {**(extra or {}), "deadlines": _deadline_record(late)}
             manifest = commit_publish(cfg, store, published.shards, published.pid, extra)
     return {
         "results": results,
@@ -420,6 +454,17 @@ def generate_flow(
         "manifest": manifest,
         "budget_message": budget_msg,
         "verification": verification,
+        "deadlines": late,
+    }
+
+
+def _deadline_record(late: dict[str, Any]) -> dict[str, Any]:
+    """What the manifest keeps of the run's missed deadlines."""
+    return {
+        "reruns": sum(late["reruns"].values()),
+        "missed": {w: len(m) for w, m in late["missed"].items()},
+        "flagged_workers": late["flagged_workers"],
+        "removed_workers": late["removed_workers"],
     }
 
 
@@ -576,6 +621,7 @@ def _execute_leased(
         rejects=plan.rejects,
         workers=per_worker(gen["results"]),
         verification=gen.get("verification"),
+        deadlines=gen.get("deadlines"),
     )
     _logger().info("summary\n%s", summary.render_text())
     if flow_run.id:  # a Prefect flow run (not a bare execute() call in a benchmark)

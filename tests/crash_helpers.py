@@ -49,7 +49,19 @@ class DaskProcs:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
 
+    def freeze_worker(self, address: str) -> None:
+        """SIGSTOP: the process keeps its sockets open and answers nothing (a hung or
+        partitioned host, as the scheduler sees it)."""
+        os.kill(self.workers[address].pid, signal.SIGSTOP)
+
+    def thaw_worker(self, address: str) -> None:
+        proc = self.workers[address]
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+
     def stop(self) -> None:
+        for address in self.workers:
+            self.thaw_worker(address)  # a stopped process never handles SIGTERM
         for proc in [*self.workers.values(), self.scheduler]:
             if proc.poll() is None:
                 proc.terminate()

@@ -143,8 +143,20 @@ def worker_advertised(environ: dict[str, str] | None = None) -> dict[str, Any]:
     return out
 
 
+# A worker not heard from for this long is removed by the scheduler (Dask's default: 5
+# minutes) and its shards run elsewhere. A LocalCluster's workers are this machine's
+# processes: a minute without a heartbeat (sent every 0.5-2 s) is a frozen process, not a
+# slow link. infra/start-scheduler.sh sets 120 s for workers on the internet.
+LOCAL_WORKER_TTL = "60s"
+
+
 def local_cluster(**kwargs: Any) -> Any:
     """A LocalCluster whose scheduler keeps no extra tasks queued on busy workers
-    (`worker-saturation: 1.0`), so the last shards go to whichever worker frees up first."""
-    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+    (`worker-saturation: 1.0`), so the last shards go to whichever worker frees up first,
+    and removes a worker silent for `LOCAL_WORKER_TTL`."""
+    settings = {
+        "distributed.scheduler.worker-saturation": 1.0,
+        "distributed.scheduler.worker-ttl": LOCAL_WORKER_TTL,
+    }
+    with dask.config.set(settings):
         return LocalCluster(**kwargs)

@@ -18,13 +18,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from synthgen.checkpoints import checkpoint
 from synthgen.config import RunConfig
 from synthgen.config.multistage import clean_stage
 from synthgen.cost.ledger import Ledger
 from synthgen.cost.meter import AttemptMeter, Counts
-from synthgen.cost.prices import kept_counts
+from synthgen.cost.prices import SPECULATION_PREFIX, kept_counts
 from synthgen.engines.base import GenRequest, prompt_seed
 from synthgen.engines.cache import get_engine, worker_identity
 from synthgen.io.attempts import next_attempt
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 class ShardTask:
     config: dict[str, Any]  # RunConfig.model_dump(mode="json")
     shard_id: str
+    speculative: bool = False  # a backup copy of a running attempt (straggler speculation)
 
 
 @dataclass
@@ -75,6 +77,7 @@ class ShardResult:
     file: str = ""
     drop_counts: dict[str, int] = field(default_factory=dict)
     stages: list[dict[str, Any]] = field(default_factory=list)  # StageStats per stage
+    speculative: bool = False  # this attempt was a backup copy (straggler speculation)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -232,6 +235,7 @@ def run_shard(task: ShardTask) -> ShardResult:
             "worker": worker,
             "host": host,
             "started_at": started_at,
+            **({"speculative": True} if task.speculative else {}),
         },
     )
 
@@ -262,8 +266,15 @@ def run_shard(task: ShardTask) -> ShardResult:
             raise _Superseded(task.shard_id, attempt)
         size, sha = store.write_table(path, table)
     except _Superseded as exc:
-        meter.finish_in(ledger, counts, "failed", error=str(exc))
         done = store.read_json(marker)
+        # the flow may already have priced this attempt as lost (a frozen worker that thawed
+        # after the run ended): one row per attempt, the thaw adds none
+        priced = ledger.rows(task.shard_id).filter(pc.field("attempt") == attempt).num_rows
+        if not priced:
+            why = str(exc)
+            if task.speculative or done["result"].get("speculative"):
+                why = f"{SPECULATION_PREFIX}{why}"  # the losing copy of a speculated shard
+            meter.finish_in(ledger, counts, "failed", error=why)
         return ShardResult(**{**done["result"], "status": "superseded", "attempt": attempt})
     except Exception as exc:
         # a failed attempt cost money too: record it, then let the task retry
@@ -304,6 +315,7 @@ def run_shard(task: ShardTask) -> ShardResult:
         file=path,
         drop_counts=drop_counts,
         stages=[st.as_dict() for st in stats],
+        speculative=task.speculative,
     )
     commit = {
         "shard_id": shard_id,

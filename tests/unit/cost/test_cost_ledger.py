@@ -304,3 +304,45 @@ def test_an_attempt_that_finished_but_was_not_kept_becomes_a_lost_row(tmp_path):
     assert rows[0]["wall_seconds"] == 5.0 and rows[0]["cost_usd"] > 0
     assert rows[0]["kept_records"] is None and "not kept" in rows[0]["error"]
     assert record_lost_attempts(store, "r1") == 0  # idempotent: nothing more to record
+
+
+def test_the_losing_copy_of_a_speculated_shard_is_priced_as_speculation(tmp_path):
+    """Attempt 1 straggles on a slow worker (still running when the run ends: no row of its
+    own); its speculative copy, attempt 2, commits. The flow prices attempt 1 until the copy
+    committed, as speculation; the report shows that cost apart; a late superseded row of
+    the loser is not added beside it."""
+    import json
+
+    from synthgen.cost.ledger import record_lost_attempts
+    from synthgen.cost.report import summarize, to_markdown
+
+    store = Store(OutputConfig(uri=str(tmp_path)))
+    layout = RunLayout(store, "r1").stage()
+    ledger = Ledger(RunLayout(store, "r1"))
+    for attempt, worker, spec in ((1, "tcp://w", False), (2, "tcp://fast", True)):
+        store.write_json(
+            layout.attempt("shard-00001", attempt, f"u{attempt}"),
+            {
+                "shard_id": "shard-00001",
+                "attempt": attempt,
+                "worker": worker,
+                "host": "h",
+                "started_at": (T0 + timedelta(seconds=10 * attempt)).isoformat(),
+                **({"speculative": True} if spec else {}),
+            },
+        )
+    ledger.write(_row("shard-00001", 2, "succeeded", 5.0))
+    ledger.write(_row("shard-00002", 1, "succeeded", 5.0))  # w's price comes from its row
+    done = (T0 + timedelta(seconds=25)).isoformat()
+    commit = {"sha256": "0" * 64, "rows": 4, "result": {"attempt": 2, "finished_at": done}}
+    store.write_bytes(layout.commit("shard-00001"), json.dumps(commit).encode())
+
+    assert record_lost_attempts(store, "r1") == 1
+    lost = [r for r in ledger.rows().to_pylist() if r["status"] == "lost"]
+    assert [(r["attempt"], r["worker"]) for r in lost] == [(1, "tcp://w")]
+    assert lost[0]["error"].startswith("speculation: ")
+    assert lost[0]["wall_seconds"] == 15.0  # from its start until the copy committed
+    s = summarize(ledger.rows().to_pylist(), [])
+    assert s.totals["speculation_attempts"] == 1
+    assert s.totals["speculation_cost_usd"] == pytest.approx(lost[0]["cost_usd"])
+    assert "losing copies of speculated shards" in to_markdown(s)
