@@ -8,6 +8,7 @@ ends (called on every worker through `Client.run`).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -229,10 +230,10 @@ class UsagePlugin(WorkerPlugin):
 
 def removed_workers(ledger: Ledger) -> dict[str, float]:
     """Workers the flow removed from the run's cluster: address -> when (epoch seconds)."""
-    path = ledger.run.removed_workers
-    if not ledger.store.exists(path):
+    raw = ledger.store.read_optional(ledger.run.removed_workers)  # one call: on teardown
+    if raw is None:
         return {}
-    return {str(k): float(v) for k, v in ledger.store.read_json(path).items()}
+    return {str(k): float(v) for k, v in json.loads(raw).items()}
 
 
 def close_removed_workers(ledger: Ledger, removed: dict[str, float]) -> int:
