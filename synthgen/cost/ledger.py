@@ -130,7 +130,8 @@ def _ts(value: str) -> datetime:
 
 
 def lost_rows(store: Store, run_id: str, stage: str = DEFAULT_STAGE) -> list[dict[str, Any]]:
-    """Ledger rows for the run's lost attempts that have none yet.
+    """Ledger rows for the run's lost attempts that have none yet, and the "lost" row that
+    replaces the "succeeded" row of an attempt whose result was not kept.
 
     An attempt is lost when it is neither committed nor still running (`io.attempts`). Its
     row starts when its marker says and ends (at most) when the next attempt of the same
@@ -143,7 +144,7 @@ def lost_rows(store: Store, run_id: str, stage: str = DEFAULT_STAGE) -> list[dic
     # an attempt that wrote its "succeeded" row (before its commit marker) and then died, or
     # whose result another attempt's commit superseded: its output was not kept, so its row
     # becomes a "lost" one, with what it measured (the spending was real)
-    finished = {
+    unkept = {
         (r["shard_id"], int(r["attempt"])): r
         for r in ledger
         if r["status"] == "succeeded" and not is_verification(r)
@@ -164,10 +165,10 @@ def lost_rows(store: Store, run_id: str, stage: str = DEFAULT_STAGE) -> list[dic
         prefix = SPECULATION_PREFIX if speculated else ""
         for i, a in enumerate(attempts):
             key = (shard_id, int(a["attempt"]))
-            if a["outcome"] == "lost" and key in finished:
+            if a["outcome"] == "lost" and key in unkept:
                 rows.append(
                     {
-                        **finished[key],
+                        **unkept[key],
                         "status": "lost",
                         "kept_records": None,
                         "kept_tokens": None,
