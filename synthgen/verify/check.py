@@ -181,16 +181,13 @@ def distrust_shard(task: VerifyTask, reason: str) -> VerifyResult:
         reasons=[reason],
     )
     verdict = {"status": "distrusted", "passed": False, "reasons": [reason], "stats": None}
-    layout, shard_id = _stage(store, run_id, task.shard_id)
-    if not store.exists(layout.shard(shard_id)):
-        # a check of this shard (on a worker) quarantined it meanwhile: its result, which
-        # the flow handles as it arrives, stands for the shard
-        return VerifyResult(task.shard_id, task.attempt, "stale")
     result.record = verify_path(store, run_id, task.shard_id, result.attempt)
     store.write_json(result.record, {**result.as_dict(), "verdict": verdict, "at": _now()})
     try:
         quarantine_shard(store, run_id, task.shard_id, marker, verdict)
-    except FileNotFoundError:  # the same race, lost between the check above and the copy
+    except FileNotFoundError:
+        # a check of this shard (on a worker) quarantined it meanwhile: its result, which
+        # the flow handles as it arrives, stands for the shard
         store.rm(result.record)
         return VerifyResult(task.shard_id, task.attempt, "stale")
     return result
