@@ -14,6 +14,7 @@ from prefect.context import FlowRunContext
 
 from flows.loop import Gate, LoopResult
 from synthgen.cluster.client import task_runner_kwargs
+from synthgen.cluster.deadlines import SILENT_S
 from synthgen.config import RunConfig
 from synthgen.config.secret_rule import reveal
 from synthgen.cost import usage
@@ -72,21 +73,46 @@ def start_usage(cfg: RunConfig, run_started_at: float) -> int:
     return max(slots, 1)
 
 
-def finish_usage(cfg: RunConfig, run_started_at: float) -> None:
+def responsive_workers(client: Any, silent_s: float = SILENT_S) -> list[str]:
+    """The cluster's workers heard from within `silent_s` of the freshest heartbeat (on the
+    scheduler's clock): the ones a request can be sent to without waiting on a frozen one."""
+    info = client.scheduler_info(n_workers=-1)["workers"]
+    if not info:
+        return []
+    newest = max(float(w.get("last_seen", 0.0)) for w in info.values())
+    return sorted(a for a, w in info.items() if newest - float(w.get("last_seen", 0.0)) < silent_s)
+
+
+def finish_usage(
+    cfg: RunConfig, run_started_at: float, removed: dict[str, float] | None = None
+) -> None:
     """Write every live worker's row; on an external cluster also release the workers
     (their final rows are written now). An embedded cluster's workers write their final
-    rows when the cluster closes, so their held time runs to the end of the process."""
+    rows when the cluster closes, so their held time runs to the end of the process.
+    `removed`: workers the flow removed from the cluster (address -> when): held until then."""
     ledger = Ledger(RunLayout(Store(cfg.output), cfg.run_id or ""))
     client = _client()
     try:
+        closed = usage.close_removed_workers(ledger, removed or {})
+        if closed:
+            print(f"cost: {closed} removed worker(s) held until their removal")
         for row in usage.collect(
-            client, cfg.run_id or "", cfg.cost, run_started_at, cfg.model.device, gpus_used(cfg)
+            client,
+            cfg.run_id or "",
+            cfg.cost,
+            run_started_at,
+            cfg.model.device,
+            gpus_used(cfg),
+            workers=responsive_workers(client),
         ):
             ledger.write_worker(row)
     except Exception as exc:  # the shards are committed: a missing usage row must not fail the run
         print(f"cost: could not write worker rows: {type(exc).__name__}: {exc}")
     if cfg.cluster.address:
-        usage.unregister(client, cfg.run_id or "")
+        try:
+            usage.unregister(client, cfg.run_id or "")
+        except Exception as exc:  # e.g. a worker removed while it was asked
+            print(f"cost: could not release the workers: {type(exc).__name__}: {exc}")
 
 
 def _ledger(ledger: Ledger, shard_id: str | None = None) -> Any:

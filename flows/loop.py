@@ -11,11 +11,16 @@ by gates, which compose: every gate is asked, every gate hears every event.
   on_result(shard, res)   a shard's current attempt returned (budget, verification)
   on_failure(shard, err)  a shard failed for good (budget)
   on_check(shard, check)  a check future a gate submitted through `track` returned
-  on_tick()               every `tick_s` while anything runs (shard timeout)
+  on_tick()               every `tick_s` while anything runs (shard deadlines)
+  holds(unit)             -> True: the unit's successor waits for the gate's `advance`
+                          (verification: a stage's output is read once it passed its check)
 
 Gates act on the loop through `requeue` (run the shard again, admitted like any other),
-`resubmit` (a new attempt now, the running one abandoned), `fail` and `track`. The loop
-knows nothing of Prefect: futures need `add_done_callback(fn)` and `result()`.
+`resubmit` (a new attempt now, the running one abandoned), `speculate` (a backup attempt
+beside the running one: whichever returns first is the shard's result), `fail`, `track`,
+`advance` (queue a committed unit's successor) and `cancel` (forget a unit: queued or
+running). The loop knows nothing of Prefect: futures need `add_done_callback(fn)` and
+`result()`.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-Submit = Callable[[str, "set[str] | None", int], Any]  # (shard, workers to avoid, priority)
+# (shard, workers to avoid, priority[, speculative=True for a backup attempt])
+Submit = Callable[..., Any]
 
 
 class Gate:
@@ -59,6 +65,9 @@ class Gate:
     def on_tick(self) -> None:
         pass
 
+    def holds(self, shard_id: str) -> bool:
+        return False
+
 
 @dataclass
 class LoopResult:
@@ -67,6 +76,7 @@ class LoopResult:
     not_started: list[str] = field(default_factory=list)
     stopped_by: Any | None = None  # the refusal that ended submission, if any
     resubmitted: dict[str, int] = field(default_factory=dict)  # shard -> abandoned attempts
+    speculated: dict[str, str] = field(default_factory=dict)  # shard -> "backup"/"first" won
 
     @property
     def partial(self) -> bool:
@@ -82,11 +92,15 @@ class ShardLoop:
         on_result: Callable[[dict[str, Any]], None] | None = None,
         successor: Callable[[str], str | None] | None = None,
         order: list[str] | None = None,
+        cancel: Callable[[Any], None] | None = None,
     ) -> None:
         """`shard_ids`: the units to run now. `successor(unit)`: the unit that reads a
         finished unit's output (multi-stage runs: the same shard's next stage), queued when
         the unit commits. `order`: every unit the loop may see, most urgent last (default
-        `shard_ids` in plan order, first most urgent)."""
+        `shard_ids` in plan order, first most urgent). `cancel(future)`: called on the
+        losing attempt of a speculated shard (the cluster may drop it if not yet started)."""
+        self._cancel = cancel
+        self.backups: dict[str, Any] = {}  # shard -> its backup attempt's future
         self.shard_ids = list(shard_ids)
         self.successor = successor
         ranked = order if order is not None else list(reversed(shard_ids))
@@ -123,12 +137,42 @@ class ShardLoop:
         self.out.resubmitted[shard_id] = self.out.resubmitted.get(shard_id, 0) + 1
         self._start(shard_id)
 
+    def speculate(self, shard_id: str, avoid: set[str]) -> bool:
+        """A backup attempt of a running shard, kept away from `avoid` (besides what the
+        gates avoid); the first of the two to return is the shard's result, the other is
+        ignored (and given to `cancel`, if any). False when the shard is not running or has a
+        backup."""
+        if shard_id not in self.current or shard_id in self.backups:
+            return False
+        for gate in self.gates:
+            avoid = avoid | gate.avoid(shard_id)
+        try:
+            fut = self._submit(shard_id, avoid or None, self._priority(shard_id), speculative=True)
+        except LookupError:
+            return False
+        self.backups[shard_id] = fut
+        self.shard_of[fut] = shard_id
+        fut.add_done_callback(self._events.put)
+        return True
+
     def fail(self, shard_id: str, error: str) -> None:
         """The shard failed for good (its running attempt, if any, is abandoned)."""
         self.current.pop(shard_id, None)
+        self.backups.pop(shard_id, None)
         self.out.failures.append(error)
         for gate in self.gates:
             gate.on_failure(shard_id, error)
+
+    def advance(self, shard_id: str) -> None:
+        """Queue the unit that reads `shard_id`'s output (multi-stage runs), if any."""
+        nxt = self.successor(shard_id) if self.successor is not None else None
+        if nxt is not None and nxt not in self.current and nxt not in self.queue:
+            self.queue.insert(0, nxt)
+
+    def cancel(self, shard_id: str) -> None:
+        """Forget the unit: out of the queue, its running attempt (if any) abandoned."""
+        self.current.pop(shard_id, None)
+        self.queue = [s for s in self.queue if s != shard_id]
 
     def track(self, shard_id: str, future: Any) -> None:
         """A check future (submitted by a gate): its gates' on_check hears it when done."""
@@ -184,26 +228,43 @@ class ShardLoop:
                 gate.on_check(shard_id, fut)
             return
         shard_id = self.shard_of.pop(fut, None)
-        if shard_id is None or self.current.get(shard_id) is not fut:
+        if shard_id is None:
+            return
+        backup = self.backups.get(shard_id)
+        first = self.current.get(shard_id)
+        if fut is not first and fut is not backup:
             return  # an abandoned attempt (timed out, or its shard failed): ignored
-        del self.current[shard_id]
+        other = first if fut is backup else backup
         try:
             res = fut.result()
         except Exception as exc:  # the task exhausted its retries
+            if other is not None:  # the other attempt may still succeed
+                if fut is first:
+                    self.current[shard_id] = other
+                self.backups.pop(shard_id, None)
+                return
             print(f"shard failed after retries: {type(exc).__name__}: {exc}")
             self.fail(shard_id, f"{exc}")
             return
+        del self.current[shard_id]
+        if backup is not None:
+            self.backups.pop(shard_id, None)
+            self.out.speculated[shard_id] = "backup" if fut is backup else "first"
+            if self._cancel is not None and other is not None:
+                try:
+                    self._cancel(other)
+                except Exception as exc:  # its result is ignored either way
+                    print(f"shard {shard_id}: could not cancel the losing attempt: {exc}")
         self.out.results.append(res)
         if self._report is not None:
             self._report(res)
         for gate in self.gates:
             gate.on_result(shard_id, res)
-        nxt = self.successor(shard_id) if self.successor is not None else None
         committed = res.get("status") in ("done", "skipped", "superseded")
         taken_back = shard_id in self.current or shard_id in self.queue  # e.g. verification
-        if nxt is not None and committed and not taken_back:
-            if nxt not in self.current and nxt not in self.queue:
-                self.queue.insert(0, nxt)  # the unit committed: its next stage may start
+        held = any(gate.holds(shard_id) for gate in self.gates)
+        if committed and not taken_back and not held:
+            self.advance(shard_id)  # the unit committed: its next stage may start
 
     def run(self) -> LoopResult:
         for gate in self.gates:

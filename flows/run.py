@@ -38,9 +38,11 @@ from flows.credentials import load_secret_token
 from flows.loop import Gate, ShardLoop
 from flows.refs import SUMMARY_ARTIFACT_PREFIX, deployment_default_config, resolve_config_ref
 from flows.task_runner import Opaque, SynthgenTaskRunner, unwrap
-from flows.timeouts import ShardTimeouts
+from flows.timeouts import ShardTimeouts, remove_silent_workers
 from flows.verify import VerifyGate, cluster_workers, restrict, runner_client, submit_check_task
-from synthgen.cluster.client import generate_resources
+from synthgen.checkpoints import checkpoint
+from synthgen.cluster.client import unit_resources
+from synthgen.cluster.deadlines import DeadlinePolicy
 from synthgen.cluster.preflight import check_output, run_preflight
 from synthgen.config import RunConfig, load_config
 from synthgen.config.multistage import clean_stage
@@ -49,10 +51,10 @@ from synthgen.cost.ledger import record_lost_attempts
 from synthgen.cost.report import manifest_totals
 from synthgen.cost.summary import RunSummary, per_worker
 from synthgen.errors import RunIncomplete
-from synthgen.io.attempts import commit_markers
+from synthgen.io.attempts import commit_markers, read_commits
 from synthgen.io.checked import ShardWithdrawn
 from synthgen.io.hub import HubTarget, push_dataset, token_from_env
-from synthgen.io.layout import RunLayout, unit_key
+from synthgen.io.layout import RunLayout, split_key, unit_key
 from synthgen.io.lease import RunLease
 from synthgen.io.store import Store
 from synthgen.stages.decontam import benchmark_summary, write_benchmark_index
@@ -61,7 +63,6 @@ from synthgen.stages.generate import ShardTask, run_shard
 from synthgen.stages.plan import write_plan
 from synthgen.stages.publish import (
     check_owner,
-    checkpoint,
     collect_garbage,
     commit_publish,
     digests_of,
@@ -80,10 +81,12 @@ from synthgen.stages.units import (
 
 
 @task(name="generate-shard", persist_result=False)
-def generate_shard(config: dict[str, Any] | Opaque, shard_id: str) -> dict[str, Any]:
+def generate_shard(
+    config: dict[str, Any] | Opaque, shard_id: str, speculative: bool = False
+) -> dict[str, Any]:
     config = unwrap(config)
     protect(config)  # mask credentials in this worker process's logs too
-    return run_shard(ShardTask(config, shard_id)).as_dict()
+    return run_shard(ShardTask(config, shard_id, speculative)).as_dict()
 
 
 def _retry_unless_withdrawn(task: Any, task_run: Any, state: Any) -> bool:
@@ -209,12 +212,50 @@ def _finish(
     return Published(pid, shards, extra), []
 
 
-def _gpu_annotation(cfg: RunConfig) -> contextlib.AbstractContextManager[Any]:
-    """Generate tasks that need a GPU ask for one unit of it: only GPU workers receive them."""
-    resources = generate_resources(cfg)
+def _withdrawn_since(
+    cfg: RunConfig, store: Store, sched: Any, plan_shards: list[str]
+) -> tuple[list[str] | None, dict[str, dict[str, Any]]]:
+    """Before a finishing round, from one read of the final stage's commit markers: the units
+    to generate again when a marker turned unreadable since the loop committed it (withdrawn
+    here, logged); else [] when every shard of the final stage is committed, None when not
+    (failed, not started for the budget, or given up by verification): nothing is
+    published. Second: the usable markers read (shard id -> marker)."""
+    run_id = cfg.run_id or ""
+    plan = set(plan_shards)
+    committed, unreadable = read_commits(store, run_id, final_stage(cfg))
+    gone = sorted(sid for sid in unreadable if sid in plan)
+    if gone and not (sched.failures or sched.not_started or sched.stopped_by is not None):
+        return pending_units(cfg, gone, set(committed_units(store, cfg))), committed
+    return ([] if all(sid in committed for sid in plan_shards) else None), committed
+
+
+def _gpu_annotation(
+    cfg: RunConfig, unit: str | None = None
+) -> contextlib.AbstractContextManager[Any]:
+    """A unit's tasks ask for its stage's resources (a GPU, `stages[i].resources`): only
+    workers that advertise them receive them."""
+    resources = unit_resources(cfg, unit)
     if resources:
         return dask.annotate(resources=resources)
     return contextlib.nullcontext()
+
+
+def _placeable(cfg: RunConfig, unit: str, workers: list[str]) -> None:
+    """LookupError (the unit fails with it, naming its stage) when no worker of the cluster
+    advertises the resources the unit needs: its task would wait forever."""
+    resources = unit_resources(cfg, unit)
+    if resources and not workers:
+        stage = split_key(unit)[0]
+        named = next(
+            (f"stages[{i}] ({stage})" for i, s in enumerate(cfg.stages) if s.name == stage),
+            f"stage {stage}",
+        )
+        raise LookupError(
+            f"{named} needs worker resources {resources} and no worker of the cluster "
+            "advertises them (start one with `dask worker ... --resources "
+            + ",".join(f"{k}={v:g}" for k, v in resources.items())
+            + "`, or change the stage's `resources`)"
+        )
 
 
 def _backoff(cfg: RunConfig) -> list[float]:
@@ -260,30 +301,54 @@ def generate_flow(
     slots = start_usage(cfg, run_started_at)  # workers are held (and billed) from here
     started = time.perf_counter()
     store = Store(cfg.output)
-    resources = generate_resources(cfg)  # verify tasks load the same engine
+    placed = any(s.resources for s in cfg.stages)  # stages placed on their own workers
 
-    def submit(sid: str, avoid: set[str] | None, priority: int) -> Any:
+    def able(unit: str | None = None) -> list[str]:
+        """The workers that may run (and verify) `unit`: those with its resources."""
+        return cluster_workers(runner_client(), unit_resources(cfg, unit))
+
+    def submit(sid: str, avoid: set[str] | None, priority: int, speculative: bool = False) -> Any:
         # plan order first (priority): with guided sizing the big shards start early;
-        # `avoid`: workers flagged by verification (restricted to the others)
+        # `avoid`: workers flagged by verification or late (restricted to the others)
         allowed = None
-        if avoid:
-            allowed = [w for w in cluster_workers(runner_client(), resources) if w not in avoid]
-        with _gpu_annotation(cfg), restrict(allowed, priority):
+        if avoid or placed:
+            workers = able(sid)
+            _placeable(cfg, sid, workers)
+            if avoid:
+                allowed = [w for w in workers if w not in avoid]
+                if not allowed:
+                    raise LookupError(f"no worker left (excluded: {', '.join(sorted(avoid))})")
+        with _gpu_annotation(cfg, sid), restrict(allowed, priority):
+            if speculative:  # a backup copy of a straggler (its own task run)
+                return gen.submit(task_config, sid, True)
             return gen.submit(task_config, sid)
 
-    # gates: budget (admission), shard timeout (ticks), verification (checks, exclusions)
+    # gates: budget (admission), shard deadlines (ticks, late workers avoided), verification
+    # (checks, exclusions)
     budget = BudgetWatch(cfg, slots)
     gates: list[Gate] = [budget]
-    if cfg.cluster.shard_timeout_s is not None:
-        gates.append(ShardTimeouts(cfg, store))
+    deadlines = None
+    if cfg.cluster.shard_timeout_s is not None or cfg.cluster.deadlines:
+        plan = store.read_json(RunLayout(store, cfg.run_id or "").plan_index)
+        deadlines = ShardTimeouts(
+            cfg,
+            store,
+            policy=DeadlinePolicy(cfg, {s["shard_id"]: int(s["prompts"]) for s in plan["shards"]}),
+            workers=able,
+            remove_silent=lambda suspects, silent_s: remove_silent_workers(
+                runner_client(), suspects, silent_s
+            ),
+        )
+        gates.append(deadlines)
     verify = None
     if cfg.verify.enabled:  # spot checks on other workers as shards commit (issue 8)
         verify = VerifyGate(
             cfg,
             config,
-            submit_check_task(task_config, lambda: _gpu_annotation(cfg)),
-            lambda: cluster_workers(runner_client(), resources),
+            submit_check_task(task_config, lambda unit: _gpu_annotation(cfg, unit)),
+            able,
             store,
+            workers_for=able,
         )
         gates.append(verify)
 
@@ -311,7 +376,6 @@ def generate_flow(
 
     plan_shards = plan_shards if plan_shards is not None else list(shard_ids)
     multi = len(stage_names(cfg)) > 1
-    final = final_stage(cfg)
     loop = ShardLoop(
         shard_ids,
         submit,
@@ -319,19 +383,25 @@ def generate_flow(
         on_result=report,
         successor=(lambda key: next_unit(cfg, key)) if multi else None,
         order=all_units(cfg, plan_shards) if multi else None,
+        # the losing copy of a speculated shard is not cancelled: a running one cannot be
+        # interrupted, and cancelling it would make Dask see its busy worker as free (the
+        # publish tasks queued there waited for it); one not started finds the shard
+        # committed when it starts (skipped, no attempt)
     )
     sched = loop.run()
+    checkpoint("generate.done")
     published = None
     for _ in range(FINISH_ROUNDS):
-        committed = commit_markers(store, cfg.run_id or "", final)
-        if len(committed) != len(plan_shards):
+        withdrawn, committed = _withdrawn_since(cfg, store, sched, plan_shards)
+        if withdrawn is None:
             break  # failed or not started (budget): nothing is published
-        # every shard of the final stage committed: run-wide dedup, then publish, both on
-        # the cluster; each reads a shard only as its commit marker describes it,
-        # withdrawing any that differ
-        published, withdrawn = _finish(cfg, task_config, store, committed)
         if not withdrawn:
-            break
+            # every shard of the final stage committed: run-wide dedup, then publish, both
+            # on the cluster; each reads a shard only as its commit marker describes it,
+            # withdrawing any that differ
+            published, withdrawn = _finish(cfg, task_config, store, committed)
+            if not withdrawn:
+                break
         print(
             f"{len(withdrawn)} committed shard(s) failed their check and were withdrawn "
             f"({', '.join(withdrawn[:5])}{'...' if len(withdrawn) > 5 else ''}); "
@@ -346,6 +416,12 @@ def generate_flow(
         vrun = verify.finish(failures)
         failures, results = vrun.failures, vrun.results  # accepted generations only
         verification = vrun.summary(sum(r["engine_seconds"] for r in sched.results))
+    late = deadlines.summary() if deadlines is not None else None
+    if late and late["flagged_workers"]:
+        print(
+            "workers flagged for missed deadlines (no new shards this run): "
+            + ", ".join(late["flagged_workers"])
+        )
     gen_seconds = time.perf_counter() - started
     budget_msg = budget_message(cfg, sched, total)
     record_budget(cfg, budget_msg)
@@ -354,10 +430,13 @@ def generate_flow(
     try:  # attempts whose worker died wrote no ledger row: price them from their markers
         lost = record_lost_attempts(store, cfg.run_id or "", stage_names(cfg))
         if lost:
-            print(f"{lost} lost attempt(s) (worker died mid-shard) recorded in the ledger")
+            print(
+                f"{lost} lost attempt(s) (worker died or was abandoned mid-shard, or its "
+                "result was not kept) recorded in the ledger"
+            )
     except Exception as exc:  # bookkeeping never fails a run
         print(f"warning: could not record lost attempts: {type(exc).__name__}: {exc}")
-    finish_usage(cfg, run_started_at)
+    finish_usage(cfg, run_started_at, deadlines.removed if deadlines is not None else None)
     manifest = None
     if published is not None:
         manifest = published.done
@@ -366,6 +445,8 @@ def generate_flow(
             extra = published.extra
             if summary:
                 extra = {**(extra or {}), "cost": manifest_totals(summary)}
+            if late and (late["missed"] or late["flagged_workers"]):
+                extra = {**(extra or {}), "deadlines": _deadline_record(late)}
             manifest = commit_publish(cfg, store, published.shards, published.pid, extra)
     return {
         "results": results,
@@ -374,6 +455,17 @@ def generate_flow(
         "manifest": manifest,
         "budget_message": budget_msg,
         "verification": verification,
+        "deadlines": late,
+    }
+
+
+def _deadline_record(late: dict[str, Any]) -> dict[str, Any]:
+    """What the manifest keeps of the run's missed deadlines."""
+    return {
+        "reruns": sum(late["reruns"].values()),
+        "missed": {w: len(m) for w, m in late["missed"].items()},
+        "flagged_workers": late["flagged_workers"],
+        "removed_workers": late["removed_workers"],
     }
 
 
@@ -476,6 +568,7 @@ def _execute_leased(
 ) -> dict[str, Any]:
     check_owner(cfg, store)  # another run's dataset here: refuse before any GPU time
     plan = write_plan(cfg, store)
+    checkpoint("run.planned")
     bench = write_benchmark_index(cfg, store)  # hashed once here; the workers load the file
     if bench:
         print(
@@ -529,6 +622,7 @@ def _execute_leased(
         rejects=plan.rejects,
         workers=per_worker(gen["results"]),
         verification=gen.get("verification"),
+        deadlines=gen.get("deadlines"),
     )
     _logger().info("summary\n%s", summary.render_text())
     if flow_run.id:  # a Prefect flow run (not a bare execute() call in a benchmark)

@@ -10,6 +10,13 @@ worker and resubmits the shard restricted to workers that are not flagged.
 
 `VerifyGate` is one gate of the flow's generate loop (flows/loop.py), so budget and shard
 timeout hold while verifying: a regeneration is admitted by the budget like any shard.
+
+A multi-stage run's units (`STAGE:SHARD`) are checked the same way, each against its
+stage's baseline (`synthgen.verify.baseline`), and a unit's next stage starts once the
+unit passed its check (the gate `holds` it until then), so no stage reads unverified text.
+When a unit is quarantined after its next stages ran (its worker flagged later, a re-check
+failed, or a resumed run checks what an earlier session committed), those later units of
+the shard are retracted and generated again from the regenerated unit.
 """
 
 from __future__ import annotations
@@ -27,10 +34,17 @@ from prefect.context import FlowRunContext
 from flows.loop import Gate
 from flows.task_runner import Opaque, unwrap
 from synthgen.config import RunConfig
-from synthgen.io.attempts import commit_markers
-from synthgen.io.layout import RunLayout
+from synthgen.io.checked import ShardWithdrawn, read_marker
+from synthgen.io.layout import RunLayout, split_key, unit_key
 from synthgen.io.store import Store
-from synthgen.verify.check import VerifyTask, distrust_shard, verify_path, verify_shard
+from synthgen.stages.units import committed_units, stage_names, upstream
+from synthgen.verify.check import (
+    VerifyTask,
+    distrust_shard,
+    retract_shard,
+    verify_path,
+    verify_shard,
+)
 
 VERIFY_PRIORITY = 10**9  # above generation (plan-order priorities): checks start first
 
@@ -53,6 +67,7 @@ class VerifyRun:
     flagged: dict[str, list[str]] = field(default_factory=dict)  # worker -> reasons
     skipped: list[str] = field(default_factory=list)  # shards left unverified (and why)
     warnings: list[str] = field(default_factory=list)
+    retracted: list[str] = field(default_factory=list)  # later stages of quarantined units
 
     def summary(self, generate_engine_seconds: float) -> dict[str, Any]:
         verify_seconds = sum(c.get("verify_seconds", 0.0) for c in self.checks)
@@ -69,6 +84,7 @@ class VerifyRun:
             "flagged_workers": sorted(self.flagged),
             "flag_reasons": self.flagged,
             "unverified": self.skipped,
+            "retracted": self.retracted,
             "warnings": self.warnings,
             "verify_seconds": verify_seconds,
             "verify_cost_usd": sum(c.get("cost_usd", 0.0) for c in self.checks),
@@ -129,11 +145,19 @@ class VerifyGate(Gate):
         submit_check: Callable[[dict[str, Any], list[str]], Any],
         workers: Callable[[], list[str]],
         store: Store | None = None,
+        workers_for: Callable[[str], list[str]] | None = None,
     ) -> None:
+        """`workers()`: every worker that may run units; `workers_for(unit)`: those that may
+        run (and so verify) that unit (its stage's resources; default `workers()`)."""
+        self.cfg = cfg
+        self.stages = stage_names(cfg)
         self.vcfg = cfg.verify
         self.config = config
         self.submit_check = submit_check  # (shard result, allowed verifiers) -> future
         self.workers = workers
+        self.workers_for = workers_for or (lambda unit: workers())
+        self.waiting: set[str] = set()  # committed units whose next stage awaits their check
+        self.released: set[str] = set()  # committed units whose next stage was let go
         self.store = store or Store(cfg.output)
         self.run_id = cfg.run_id or ""
         self.out = VerifyRun()
@@ -148,26 +172,99 @@ class VerifyGate(Gate):
         avoid = set(self.bad.get(shard_id, set()))
         if self.vcfg.exclude_flagged_workers or avoid:
             avoid |= set(self.out.flagged)
-        if avoid and not [w for w in self.workers() if w not in avoid]:
+        if avoid and not [w for w in self.workers_for(shard_id) if w not in avoid]:
             raise LookupError(
                 f"no worker left to generate it (excluded: {', '.join(sorted(avoid))})"
             )
         return avoid
 
     def start(self) -> None:
-        # shards committed by an earlier invocation but never checked (a resumed run)
+        # units committed by an earlier invocation but never checked (a resumed run)
         todo = set(self.loop.shard_ids)
-        for sid, marker in sorted(commit_markers(self.store, self.run_id).items()):
-            res = marker["result"]
+        for sid, marker in sorted(committed_units(self.store, self.cfg).items()):
+            res = {**marker["result"], "shard_id": sid}
             if sid not in todo and not self._checked(sid, res):
                 self._verify(res)
+
+    def holds(self, shard_id: str) -> bool:
+        # awaiting its check, or not accepted at all (distrusted, waiting for its input)
+        return shard_id in self.waiting or shard_id not in self.accepted
+
+    # -- stages ------------------------------------------------------------------------
+    def _later(self, sid: str) -> list[str]:
+        """The units of the same shard in the stages after `sid`'s."""
+        stage, shard = split_key(sid)
+        if stage not in self.stages:
+            return []
+        return [unit_key(s, shard) for s in self.stages[self.stages.index(stage) + 1 :]]
+
+    def _committed(self, sid: str) -> bool:
+        stage, shard = split_key(sid)
+        return self.store.exists(RunLayout(self.store, self.run_id).stage(stage).commit(shard))
+
+    def _input_ready(self, sid: str) -> bool:
+        """Whether the unit's upstream unit is committed and not awaiting its check."""
+        stage, shard = split_key(sid)
+        up = upstream(self.cfg, stage) if stage in self.stages else None
+        if up is None:
+            return True
+        unit = unit_key(up, shard)
+        if unit in self.waiting:
+            return False
+        return unit in self.accepted or self._committed(unit)
+
+    def _requeue(self, sid: str) -> None:
+        """Run the unit again; a later stage whose input is being regenerated waits for
+        it (the upstream unit's `advance` queues it)."""
+        if self._input_ready(sid):
+            self.loop.requeue(sid)
+
+    def _release(self, sid: str, attempt: int) -> None:
+        """The unit's current commit passed (or cannot be checked): its next stage may
+        start."""
+        res = self.accepted.get(sid)
+        if sid in self.waiting and res is not None and int(res["attempt"]) == attempt:
+            self.waiting.discard(sid)
+            self.released.add(sid)
+            self.loop.advance(sid)
+
+    def _retract_later(self, sid: str, why: str) -> None:
+        """`sid` left the run: the later stages of its shard read it; they go too."""
+        self.released.discard(sid)
+        for unit in self._later(sid):
+            self.loop.cancel(unit)
+            self.accepted.pop(unit, None)
+            self.waiting.discard(unit)
+            self.released.discard(unit)
+            if self._committed(unit):
+                res = retract_shard(VerifyTask(self.config, unit, 0), f"{sid} {why}").as_dict()
+                if res["status"] == "retracted":
+                    print(f"unit {unit} retracted: it read {sid}, which {why}")
+                    self.out.retracted.append(unit)
+
+    def _check_committed(self, sid: str, seen: int) -> None:
+        """An accepted unit whose check found another attempt committed (a superseded
+        attempt reported the winner under its own number): check the committed one."""
+        if sid not in self.accepted:
+            return
+        stage, shard = split_key(sid)
+        try:
+            marker = read_marker(self.store, self.run_id, shard, stage)
+        except ShardWithdrawn:
+            marker = None
+        if marker is None:
+            return
+        res = {**marker["result"], "shard_id": sid}
+        if int(res["attempt"]) != seen and not self._checked(sid, res):
+            self.accepted[sid] = res
+            self._verify(res)
 
     def _checked(self, sid: str, res: dict[str, Any]) -> bool:
         return self.store.exists(verify_path(self.store, self.run_id, sid, int(res["attempt"])))
 
     def _verify(self, res: dict[str, Any]) -> None:
         sid, generator = res["shard_id"], res["worker"]
-        others = [w for w in self.workers() if w != generator and w not in self.out.flagged]
+        others = [w for w in self.workers_for(sid) if w != generator and w not in self.out.flagged]
         if not others:
             if self.vcfg.allow_same_worker and generator not in self.out.flagged:
                 others = [generator]
@@ -182,7 +279,10 @@ class VerifyGate(Gate):
                 print(f"warning: {msg}")
             self.out.warnings.append(msg)
             if sid in self.out.skipped:
+                self.waiting.discard(sid)  # unverified: its next stage goes on (warned)
                 return
+        if sid not in self.released:  # a re-check of a released unit holds nothing back
+            self.waiting.add(sid)
         self.loop.track(sid, self.submit_check(res, others))
 
     # -- events ------------------------------------------------------------------------
@@ -208,6 +308,9 @@ class VerifyGate(Gate):
             print(f"warning: {msg}")
             self.out.warnings.append(msg)
             self.out.skipped.append(shard_id)
+            res = self.accepted.get(shard_id)
+            if res is not None:
+                self._release(shard_id, int(res["attempt"]))
             return
         self.out.checks.append(check)
         status = check["status"]
@@ -216,14 +319,19 @@ class VerifyGate(Gate):
             f"{check['verifier']}: {status}"
             + (f" z={check['z']:.1f}" if check.get("z") is not None else "")
         )
+        if status == "stale":  # another attempt (or none) is committed: check that one
+            self._check_committed(shard_id, int(check["attempt"]))
+            return
         if status == "withdrawn":  # its file no longer matches its commit: not the worker's
             self.accepted.pop(shard_id, None)
+            self.waiting.discard(shard_id)
             print(f"shard {shard_id}: {'; '.join(check.get('reasons') or [])}")
+            self._retract_later(shard_id, "was withdrawn")
             self.regens[shard_id] = self.regens.get(shard_id, 0) + 1
             if self.regens[shard_id] > self.vcfg.max_regenerations:
                 self.out.failures.append(f"{shard_id}: withdrawn {self.regens[shard_id]} times")
             else:
-                self.loop.requeue(shard_id)
+                self._requeue(shard_id)
         elif status == "fail":
             self.out.quarantined.append(check)
             self.accepted.pop(shard_id, None)
@@ -233,6 +341,7 @@ class VerifyGate(Gate):
             self._verify(self.accepted[shard_id])  # a flagged worker's "pass" is worth nothing
         else:
             self.passed_by.setdefault(check["verifier"], []).append(shard_id)
+            self._release(shard_id, int(check["attempt"]))
 
     def _distrust(self, sid: str, res: dict[str, Any]) -> None:
         check = distrust_shard(
@@ -241,11 +350,14 @@ class VerifyGate(Gate):
         ).as_dict()
         self.out.checks.append(check)
         self.accepted.pop(sid, None)
+        self.waiting.discard(sid)
         if check["status"] == "distrusted":
             self.out.quarantined.append(check)
             self._regenerate(sid, res["worker"], "worker flagged")
 
     def _regenerate(self, sid: str, bad_worker: str, reason: str) -> None:
+        self.waiting.discard(sid)
+        self._retract_later(sid, "was quarantined")
         newly = bad_worker not in self.out.flagged
         self.out.flagged.setdefault(bad_worker, []).append(f"{sid}: {reason}")
         if newly:
@@ -264,7 +376,7 @@ class VerifyGate(Gate):
             return
         print(f"shard {sid} quarantined ({reason}); regenerating away from {bad_worker}")
         self.bad.setdefault(sid, set()).add(bad_worker)
-        self.loop.requeue(sid)
+        self._requeue(sid)
 
     def finish(self, failures: list[str]) -> VerifyRun:
         """The run's verification outcome (accepted results, flagged workers) on record."""
@@ -278,12 +390,13 @@ class VerifyGate(Gate):
 
 
 def submit_check_task(
-    config: Opaque, gpu_annotation: Callable[[], contextlib.AbstractContextManager[Any]]
+    config: Opaque, gpu_annotation: Callable[[str], contextlib.AbstractContextManager[Any]]
 ) -> Callable[[dict[str, Any], list[str]], Any]:
-    """Submits a verify task for a shard result on the given workers, ahead of generation."""
+    """Submits a verify task for a unit's result on the given workers, ahead of generation;
+    `gpu_annotation(unit)`: the resources of the unit's stage (scoring loads its engine)."""
 
     def submit(res: dict[str, Any], workers: list[str]) -> Any:
-        with gpu_annotation(), restrict(workers, VERIFY_PRIORITY):  # scoring needs the engine
+        with gpu_annotation(res["shard_id"]), restrict(workers, VERIFY_PRIORITY):
             return verify_shard_task.submit(config, res["shard_id"], int(res["attempt"]))
 
     return submit

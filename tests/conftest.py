@@ -74,6 +74,38 @@ def any_store(request: pytest.FixtureRequest, tmp_path: Path):
     )
 
 
+# Tests that must share one worker process under pytest-xdist (scripts/test.sh runs
+# `-n 2 --dist loadgroup`): every real vLLM-on-CPU test on one worker, so the session's
+# engine (`vllm_cpu_engine`, ~30-100 s to load, several GiB) is loaded once and no two vLLM
+# engines compete for the cores; and the tests of a module that share a module-scoped
+# fixture (a started cluster, a loaded model) together, so it is built once.
+VLLM_GROUP = "vllm-cpu"
+VLLM_MODULES = {"test_vllm_cpu_engine.py", "test_vllm_cpu_run.py"}
+
+
+def xdist_group_of(item: pytest.Item) -> str | None:
+    """The xdist group `item` must run in, or None (any worker)."""
+    callspec = getattr(item, "callspec", None)
+    if (
+        item.path.name in VLLM_MODULES
+        or "vllm_cpu_engine" in item.fixturenames
+        or (callspec is not None and "vllm-cpu" in callspec.id)
+    ):
+        return VLLM_GROUP
+    info = getattr(item, "_fixtureinfo", None)
+    for defs in info.name2fixturedefs.values() if info else ():
+        if any(d.scope in ("module", "package", "class") for d in defs):
+            return f"module:{item.path.relative_to(REPO)}"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        group = xdist_group_of(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -1,5 +1,5 @@
 """Real processes for crash tests: a `dask scheduler` + `dask worker`s on loopback, and the
-`synthgen` CLI in a subprocess."""
+`synthgen` CLI in a subprocess (run to its end, or SIGKILLed at a named checkpoint)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import psutil
 
 from tests.conftest import REPO, free_port
 
@@ -47,7 +49,19 @@ class DaskProcs:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
 
+    def freeze_worker(self, address: str) -> None:
+        """SIGSTOP: the process keeps its sockets open and answers nothing (a hung or
+        partitioned host, as the scheduler sees it)."""
+        os.kill(self.workers[address].pid, signal.SIGSTOP)
+
+    def thaw_worker(self, address: str) -> None:
+        proc = self.workers[address]
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+
     def stop(self) -> None:
+        for address in self.workers:
+            self.thaw_worker(address)  # a stopped process never handles SIGTERM
         for proc in [*self.workers.values(), self.scheduler]:
             if proc.poll() is None:
                 proc.terminate()
@@ -127,3 +141,58 @@ def run_cli(config: str, tmp: Path, name: str, *args: str, timeout: float = 240,
     text = log.read_text(errors="replace")
     data = json.loads(summary.read_text()) if summary.is_file() else None
     return code, data, text
+
+
+@dataclass
+class KilledRun:
+    """A `synthgen run` that SIGKILLed itself at a checkpoint (`kill_at`)."""
+
+    code: int
+    procs: dict[psutil.Process, str]  # every process it was seen to start -> command line
+    log: Path
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+    def remaining(self, timeout: float = 60) -> list[str]:
+        """The processes it started that are still running after up to `timeout` seconds
+        (the watchdog stops them within about its grace period); [] when none is."""
+        deadline = time.monotonic() + timeout
+        while True:
+            alive = []
+            for p, cmd in self.procs.items():
+                try:
+                    if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                        alive.append(f"{p.pid}: {cmd[:160]}")
+                except psutil.Error:
+                    pass
+            if not alive or time.monotonic() > deadline:
+                return alive
+            time.sleep(0.3)
+
+
+def kill_at(point: str, config: str, log: Path, *args: str, timeout: float = 300) -> KilledRun:
+    """`synthgen run CONFIG ARGS` until it SIGKILLs itself at checkpoint `point` (POINT[:N],
+    tests/support/killpoint.py); every process it starts is recorded while it runs."""
+    with log.open("wb") as fh:
+        cli = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.killpoint", point, "run", config, *args],
+            cwd=REPO, env=child_env(), stdout=fh, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        seen: dict[psutil.Process, str] = {}
+        deadline = time.monotonic() + timeout
+        while cli.poll() is None:
+            if time.monotonic() > deadline:
+                cli.kill()
+                cli.wait(timeout=10)
+                raise TimeoutError(f"never reached {point}:\n{log.read_text()[-3000:]}")
+            try:
+                for p in psutil.Process(cli.pid).children(recursive=True):
+                    # the latest command line: a child seen between fork and exec still
+                    # shows its parent's
+                    seen[p] = " ".join(p.cmdline())
+            except psutil.Error:  # it exited meanwhile, or a child did
+                pass
+            time.sleep(0.1)
+    return KilledRun(cli.returncode, seen, log)

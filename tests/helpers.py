@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
+from distributed import Client, LocalCluster
 
 from synthgen.config import OutputConfig
 from synthgen.io.store import Store
@@ -58,3 +61,20 @@ def verdict_of(scorer: Any, gen: Any, reqs: list[Any], sampling: Any) -> tuple[A
 def published_manifest(out: Any, storage_options: dict[str, Any] | None = None) -> Any:
     """The manifest of what OUTPUT/dataset shows now (the one its card names), or None."""
     return read_manifest(Store(OutputConfig(uri=str(out), storage_options=storage_options or {})))
+
+
+@contextmanager
+def local_cluster(n_workers: int) -> Iterator[tuple[LocalCluster, Client]]:
+    """A LocalCluster of `n_workers` one-thread worker processes (no memory limit) and a
+    client of it: the cluster the verification tests plant a cheating worker in."""
+    with (
+        LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address="127.0.0.1:0",
+            memory_limit=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield cluster, client

@@ -4,7 +4,8 @@ A run either starts a LocalCluster sized from config or joins an existing schedu
 `cluster.address`. Across machines the transport is TLS with a CA-signed client
 certificate (`cluster.tls`); plain `tcp://` is accepted only to a loopback host unless
 `cluster.allow_insecure` says otherwise. Generate tasks that need a GPU ask for one unit
-of the `cluster.gpu_resource` resource, which only GPU workers advertise.
+of the `cluster.gpu_resource` resource, which only GPU workers advertise; a multi-stage
+run's stage may ask for its own resources (`stages[i].resources`, `unit_resources`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from distributed.security import Security
 
 from synthgen.config.transport import transport_problem
 from synthgen.errors import ConfigError
+from synthgen.io.layout import split_key
 
 if TYPE_CHECKING:
-    from synthgen.config import ClusterConfig, RunConfig
+    from synthgen.config import ClusterConfig, ModelConfig, RunConfig
 
 # What a GPU worker started by infra/start-gpu-workers.sh advertises in its environment.
 ENV_GPU_TYPE = "SYNTHGEN_GPU_TYPE"
@@ -83,27 +85,43 @@ def task_runner_kwargs(cfg: ClusterConfig) -> dict[str, Any]:
     }
 
 
-def generate_needs_gpu(cfg: RunConfig) -> bool:
-    """Whether generate tasks must run on a GPU worker (`cluster.gpu_tasks`, else the engine)."""
+def generate_needs_gpu(cfg: RunConfig, model: ModelConfig | None = None) -> bool:
+    """Whether generate tasks (of `model`, default the run's) must run on a GPU worker
+    (`cluster.gpu_tasks`, else the engine)."""
     if cfg.cluster.gpu_tasks is not None:
         return cfg.cluster.gpu_tasks
-    return cfg.model.needs_gpu
+    return (model or cfg.model).needs_gpu
 
 
-def generate_resources(cfg: RunConfig) -> dict[str, float] | None:
-    """Dask resources for one generate task: `{gpu_resource: 1/cluster.overlap}` or None
-    (any worker): a GPU worker (`--resources GPU=1 --nthreads N`) holds `overlap` shards at
-    once, whose engine calls take turns (`synthgen.engines.turns`).
+def generate_resources(cfg: RunConfig, model: ModelConfig | None = None) -> dict[str, float] | None:
+    """Dask resources for one generate task (of `model`, default the run's):
+    `{gpu_resource: 1/cluster.overlap}` or None (any worker): a GPU worker
+    (`--resources GPU=1 --nthreads N`) holds `overlap` shards at once, whose engine calls
+    take turns (`synthgen.engines.turns`).
 
     Use as `with dask.annotate(resources=...)` around the task submission.
     """
-    if not generate_needs_gpu(cfg):
+    if not generate_needs_gpu(cfg, model):
         return None
     if cfg.cluster.address is None:
         # A LocalCluster's workers share this machine's devices and advertise no resources:
         # a constrained task would wait forever, so none is asked for.
         return None
     return {cfg.cluster.gpu_resource: 1.0 / cfg.cluster.overlap}
+
+
+def unit_resources(cfg: RunConfig, unit: str | None = None) -> dict[str, float] | None:
+    """Dask resources for one unit (`STAGE:SHARD`, or a one-step run's shard id) and for its
+    verification, which loads the same engine: the stage's `resources` when set, else
+    `generate_resources` for the stage's model (placement by resources: stages on
+    different models may run on different workers)."""
+    stage_name = split_key(unit)[0] if unit else None
+    for stage in cfg.stages:
+        if stage.name == stage_name:
+            if stage.resources:
+                return {k: float(v) for k, v in stage.resources.items()}
+            return generate_resources(cfg, stage.model)
+    return generate_resources(cfg)
 
 
 def worker_advertised(environ: dict[str, str] | None = None) -> dict[str, Any]:
@@ -128,8 +146,20 @@ def worker_advertised(environ: dict[str, str] | None = None) -> dict[str, Any]:
     return out
 
 
+# A worker not heard from for this long is removed by the scheduler (Dask's default: 5
+# minutes) and its shards run elsewhere. A LocalCluster's workers are this machine's
+# processes: a minute without a heartbeat (sent every 0.5-2 s) is a frozen process, not a
+# slow link. infra/start-scheduler.sh sets 120 s for workers on the internet.
+LOCAL_WORKER_TTL = "60s"
+
+
 def local_cluster(**kwargs: Any) -> Any:
     """A LocalCluster whose scheduler keeps no extra tasks queued on busy workers
-    (`worker-saturation: 1.0`), so the last shards go to whichever worker frees up first."""
-    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+    (`worker-saturation: 1.0`), so the last shards go to whichever worker frees up first,
+    and removes a worker silent for `LOCAL_WORKER_TTL`."""
+    settings = {
+        "distributed.scheduler.worker-saturation": 1.0,
+        "distributed.scheduler.worker-ttl": LOCAL_WORKER_TTL,
+    }
+    with dask.config.set(settings):
         return LocalCluster(**kwargs)

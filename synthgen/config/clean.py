@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from synthgen.config.base import Section as _Section
 from synthgen.errors import ConfigError
-from synthgen.stages.dedup.lsh import optimal_bands_rows
+from synthgen.stages.dedup.lsh import exact_bands_rows, optimal_bands_rows
 
 
 class ExactDedupConfig(_Section):
@@ -34,7 +34,8 @@ class NearDedupConfig(_Section):
         0.8,
         gt=0.0,
         lt=1.0,
-        description="Estimated Jaccard at or above which two records are near duplicates.",
+        description="Jaccard of the shingle sets at or above which two records are near "
+        "duplicates (exact; estimated from the signatures against a published index).",
     )
     bands: int | None = Field(
         None, ge=1, description="LSH bands; unset = derived from threshold and num_perm."
@@ -70,6 +71,14 @@ class NearDedupConfig(_Section):
                 )
             return self.bands, self.num_perm // self.bands
         return optimal_bands_rows(self.threshold, self.num_perm)
+
+    def exact_lsh_params(self) -> tuple[int, int]:
+        """(bands, rows) where candidates are verified by exact Jaccard (in-shard, where
+        the texts are at hand): given `bands`, or the most rows per band that still make
+        a pair at the threshold a candidate with probability >= 0.999."""
+        if self.bands is not None:
+            return self.lsh_params()
+        return exact_bands_rows(self.threshold, self.num_perm)
 
 
 class WordCountFilterConfig(_Section):

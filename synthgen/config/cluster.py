@@ -58,7 +58,53 @@ class ClusterConfig(_Section):
         description="Delay before a shard task's first retry; doubles per retry, capped at 300 s.",
     )
     shard_timeout_s: float | None = Field(
-        None, gt=0, description="A shard attempt running longer than this is abandoned and re-run."
+        None,
+        gt=0,
+        description="A shard attempt running longer than this is abandoned and re-run. "
+        "Unset: each attempt's deadline is derived from its expected time (`deadlines`).",
+    )
+    deadlines: bool = Field(
+        True,
+        description="With shard_timeout_s unset: give each shard attempt a deadline of "
+        "max(deadline_floor_s, deadline_factor x its expected time) (expected from the "
+        "tokens/s measured on this run's committed shards, per worker; before any, from the "
+        "engine: the fake engine's simulated times, a conservative tokens/s otherwise); an "
+        "attempt past it is re-run on another worker (at most task_retries times).",
+    )
+    deadline_factor: float = Field(
+        3.0, ge=1.0, description="Safety factor on a shard's expected time (`deadlines`)."
+    )
+    deadline_floor_s: float = Field(
+        60.0,
+        gt=0,
+        description="Shortest derived deadline (`deadlines`): about how long a frozen or "
+        "partitioned worker holds a shard before it runs elsewhere.",
+    )
+    deadline_load_s: float | None = Field(
+        None,
+        ge=0,
+        description="Added to the deadline of a worker's first attempt of the run (its engine "
+        "may still be loading). Unset: by engine (fake 0 s, transformers 300 s, vllm 900 s).",
+    )
+    flag_after_misses: int = Field(
+        2,
+        ge=0,
+        description="A worker whose attempts miss their deadline this many times is flagged: "
+        "no new shards for the rest of the run (never the last unflagged worker; 0: never).",
+    )
+    speculation: bool | None = Field(
+        None,
+        description="Once no unstarted shard remains, an idle worker runs a backup copy of a "
+        "running shard expected to finish much later than the copy would (a straggler); the "
+        "first commit wins, the loser's cost is on the ledger as speculation. Unset: on for "
+        "GPU engines (vllm, device cuda), off otherwise.",
+    )
+    speculation_max_fraction: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="Most backup copies in a run, as a fraction of its shards (at least one "
+        "when speculation is on): the cap on speculation's extra cost.",
     )
     connect_timeout_s: float = Field(
         5.0, gt=0, description="Preflight: how long to wait for `address` to accept a connection."

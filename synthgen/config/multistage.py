@@ -37,6 +37,9 @@ STAGE_PROVENANCE = (
 )
 SAMPLE_INDEX = "sample_index"
 SOURCE_PROMPT = "source_prompt"  # the prompt record's text, carried through every stage
+# a guided stage's own rows: the sampled token ids (verification scores them; not carried,
+# not published)
+COMPLETION_IDS = "completion_ids"
 PAIR_COLUMNS = (
     "chosen",
     "rejected",
@@ -47,7 +50,8 @@ PAIR_COLUMNS = (
 )
 SINGLE_STEP = "generate"
 RESERVED_NAMES = frozenset(
-    [f.name for f in RECORD_FIELDS] + [SAMPLE_INDEX, SOURCE_PROMPT, SINGLE_STEP, *PAIR_COLUMNS]
+    [f.name for f in RECORD_FIELDS]
+    + [SAMPLE_INDEX, SOURCE_PROMPT, COMPLETION_IDS, SINGLE_STEP, *PAIR_COLUMNS]
 )
 # json_schema property type -> the column kind of a parsed field ("json": a JSON string)
 _KINDS = {"integer": "int64", "number": "float64", "boolean": "bool", "string": "string"}
@@ -391,18 +395,19 @@ def check_multistage(cfg: RunConfig, prompt_fields: frozenset[str] | None = None
     single-step run with the default select and a raw or sft output). `prompt_fields`: the
     prompt records' metadata keys when known from the data (plan time), else those the
     source type makes known at load (none known for jsonl / parquet: any name passes)."""
-    if cfg.stages and cfg.verify.enabled:
-        raise ValueError(
-            "verify.enabled: spot checks of untrusted workers cover one-step runs only for now "
-            "(a multi-stage run's stages are not checked); run multi-stage runs on trusted "
-            "workers with verify.enabled: false"
-        )
     names = [s.name for s in cfg.stages]
     if cfg.clean.stage is not None and cfg.clean.stage not in names:
         raise ValueError(
             f"clean.stage: {cfg.clean.stage!r} is not a stage of this run "
             f"({', '.join(names) or 'a one-step run has none: leave it unset'})"
         )
+    for i, stage in enumerate(cfg.stages):
+        if stage.resources and cfg.cluster.address is None:
+            raise ValueError(
+                f"{where(i, stage)}: resources {stage.resources} need a cluster whose workers "
+                "advertise them (cluster.address); the LocalCluster a run starts advertises "
+                "none, so the stage could never run"
+            )
     checker = _Checker(cfg, prompt_fields)
     checker.names()
     for i, stage in enumerate(cfg.stages):

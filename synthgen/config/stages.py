@@ -90,6 +90,23 @@ class StageConfig(_Section):
         "false are dropped with reason `keep_if`. Comparisons, and/or/not, arithmetic, "
         "literals; no function calls.",
     )
+    resources: dict[str, float] | None = Field(
+        None,
+        description="Dask worker resources one unit of this stage needs, e.g. `{GPU_BIG: 1}`: "
+        "its units (and their verification) run only on workers started with them "
+        "(`dask worker --resources GPU_BIG=1`; needs `cluster.address`). Unset: the run's "
+        "rule (`{cluster.gpu_resource: 1}` when the stage's model needs a GPU).",
+    )
+
+    @model_validator(mode="after")
+    def _positive_resources(self) -> StageConfig:
+        for key, amount in (self.resources or {}).items():
+            if not key or amount <= 0:
+                raise ValueError(
+                    f"resources: {key!r}: {amount} (name a resource and ask for a positive "
+                    "amount, e.g. {GPU_BIG: 1})"
+                )
+        return self
 
 
 class SelectConfig(_Section):

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from synthgen.config import OutputConfig
 from synthgen.cost.prices import (
     LEDGER_SCHEMA,
+    SPECULATION_PREFIX,
     WORKER_SCHEMA,
     cost_of,
     is_verification,
@@ -146,7 +147,8 @@ def _may_have_lost(store: Store, run_id: str, stage: str) -> bool:
 
 
 def lost_rows(store: Store, run_id: str, stage: str = DEFAULT_STAGE) -> list[dict[str, Any]]:
-    """Ledger rows for the run's lost attempts that have none yet.
+    """Ledger rows for the run's lost attempts that have none yet, and the "lost" row that
+    replaces the "succeeded" row of an attempt whose result was not kept.
 
     An attempt is lost when it is neither committed nor still running (`io.attempts`). Its
     row starts when its marker says and ends (at most) when the next attempt of the same
@@ -161,7 +163,7 @@ def lost_rows(store: Store, run_id: str, stage: str = DEFAULT_STAGE) -> list[dic
     # an attempt that wrote its "succeeded" row (before its commit marker) and then died, or
     # whose result another attempt's commit superseded: its output was not kept, so its row
     # becomes a "lost" one, with what it measured (the spending was real)
-    finished = {
+    unkept = {
         (r["shard_id"], int(r["attempt"])): r
         for r in ledger
         if r["status"] == "succeeded" and not is_verification(r)
@@ -175,18 +177,24 @@ def lost_rows(store: Store, run_id: str, stage: str = DEFAULT_STAGE) -> list[dic
         by_shard.setdefault(unit_key(stage, a["shard_id"]), []).append(a)
     rows = []
     for shard_id, attempts in by_shard.items():
+        winner = next((a for a in attempts if a["outcome"] == "committed"), None)
+        # a speculated shard (a backup copy ran beside the first attempt): its losing
+        # attempt's cost is speculation's, and it ran at least until the winner committed
+        speculated = any(a.get("speculative") for a in attempts)
+        prefix = SPECULATION_PREFIX if speculated else ""
         for i, a in enumerate(attempts):
             key = (shard_id, int(a["attempt"]))
-            if a["outcome"] == "lost" and key in finished:
+            if a["outcome"] == "lost" and key in unkept:
                 rows.append(
                     {
-                        **finished[key],
+                        **unkept[key],
                         "status": "lost",
                         "kept_records": None,
                         "kept_tokens": None,
                         "usd_per_1m_kept_tokens": None,
-                        "error": "finished generating but its result was not kept (its worker "
-                        "died before the commit, or another attempt committed first)",
+                        "error": f"{prefix}finished generating but its result was not kept "
+                        "(its worker died before the commit, or another attempt committed "
+                        "first)",
                     }
                 )
                 continue
@@ -195,6 +203,8 @@ def lost_rows(store: Store, run_id: str, stage: str = DEFAULT_STAGE) -> list[dic
             nxt = attempts[i + 1] if i + 1 < len(attempts) else None
             started = _ts(a["started_at"])
             finished = _ts(nxt["started_at"]) if nxt else started
+            if speculated and winner is not None and winner.get("finished_at"):
+                finished = _ts(winner["finished_at"])
             finished = max(finished, started)
             ref = by_worker.get(a.get("worker", ""))
             wall = (finished - started).total_seconds()
@@ -223,7 +233,10 @@ def lost_rows(store: Store, run_id: str, stage: str = DEFAULT_STAGE) -> list[dic
                     "kept_records": None,
                     "kept_tokens": None,
                     "status": "lost",
-                    "error": "worker lost mid-shard (no result); time = until the next "
+                    "error": f"{prefix}lost to a speculative copy (still running when the run "
+                    "ended); time = until the winning copy committed"
+                    if speculated
+                    else "worker lost mid-shard (no result); time = until the next "
                     "attempt started, an upper bound",
                     "cost_usd": cost,
                     "usd_per_1m_completion_tokens": usd_per_million(cost, 0),

@@ -26,6 +26,9 @@ from synthgen.errors import ConfigError
 CPU_CORE_KEY = "cpu-core"
 PriceSource = Literal["table", "worker", "unknown"]
 AttemptStatus = Literal["succeeded", "failed"]
+# the `error` of an attempt that lost to (or was) a speculative copy of its shard: the cost
+# of straggler speculation (`cluster.speculation`), told apart from other failures
+SPECULATION_PREFIX = "speculation: "
 # A verification check's own engine time (issue 8): money spent, but not a shard attempt.
 VERIFICATION_STATUS = "verification"
 

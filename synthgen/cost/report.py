@@ -17,7 +17,7 @@ from typing import Any
 
 from synthgen.cost.chart import render_png
 from synthgen.cost.ledger import open_run_uri
-from synthgen.cost.prices import is_verification, usd_per_million
+from synthgen.cost.prices import SPECULATION_PREFIX, is_verification, usd_per_million
 from synthgen.io.layout import BUDGET, split_key
 
 Row = dict[str, Any]
@@ -155,6 +155,10 @@ def _held(workers: Sequence[Row]) -> Row:
     }
 
 
+def _speculation(r: Row) -> bool:
+    return r["status"] in UNSUCCESSFUL and str(r.get("error") or "").startswith(SPECULATION_PREFIX)
+
+
 def _totals(
     ledger: Sequence[Row], per_shard: Sequence[Row], workers: Sequence[Row], checks: Sequence[Row]
 ) -> Row:
@@ -188,6 +192,9 @@ def _totals(
         "cost_usd": cost,
         "failed_cost_usd": failed_cost,
         "failed_share": _ratio(failed_cost, cost),
+        # losing copies of speculated shards (part of the failed cost)
+        "speculation_attempts": sum(_speculation(r) for r in ledger),
+        "speculation_cost_usd": sum(r["cost_usd"] for r in ledger if _speculation(r)),
         "usd_per_1m_completion_tokens": usd_per_million(cost, comp),
         "usd_per_1m_kept_tokens": usd_per_million(cost, kept),
         "verification_checks": len(checks),
@@ -360,6 +367,16 @@ def _total_lines(s: Summary) -> list[tuple[str, str]]:
         (
             "shard-attributed cost",
             f"{_fmt(t['cost_usd'], 'usd')} (failed attempts {_fmt(t['failed_cost_usd'], 'usd')} = {_fmt(t['failed_share'], 'pct')})",
+        ),
+        *(
+            [
+                (
+                    "speculation",
+                    f"{_fmt(t['speculation_cost_usd'], 'usd')} ({t['speculation_attempts']} losing copies of speculated shards, in the failed cost)",
+                )
+            ]
+            if t.get("speculation_attempts")
+            else []
         ),
         (
             "verification",

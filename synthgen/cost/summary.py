@@ -60,6 +60,7 @@ class RunSummary:
     workers: list[dict[str, Any]] = field(default_factory=list)
     generated: int = 0  # records generated (all committed shards); = kept + dropped
     verification: dict[str, Any] | None = None  # spot checks (issue 8); None = disabled
+    deadlines: dict[str, Any] | None = None  # missed deadlines, flagged workers (issue 19)
 
     @classmethod
     def build(
@@ -78,6 +79,7 @@ class RunSummary:
         rejects: int,
         workers: list[dict[str, Any]],
         verification: dict[str, Any] | None = None,
+        deadlines: dict[str, Any] | None = None,
     ) -> RunSummary:
         tokens = sum(r["completion_tokens"] for r in generated)
         drops: dict[str, int] = defaultdict(int)
@@ -111,6 +113,7 @@ class RunSummary:
             generated=(manifest["totals"].get("generated", 0) if manifest else 0)
             or sum(r.get("rows", 0) for r in committed),
             verification=verification,
+            deadlines=deadlines,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -152,6 +155,7 @@ class RunSummary:
                 ("bad input records", f"{self.rejects} (see {RUNS_DIR}/{self.run_id}/{REJECTS})")
             )
         rows += verification_rows(self.verification)
+        rows += deadline_rows(self.deadlines)
         for w in self.workers:
             rows.append(
                 (f"worker {w['worker']}", f"{w['shards']} shards, {w['tokens_per_s']:.1f} tokens/s")
@@ -199,6 +203,19 @@ def verification_rows(v: dict[str, Any] | None) -> list[tuple[str, str]]:
         rows.append((f"FLAGGED worker {w}", "; ".join(v["flag_reasons"][w][:2])[:200]))
     if v.get("unverified"):
         rows.append(("unverified shards", ", ".join(v["unverified"][:10])))
+    return rows
+
+
+def deadline_rows(d: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """Summary rows for missed shard deadlines: re-runs, late and flagged workers."""
+    if not d or not (d.get("missed") or d.get("flagged_workers")):
+        return []
+    reruns = sum(d.get("reruns", {}).values())
+    late = ", ".join(f"{w} ({len(m)})" for w, m in sorted(d.get("missed", {}).items()))
+    rows = [("missed deadlines", f"{reruns} shard re-run(s); late workers: {late or 'none'}")]
+    for w in d.get("flagged_workers", []):
+        why = "; ".join(d.get("flag_reasons", {}).get(w, [])[:2])[:200]
+        rows.append((f"FLAGGED worker {w}", f"no new shards this run: {why}"))
     return rows
 
 

@@ -8,6 +8,7 @@ ends (called on every worker through `Client.run`).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -21,7 +22,7 @@ from distributed import Nanny, get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from synthgen.config import CostConfig, OutputConfig
-from synthgen.cost.ledger import run_ledger
+from synthgen.cost.ledger import Ledger, run_ledger
 from synthgen.cost.prices import (
     Price,
     WorkerUsage,
@@ -210,6 +211,11 @@ class UsagePlugin(WorkerPlugin):
         self._write_final(str(getattr(worker, "address", "")) or None)
 
     def _write_final(self, address: str | None) -> None:
+        ledger = run_ledger(OutputConfig.model_validate(self.output), self.run_id)
+        if address and address in removed_workers(ledger):
+            # the flow removed this worker (frozen, cut off) and closed its rows then; its
+            # teardown runs now because the host came back: nothing of this run changes
+            return
         row = snapshot(
             self.run_id,
             CostConfig.model_validate(self.cost),
@@ -219,7 +225,33 @@ class UsagePlugin(WorkerPlugin):
             final=True,
             address=address,
         )
-        run_ledger(OutputConfig.model_validate(self.output), self.run_id).write_worker(row)
+        ledger.write_worker(row)
+
+
+def removed_workers(ledger: Ledger) -> dict[str, float]:
+    """Workers the flow removed from the run's cluster: address -> when (epoch seconds)."""
+    raw = ledger.store.read_optional(ledger.run.removed_workers)  # one call: on teardown
+    if raw is None:
+        return {}
+    return {str(k): float(v) for k, v in json.loads(raw).items()}
+
+
+def close_removed_workers(ledger: Ledger, removed: dict[str, float]) -> int:
+    """Record workers the flow removed from the cluster (`removed`: address -> when): their
+    rows of the run end then (final), and their own final write, should the host come back,
+    changes nothing (`UsagePlugin`). Returns the rows closed."""
+    if not removed:
+        return 0
+    ledger.store.write_json(ledger.run.removed_workers, {**removed_workers(ledger), **removed})
+    n = 0
+    for row in ledger.workers().to_pylist():
+        at = removed.get(row["worker"])
+        if at is None or row["final"]:
+            continue
+        end = _ts(max(at, row["held_until"].timestamp()))
+        ledger.write_worker({**extend_worker_row(row, end), "final": True})
+        n += 1
+    return n
 
 
 def plugin_name(run_id: str) -> str:
@@ -243,8 +275,10 @@ def collect(
     run_started_at: float,
     device_pref: str = "auto",
     gpus: int = 1,
+    workers: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every live worker's row for `run_id`, held until now (not final: the worker lives on)."""
+    """Every live worker's row for `run_id` (of `workers`, when given: a frozen worker would
+    never answer), held until now (not final: the worker lives on)."""
     kwargs = {
         "run_id": run_id,
         "cost": cost,
@@ -252,7 +286,7 @@ def collect(
         "device_pref": device_pref,
         "gpus": gpus,
     }
-    return list(client.run(_snapshot_on_worker, **kwargs).values())
+    return list(client.run(_snapshot_on_worker, workers=workers, **kwargs).values())
 
 
 def _snapshot_on_worker(dask_worker: Any, **kwargs: Any) -> dict[str, Any]:

@@ -9,8 +9,10 @@ and cached as safetensors (reload ~0.4 s) under `$SYNTHGEN_CACHE_DIR` (default
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import fcntl
 import importlib.util
 import math
 import os
@@ -19,7 +21,7 @@ import random
 import shutil
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +105,27 @@ def dequantised_dir(directory: Path, gguf: str) -> Path:
     target = cache_root() / "models" / f"{src.stem}-{stat.st_size}"
     if (target / ".complete").is_file():
         return target
+    # one process de-quantises (~30 s of both cores), the others on this host wait for it
+    # (several Dask workers, test processes) instead of each doing the same work
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(target.with_name(f"{target.name}.lock")):
+        if (target / ".complete").is_file():
+            return target
+        return _dequantise(directory, gguf, src, target)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on `lock_path` (created if missing) for this block."""
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _dequantise(directory: Path, gguf: str, src: Path, target: Path) -> Path:
     tmp = target.with_name(f"{target.name}.tmp-{uuid.uuid4().hex[:8]}")
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf)
     model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf, dtype=torch.float32)

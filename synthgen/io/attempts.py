@@ -84,23 +84,38 @@ def commit_markers(
 ) -> dict[str, dict[str, Any]]:
     """shard_id -> commit marker, for every committed shard of the run's `stage`. A marker
     that is not a usable commit marker (garbage, no sha256 or row count) is withdrawn."""
+    return read_commits(store, run_id, stage)[0]
+
+
+def withdraw_unreadable(store: Store, run_id: str, stage: str = DEFAULT_STAGE) -> list[str]:
+    """Withdraw every commit marker of `stage` that is not a usable one (logged, as by
+    `commit_markers`); returns their shard ids (sorted), the shards to generate again."""
+    return sorted(read_commits(store, run_id, stage)[1])
+
+
+def read_commits(
+    store: Store, run_id: str, stage: str = DEFAULT_STAGE
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """One listing and read of `stage`'s commit markers: (shard_id -> usable marker, the
+    shard ids whose marker was not usable, withdrawn here and logged)."""
     layout = RunLayout(store, run_id).stage(stage)
-    out = {}
+    out, withdrawn = {}, []
     for name in store.ls(layout.commits_dir):
         if name.endswith(".json"):
             shard_id = name.removesuffix(".json")
             try:
                 marker = read_marker(store, run_id, shard_id, stage)
             except ShardWithdrawn:  # a garbage marker: withdrawn (logged), not committed
+                withdrawn.append(shard_id)
                 continue
             if marker is not None:
                 out[shard_id] = marker
-    return out
+    return out, withdrawn
 
 
 def attempt_history(store: Store, run_id: str, stage: str = DEFAULT_STAGE) -> list[dict[str, Any]]:
     """Every attempt of the run, oldest first per shard, with `outcome` committed | lost |
-    running (no commit yet for its shard)."""
+    running (no commit yet for its shard); a committed one with its `finished_at`."""
     commits = commit_markers(store, run_id, stage)
     directory = attempt_dir(store, run_id, stage)
     out = []
@@ -114,6 +129,7 @@ def attempt_history(store: Store, run_id: str, stage: str = DEFAULT_STAGE) -> li
             outcome = "running"
         elif int(commit["result"].get("attempt", 0)) == parsed.attempt:
             outcome = "committed"
+            marker = {**marker, "finished_at": commit["result"].get("finished_at")}
         else:
             outcome = "lost"
         out.append({**marker, "attempt": parsed.attempt, "outcome": outcome})
@@ -122,13 +138,16 @@ def attempt_history(store: Store, run_id: str, stage: str = DEFAULT_STAGE) -> li
 
 
 class AttemptWatch:
-    """Times shard attempts from when their start markers appear; says which are overdue."""
+    """Times shard attempts from when their start markers appear; says which are overdue.
+
+    `timeout_s`: one timeout for every attempt, or `(shard_id, worker) -> seconds`, asked
+    for each attempt with the worker its start marker names (read once per attempt)."""
 
     def __init__(
         self,
         store: Store,
         run_id: str,
-        timeout_s: float,
+        timeout_s: float | Callable[[str, str], float],
         clock: Callable[[], float] = time.monotonic,
         stage: str = DEFAULT_STAGE,
     ) -> None:
@@ -137,26 +156,59 @@ class AttemptWatch:
         self.stage = stage
         self.timeout_s = timeout_s
         self.clock = clock
-        self._seen: dict[str, tuple[int, float]] = {}  # shard -> (latest attempt, first seen)
+        # shard -> (latest attempt, first seen, its worker)
+        self._seen: dict[str, tuple[int, float, str]] = {}
         self._flagged: set[tuple[str, int]] = set()
+
+    def _worker_of(self, name: str) -> str:
+        try:
+            marker = self.store.read_json(posixpath.join(self._dir, name))
+        except Exception:  # unreadable (still being written): the worker is unknown
+            return ""
+        return str(marker.get("worker", "")) if isinstance(marker, dict) else ""
+
+    @property
+    def _dir(self) -> str:
+        return attempt_dir(self.store, self.run_id, self.stage)
 
     def poll(self) -> None:
         now = self.clock()
-        for name in self.store.ls(attempt_dir(self.store, self.run_id, self.stage)):
+        for name in self.store.ls(self._dir):
             parsed = AttemptName.parse(name)
             if parsed is None:
                 continue
             latest = self._seen.get(parsed.shard_id)
             if latest is None or parsed.attempt > latest[0]:
-                self._seen[parsed.shard_id] = (parsed.attempt, now)
+                worker = self._worker_of(name) if callable(self.timeout_s) else ""
+                self._seen[parsed.shard_id] = (parsed.attempt, now, worker)
 
-    def overdue(self, shard_id: str) -> int | None:
-        """The attempt number of `shard_id` that has run past the timeout (once per attempt)."""
+    def worker(self, shard_id: str) -> str:
+        """The worker of `shard_id`'s latest attempt seen ("" when unknown)."""
+        latest = self._seen.get(shard_id)
+        return latest[2] if latest is not None else ""
+
+    def elapsed(self, shard_id: str) -> float | None:
+        """Seconds since `shard_id`'s latest attempt was first seen (None: not seen)."""
+        latest = self._seen.get(shard_id)
+        return None if latest is None else self.clock() - latest[1]
+
+    def timeout(self, shard_id: str) -> float | None:
+        """The deadline (seconds from first sight) of `shard_id`'s latest attempt seen."""
         latest = self._seen.get(shard_id)
         if latest is None:
             return None
-        attempt, since = latest
-        if self.clock() - since < self.timeout_s or (shard_id, attempt) in self._flagged:
+        if callable(self.timeout_s):
+            return self.timeout_s(shard_id, latest[2])
+        return self.timeout_s
+
+    def overdue(self, shard_id: str) -> int | None:
+        """The attempt number of `shard_id` that has run past its timeout (once per attempt)."""
+        latest = self._seen.get(shard_id)
+        timeout = self.timeout(shard_id)
+        if latest is None or timeout is None:
+            return None
+        attempt, since, _ = latest
+        if self.clock() - since < timeout or (shard_id, attempt) in self._flagged:
             return None
         self._flagged.add((shard_id, attempt))
         return attempt

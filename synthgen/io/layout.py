@@ -220,6 +220,11 @@ class RunLayout:
         return self.path(WORKERS_DIR, f"{safe_key(worker_id)}.parquet")
 
     @property
+    def removed_workers(self) -> str:
+        """Workers the flow removed from the cluster (frozen, cut off): address -> when."""
+        return self.path(WORKERS_DIR, "removed.json")
+
+    @property
     def dedup_dir(self) -> str:
         return self.path("dedup")
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 from synthgen.config import CleanConfig
 from synthgen.io.schema import RECORD_SCHEMA
 from synthgen.stages.base import Stage
-from synthgen.stages.dedup.local import duplicate_reasons
+from synthgen.stages.dedup.local import duplicate_reasons, hasher_for
 from synthgen.stages.dedup.minhash import MinHasher
 from synthgen.stages.dedup.normalize import text_hash
 from synthgen.stages.quality import Doc, build_filters
@@ -24,14 +24,7 @@ REJECTED = "rejected_prompt"
 
 
 def minhasher(cfg: CleanConfig) -> MinHasher:
-    n = cfg.near
-    return MinHasher(
-        num_perm=n.num_perm,
-        shingle=n.shingle,
-        shingle_size=n.shingle_size,
-        seed=n.seed,
-        stratified=n.stratified,
-    )
+    return hasher_for(cfg.near)
 
 
 def _set(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
@@ -67,8 +60,11 @@ def clean_shard(table: pa.Table, cfg: CleanConfig) -> tuple[pa.Table, dict[str, 
     ]
 
     sigs: np.ndarray | None = None
+    shingles = None
     if cfg.enabled and cfg.near.enabled:
-        sigs = minhasher(cfg).signatures(texts)
+        hasher = minhasher(cfg)
+        shingles = hasher.shingle_hashes(texts)
+        sigs = hasher.signatures_from_hashes(*shingles)
 
     if cfg.enabled:
         filters = build_filters(cfg.filters)
@@ -83,6 +79,7 @@ def clean_shard(table: pa.Table, cfg: CleanConfig) -> tuple[pa.Table, dict[str, 
             eligible,
             cfg.near if cfg.near.enabled else None,
             exact=cfg.exact.enabled,
+            shingles=shingles,
         )
         for i, why in dups.items():
             reasons[i] = why

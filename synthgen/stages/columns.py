@@ -4,7 +4,8 @@ reading a column's values (parsed fields typed as JSON strings are decoded).
 A stage's shard has the RECORD_SCHEMA columns describing that stage's generation, then
 `sample_index`, `source_prompt` (the prompt record's text), and per stage so far, in order:
 `NAME`, `NAME.messages`, `NAME.finish_reason`, `NAME.prompt_tokens`,
-`NAME.completion_tokens`, `NAME.seed`, `NAME.model` and its parsed fields `NAME.FIELD`.
+`NAME.completion_tokens`, `NAME.seed`, `NAME.model` and its parsed fields `NAME.FIELD`;
+a guided stage's shard ends with `completion_ids` (its own samples' token ids, or null).
 A parsed field without a JSON type (an object, a list, or no schema) is a JSON string,
 marked in the field's metadata so that `keep_if`, templates and `select` read the value.
 """
@@ -18,6 +19,7 @@ import pyarrow as pa
 
 from synthgen.config import RunConfig
 from synthgen.config.multistage import (
+    COMPLETION_IDS,
     SAMPLE_INDEX,
     SOURCE_PROMPT,
     parsed_fields,
@@ -67,6 +69,10 @@ def stage_schema(cfg: RunConfig, index: int) -> pa.Schema:
     ]
     for stage in cfg.stages[: index + 1]:
         fields += own_fields(cfg, stage)
+    if cfg.stages[index].guided is not None:
+        # the sampled token ids, where the engine has them: verifying a guided stage scores
+        # them (re-tokenised text is not what a constrained sampler picked); not carried
+        fields.append(pa.field(COMPLETION_IDS, pa.list_(pa.int32())))
     return pa.schema(fields)
 
 

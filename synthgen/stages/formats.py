@@ -2,7 +2,7 @@
 Arrow tables of kept rows.
 
 - `raw`: every column of the kept rows but the clean stage's internals (`minhash`,
-  `drop_reason`, `error`).
+  `drop_reason`, `error`) and a guided stage's `completion_ids`.
 - `sft`: `messages` (`list<struct<role, content>>`): the request chat of one stage plus the
   generated assistant turn, TRL's conversational format; provenance columns beside it.
 - `dpo`: `prompt` (the request chat), `chosen` and `rejected` (one assistant message each):
@@ -30,8 +30,8 @@ from synthgen.errors import ConfigError
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 MESSAGES = pa.list_(MESSAGE)
 # clean-stage internals; `contaminated_by` is null on every kept row (it names the benchmark
-# of a dropped one, in the raw shard)
-INTERNAL_COLUMNS = ("minhash", "drop_reason", "error", "contaminated_by")
+# of a dropped one, in the raw shard); a guided stage's sampled token ids (verification's)
+INTERNAL_COLUMNS = ("minhash", "drop_reason", "error", "contaminated_by", "completion_ids")
 SINGLE_STAGE = "generate"
 TRAIN = "train"
 

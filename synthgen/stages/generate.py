@@ -18,12 +18,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from synthgen.checkpoints import checkpoint
 from synthgen.config import RunConfig
 from synthgen.config.multistage import clean_stage
 from synthgen.cost.ledger import Ledger
 from synthgen.cost.meter import AttemptMeter, Counts
-from synthgen.cost.prices import kept_counts
+from synthgen.cost.prices import SPECULATION_PREFIX, kept_counts
 from synthgen.engines.base import GenRequest, prompt_seed
 from synthgen.engines.cache import get_engine, worker_identity
 from synthgen.engines.turns import Turn, engine_turn
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 class ShardTask:
     config: dict[str, Any]  # RunConfig.model_dump(mode="json")
     shard_id: str
+    speculative: bool = False  # a backup copy of a running attempt (straggler speculation)
 
 
 @dataclass
@@ -75,6 +78,7 @@ class ShardResult:
     file: str = ""
     drop_counts: dict[str, int] = field(default_factory=dict)
     stages: list[dict[str, Any]] = field(default_factory=list)  # StageStats per stage
+    speculative: bool = False  # this attempt was a backup copy (straggler speculation)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -146,10 +150,43 @@ def after_generate(cfg: RunConfig) -> list[Stage]:
     return [*decontam_stages(cfg), CleanStage(cfg.clean)]
 
 
+def upstream_ref(marker: dict[str, Any], stage: str) -> dict[str, Any]:
+    """What a unit's commit marker records of the upstream commit it read."""
+    return {
+        "stage": stage,
+        "attempt": marker.get("result", {}).get("attempt"),
+        "sha256": marker.get("sha256"),
+    }
+
+
+def stale_upstream(
+    store: Store, run_id: str, cfg: RunConfig, stage: str, shard_id: str, marker: dict[str, Any]
+) -> str | None:
+    """Why the committed unit `stage:shard_id` (its `marker`) no longer rests on its upstream
+    (the upstream shard was quarantined or generated again since), or None. A marker that
+    records no upstream (the first stage, a one-step run, older runs) is never stale."""
+    ref = marker.get("upstream")
+    if not ref:
+        return None
+    try:
+        now = read_marker(store, run_id, shard_id, ref["stage"])
+    except ShardWithdrawn:
+        now = None
+    if now is None:
+        return f"its upstream {ref['stage']}:{shard_id} is no longer committed"
+    if now.get("sha256") != ref.get("sha256"):
+        return (
+            f"it read attempt {ref.get('attempt')} of {ref['stage']}:{shard_id}, since replaced "
+            f"by attempt {now.get('result', {}).get('attempt')}"
+        )
+    return None
+
+
 def _steps(
     cfg: RunConfig, store: Store, stage: str, shard_id: str, worker: str, attempt: int
-) -> tuple[Any, pa.Table, list[Stage], Any]:
-    """(engine, input rows, the stages of this unit on its worker, the generating stage)."""
+) -> tuple[Any, pa.Table, list[Stage], Any, dict[str, Any] | None]:
+    """(engine, input rows, the stages of this unit on its worker, the generating stage,
+    the upstream commit it reads or None)."""
     run_id = cfg.run_id or ""
     sc = stage_config(cfg, stage)
     engine = get_engine(cfg.model if sc is None or sc.model is None else sc.model)
@@ -160,18 +197,20 @@ def _steps(
             read_shard_rows(store, run_id, shard_id),
             [generate, *after_generate(cfg)],
             generate,
+            None,
         )
     up = upstream(cfg, stage)
-    rows = (
-        read_shard_rows(store, run_id, shard_id)
-        if up is None
-        else read_committed_shard(store, run_id, shard_id, up)
-    )
+    ref = None
+    if up is None:
+        rows = read_shard_rows(store, run_id, shard_id)
+    else:
+        checked = read_checked(store, run_id, shard_id, up)
+        rows, ref = checked.table, upstream_ref(checked.marker, up)
     generate = StageStep(cfg, sc, shard_id, engine, worker, attempt)
     # the clean stage's text (default: the final stage's) is filtered and deduplicated in
     # the shard before it is committed; its dropped rows go no further
     after = after_generate(cfg) if stage == clean_stage(cfg) else []
-    return engine, rows, [generate, *after], generate
+    return engine, rows, [generate, *after], generate, ref
 
 
 def run_shard(task: ShardTask) -> ShardResult:
@@ -185,6 +224,11 @@ def run_shard(task: ShardTask) -> ShardResult:
     try:
         done = read_marker(store, run_id, shard_id, stage)
     except ShardWithdrawn:  # a garbage marker (withdrawn, logged): generate the shard again
+        done = None
+    stale = None if done is None else stale_upstream(store, run_id, cfg, stage, shard_id, done)
+    if stale is not None:  # committed from an upstream shard that was replaced since
+        log.warning("run %s: unit %s is generated again: %s", run_id, task.shard_id, stale)
+        store.rm(marker)
         done = None
     if done is not None:
         return ShardResult(**{**done["result"], "status": "skipped"})
@@ -200,12 +244,13 @@ def run_shard(task: ShardTask) -> ShardResult:
             "worker": worker,
             "host": host,
             "started_at": started_at,
+            **({"speculative": True} if task.speculative else {}),
         },
     )
 
     # the engine loads before the attempt's clock starts: load time is the worker's (held)
     # cost, recorded in its worker row, not this shard's
-    engine, rows, steps, generate = _steps(cfg, store, stage, shard_id, worker, attempt)
+    engine, rows, steps, generate, up_ref = _steps(cfg, store, stage, shard_id, worker, attempt)
     meter = AttemptMeter.start(cfg, task.shard_id, attempt, engine.info.device, engine.info.model)
     ledger = Ledger(run_layout)
     counts = Counts()
@@ -231,8 +276,15 @@ def run_shard(task: ShardTask) -> ShardResult:
             raise _Superseded(task.shard_id, attempt)
         size, sha = store.write_table(path, table)
     except _Superseded as exc:
-        meter.finish_in(ledger, counts, "failed", error=str(exc))
         done = store.read_json(marker)
+        # the flow may already have priced this attempt as lost (a frozen worker that thawed
+        # after the run ended): one row per attempt, the thaw adds none
+        priced = ledger.rows(task.shard_id).filter(pc.field("attempt") == attempt).num_rows
+        if not priced:
+            why = str(exc)
+            if task.speculative or done["result"].get("speculative"):
+                why = f"{SPECULATION_PREFIX}{why}"  # the losing copy of a speculated shard
+            meter.finish_in(ledger, counts, "failed", error=why)
         return ShardResult(**{**done["result"], "status": "superseded", "attempt": attempt})
     except Exception as exc:
         # a failed attempt cost money too: record it, then let the task retry
@@ -246,6 +298,7 @@ def run_shard(task: ShardTask) -> ShardResult:
                 ledger_exc,
             )
         raise
+    checkpoint("generate.file_written")
     row = meter.finish_in(ledger, counts, "succeeded")  # written before the commit marker
     result = ShardResult(
         run_id=run_id,
@@ -273,6 +326,7 @@ def run_shard(task: ShardTask) -> ShardResult:
         file=path,
         drop_counts=drop_counts,
         stages=[st.as_dict() for st in stats],
+        speculative=task.speculative,
     )
     commit = {
         "shard_id": shard_id,
@@ -283,7 +337,10 @@ def run_shard(task: ShardTask) -> ShardResult:
         "rows": table.num_rows,
         "result": result.as_dict(),
     }
+    if up_ref is not None:  # a later stage: the upstream commit its rows come from
+        commit["upstream"] = up_ref
     # first commit wins: a concurrent attempt (a timed-out one returning late) never replaces it
     if not store.create_bytes(marker, json.dumps(commit, indent=2, sort_keys=True).encode()):
         return ShardResult(**{**result.as_dict(), "status": "superseded"})
+    checkpoint("generate.committed")
     return result

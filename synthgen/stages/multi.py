@@ -22,7 +22,13 @@ from typing import Any
 import pyarrow as pa
 
 from synthgen.config import RunConfig, SamplingConfig
-from synthgen.config.multistage import SAMPLE_INDEX, SOURCE_PROMPT, parsed_fields, where
+from synthgen.config.multistage import (
+    COMPLETION_IDS,
+    SAMPLE_INDEX,
+    SOURCE_PROMPT,
+    parsed_fields,
+    where,
+)
 from synthgen.config.stages import StageConfig
 from synthgen.engines.base import GenRequest, prompt_seed
 from synthgen.engines.turns import Turn, engine_turn
@@ -244,6 +250,7 @@ class StageStep(Stage):
             f"{name}.completion_tokens": [c.completion_tokens for c in completions],
             f"{name}.seed": base.column("seed").to_pylist(),
             f"{name}.model": [self.engine.info.model] * len(completions),
+            COMPLETION_IDS: [getattr(c, "token_ids", None) for c in completions],
         }
         for f in self.fields:
             own[f"{name}.{f}"] = [p.get(f) for p in parsed]

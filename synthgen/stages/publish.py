@@ -19,7 +19,6 @@ import hashlib
 import json
 import posixpath
 from collections import Counter
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from synthgen import __version__
+from synthgen.checkpoints import checkpoint
 from synthgen.config import RunConfig
 from synthgen.config.multistage import clean_stage, compared_stage, descendants_span
 from synthgen.errors import PublishRefused
@@ -59,23 +59,6 @@ FORMAT_DESCRIPTIONS = {
     "sft": "`messages`: the request chat plus the generated assistant turn, with provenance",
     "dpo": "`prompt`, `chosen`, `rejected`: TRL's conversational preference format",
 }
-
-# Test-only extension point: called at named points of a publish (`checkpoint`); tests install
-# a hook that kills the process there (tests/support/killpoint.py). None in production.
-_checkpoint_hook: Callable[[str], None] | None = None
-
-
-def set_checkpoint_hook(hook: Callable[[str], None] | None) -> None:
-    global _checkpoint_hook
-    _checkpoint_hook = hook
-
-
-def checkpoint(name: str) -> None:
-    """Named points of a publish: `publish.shard_done` (the flow got one shard's files),
-    `publish.before_switch` (manifest written, card not yet), `publish.after_switch` (card
-    written, earlier files not yet deleted)."""
-    if _checkpoint_hook is not None:
-        _checkpoint_hook(name)
 
 
 def kept_rows(table: pa.Table, extra_drops: set[str] | None = None) -> pa.Table:
@@ -418,7 +401,6 @@ __all__ = [
     "PublishStage",
     "RunDedupMarks",
     "check_owner",
-    "checkpoint",
     "collect_garbage",
     "commit_publish",
     "digests_of",
@@ -428,7 +410,6 @@ __all__ = [
     "published_as",
     "read_card",
     "read_manifest",
-    "set_checkpoint_hook",
     "shard_digests",
     "totals_from",
 ]

@@ -5,6 +5,7 @@ and on the live S3 endpoint."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 
@@ -13,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.run import synthgen_run
+from synthgen.checkpoints import set_checkpoint_hook
 from synthgen.config import config_from_dict
 from synthgen.io.layout import DatasetLayout, RunLayout
 from synthgen.io.store import Store
@@ -101,6 +103,40 @@ def test_damaged_shards_are_regenerated_in_the_same_run(tmp_path, prefect_api, w
     for sid in damaged:  # every shard is committed again, to a file that matches it
         marker = json.loads(store.read_bytes(layout.commit(sid)))
         data = store.read_bytes(layout.shard(sid))
-        import hashlib
-
         assert hashlib.sha256(data).hexdigest() == marker["sha256"]
+
+
+def test_a_marker_garbled_after_the_generate_loop_is_regenerated_in_the_same_run(
+    tmp_path, prefect_api, where
+):
+    """The marker of a shard the loop committed is damaged before dedup and publish read it
+    (checkpoint `generate.done`, in this process): the run withdraws it, generates the shard
+    again and publishes all 24 rows, the regenerated shard's as they were."""
+    cfg_path, cfg = _config(tmp_path, where, dedup=False)
+    store = Store(cfg.output)
+    layout = RunLayout(store, cfg.run_id or "").stage()
+    victim = "shard-00002"
+    seen: dict[str, list[tuple[str, str]]] = {}
+
+    def garble(point: str) -> None:
+        if point != "generate.done" or seen:
+            return
+        table = pq.read_table(pa.BufferReader(store.read_bytes(layout.shard(victim))))
+        seen[victim] = sorted(zip(table["prompt_id"].to_pylist(),
+                                  table["completion"].to_pylist(), strict=True))  # fmt: skip
+        store.write_bytes(layout.commit(victim), b"\x00garbage{")
+
+    set_checkpoint_hook(garble)
+    try:
+        summary = synthgen_run(config=cfg_path)
+    finally:
+        set_checkpoint_hook(None)
+    assert seen, "the checkpoint was never reached"
+    assert summary["status"] == "complete", summary
+    assert summary["shards_generated"] == 9, summary  # 8, and the withdrawn one again
+    rows = _published(store)
+    ids = [pid for pid, _ in rows]
+    assert len(ids) == len(set(ids)) == summary["rows_published"] == 24
+    assert set(seen[victim]) <= set(rows), "the regenerated shard's rows differ"
+    marker = json.loads(store.read_bytes(layout.commit(victim)))
+    assert marker["result"]["attempt"] == 2

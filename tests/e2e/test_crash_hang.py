@@ -14,6 +14,7 @@ import pytest
 
 from flows.run import synthgen_run
 from synthgen.config import config_from_dict
+from synthgen.cost.ledger import Ledger, record_lost_attempts
 from synthgen.io.attempts import AttemptWatch, attempt_history
 from synthgen.io.layout import RunLayout
 from synthgen.io.store import Store
@@ -90,6 +91,35 @@ def test_abandoned_attempt_that_returns_late_writes_nothing(tmp_path):
     assert store.read_bytes(marker["file"]) == file_bytes
     outcomes = [(a["attempt"], a["outcome"]) for a in attempt_history(store, cfg.run_id)]
     assert outcomes == [(1, "lost"), (2, "committed")]
+
+
+def test_a_late_attempt_after_the_run_priced_it_as_lost_adds_no_ledger_row(tmp_path):
+    # a frozen host that thaws after the run ended: the flow already wrote attempt 1's lost
+    # row; the thawed attempt finds the shard committed and leaves the ledger as it is
+    cfg = config_from_dict(fake_config(str(tmp_path / "out")))
+    store = Store(cfg.output)
+    write_plan(cfg, store)
+    config = cfg.model_dump(mode="json")
+    stuck = hang.install(hang.first_prompt_id(cfg, "shard-00000"), tmp_path / "hang")
+    try:
+        late: dict = {}
+        zombie = threading.Thread(
+            target=lambda: late.update(run_shard(ShardTask(config, "shard-00000")).as_dict())
+        )
+        zombie.start()
+        stuck.wait_started()
+        assert run_shard(ShardTask(config, "shard-00000")).status == "done"
+        assert record_lost_attempts(store, cfg.run_id) == 1  # the flow, at the run's end
+        before = Ledger(RunLayout(store, cfg.run_id)).rows().to_pylist()
+        stuck.release()
+        zombie.join()
+    finally:
+        stuck.release()
+        hang.uninstall()
+    assert late["status"] == "superseded" and late["attempt"] == 1
+    after = Ledger(RunLayout(store, cfg.run_id)).rows().to_pylist()
+    assert after == before
+    assert [(r["attempt"], r["status"]) for r in after] == [(1, "lost"), (2, "succeeded")]
 
 
 def test_attempt_watch_times_from_first_sight_on_its_own_clock(tmp_path):

@@ -15,6 +15,9 @@ from synthgen.errors import ConfigError
 from synthgen.stages.clean import clean_shard
 from synthgen.stages.dedup.cross import apply_drops, cross_shard_dedup
 from synthgen.stages.dedup.index import index_paths, index_rows, write_index
+from synthgen.stages.dedup.local import hasher_for
+from synthgen.stages.dedup.lsh import estimated_jaccard
+from synthgen.stages.dedup.minhash import jaccard, word_shingles
 from tests._cleanutil import mutate, records, text
 
 
@@ -131,3 +134,41 @@ def test_exact_only_when_near_disabled(client: Client, tmp_path: Path) -> None:
     assert set(res.counts) == {"exact_duplicate"}
     assert set(res.drops["prompt_id"].to_pylist()) == {"p010", "p020"}
     assert cross_shard_dedup(client, [], cfg).drops.num_rows == 0
+
+
+def _straddling(cfg: CleanConfig, want: int = 2) -> tuple[list, list]:
+    """Pairs around the threshold on which the signatures' estimate is wrong: exact
+    Jaccard >= threshold but estimate below it, and the other way round."""
+    m = hasher_for(cfg.near)
+    n = cfg.near.shingle_size
+    above, below = [], []
+    for seed in range(400):
+        x = text(300 + seed, 70)
+        w = mutate(x, 1 + seed % 3, seed).split()
+        y = " ".join(w[: len(w) - seed % 5])
+        j = jaccard(word_shingles(x, n), word_shingles(y, n))
+        est = float(estimated_jaccard(m.signatures([x]), m.signatures([y]))[0])
+        if j >= cfg.near.threshold > est and len(above) < want:
+            above.append((x, y))
+        elif est >= cfg.near.threshold > j and len(below) < want:
+            below.append((x, y))
+        if len(above) == len(below) == want:
+            break
+    assert len(above) == len(below) == want  # the search found both kinds
+    return above, below
+
+
+def test_cross_shard_verifies_candidates_by_exact_jaccard(client: Client, tmp_path: Path) -> None:
+    cfg = CleanConfig()
+    above, below = _straddling(cfg)
+    shards: dict[str, list[tuple[str, str]]] = {"shard-00000": [], "shard-00001": []}
+    for k, (x, y) in enumerate(above + below):
+        shards["shard-00000"].append((f"p{k}a", x))
+        shards["shard-00001"].append((f"p{k}b", y))  # the later prompt_id of its pair
+    res = cross_shard_dedup(client, _write_shards(tmp_path, shards, cfg), cfg)
+    got = dict(
+        zip(res.drops["prompt_id"].to_pylist(), res.drops["reason"].to_pylist(), strict=True)
+    )
+    # the pairs at exact J >= 0.8 are dropped although their estimate is below 0.8; the
+    # pairs below 0.8 are kept although their estimate is above
+    assert got == {f"p{k}b": "near_duplicate" for k in range(len(above))}

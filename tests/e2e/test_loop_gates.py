@@ -5,6 +5,9 @@ shard is verified on the other worker; all three are on record in the result and
 
 from __future__ import annotations
 
+import os
+import threading
+
 import dask
 import pytest
 
@@ -14,6 +17,7 @@ from synthgen.cost.ledger import open_run_uri
 from synthgen.cost.prices import PRICE_ENV
 from synthgen.cost.report import load_summary
 from synthgen.io.attempts import attempt_history
+from synthgen.io.layout import RunLayout
 from synthgen.io.store import Store
 from tests.helpers import fake_config, write_config
 from tests.support import hang
@@ -37,11 +41,28 @@ def test_verify_budget_and_timeout_in_one_run(tmp_path, prefect_api, monkeypatch
         verify__enabled=True,
     )
     cfg_path = write_config(tmp_path / "c.yaml", data)
-    # shard-00000's first attempt blocks for 8 s (a stuck engine call, injected by the test's
-    # Dask preload): timed out at 3 s and re-run; the abandoned attempt returns late
-    prompt = hang.first_prompt_id(config_from_dict(data), "shard-00000")
-    with dask.config.set(hang.preload_config(prompt, tmp_path / "hang", seconds=8)):
-        first = synthgen_run(config=cfg_path, overrides=["budget.max_cost_usd=3"])
+    # shard-00000's first attempt blocks (a stuck engine call, injected by the test's Dask
+    # preload): timed out at 3 s and re-run; the abandoned attempt returns late
+    # The hung call is released once the re-run has committed (so the abandoned attempt
+    # returns late whatever the machine's load; 120 s is only a backstop)
+    cfg0 = config_from_dict(data)
+    prompt = hang.first_prompt_id(cfg0, "shard-00000")
+    marker = RunLayout(Store(cfg0.output), cfg0.run_id or "").stage().commit("shard-00000")
+    stop = threading.Event()
+
+    def release_after_the_rerun_commits() -> None:
+        while not stop.wait(0.1):
+            if os.path.exists(marker):
+                hang.Hang(tmp_path / "hang", prompt).release()
+                return
+
+    watcher = threading.Thread(target=release_after_the_rerun_commits, daemon=True)
+    watcher.start()
+    try:
+        with dask.config.set(hang.preload_config(prompt, tmp_path / "hang", seconds=120)):
+            first = synthgen_run(config=cfg_path, overrides=["budget.max_cost_usd=3"])
+    finally:
+        stop.set()
     run_id = first["run_id"]
     run_dir = out / "runs" / run_id
 

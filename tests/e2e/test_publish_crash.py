@@ -1,13 +1,13 @@
 """Publish as a transaction (issue 18): the process running the flow is SIGKILLed mid-publish,
 after the manifest but before the card switch, and after the switch but before the earlier
-files are deleted; readers of the card see the previous dataset whole until the switch, the
-re-run publishes exactly what an uninterrupted run publishes. Local and on the S3 protocol."""
+files are deleted; no process of the killed run remains, readers of the card see the
+previous dataset whole until the switch, the re-run publishes exactly what an uninterrupted
+run publishes. Local and on the S3 protocol. (The earlier boundaries of a run:
+tests/e2e/test_crash_points.py.)"""
 
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,8 +18,7 @@ from synthgen.config import OutputConfig
 from synthgen.io.layout import DatasetLayout
 from synthgen.io.store import Store
 from synthgen.stages.publish import read_card, read_manifest
-from tests.conftest import REPO
-from tests.crash_helpers import child_env, run_cli, start_dask
+from tests.crash_helpers import kill_at, run_cli, start_dask
 from tests.helpers import fake_config, write_config
 
 pytestmark = pytest.mark.slow
@@ -37,12 +36,9 @@ def dask_procs(tmp_path):
 
 
 def _killed_at(point: str, config: str, log: Path) -> int:
-    with log.open("wb") as fh:
-        proc = subprocess.run(
-            [sys.executable, "-m", "tests.support.killpoint", point, "run", config],
-            cwd=REPO, env=child_env(), stdout=fh, stderr=subprocess.STDOUT, timeout=300,
-        )  # fmt: skip
-    return proc.returncode
+    run = kill_at(point, config, log)
+    assert run.remaining() == [], "processes of the killed run remain"
+    return run.code
 
 
 def _read(store: Store, manifest: dict) -> pa.Table:

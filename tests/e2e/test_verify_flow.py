@@ -11,28 +11,18 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
-from distributed import Client, LocalCluster
 
 from flows.run import synthgen_run
 from synthgen.cost.ledger import open_run_uri
 from synthgen.cost.report import load_summary, to_markdown
-from tests.helpers import fake_config, write_config
+from tests.helpers import fake_config, local_cluster, write_config
 from tests.support.cheats import install_cheat
 
 
 @pytest.fixture()
 def cluster3():
-    with (
-        LocalCluster(
-            n_workers=3,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address="127.0.0.1:0",
-            memory_limit=None,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        yield cluster, client
+    with local_cluster(3) as cluster_and_client:
+        yield cluster_and_client
 
 
 def _records(run_dir: Path, sub: str) -> list[dict]:

@@ -148,3 +148,55 @@ def test_guided_outputs_validate_and_honest_guided_shards_pass_verification(
     ]
     verdict = judge(eng.score(cheat, sampling, top_k=10, guided=guided), VerifyConfig())
     assert verdict.status == "fail" and verdict.stats.z < -10, verdict.as_dict()
+
+
+def test_a_guided_stage_unit_passes_its_stage_baseline_and_fails_without_it(
+    vllm_cpu_engine, tmp_path
+) -> None:
+    """A multi-stage run's guided unit on vLLM, as `verify_shard` scores it: the stage's
+    rows keep their sampled token ids, the baseline carries the stage's constraint and the
+    prompts rendered from the plan; honest -> pass. The same rows scored without the
+    constraint would flag the honest worker (issue 14)."""
+    from synthgen.io.store import Store
+    from synthgen.stages.multi import StageStep
+    from synthgen.stages.plan import read_shard_rows, write_plan
+    from synthgen.verify.baseline import score_requests, stage_baseline
+
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+    }
+    cfg = RunConfig.model_validate(
+        {
+            "prompts": {"type": "builtin", "limit": 2},
+            "shards": {"size": 2},
+            "model": {"engine": "vllm", "device": "cpu", "vllm": {"multiprocessing": False}},
+            "output": {"uri": str(tmp_path / "out")},
+            "stages": [
+                {
+                    "name": "person",
+                    "prompt": "Invent a person for this topic, as JSON: {{ prompt }}",
+                    "guided": {"json_schema": schema},
+                    "parse": "json",
+                    "sampling": {"n": 2, "max_new_tokens": 32, "seed": 3},
+                }
+            ],
+        }
+    )
+    store = Store(cfg.output)
+    shard = write_plan(cfg, store).shards[0].shard_id
+    step = StageStep(cfg, cfg.stages[0], shard, vllm_cpu_engine, "w")
+    table = step.process(read_shard_rows(store, cfg.run_id or "", shard))
+    assert table.num_rows == 4
+    assert all(ids for ids in table.column("completion_ids").to_pylist())  # kept for scoring
+    base = stage_baseline(cfg, store, "person", shard, table)
+    assert base.guided is not None and not base.problems
+    reqs = score_requests(table, base)
+    assert all(r.completion_ids for r in reqs)
+    honest = judge(
+        vllm_cpu_engine.score(reqs, base.sampling, top_k=10, guided=base.guided), VerifyConfig()
+    )
+    assert honest.status == "pass", honest.as_dict()
+    unconstrained = judge(vllm_cpu_engine.score(reqs, base.sampling, top_k=10), VerifyConfig())
+    assert unconstrained.status == "fail", unconstrained.as_dict()

@@ -123,12 +123,20 @@ class CheatingEngine:
         self.inner.close()
 
 
-def install_cheat(strategy: str, seed: int = 0) -> str:
+def install_cheat(strategy: str, seed: int = 0, models: Sequence[str] | None = None) -> str:
     """Make this process's engines cheat from now on; run it on one Dask worker with
-    `client.run(install_cheat, "pool", workers=[address])`. Returns the strategy."""
+    `client.run(install_cheat, "pool", workers=[address])`. `models`: cheat only with the
+    engines of these models (`info.model`; e.g. one stage's model of a multi-stage run),
+    honest with the others. Returns the strategy."""
     if strategy not in STRATEGIES:
         raise ValueError(f"cheat strategy {strategy!r}: expected one of {STRATEGIES}")
-    set_engine_wrapper(lambda engine: CheatingEngine(engine, strategy, seed))
+
+    def wrap(engine: Any) -> Any:
+        if models is not None and engine.info.model not in models:
+            return engine
+        return CheatingEngine(engine, strategy, seed)
+
+    set_engine_wrapper(wrap)
     return strategy
 
 

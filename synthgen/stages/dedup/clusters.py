@@ -56,8 +56,10 @@ def band_pairs(keys: np.ndarray, max_bucket_pairs: int = 64) -> np.ndarray:
     (n_rows x bands uint64); the same bucket rule as `candidate_pairs`.
 
     Faster than `candidate_pairs` on one table: each band's keys are truncated and packed
-    with the row position into one uint64, so a plain (SIMD) sort replaces an argsort.
-    Truncation can only add candidates (they are verified afterwards), never lose one.
+    with the row position into one uint64, so a plain (SIMD) sort replaces an argsort;
+    buckets are expanded into pairs per bucket size, not per bucket, and pairs are
+    deduplicated as single int64 keys. Truncation can only add candidates (they are
+    verified afterwards), never lose one.
     """
     keys = np.asarray(keys, dtype=np.uint64)
     n = keys.shape[0]
@@ -70,28 +72,31 @@ def band_pairs(keys: np.ndarray, max_bucket_pairs: int = 64) -> np.ndarray:
     for j in range(keys.shape[1]):
         packed = np.sort(((keys[:, j] >> bits) << bits) | pos)
         hi = packed >> bits
-        eq = hi[1:] == hi[:-1]
-        idx = np.flatnonzero(eq)
+        idx = np.flatnonzero(hi[1:] == hi[:-1])
         if len(idx) == 0:
             continue
         rows = (packed & mask).astype(np.int64)
-        # a run of k equal neighbours is a bucket of k+1 rows
-        run_start = idx[np.concatenate(([True], idx[1:] != idx[:-1] + 1))]
-        run_end = idx[np.concatenate((idx[1:] != idx[:-1] + 1, [True]))] + 1
-        size = run_end - run_start + 1
-        two = run_start[size == 2]
-        out.append(np.stack([rows[two], rows[two + 1]], axis=1))
-        for a, b in zip(run_start[size > 2], run_end[size > 2], strict=True):
-            members = rows[a : b + 1]  # sorted: positions are the low bits
-            head = members[:max_bucket_pairs]
-            iu, ju = np.triu_indices(len(head), k=1)
-            out.append(np.stack([head[iu], head[ju]], axis=1))
-            if len(members) > max_bucket_pairs:
-                rest = members[max_bucket_pairs:]
-                out.append(np.stack([np.full(len(rest), members[0]), rest], axis=1))
+        # a run of k equal neighbours is a bucket of k+1 rows (sorted: positions are the
+        # low bits)
+        brk = np.flatnonzero(idx[1:] != idx[:-1] + 1)
+        run_start = idx[np.concatenate(([0], brk + 1))]
+        size = idx[np.concatenate((brk, [len(idx) - 1]))] + 2 - run_start
+        for s in np.unique(size).tolist():
+            starts = run_start[size == s]
+            head = min(s, max_bucket_pairs)
+            members = rows[starts[:, None] + np.arange(head)]
+            iu, ju = np.triu_indices(head, k=1)
+            out.append(np.stack([members[:, iu].ravel(), members[:, ju].ravel()], axis=1))
+            if s > max_bucket_pairs:  # the rest joins each bucket's first member only
+                rest = rows[starts[:, None] + np.arange(max_bucket_pairs, s)]
+                first = np.repeat(members[:, :1], s - max_bucket_pairs, axis=1)
+                out.append(np.stack([first.ravel(), rest.ravel()], axis=1))
     if not out:
         return np.zeros((0, 2), dtype=np.int64)
-    return np.unique(np.concatenate(out), axis=0)
+    flat = np.concatenate(out)
+    code = np.sort(flat[:, 0] * np.int64(n) + flat[:, 1])
+    code = code[np.concatenate(([True], code[1:] != code[:-1]))]
+    return np.stack(np.divmod(code, np.int64(n)), axis=1)
 
 
 def exact_pairs(hashes: np.ndarray, ids: np.ndarray) -> np.ndarray:

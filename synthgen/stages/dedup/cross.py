@@ -1,14 +1,18 @@
 """Cross-shard dedup on a Dask cluster: map (band keys) -> shuffle -> verify -> resolve.
 
-Only the columns prompt_id, shard_id, text_hash, minhash and drop_reason are read; the
-text never leaves the shard files. Stages, all run as tasks on the cluster:
+Only the columns prompt_id, shard_id, text_hash, minhash and drop_reason are read, plus
+the completion of the files that hold candidate pairs in the verify step; texts never
+travel between tasks. Stages, all run as tasks on the cluster:
 
 1. map:     per group of shard files, each kept row emits one key per LSH band plus its
             text hash; keys are split into `partitions` parts by key value.
 2. reduce:  part j of every map output is gathered on one worker (the shuffle); rows
             sharing a key become candidate pairs.
-3. verify:  per group of files, candidate pairs whose first row lives there are checked
-            (equal text hash, or estimated Jaccard >= threshold) with the signatures.
+3. verify:  per group of files, candidate pairs whose first row lives there are checked:
+            equal text hash, or Jaccard >= threshold — the exact Jaccard of the two
+            texts' shingle sets (their `completion`, read from the two shard files for
+            the candidate rows only), or the signatures' estimate where a row has no
+            text (a published dedup-index part).
 4. resolve: union-find over the verified edges; in each cluster the lowest
             (prompt_id, shard_id) is kept (a record of an earlier published dataset
             always wins), every other member is dropped as exact or near duplicate.
@@ -28,13 +32,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from synthgen.config import CleanConfig
+from synthgen.config import CleanConfig, NearDedupConfig
 from synthgen.io.checked import Expect, ShardMismatch, check_bytes
 from synthgen.stages.dedup.clusters import candidate_pairs, resolve
+from synthgen.stages.dedup.local import hasher_for, shingle_jaccard
 from synthgen.stages.dedup.lsh import band_keys, estimated_jaccard
 from synthgen.stages.dedup.minhash import splitmix64
 
 COLUMNS = ["prompt_id", "shard_id", "text_hash", "minhash", "drop_reason"]
+TEXT = "completion"  # the text a shard's signatures were computed from (clean_shard)
 INDEX_COLUMNS = ["prompt_id", "shard_id", "run_id", "text_hash", "minhash"]
 _EXACT_SALT = np.uint64(0xE8AC7D0D5EED)
 _ROW_BITS = 32
@@ -68,6 +74,7 @@ class _Params:
     max_bucket_pairs: int
     partitions: int
     run_id: str | None
+    near_cfg: NearDedupConfig | None = None  # for the exact Jaccard of candidate texts
     storage_options: dict[str, Any] = field(default_factory=dict)
     filesystem: Any = None  # an fsspec filesystem (pickled to the workers); else from URLs
 
@@ -93,7 +100,9 @@ class DedupResult:
 
 
 # ---------------------------------------------------------------------------- reading
-def _read(src: Source, p: _Params) -> pa.Table:
+def _read(src: Source, p: _Params, text: bool = False) -> pa.Table:
+    """The kept rows of a source (COLUMNS less drop_reason); with `text`, also the
+    `completion` column where the file has one (shard files; index parts have none)."""
     if p.filesystem is not None:
         fs, path = p.filesystem, src.path
     else:
@@ -106,14 +115,13 @@ def _read(src: Source, p: _Params) -> pa.Table:
             return t.drop_columns(["run_id"])
         if src.expect is None:
             names = pq.read_schema(path, filesystem=fs).names
-            cols = COLUMNS + (["sample_index"] if "sample_index" in names else [])
-            t = pq.read_table(path, columns=cols, filesystem=fs)
+            t = pq.read_table(path, columns=COLUMNS + _extra(names, text), filesystem=fs)
         else:  # only bytes that match the shard's commit marker are used
             try:
                 data = fs.cat_file(path)
             except FileNotFoundError:
                 raise ShardMismatch(src.path, "the committed file is missing") from None
-            checked = check_bytes(data, src.expect, COLUMNS + _sample_index(data))
+            checked = check_bytes(data, src.expect, COLUMNS + _extra(_names(data), text))
             if isinstance(checked, str):
                 raise ShardMismatch(src.path, checked)
             t = checked
@@ -126,13 +134,18 @@ def _read(src: Source, p: _Params) -> pa.Table:
     return t
 
 
-def _sample_index(data: bytes) -> list[str]:
-    """["sample_index"] when the Parquet bytes have that column (multi-sample runs)."""
+def _names(data: bytes) -> list[str]:
+    """The column names of Parquet bytes (none when unreadable: check_bytes says why)."""
     try:
-        names = pq.read_schema(pa.BufferReader(data)).names
+        return pq.read_schema(pa.BufferReader(data)).names
     except (pa.ArrowException, OSError, ValueError):
-        return []  # check_bytes says what is wrong with the file
-    return ["sample_index"] if "sample_index" in names else []
+        return []
+
+
+def _extra(names: list[str], text: bool) -> list[str]:
+    """The optional columns to read: sample_index (multi-sample runs), the text."""
+    out = ["sample_index"] if "sample_index" in names else []
+    return out + ([TEXT] if text and TEXT in names else [])
 
 
 def row_keys(table: pa.Table, span: int = 1) -> list[str]:
@@ -236,13 +249,17 @@ def _verify(
     first = np.concatenate(([True], np.any(cand[1:, :2] != cand[:-1, :2], axis=1)))
     cand = cand[first]
     files = np.unique(np.concatenate([cand[:, 0], cand[:, 1]]) >> _ROW_BITS)
+    has_near = p.near and bool(np.any(cand[:, 2] == 1))
     tables: dict[int, tuple[list[str], list[str], np.ndarray, np.ndarray | None]] = {}
+    texts: dict[int, pa.ChunkedArray] = {}
     for f in files.tolist():
         src = all_sources[f]
-        t = _read(src, p)
+        t = _read(src, p, text=has_near and p.near_cfg is not None)
         sig = _signatures(t, src, p.num_perm) if p.near else None
         h = t.column("text_hash").to_numpy(zero_copy_only=False).astype(np.uint64)
         tables[f] = (t.column("prompt_id").to_pylist(), t.column("shard_id").to_pylist(), h, sig)
+        if TEXT in t.column_names:
+            texts[f] = t.column(TEXT)
 
     def meta(node: int) -> tuple[str, str, int, bool]:
         f, r = node >> _ROW_BITS, node & ((1 << _ROW_BITS) - 1)
@@ -273,11 +290,37 @@ def _verify(
     near = cand[~exact_mask]
     if len(near) and p.near:
         est = estimated_jaccard(sig_of(near[:, 0]), sig_of(near[:, 1]))
+        if p.near_cfg is not None and texts:
+            est = _exact_where_texts(near, texts, est, p.near_cfg)
         for (a, b, _k), e in zip(near.tolist(), est.tolist(), strict=True):
             ma, mb = meta(a), meta(b)
             if e >= p.threshold and not siblings(ma, mb):
                 edges.append((a, b, 1, ma, mb))
     return edges
+
+
+def _exact_where_texts(
+    near: np.ndarray, texts: dict[int, pa.ChunkedArray], sim: np.ndarray, cfg: NearDedupConfig
+) -> np.ndarray:
+    """`sim` with the exact Jaccard of the two texts' shingle sets in place of the
+    estimate for every pair whose two rows have a text."""
+    mask = (1 << _ROW_BITS) - 1
+    nodes = np.unique(near[:, :2])
+    local: dict[int, int] = {}
+    batch: list[str] = []
+    for node in nodes.tolist():
+        col = texts.get(node >> _ROW_BITS)
+        if col is not None:
+            local[node] = len(batch)
+            batch.append(col[node & mask].as_py() or "")
+    idx = [k for k, (a, b) in enumerate(near[:, :2].tolist()) if a in local and b in local]
+    if not idx:
+        return sim
+    pairs = np.array([(local[int(a)], local[int(b)]) for a, b in near[idx, :2]], np.int64)
+    hashes, counts = hasher_for(cfg).shingle_hashes(batch)
+    out = sim.astype(np.float64, copy=True)
+    out[idx] = shingle_jaccard(hashes, counts, pairs)
+    return out
 
 
 def _resolve(edge_lists: list[list[tuple]]) -> tuple[pa.Table, int]:
@@ -330,7 +373,7 @@ def cross_shard_dedup(
     read whole and checked, and `ShardMismatch` is raised when it does not match.
     Returns the rows to drop; the shard files are not modified.
     """
-    bands, rows = cfg.near.lsh_params()
+    bands, rows = cfg.near.exact_lsh_params()
     n_workers = max(1, len(client.scheduler_info().get("workers", {})))
     partitions = cfg.global_partitions or 2 * n_workers
     p = _Params(
@@ -343,6 +386,7 @@ def cross_shard_dedup(
         max_bucket_pairs=cfg.near.max_bucket_pairs,
         partitions=partitions,
         run_id=run_id,
+        near_cfg=cfg.near,
         storage_options=dict(storage_options or {}),
         filesystem=filesystem,
     )

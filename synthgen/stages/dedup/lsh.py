@@ -37,6 +37,23 @@ def optimal_bands_rows(
     return best[1], best[2]
 
 
+@lru_cache(maxsize=64)
+def exact_bands_rows(threshold: float, num_perm: int, min_recall: float = 0.999) -> tuple[int, int]:
+    """(bands, rows) for candidates that are verified by exact Jaccard afterwards: the most
+    rows per band (fewest candidates below the threshold) such that a pair exactly at the
+    threshold still shares a band with probability >= min_recall, 1 - (1 - t**r)**b.
+    A false positive costs one exact comparison; a false negative is a duplicate kept.
+    (0.8, 128) -> (25, 5): a pair at J=0.8 is a candidate with probability 0.99995."""
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold={threshold}: expected 0 < threshold < 1")
+    best = (num_perm, 1)
+    for r in range(1, num_perm + 1):
+        b = num_perm // r
+        if 1.0 - (1.0 - threshold**r) ** b >= min_recall:
+            best = (b, r)
+    return best
+
+
 def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """uint64 key of each band of each signature: shape (n_docs, bands).
 

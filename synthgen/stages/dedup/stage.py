@@ -9,6 +9,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from synthgen.checkpoints import checkpoint
 from synthgen.config import RunConfig
 from synthgen.config.multistage import clean_stage
 from synthgen.errors import StorageError
@@ -80,6 +81,7 @@ def dedup_run(client: Any, cfg: RunConfig, store: Store, shard_ids: list[str]) -
     result.drops = result.drops.sort_by([("shard_id", "ascending"), ("prompt_id", "ascending")])
     for sid, part in _by_shard(result.drops).items():
         store.write_table(run_layout.dedup_drops_shard(sid), part)
+    checkpoint("dedup.parts_written")
     _, result.digest = store.write_table(run_layout.dedup_drops, result.drops)
     return result
 

@@ -10,6 +10,7 @@ from synthgen.cluster.client import (
     generate_resources,
     security_from_config,
     task_runner_kwargs,
+    unit_resources,
     worker_advertised,
 )
 from synthgen.config import ClusterConfig, TLSConfig, config_from_dict
@@ -173,3 +174,34 @@ def test_worker_advertised_reads_start_script_environment() -> None:
         worker_advertised({"SYNTHGEN_PRICE_PER_HOUR": "cheap"})
     with pytest.raises(ConfigError, match="non-negative"):
         worker_advertised({"SYNTHGEN_PRICE_PER_HOUR": "-1"})
+
+
+def test_unit_resources_per_stage_explicit_then_the_stages_model(certs: Path) -> None:
+    remote = {"address": "tls://h:8786", "tls": _tls(certs), "gpu_resource": "GPU"}
+    cfg = config_from_dict(
+        {
+            "model": {"engine": "fake"},
+            "cluster": remote,
+            "stages": [
+                {"name": "draft", "prompt": "{{ prompt }}"},
+                {"name": "judge", "prompt": "{{ draft }}", "model": {"engine": "vllm"}},
+                {"name": "polish", "prompt": "{{ draft }}", "resources": {"GPU_BIG": 2}},
+            ],
+        }
+    )
+    assert unit_resources(cfg, "draft:shard-00000") is None  # the run's fake model
+    assert unit_resources(cfg, "judge:shard-00000") == {"GPU": 1.0}  # its own model
+    assert unit_resources(cfg, "polish:shard-00003") == {"GPU_BIG": 2.0}  # declared
+    assert unit_resources(cfg) is None  # the run's default
+
+
+def test_stage_resources_are_checked_at_load_naming_the_stage() -> None:
+    with pytest.raises(ConfigError, match=r"stages\[0\] \(a\): resources .*\(cluster\.address\)"):
+        config_from_dict({"stages": [{"name": "a", "prompt": "x", "resources": {"BIG": 1}}]})
+    with pytest.raises(ConfigError, match=r"stages\.0: .*resources: 'BIG': 0\.0 \(.*positive"):
+        config_from_dict(
+            {
+                "cluster": {"address": "tcp://127.0.0.1:8786"},
+                "stages": [{"name": "a", "prompt": "x", "resources": {"BIG": 0}}],
+            }
+        )

@@ -342,16 +342,23 @@ def test_errors_through_a_file_name_the_file_and_stage(tmp_path):
     assert "<root>" not in msg and "Value error" not in msg
 
 
-def test_verification_of_a_multi_stage_run_is_refused_at_load_with_the_reason() -> None:
+def test_verification_of_a_multi_stage_run_loads() -> None:
+    from synthgen.config import config_from_dict
+
+    cfg = config_from_dict(
+        {"stages": [{"name": "a", "prompt": "{{ prompt }}"}], "verify": {"enabled": True}}
+    )
+    assert cfg.verify.enabled and [s.name for s in cfg.stages] == ["a"]
+
+
+def test_completion_ids_is_a_reserved_stage_name() -> None:
     import pytest
 
     from synthgen.config import config_from_dict
     from synthgen.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="verify.enabled: spot checks .* one-step runs only"):
-        config_from_dict(
-            {"stages": [{"name": "a", "prompt": "{{ prompt }}"}], "verify": {"enabled": True}}
-        )
+    with pytest.raises(ConfigError, match="stages\\[0\\] \\(completion_ids\\): .* column"):
+        config_from_dict({"stages": [{"name": "completion_ids", "prompt": "{{ prompt }}"}]})
 
 
 def test_an_untyped_enum_field_is_typed_by_its_values() -> None:

@@ -272,6 +272,21 @@ def test_verification_rows_go_to_their_own_files(tmp_path: Path) -> None:
     assert open_run_uri(ledger.run.root).rows().equals(ledger.rows())
 
 
+def _attempt_marker(store, layout, shard, attempt, worker, **extra):
+    """An attempt's start marker, as `stages.generate.run_shard` writes it."""
+    store.write_json(
+        layout.attempt(shard, attempt, f"u{attempt}"),
+        {
+            "shard_id": shard,
+            "attempt": attempt,
+            "worker": worker,
+            "host": "h",
+            "started_at": (T0 + timedelta(seconds=10 * attempt)).isoformat(),
+            **extra,
+        },
+    )
+
+
 def test_an_attempt_that_finished_but_was_not_kept_becomes_a_lost_row(tmp_path):
     """A worker that wrote its "succeeded" row and died before its commit marker (or lost the
     commit race): its row turns "lost", keeps what it measured, and is not doubled."""
@@ -283,16 +298,7 @@ def test_an_attempt_that_finished_but_was_not_kept_becomes_a_lost_row(tmp_path):
     layout = RunLayout(store, "r1").stage()
     ledger = Ledger(RunLayout(store, "r1"))
     for attempt, worker in ((1, "tcp://dead"), (2, "tcp://w")):
-        store.write_json(
-            layout.attempt("shard-00001", attempt, f"u{attempt}"),
-            {
-                "shard_id": "shard-00001",
-                "attempt": attempt,
-                "worker": worker,
-                "host": "h",
-                "started_at": (T0 + timedelta(seconds=10 * attempt)).isoformat(),
-            },
-        )
+        _attempt_marker(store, layout, "shard-00001", attempt, worker)
     ledger.write(_row("shard-00001", 1, "succeeded", 5.0))  # died before its commit
     ledger.write(_row("shard-00001", 2, "succeeded", 5.0))
     commit = {"sha256": "0" * 64, "rows": 4, "result": {"attempt": 2}}
@@ -304,3 +310,63 @@ def test_an_attempt_that_finished_but_was_not_kept_becomes_a_lost_row(tmp_path):
     assert rows[0]["wall_seconds"] == 5.0 and rows[0]["cost_usd"] > 0
     assert rows[0]["kept_records"] is None and "not kept" in rows[0]["error"]
     assert record_lost_attempts(store, "r1") == 0  # idempotent: nothing more to record
+
+
+def test_the_losing_copy_of_a_speculated_shard_is_priced_as_speculation(tmp_path):
+    """Attempt 1 straggles on a slow worker (still running when the run ends: no row of its
+    own); its speculative copy, attempt 2, commits. The flow prices attempt 1 until the copy
+    committed, as speculation; the report shows that cost apart; a late superseded row of
+    the loser is not added beside it."""
+    import json
+
+    from synthgen.cost.ledger import record_lost_attempts
+    from synthgen.cost.report import summarize, to_markdown
+
+    store = Store(OutputConfig(uri=str(tmp_path)))
+    layout = RunLayout(store, "r1").stage()
+    ledger = Ledger(RunLayout(store, "r1"))
+    for attempt, worker, spec in ((1, "tcp://w", False), (2, "tcp://fast", True)):
+        _attempt_marker(
+            store, layout, "shard-00001", attempt, worker, **({"speculative": True} if spec else {})
+        )
+    ledger.write(_row("shard-00001", 2, "succeeded", 5.0))
+    ledger.write(_row("shard-00002", 1, "succeeded", 5.0))  # w's price comes from its row
+    done = (T0 + timedelta(seconds=25)).isoformat()
+    commit = {"sha256": "0" * 64, "rows": 4, "result": {"attempt": 2, "finished_at": done}}
+    store.write_bytes(layout.commit("shard-00001"), json.dumps(commit).encode())
+
+    assert record_lost_attempts(store, "r1") == 1
+    lost = [r for r in ledger.rows().to_pylist() if r["status"] == "lost"]
+    assert [(r["attempt"], r["worker"]) for r in lost] == [(1, "tcp://w")]
+    assert lost[0]["error"].startswith("speculation: ")
+    assert lost[0]["wall_seconds"] == 15.0  # from its start until the copy committed
+    s = summarize(ledger.rows().to_pylist(), [])
+    assert s.totals["speculation_attempts"] == 1
+    assert s.totals["speculation_cost_usd"] == pytest.approx(lost[0]["cost_usd"])
+    assert "losing copies of speculated shards" in to_markdown(s)
+
+
+def test_lost_attempts_with_and_without_a_row_in_one_run_are_all_recorded(tmp_path):
+    """A worker that died mid-shard (no row) and one that died after its row, on two shards
+    of one run: both end as lost rows (the first one's pricing must not break the second)."""
+    import json
+
+    from synthgen.cost.ledger import record_lost_attempts
+
+    store = Store(OutputConfig(uri=str(tmp_path)))
+    layout = RunLayout(store, "r1").stage()
+    ledger = Ledger(RunLayout(store, "r1"))
+    commit = {"sha256": "0" * 64, "rows": 4, "result": {"attempt": 2}}
+    for shard in ("shard-00001", "shard-00002"):
+        for attempt, worker in ((1, "tcp://dead"), (2, "tcp://w")):
+            _attempt_marker(store, layout, shard, attempt, worker)
+        ledger.write(_row(shard, 2, "succeeded", 5.0))
+        store.write_bytes(layout.commit(shard), json.dumps(commit).encode())
+    ledger.write(_row("shard-00002", 1, "succeeded", 5.0))  # died after its row
+
+    assert record_lost_attempts(store, "r1") == 2
+    lost = {r["shard_id"]: r for r in ledger.rows().to_pylist() if r["status"] == "lost"}
+    assert sorted(lost) == ["shard-00001", "shard-00002"]
+    assert "mid-shard" in lost["shard-00001"]["error"]
+    assert "not kept" in lost["shard-00002"]["error"]
+    assert lost["shard-00002"]["wall_seconds"] == 5.0

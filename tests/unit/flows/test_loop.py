@@ -13,6 +13,7 @@ from flows.cost import BudgetWatch
 from flows.loop import Gate, ShardLoop
 from flows.timeouts import ShardTimeouts
 from flows.verify import VerifyGate
+from synthgen.cluster.deadlines import DeadlinePolicy
 from synthgen.config import config_from_dict
 from synthgen.cost.budget import Decision
 from synthgen.io.store import Store
@@ -55,10 +56,16 @@ class Cluster:
         self.attempts: dict[str, int] = defaultdict(int)
         self.priorities: list[int] = []
         self.checks: list[tuple[str, str, list[str]]] = []  # (shard, generator, verifiers)
+        self.speculative: list[tuple[str, str]] = []  # (shard, worker) of backup copies
+        self.wall = {"w1": 1.0, "w2": 1.0}  # an attempt's wall seconds by worker
 
-    def submit(self, sid: str, avoid: set[str] | None, priority: int) -> Fut:
+    def submit(
+        self, sid: str, avoid: set[str] | None, priority: int, speculative: bool = False
+    ) -> Fut:
         allowed = [w for w in self.workers if w not in (avoid or set())]
         worker = allowed[len(self.submitted) % len(allowed)]
+        if speculative:
+            self.speculative.append((sid, worker))
         self.attempts[sid] += 1
         attempt = self.attempts[sid]
         self.submitted.append((sid, worker, attempt))
@@ -77,7 +84,9 @@ class Cluster:
                 "cost_usd": self.cost,
                 "worker": worker,
                 "engine_seconds": 1.0,
+                "wall_seconds": self.wall.get(worker, 1.0),
                 "completion_tokens": 10,
+                "speculative": speculative,
             }
         )
         return fut
@@ -111,9 +120,21 @@ class Watch:
 
     stage = "generate"
 
-    def __init__(self, overdue: set[str]) -> None:
+    def __init__(self, overdue: set[str], sim: Cluster | None = None) -> None:
         self.pending = set(overdue)
         self.polls = 0
+        self.sim = sim
+
+    def worker(self, sid: str) -> str:
+        """The worker of the shard's latest attempt (as its start marker would say)."""
+        ran = [w for s, w, _ in self.sim.submitted if s == sid] if self.sim else []
+        return ran[-1] if ran else ""
+
+    def timeout(self, sid: str) -> float:
+        return 5.0
+
+    def elapsed(self, sid: str) -> float:
+        return 0.0
 
     def poll(self) -> None:
         self.polls += 1
@@ -145,9 +166,17 @@ def _verify(tmp_path, sim: Cluster, fail_on: str | None, cost: float = 0.0) -> V
     )
 
 
-def _timeouts(tmp_path, watch: Watch, retries: int = 1) -> ShardTimeouts:
-    cfg = _cfg(tmp_path, cluster__shard_timeout_s=5, cluster__task_retries=retries)
-    return ShardTimeouts(cfg, Store(cfg.output), poll_s=0.01, watch=watch)  # type: ignore[arg-type]
+def _timeouts(
+    tmp_path, watch: Watch, retries: int = 1, sim: Cluster | None = None, **kw: Any
+) -> ShardTimeouts:
+    cfg = _cfg(tmp_path, cluster__shard_timeout_s=5, cluster__task_retries=retries, **kw)
+    return ShardTimeouts(
+        cfg,
+        Store(cfg.output),
+        poll_s=0.01,
+        watch=watch,  # type: ignore[arg-type]
+        workers=(lambda: sim.workers) if sim is not None else None,
+    )
 
 
 def test_without_gates_every_shard_runs_in_plan_order_priorities() -> None:
@@ -253,3 +282,196 @@ def test_the_loop_runs_again_for_requeued_shards_with_the_same_gates(tmp_path) -
     assert again is first and len(again.results) == 5  # one LoopResult, results accumulate
     assert [a for s, _, a in sim.submitted if s == "shard-00002"] == [1, 2]
     assert budget.gate.spent_usd == pytest.approx(1.25)
+
+
+def test_verify_holds_a_units_next_stage_until_it_passed_and_redoes_it_after_a_cheat(
+    tmp_path,
+) -> None:
+    """Two stages: `b:S` starts only after `a:S` passed its check; a cheating `b:S` (w1) is
+    regenerated on w2, and the final stage's accepted units all come from w2."""
+    from synthgen.stages.units import all_units, next_unit
+
+    cfg = _cfg(
+        tmp_path,
+        verify__enabled=True,
+        verify__exclude_flagged_workers=False,
+        stages=[{"name": "a", "prompt": "{{ prompt }}"}, {"name": "b", "prompt": "{{ a }}"}],
+    )
+    sim = Cluster()
+    events: list[tuple[str, str]] = []
+    submit_check = sim.check(fail_on=None)
+
+    def check(res: dict[str, Any], verifiers: list[str]) -> Fut:
+        events.append(("check", res["shard_id"]))
+        if res["shard_id"].startswith("b:") and res["worker"] == "w1" and res["attempt"] == 1:
+            fut = Fut()
+            fut.finish(
+                {
+                    "shard_id": res["shard_id"],
+                    "attempt": 1,
+                    "generator": "w1",
+                    "verifier": verifiers[0],
+                    "status": "fail",
+                    "reasons": ["cheat"],
+                }
+            )
+            return fut
+        return submit_check(res, verifiers)
+
+    def submit(sid: str, avoid: set[str] | None, priority: int) -> Fut:
+        events.append(("start", sid))
+        return sim.submit(sid, avoid, priority)
+
+    verify = VerifyGate(
+        cfg, cfg.model_dump(mode="json"), check, lambda: sim.workers, Store(cfg.output)
+    )
+    shards = SHARDS[:4]
+    loop = ShardLoop(
+        [f"a:{s}" for s in shards],
+        submit,
+        [verify],
+        successor=lambda key: next_unit(cfg, key),
+        order=all_units(cfg, shards),
+    )
+    out = loop.run()
+    vrun = verify.finish(out.failures)
+    assert not vrun.failures
+    for s in shards:  # b:S started only after a:S was checked (and passed)
+        assert events.index(("check", f"a:{s}")) < events.index(("start", f"b:{s}"))
+    cheated = [q["shard_id"] for q in vrun.quarantined]
+    assert cheated and all(u.startswith("b:") for u in cheated)
+    redone = [(s, w, a) for s, w, a in sim.submitted if s in cheated and a == 2]
+    assert len(redone) == len(cheated) and all(w == "w2" for _, w, _ in redone)
+    finals = {r["shard_id"]: r for r in vrun.results if r["shard_id"].startswith("b:")}
+    assert sorted(finals) == [f"b:{s}" for s in shards]
+    assert all(finals[u]["worker"] == "w2" for u in cheated)
+
+
+def test_a_worker_that_misses_two_deadlines_is_flagged_and_avoided(tmp_path) -> None:
+    # round robin puts shards 0 and 2 on w1, where both hang: two missed deadlines
+    sim = Cluster(hang={"shard-00000", "shard-00002"})
+    watch = Watch({"shard-00000", "shard-00002"}, sim)
+    timeouts = _timeouts(tmp_path, watch, retries=2, sim=sim)
+    assert timeouts.window == 4  # a few shards per worker in flight: a flag applies soon
+    out = ShardLoop(SHARDS, sim.submit, [timeouts]).run()
+    assert sorted(r["shard_id"] for r in out.results) == SHARDS and not out.failures
+    assert out.resubmitted == {"shard-00000": 1, "shard-00002": 1}
+    # each late shard ran again on the other worker; w1 is flagged for the rest of the run
+    assert [w for s, w, a in sim.submitted if a == 2] == ["w2", "w2"]
+    late = timeouts.summary()
+    assert late["flagged_workers"] == ["w1"] and len(late["missed"]["w1"]) == 2
+    assert "shard-00002 attempt 1 ran past cluster.shard_timeout_s=5s" in late["flag_reasons"]["w1"]
+    assert timeouts.avoid("shard-00009") == {"w1"}
+
+
+def test_the_last_unflagged_worker_is_never_flagged(tmp_path) -> None:
+    sim = Cluster(hang={"shard-00000", "shard-00001"})
+    sim.workers = ["w1"]
+    watch = Watch({"shard-00000", "shard-00001"}, sim)
+    timeouts = _timeouts(tmp_path, watch, retries=1, sim=sim)
+    out = ShardLoop(SHARDS[:3], sim.submit, [timeouts]).run()
+    assert sorted(r["shard_id"] for r in out.results) == SHARDS[:3]
+    # late twice, but nowhere else to run: it keeps running shards, re-runs included
+    assert timeouts.summary()["flagged_workers"] == []
+    assert [w for s, w, a in sim.submitted if a == 2] == ["w1", "w1"]
+
+
+def test_the_first_of_two_copies_to_return_is_the_result_and_the_other_is_cancelled() -> None:
+    hold: dict[str, Fut] = {}
+    cancelled: list[Fut] = []
+
+    def submit(sid: str, avoid: set[str] | None, priority: int, speculative: bool = False):
+        fut = Fut()
+        hold["backup" if speculative else "first"] = fut
+        return fut
+
+    class Backup(Gate):
+        tick_s = 0.01
+
+        def on_tick(self) -> None:
+            if "backup" not in hold:
+                assert self.loop.speculate("shard-00000", {"w1"})
+                assert not self.loop.speculate("shard-00000", {"w1"})  # one backup a shard
+                hold["backup"].finish({"shard_id": "shard-00000", "status": "done", "n": 2})
+
+    loop = ShardLoop(["shard-00000"], submit, [Backup()], cancel=cancelled.append)
+    out = loop.run()
+    assert [r["n"] for r in out.results] == [2]  # the backup's result
+    assert out.speculated == {"shard-00000": "backup"} and cancelled == [hold["first"]]
+    hold["first"].finish({"shard_id": "shard-00000", "status": "superseded", "n": 1})
+    assert len(out.results) == 1  # the loser's late result is ignored
+
+
+def test_a_straggler_on_a_slow_worker_gets_a_backup_copy_on_an_idle_fast_one(tmp_path) -> None:
+    sim = Cluster(hang={"shard-00001"})  # round robin: shard 1 runs on w2 and never returns
+    sim.wall = {"w1": 1.0, "w2": 3.0}  # w2 is 3x slower
+    cfg = _cfg(tmp_path, cluster__speculation=True, cluster__speculation_max_fraction=0.1)
+    policy = DeadlinePolicy(cfg, {sid: 5 for sid in SHARDS[:6]})
+    gate = ShardTimeouts(
+        cfg,
+        Store(cfg.output),
+        poll_s=0.01,
+        watch=Watch(set(), sim),  # type: ignore[arg-type]
+        policy=policy,
+        workers=lambda: sim.workers,
+    )
+    out = ShardLoop(SHARDS[:6], sim.submit, [gate]).run()
+    assert sorted(r["shard_id"] for r in out.results) == SHARDS[:6]
+    # once every shard had started: w2's shard copied to w1 (3 s left there vs 1 s on w1)
+    assert sim.speculative == [("shard-00001", "w1")]
+    assert out.speculated == {"shard-00001": "backup"}
+    late = gate.summary()
+    assert late["speculative_copies"] == {"shard-00001": {"slow": "w2", "copy": "w1"}}
+    assert late["speculation_won"] == ["shard-00001"]
+
+
+def test_speculation_is_capped_and_off_by_default_for_cpu_engines(tmp_path) -> None:
+    sim = Cluster(hang={"shard-00001", "shard-00003"})
+    sim.wall = {"w1": 1.0, "w2": 3.0}
+    cfg = _cfg(tmp_path, cluster__speculation=True, cluster__speculation_max_fraction=0.1)
+    gate = ShardTimeouts(
+        cfg,
+        Store(cfg.output),
+        poll_s=0.01,
+        watch=Watch(set(), sim),  # type: ignore[arg-type]
+        policy=DeadlinePolicy(cfg, {sid: 5 for sid in SHARDS}),
+        workers=lambda: sim.workers,
+    )
+    assert gate.max_copies == 1  # 10 % of 10 shards
+    sim.hang.discard("shard-00003")
+    ShardLoop(SHARDS, sim.submit, [gate]).run()
+    assert len(sim.speculative) == 1
+    off = ShardTimeouts(_cfg(tmp_path), Store(cfg.output), workers=lambda: sim.workers)
+    assert not off.speculation  # the fake engine: off unless set
+
+
+def test_a_shard_queued_behind_a_busy_worker_is_copied_to_an_idle_one(
+    tmp_path, monkeypatch
+) -> None:
+    import flows.timeouts
+
+    monkeypatch.setattr(flows.timeouts, "WAITING_S", 0.0)
+    sim = Cluster(hang={"shard-00001"})  # submitted to w2, never starts there
+
+    class Queued(Watch):
+        def worker(self, sid: str) -> str:
+            return "" if sid == "shard-00001" else super().worker(sid)  # no start marker
+
+        def elapsed(self, sid: str) -> float | None:  # type: ignore[override]
+            return None if sid == "shard-00001" else 0.0
+
+    cfg = _cfg(tmp_path, cluster__speculation=True)
+    gate = ShardTimeouts(
+        cfg,
+        Store(cfg.output),
+        poll_s=0.01,
+        watch=Queued(set(), sim),  # type: ignore[arg-type]
+        policy=DeadlinePolicy(cfg, {sid: 5 for sid in SHARDS[:4]}),
+        workers=lambda: sim.workers,
+    )
+    out = ShardLoop(SHARDS[:4], sim.submit, [gate]).run()
+    assert sorted(r["shard_id"] for r in out.results) == SHARDS[:4]
+    assert sim.speculative == [("shard-00001", "w1")]  # both look idle; equally fast: the first
+    assert gate.summary()["speculative_copies"] == {
+        "shard-00001": {"slow": "(queued)", "copy": "w1"}
+    }

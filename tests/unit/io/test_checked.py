@@ -9,7 +9,7 @@ import logging
 import pyarrow as pa
 import pytest
 
-from synthgen.io.attempts import commit_markers
+from synthgen.io.attempts import commit_markers, withdraw_unreadable
 from synthgen.io.checked import (
     ShardWithdrawn,
     check_committed,
@@ -88,6 +88,15 @@ def test_a_garbage_marker_is_withdrawn_not_a_crash(any_store: Store, garbage: by
     assert not any_store.exists(marker)
     with pytest.raises(FileNotFoundError):
         read_checked(any_store, RUN, "bad")
+
+
+def test_withdraw_unreadable_names_the_garbage_markers_it_removed(any_store: Store) -> None:
+    _commit(any_store, "ok")
+    for sid in ("b2", "b1"):
+        any_store.write_bytes(_commit(any_store, sid)[1], b"{not json")
+    assert withdraw_unreadable(any_store, RUN) == ["b1", "b2"]
+    assert withdraw_unreadable(any_store, RUN) == []  # gone: nothing left to withdraw
+    assert list(commit_markers(any_store, RUN)) == ["ok"]
 
 
 def test_a_missing_file_withdraws(any_store: Store) -> None:

@@ -7,12 +7,11 @@ import json
 
 import pyarrow.dataset as ds
 import pytest
-from distributed import Client, LocalCluster
 
 from synthgen.config import ModelConfig, RunConfig, SamplingConfig
 from synthgen.engines.base import GenRequest, ScoreRequest, prompt_seed
 from synthgen.stages.prompts import load_prompts
-from tests.helpers import verdict_of, write_config
+from tests.helpers import local_cluster, verdict_of, write_config
 from tests.support.cheats import STRATEGIES, CheatingEngine, install_cheat
 
 pytestmark = pytest.mark.slow
@@ -66,16 +65,7 @@ def test_every_cheating_strategy_fails_the_check(engine, strategy):
 def test_flow_with_bundled_model_catches_a_shuffling_worker(tmp_path, prefect_api):
     from flows.run import synthgen_run
 
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address="127.0.0.1:0",
-            memory_limit=None,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with local_cluster(2) as (cluster, client):
         cheater = sorted(client.scheduler_info(n_workers=-1)["workers"])[0]
         client.run(install_cheat, "shuffle", workers=[cheater])
         out = tmp_path / "out"
