@@ -190,7 +190,9 @@ def test_unit_resources_per_stage_explicit_then_the_stages_model(certs: Path) ->
         }
     )
     assert unit_resources(cfg, "draft:shard-00000") is None  # the run's fake model
-    assert unit_resources(cfg, "judge:shard-00000") == {"GPU": 1.0}  # its own model
+    # its own model, a GPU one: a share of the GPU (cluster.overlap units per worker)
+    assert cfg.cluster.overlap == 2
+    assert unit_resources(cfg, "judge:shard-00000") == {"GPU": 0.5}
     assert unit_resources(cfg, "polish:shard-00003") == {"GPU_BIG": 2.0}  # declared
     assert unit_resources(cfg) is None  # the run's default
 
