@@ -39,12 +39,25 @@ def prefect_api() -> Iterator[str]:
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}/api"
     os.environ["PREFECT_API_URL"] = url
+    try:
+        with temporary_server(port):
+            yield url
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+
+
+@contextlib.contextmanager
+def temporary_server(port: int) -> Iterator[str]:
+    """A temporary local Prefect server on `port` (loopback) for as long as the block runs.
+    Set PREFECT_API_URL to its URL *before* prefect is first imported in this process: the
+    settings Prefect reads at import (and ships to Dask workers with each task) keep the
+    value they saw then, and a process without one starts a temporary server of its own."""
     from prefect.server.api.server import SubprocessASGIServer  # only without an API URL
 
     server = SubprocessASGIServer(port=port)
     server.start()
     try:
-        yield url
+        yield f"http://127.0.0.1:{port}/api"
     finally:
         _flush_logs()
         # its "Stopping temporary server" line can outlive the console (pytest, pipes)
@@ -53,7 +66,6 @@ def prefect_api() -> Iterator[str]:
             server.stop()
         finally:
             logging.getLogger("prefect").disabled = False
-        os.environ.pop("PREFECT_API_URL", None)
 
 
 def _flush_logs() -> None:

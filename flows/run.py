@@ -282,11 +282,14 @@ def generate_flow(
     total: int,
     run_started_at: float | None = None,
     plan_shards: list[str] | None = None,
+    committed_before: int | None = None,
 ) -> dict[str, Any]:
     """Generate the given units (shards of a stage) on the cluster, within the budget if one
     is set, each stage's shard as soon as the shard it reads committed; then publish if every
     shard of the final stage is committed. `total`: the run's units; `plan_shards`: the
-    plan's shard ids (default: `shard_ids`, a one-stage run's units)."""
+    plan's shard ids (default: `shard_ids`, a one-stage run's units); `committed_before`:
+    units committed before this call (default: those of `total` not in `shard_ids`, right for
+    one stage; a multi-stage run's `shard_ids` hold only the units that can start now)."""
     config = restore_secrets(config)  # the parameters carry *** placeholders, tasks need keys
     cfg = RunConfig.model_validate(config)
     task_config = Opaque(config)  # one value to Prefect: not walked for futures per task
@@ -352,7 +355,7 @@ def generate_flow(
         )
         gates.append(verify)
 
-    done_before = total - len(shard_ids)
+    done_before = total - len(shard_ids) if committed_before is None else committed_before
     tokens = 0
     reported = 0
     last_line = float("-inf")
@@ -365,7 +368,7 @@ def generate_flow(
         elapsed = now - started
         # a line per shard, at most one a second (plus the first and last): thousands of
         # small shards would otherwise flood the terminal and the Prefect run's log
-        if now - last_line < 1.0 and reported not in (1, len(shard_ids)):
+        if now - last_line < 1.0 and reported not in (1, total - done_before):
             return
         last_line = now
         print(
@@ -593,7 +596,7 @@ def _execute_leased(
     config = stash_secrets(cfg)  # flow parameters: no credentials
     runner = SynthgenTaskRunner(**runner_kwargs(cfg))  # embedded: metered to process exit
     gen = generate_flow.with_options(task_runner=runner)(
-        config, todo, len(units), time.time(), shard_ids
+        config, todo, len(units), time.time(), shard_ids, len(already)
     )
     lease.check()
     publish_cost_artifact(cfg)  # after the cluster closed: workers' final rows are in

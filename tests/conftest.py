@@ -24,6 +24,23 @@ os.environ["AWS_SECRET_ACCESS_KEY"] = "testing-secret"
 os.environ.pop("AWS_PROFILE", None)
 os.environ.pop("AWS_ENDPOINT_URL", None)
 
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# The session's Prefect API, fixed here, before anything imports prefect: Prefect keeps the
+# settings it read at import and ships them to Dask workers with each task, so an API URL set
+# later (by a fixture) was ignored: the test process and every LocalCluster worker process
+# each started a temporary server of their own (seen: 3-4 extra servers per cluster test).
+# The server itself starts with the session (`prefect_api`, autouse).
+_OWN_PREFECT_PORT: int | None = None
+if not os.environ.get("PREFECT_API_URL"):
+    _OWN_PREFECT_PORT = free_port()
+    os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{_OWN_PREFECT_PORT}/api"
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -106,12 +123,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xdist_group(group))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
     """A live S3 endpoint on loopback (moto's ThreadedMotoServer), as s3fs tests use."""
@@ -137,12 +148,16 @@ def s3_bucket(s3_server: str) -> str:
     return name
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def prefect_api() -> Iterator[str]:
-    """One temporary Prefect server for the test session (the CLI's own mechanism)."""
-    from flows.prefect_env import prefect_api as _api
+    """One temporary Prefect server for the test session (the CLI's own mechanism), on the
+    port PREFECT_API_URL named at import; a URL given from outside is used as it is."""
+    from flows.prefect_env import temporary_server
 
-    with _api() as url:
+    if _OWN_PREFECT_PORT is None:
+        yield os.environ["PREFECT_API_URL"]
+        return
+    with temporary_server(_OWN_PREFECT_PORT) as url:
         yield url
 
 

@@ -6,6 +6,7 @@ worker that cheats in the second stage only is caught, excluded, and its units r
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 from flows.run import synthgen_run
 from tests.helpers import fake_config, local_cluster, write_config
-from tests.support.cheats import TEXT_POOL, install_cheat
+from tests.support.cheats import TEXT_POOL, install_cheat, install_slowdown
 
 JUDGE_SCHEMA = {
     "type": "object",
@@ -67,13 +68,17 @@ def _stage_dir(run_dir: Path, name: str) -> Path:
 
 
 def test_an_honest_multi_stage_run_passes_every_stage_with_no_flags(
-    tmp_path, prefect_api, cluster3
+    tmp_path, prefect_api, cluster3, caplog
 ):
     cluster, _ = cluster3
     out = tmp_path / "out"
     res = synthgen_run(
         config=write_config(tmp_path / "c.yaml", _config(out, cluster.scheduler_address))
     )
+    # progress counts units of every stage: up to 18 of 18, the last unit's line always
+    # printed (it once read "30/18": the count started from the later stages' units)
+    counts = [int(n) for n in re.findall(r"done · (\d+)/18 shards", caplog.text)]
+    assert counts and max(counts) == 18 and counts[-1] == 18, counts
     assert res["status"] == "complete" and res["rows_published"] == 12
     v = res["verification"]
     assert v["statuses"] == {"pass": 18}, v
@@ -108,6 +113,10 @@ def test_a_worker_cheating_in_the_second_stage_is_caught_excluded_and_redone(
     # honest in the other stages: it cheats only with the response stage's model
     got = client.run(install_cheat, "pool", 0, ["fake-response"], workers=[cheater])
     assert got == {cheater: "pool"}
+    # the honest workers answer slowly: the cheater is free first and surely takes response
+    # units (CI once saw it get none: 4 units of the other stages, nothing to catch)
+    honest = [w for w in client.scheduler_info(n_workers=-1)["workers"] if w != cheater]
+    client.run(install_slowdown, 1.0, ["fake-response"], workers=honest)
     out = tmp_path / "out"
     res = synthgen_run(
         config=write_config(tmp_path / "c.yaml", _config(out, cluster.scheduler_address))

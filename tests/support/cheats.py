@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import random
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -142,3 +143,43 @@ def install_cheat(strategy: str, seed: int = 0, models: Sequence[str] | None = N
 
 def remove_cheat() -> None:
     set_engine_wrapper(None)
+
+
+class SlowEngine:
+    """An honest engine that sleeps `seconds` before each generate call: installed on the
+    honest workers, it leaves a test's cheater idle first when a stage's units come, so the
+    cheater surely runs some of them (which worker Dask picks is otherwise chance)."""
+
+    def __init__(self, inner: InferenceEngine, seconds: float) -> None:
+        self.inner = inner
+        self.seconds = seconds
+        self.info = inner.info
+
+    def generate(
+        self, requests: Sequence[GenRequest], sampling: SamplingConfig, guided: Any = None
+    ) -> list[Completion]:
+        time.sleep(self.seconds)
+        return self.inner.generate(requests, sampling, guided)
+
+    def score(
+        self,
+        requests: Sequence[ScoreRequest],
+        sampling: SamplingConfig | None = None,
+        top_k: int = 10,
+        guided: Any = None,
+    ) -> list[Score]:
+        return self.inner.score(requests, sampling, top_k=top_k, guided=guided)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def install_slowdown(seconds: float, models: Sequence[str]) -> float:
+    """Make this process's engines of `models` slow honest ones (`SlowEngine`); run it on
+    Dask workers with `client.run(install_slowdown, 1.0, ["m"], workers=[...])`."""
+
+    def wrap(engine: Any) -> Any:
+        return SlowEngine(engine, seconds) if engine.info.model in models else engine
+
+    set_engine_wrapper(wrap)
+    return seconds
