@@ -36,6 +36,7 @@ from flows.cost import (
 )
 from flows.credentials import load_secret_token
 from flows.loop import Gate, ShardLoop
+from flows.progress import RunProgress
 from flows.refs import SUMMARY_ARTIFACT_PREFIX, deployment_default_config, resolve_config_ref
 from flows.task_runner import Opaque, SynthgenTaskRunner, unwrap
 from flows.timeouts import ShardTimeouts, remove_silent_workers
@@ -360,9 +361,12 @@ def generate_flow(
     reported = 0
     last_line = float("-inf")
 
+    progress = RunProgress(cfg.run_id or "", total, done_before)  # the Prefect UI's view
+
     def report(res: dict[str, Any]) -> None:
         nonlocal tokens, last_line, reported
         reported += 1
+        progress.add(res)
         tokens += res["completion_tokens"]
         now = time.perf_counter()
         elapsed = now - started
@@ -372,7 +376,7 @@ def generate_flow(
             return
         last_line = now
         print(
-            f"shard {res['shard_id']} done · {done_before + reported}/{total} shards · "
+            f"shard {res['shard_id']} done · {min(done_before + reported, total)}/{total} shards · "
             f"{res['completion_tokens']} tokens in {res['engine_seconds']:.1f}s · "
             f"${res['cost_usd']:.4f} · run {tokens / elapsed:.1f} tokens/s"
         )
@@ -392,6 +396,7 @@ def generate_flow(
         # committed when it starts (skipped, no attempt)
     )
     sched = loop.run()
+    progress.finish()
     checkpoint("generate.done")
     published = None
     for _ in range(FINISH_ROUNDS):
@@ -413,6 +418,7 @@ def generate_flow(
         for unit in withdrawn:
             loop.requeue(unit)
         sched = loop.run()  # the same loop and gates (budget, timeouts, verification)
+        progress.finish()
     results, failures = sched.results, sched.failures
     verification = None
     if verify is not None:

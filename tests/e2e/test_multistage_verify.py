@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
+from flows.progress import progress_key
 from flows.run import synthgen_run
 from tests.helpers import fake_config, local_cluster, write_config
 from tests.support.cheats import TEXT_POOL, install_cheat, install_slowdown
@@ -79,6 +82,15 @@ def test_an_honest_multi_stage_run_passes_every_stage_with_no_flags(
     # printed (it once read "30/18": the count started from the later stages' units)
     counts = [int(n) for n in re.findall(r"done · (\d+)/18 shards", caplog.text)]
     assert counts and max(counts) == 18 and counts[-1] == 18, counts
+    # the same count is the run's live progress artifact in the Prefect UI, at 100 % now
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[progress_key(res["run_id"])])
+            )
+        )
+    assert [a.type for a in arts] == ["progress"], arts
+    assert arts[0].data == 100.0 and "18/18 shards" in (arts[0].description or ""), arts[0]
     assert res["status"] == "complete" and res["rows_published"] == 12
     v = res["verification"]
     assert v["statuses"] == {"pass": 18}, v
