@@ -18,7 +18,8 @@ What the cut worker loses, and why:
   is given the URL of a relay on the host's veth address (`Relay`, to that server): both
   workers reach the API there, the cut one only while the link is up.
 
-No `cluster.shard_timeout_s`: the shard's derived deadline moves it to the other worker, the
+No `cluster.shard_timeout_s`, default deadline settings but the floor (6 s instead of 60 s, as
+in the frozen test, for a test of 1 s shards): the shard's derived deadline moves it to the other worker, the
 cut worker (silent to the scheduler) is removed from the cluster, and the run completes long
 before Dask's worker TTL; the cut attempt is on the ledger as lost. Bringing the link back up
 afterwards (the late attempt reconnects to storage and the scheduler) changes no file.
