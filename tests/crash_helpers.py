@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,23 +73,35 @@ class DaskProcs:
                 proc.wait(timeout=5)
 
 
-def start_dask(tmp: Path, n_workers: int = 2) -> DaskProcs:
-    """`dask scheduler` and `dask worker --no-nanny` processes (a SIGKILLed worker stays dead)."""
+def start_dask(
+    tmp: Path,
+    n_workers: int = 2,
+    host: str = "127.0.0.1",
+    workers: Sequence[tuple[str, Sequence[str]]] | None = None,
+) -> DaskProcs:
+    """`dask scheduler` and `dask worker --no-nanny` processes (a SIGKILLed worker stays dead).
+
+    The scheduler listens on `host`; `workers`, when given, is one (listen address, command
+    prefix) per worker (e.g. `ip netns exec NS`: a worker in a network namespace); else
+    `n_workers` workers on loopback."""
     port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
+    address = f"tcp://{host}:{port}"
     env = child_env()
     log = (tmp / "dask.log").open("ab")
     scheduler = subprocess.Popen(
-        [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+        [DASK, "scheduler", "--host", host, "--port", str(port),
          "--dashboard-address", "127.0.0.1:0"],
         cwd=REPO, env=env, stdout=log, stderr=log,
     )  # fmt: skip
     procs = DaskProcs(address, scheduler, logs=tmp / "dask.log")
-    for i in range(n_workers):
+    if workers is None:
+        workers = [("127.0.0.1", ())] * n_workers
+    n_workers = len(workers)
+    for i, (whost, prefix) in enumerate(workers):
         wport = free_port()
-        waddr = f"tcp://127.0.0.1:{wport}"
+        waddr = f"tcp://{whost}:{wport}"
         procs.workers[waddr] = subprocess.Popen(
-            [DASK, "worker", address, "--no-nanny", "--nthreads", "1", "--host", "127.0.0.1",
+            [*prefix, DASK, "worker", address, "--no-nanny", "--nthreads", "1", "--host", whost,
              "--worker-port", str(wport), "--dashboard-address", "127.0.0.1:0",
              "--name", f"w{i}", "--memory-limit", "0"],
             cwd=REPO, env=env, stdout=log, stderr=log,
