@@ -9,6 +9,7 @@ shard ids, paths and counts, never the generated text.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import re
@@ -22,6 +23,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.exceptions import MissingContextError
 from prefect.runtime import flow_run
+from prefect.settings import PREFECT_API_URL
 
 import flows.credentials  # noqa: F401 - every Store in this process resolves credentials blocks
 from flows.cost import (
@@ -44,7 +46,7 @@ from flows.verify import VerifyGate, cluster_workers, restrict, runner_client, s
 from synthgen.checkpoints import checkpoint
 from synthgen.cluster.client import unit_resources
 from synthgen.cluster.deadlines import DeadlinePolicy
-from synthgen.cluster.preflight import check_output, run_preflight
+from synthgen.cluster.preflight import check_output, check_workers_reach, reaches, run_preflight
 from synthgen.config import RunConfig, load_config
 from synthgen.config.multistage import clean_stage
 from synthgen.config.secrets import check_overrides, protect, restore_secrets, stash_secrets
@@ -213,6 +215,31 @@ def _finish(
     return Published(pid, shards, extra), []
 
 
+def _check_api_reach(cfg: RunConfig, timeout_s: float = 15.0) -> None:
+    """Every worker of the cluster can open a connection to the Prefect API URL this flow
+    ships with its tasks (PreflightError naming those that cannot). A worker that does not
+    answer within `timeout_s` (frozen: the deadlines deal with it) is not waited for."""
+    url = PREFECT_API_URL.value()
+    if not url:
+        return
+    client = runner_client()
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        fut = pool.submit(client.run, reaches, url, 5.0, on_error="return")
+        answers = fut.result(timeout=timeout_s)
+    except concurrent.futures.TimeoutError:
+        print(
+            f"preflight: not every worker answered within {timeout_s:g}s; Prefect API reach not checked"
+        )
+        return
+    finally:
+        pool.shutdown(wait=False)
+    checked = {w: a for w, a in answers.items() if a is None or isinstance(a, str)}
+    line = check_workers_reach(checked, url)
+    if cfg.cluster.address:  # an existing cluster: worth a line (a local one always reaches)
+        print(f"preflight: {line}")
+
+
 def _withdrawn_since(
     cfg: RunConfig, store: Store, sched: Any, plan_shards: list[str]
 ) -> tuple[list[str] | None, dict[str, dict[str, Any]]]:
@@ -329,6 +356,7 @@ def generate_flow(
 
     # gates: budget (admission), shard deadlines (ticks, late workers avoided), verification
     # (checks, exclusions)
+    _check_api_reach(cfg)  # a worker that cannot report to Prefect fails every task
     budget = BudgetWatch(cfg, slots)
     gates: list[Gate] = [budget]
     deadlines = None

@@ -91,6 +91,37 @@ def check_scheduler(cluster: ClusterConfig) -> str:
     return f"cluster: scheduler {cluster.address} reachable"
 
 
+def reaches(url: str, timeout_s: float = 5.0) -> str | None:
+    """Run on a worker: None when a TCP connection to `url`'s host and port opens within
+    `timeout_s`, else why not."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+
+
+def check_workers_reach(answers: dict[str, str | None], url: str) -> str:
+    """`answers`: worker -> `reaches(url)` run there. Every task a worker runs reports its
+    state to the Prefect API at the URL the flow ships with it (the `synthgen run` process's
+    PREFECT_API_URL, not the worker's own): a worker that cannot reach it fails every task.
+    PreflightError naming those workers, before any of them is handed a shard."""
+    bad = {w: why for w, why in sorted(answers.items()) if why is not None}
+    if bad:
+        named = "; ".join(f"{w}: {why}" for w, why in list(bad.items())[:5])
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise PreflightError(
+            f"{len(bad)} of {len(answers)} Dask worker(s) cannot reach the Prefect API at {url} "
+            f"({named}{more}). Tasks report their state to that URL from the workers: set "
+            "PREFECT_API_URL for `synthgen run` (and PREFECT_SERVER_API_HOST for the server) "
+            "to an address the worker hosts reach, e.g. the control host's VPN address, not "
+            "127.0.0.1 (docs/infra.md)"
+        )
+    return f"prefect API {url} reachable from {len(answers)} worker(s)"
+
+
 _CRED_HINT = (
     "set output.storage_options.key/secret (better: the AWS_ACCESS_KEY_ID and "
     "AWS_SECRET_ACCESS_KEY environment variables, or AWS_PROFILE)"
@@ -157,5 +188,7 @@ __all__ = [
     "check_model",
     "check_output",
     "check_scheduler",
+    "check_workers_reach",
+    "reaches",
     "run_preflight",
 ]
