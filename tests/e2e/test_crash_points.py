@@ -144,7 +144,9 @@ def test_sigkill_at_each_boundary_then_rerun_publishes_the_uninterrupted_rows(
     point, reference, cluster, tmp_path, request
 ):
     uri, opts = _location(reference["kind"], tmp_path, request)
-    killed = _data(uri, opts)  # the run's own LocalCluster: its worker can kill the run
+    # the run's own LocalCluster (its worker can kill the run), one shard at a time
+    # (cluster.overlap 1): the second shard's file is written after the first one's marker
+    killed = _data(uri, opts, cluster__overlap=1)
     cfg = config_from_dict(killed)
     store = Store(cfg.output)
     run = kill_at(point, write_config(tmp_path / "killed.yaml", killed), tmp_path / "killed.log")
