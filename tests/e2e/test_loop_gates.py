@@ -87,9 +87,14 @@ def test_verify_budget_and_timeout_in_one_run(tmp_path, prefect_api, monkeypatch
 
     # verification: every committed shard checked on the other worker, checks on the ledger
     v = first["verification"]
-    assert v is not None and v["checks"] >= 1 and v["statuses"].get("pass", 0) == v["checks"]
+    assert v is not None and v["checks"] >= 1
+    # a check may find another attempt committed than the one it was asked about ("stale":
+    # with two shards per worker, the shard waiting for the hung call's engine turn is timed
+    # out too, and its late first attempt can win the commit race): the committed attempt is
+    # then checked. Nothing else than a pass or such a hand-over, and a pass per commit.
+    assert set(v["statuses"]) <= {"pass", "stale"}, v["statuses"]
     vrows = [r for r in rows if r["status"] == "verification"]
-    assert len(vrows) == v["checks"]
+    assert len(vrows) == v["statuses"]["pass"]  # a stale check scores nothing, costs no row
     committed = {r["shard_id"] for r in shard_rows if r["status"] == "succeeded"}
     assert {r["shard_id"] for r in vrows} == committed
     # the budget counted the checks' cost: ledger total (shards + checks) near the cap
