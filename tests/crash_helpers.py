@@ -11,13 +11,59 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 from tests.conftest import REPO, free_port
 
 DASK = str(Path(sys.executable).with_name("dask"))
+
+
+def fresh_attempt(store: Any, run_id: str, workers: Sequence[str], max_age_s: float = 0.5):
+    """A running attempt on one of `workers` that started under `max_age_s` ago, once some
+    shard of the run committed (the run is under way), or None: with 1 s shards, one that
+    young is mid-engine when its worker is frozen or cut off."""
+    from synthgen.io.attempts import attempt_history, commit_markers
+
+    if not commit_markers(store, run_id):
+        return None
+    now = datetime.now(UTC)
+    for a in attempt_history(store, run_id):
+        age = (now - datetime.fromisoformat(a["started_at"])).total_seconds()
+        if a["outcome"] == "running" and a["worker"] in workers and age < max_age_s:
+            return a
+    return None
+
+
+def check_routed_around(store: Any, run_id: str, victim: dict, summary_path: Path):
+    """After a run whose worker froze or was cut off mid-attempt `victim`: that attempt is
+    lost (outcome and its one ledger row), the shard was committed by another worker and
+    re-run by the deadlines, which name the worker. Returns a function giving the victim
+    attempt's ledger rows (to check again after the thaw or reconnect)."""
+    from synthgen.cost.ledger import Ledger
+    from synthgen.io.attempts import attempt_history
+    from synthgen.io.layout import RunLayout
+
+    worker = victim["worker"]
+    mine = [a for a in attempt_history(store, run_id) if a["shard_id"] == victim["shard_id"]]
+    lost = [a for a in mine if a["attempt"] == victim["attempt"]]
+    assert [a["outcome"] for a in lost] == ["lost"], mine
+    assert [a["worker"] for a in mine if a["outcome"] == "committed"] != [worker]
+    ledger = Ledger(RunLayout(store, run_id))
+
+    def victim_rows() -> list[dict]:
+        rows = ledger.rows(victim["shard_id"]).to_pylist()
+        return [r for r in rows if r["attempt"] == victim["attempt"]]
+
+    rows = victim_rows()
+    assert [(r["status"], r["worker"]) for r in rows] == [("lost", worker)], rows
+    late = json.loads(summary_path.read_text())["deadlines"]
+    assert worker in late["missed"], late
+    assert late["reruns"].get(victim["shard_id"], 0) >= 1, late
+    return victim_rows
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -7,19 +7,14 @@ the ledger as lost; thawing the worker afterwards changes nothing."""
 from __future__ import annotations
 
 import hashlib
-import json
 import time
-from datetime import UTC, datetime
 
 import pyarrow.dataset as ds
 import pytest
 
 from synthgen.config import config_from_dict
-from synthgen.cost.ledger import Ledger
-from synthgen.io.attempts import attempt_history, commit_markers
-from synthgen.io.layout import RunLayout
 from synthgen.io.store import Store
-from tests.crash_helpers import start_cli, start_dask, wait_for
+from tests.crash_helpers import check_routed_around, fresh_attempt, start_cli, start_dask, wait_for
 from tests.helpers import fake_config, write_config
 
 pytestmark = pytest.mark.slow
@@ -59,18 +54,11 @@ def _frozen_run(tmp_path, procs):
     summary_path = tmp_path / "s.json"
     cli = start_cli(write_config(tmp_path / "c.yaml", data), summary_path, tmp_path / "log")
 
-    def running_attempt():
-        if not commit_markers(store, cfg.run_id):
-            return None  # the run is under way once a shard committed
-        now = datetime.now(UTC)
-        for a in attempt_history(store, cfg.run_id):
-            age = (now - datetime.fromisoformat(a["started_at"])).total_seconds()
-            # a shard takes 1 s: one started under 0.5 s ago is mid-engine when frozen
-            if a["outcome"] == "running" and a["worker"] in procs.workers and age < 0.5:
-                return a
-        return None
-
     victim: dict = {}
+
+    def running_attempt():
+        return fresh_attempt(store, cfg.run_id, procs.workers)
+
     wait_for(lambda: bool(victim.update(running_attempt() or {}) or victim), 120, "a shard mid-run")
     procs.freeze_worker(victim["worker"])
     try:
@@ -86,24 +74,7 @@ def _frozen_run(tmp_path, procs):
     ids = table["prompt_id"].to_pylist()
     assert len(ids) == 24 and len(set(ids)) == 24, "a prompt was lost or doubled"
 
-    history = attempt_history(store, cfg.run_id)
-    mine = [a for a in history if a["shard_id"] == victim["shard_id"]]
-    frozen = [a for a in mine if a["attempt"] == victim["attempt"]]
-    assert [a["outcome"] for a in frozen] == ["lost"], mine
-    assert [a["worker"] for a in mine if a["outcome"] == "committed"] != [victim["worker"]]
-    ledger = Ledger(RunLayout(store, cfg.run_id))
-
-    def victim_rows():
-        rows = ledger.rows(victim["shard_id"]).to_pylist()
-        return [r for r in rows if r["attempt"] == victim["attempt"]]
-
-    rows = victim_rows()
-    assert [(r["status"], r["worker"]) for r in rows] == [("lost", victim["worker"])], rows
-
-    summary = json.loads(summary_path.read_text())
-    late = summary["deadlines"]
-    assert victim["worker"] in late["missed"], late
-    assert late["reruns"].get(victim["shard_id"], 0) >= 1
+    victim_rows = check_routed_around(store, cfg.run_id, victim, summary_path)
 
     # the thaw: the frozen attempt wakes up mid-shard, finds the shard committed by the
     # re-run and writes nothing (or its worker, removed from the cluster, just exits)

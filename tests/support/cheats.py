@@ -145,7 +145,7 @@ def remove_cheat() -> None:
     set_engine_wrapper(None)
 
 
-class SlowEngine:
+class SlowEngine(CheatingEngine):
     """An honest engine that sleeps `seconds` before each generate call: installed on the
     honest workers, it leaves a test's cheater idle first when a stage's units come, so the
     cheater surely runs some of them (which worker Dask picks is otherwise chance)."""
@@ -153,25 +153,13 @@ class SlowEngine:
     def __init__(self, inner: InferenceEngine, seconds: float) -> None:
         self.inner = inner
         self.seconds = seconds
-        self.info = inner.info
+        self.info = inner.info  # scoring and closing: CheatingEngine's pass-through
 
     def generate(
         self, requests: Sequence[GenRequest], sampling: SamplingConfig, guided: Any = None
     ) -> list[Completion]:
         time.sleep(self.seconds)
         return self.inner.generate(requests, sampling, guided)
-
-    def score(
-        self,
-        requests: Sequence[ScoreRequest],
-        sampling: SamplingConfig | None = None,
-        top_k: int = 10,
-        guided: Any = None,
-    ) -> list[Score]:
-        return self.inner.score(requests, sampling, top_k=top_k, guided=guided)  # type: ignore[attr-defined]
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def install_slowdown(seconds: float, models: Sequence[str]) -> float:
