@@ -139,7 +139,9 @@ def test_scripts_start_workers_with_resources_and_advertised_price(tls_cluster: 
         workers = _workers_by_name(client)
         assert set(workers) == {"test-gpu0", "test-cpu"}
         assert workers["test-gpu0"]["resources"] == {GPU_RESOURCE: 1.0}
-        assert workers["test-gpu0"]["nthreads"] == 1
+        # two threads (SYNTHGEN_WORKER_THREADS, cluster.overlap): the next shard's I/O runs
+        # while the engine generates; each generate task asks for half the GPU
+        assert workers["test-gpu0"]["nthreads"] == 2
         assert workers["test-cpu"]["resources"] == {}
         assert all(
             addr.startswith("tls://127.0.0.1:") for addr in client.scheduler_info()["workers"]
@@ -165,7 +167,7 @@ def test_gpu_constrained_tasks_all_land_on_gpu_worker(tls_cluster: TLSCluster) -
         {"model": {"engine": "fake"}, "cluster": tls_cluster.cluster_cfg(gpu_tasks=True)}
     )
     resources = generate_resources(cfg)
-    assert resources == {GPU_RESOURCE: 1.0}
+    assert resources == {GPU_RESOURCE: 1.0 / cfg.cluster.overlap} == {GPU_RESOURCE: 0.5}
     with tls_cluster.client() as client:
         with dask.annotate(resources=resources):
             gpu_futures = [
