@@ -14,6 +14,7 @@ perms x shingles block).
 from __future__ import annotations
 
 import re
+import threading
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -238,17 +239,29 @@ class MinHasher:
         return a, b
 
 
-_POWERS: list[np.ndarray] = [np.ones(0, _U64), np.ones(0, _U64)]
+# (P**(i+1), P**-(i+1)): one tuple, replaced whole. A worker runs several shards in threads
+# (cluster.overlap); with two lists set one after the other, a thread could see the grown
+# powers beside the still-empty inverses (IndexError in a shard, passed on retry)
+_POWERS: tuple[np.ndarray, np.ndarray] = (np.ones(0, _U64), np.ones(0, _U64))
+_POWERS_LOCK = threading.Lock()
 
 
 def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """P**(i+1) and P**-(i+1) mod 2**64 for i < n (cached, grown by doubling)."""
-    if len(_POWERS[0]) < n:
-        size = max(n, 2 * len(_POWERS[0]), 1 << 16)
-        with np.errstate(over="ignore"):
-            _POWERS[0] = np.cumprod(np.full(size, _POLY, dtype=_U64))
-            _POWERS[1] = np.cumprod(np.full(size, _POLY_INV, dtype=_U64))
-    return _POWERS[0][:n], _POWERS[1][:n]
+    """P**(i+1) and P**-(i+1) mod 2**64 for i < n (cached, grown by doubling; thread-safe)."""
+    global _POWERS
+    powers = _POWERS
+    if len(powers[0]) < n:
+        with _POWERS_LOCK:
+            powers = _POWERS
+            if len(powers[0]) < n:
+                size = max(n, 2 * len(powers[0]), 1 << 16)
+                with np.errstate(over="ignore"):
+                    powers = (
+                        np.cumprod(np.full(size, _POLY, dtype=_U64)),
+                        np.cumprod(np.full(size, _POLY_INV, dtype=_U64)),
+                    )
+                _POWERS = powers
+    return powers[0][:n], powers[1][:n]
 
 
 def _word_table() -> np.ndarray:

@@ -173,3 +173,42 @@ def test_drops_of_a_deduplicated_stage_reach_its_descendants_only() -> None:
     assert row_keys(t, span=2) == ["p#0", "p#0", "p#1", "p#1"]
     out = apply_drops(t, {"p#1": "near_duplicate"}, span=2)
     assert out.column("drop_reason").to_pylist() == [None, None, "near_duplicate", "near_duplicate"]
+
+
+def test_the_shingle_powers_cache_is_grown_whole_under_concurrent_shards(monkeypatch) -> None:
+    """Two shards of one worker (cluster.overlap) hash text in two threads: one grows the
+    powers cache while the other reads it. The read must never pair the grown powers with
+    still-empty inverses (it raised IndexError in a shard; seen at 1,000 shards)."""
+    import threading
+    import time
+
+    import numpy as np
+
+    from synthgen.stages.dedup import minhash
+
+    empty = (np.ones(0, np.uint64), np.ones(0, np.uint64))
+    monkeypatch.setattr(minhash, "_POWERS", type(minhash._POWERS)(empty))  # a cold cache
+    real = np.cumprod
+    calls = []
+    grown = threading.Event()
+
+    def slow_cumprod(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the powers are done, the inverses not: widen that window
+            grown.set()
+            time.sleep(0.3)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(minhash.np, "cumprod", slow_cumprod)
+    got: dict[str, object] = {}
+
+    def grow() -> None:
+        got["grow"] = minhash._powers(100_000)
+
+    t = threading.Thread(target=grow)
+    t.start()
+    assert grown.wait(10)  # the reader comes between the powers and their inverses
+    pw, ipw = minhash._powers(10)
+    t.join()
+    assert len(pw) == len(ipw) == 10
+    assert (pw * ipw == np.ones(10, np.uint64)).all()  # each power times its inverse is 1
