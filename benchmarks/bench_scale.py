@@ -209,6 +209,41 @@ def cpu_tree() -> dict[str, float]:
     return out
 
 
+class PeakRSS:
+    """Samples, once a second in a thread, the RSS of this process (flow + scheduler), of
+    the Prefect server and of the Dask workers (summed); keeps each one's peak per phase."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.phase = "start-up"
+        self.peaks: dict[str, dict[str, int]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.wait(1.0):
+            rss = {"flow": me.memory_info().rss, "server": 0, "workers": 0}
+            for p in me.children(recursive=True):
+                try:
+                    part = "server" if "counting_app" in " ".join(p.cmdline()) else "workers"
+                    rss[part] += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            peak = self.peaks.setdefault(self.phase, dict.fromkeys(rss, 0))
+            for k, v in rss.items():
+                peak[k] = max(peak[k], v)
+
+    def stop(self) -> dict[str, dict[str, int]]:
+        self._stop.set()
+        self._thread.join()
+        return self.peaks
+
+
 def db_rows(db: Path) -> dict[str, int]:
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
     try:
@@ -334,6 +369,7 @@ def run(args: argparse.Namespace, tmp: str, port: int) -> dict[str, Any]:
             marks["sched_start"] = client.run_on_scheduler(_scheduler_structures)
             marks["calls_start"] = counts(port)
             marks["cpu_start"] = cpu_tree()
+            peaks.phase = "generate"
             marks["loop_start"] = time.perf_counter()
         return real_run(self)
 
@@ -342,10 +378,12 @@ def run(args: argparse.Namespace, tmp: str, port: int) -> dict[str, Any]:
             marks["done"] = time.perf_counter()
             marks["calls_done"] = counts(port)
             marks["cpu_done"] = cpu_tree()
+            peaks.phase = "end-of-run"
             marks["sched_done"] = runner_client().run_on_scheduler(_scheduler_structures)
 
     ShardLoop.run = timed_run  # type: ignore[method-assign]
     set_checkpoint_hook(hook)
+    peaks = PeakRSS()
     try:
         with prefect_api():
             from flows.run import execute
@@ -363,6 +401,7 @@ def run(args: argparse.Namespace, tmp: str, port: int) -> dict[str, Any]:
     finally:
         ShardLoop.run = real_run  # type: ignore[method-assign]
         set_checkpoint_hook(None)
+        peak_rss = peaks.stop()
 
     startup = marks["loop_start"] - t1
     gen = marks["done"] - marks["loop_start"]
@@ -389,6 +428,7 @@ def run(args: argparse.Namespace, tmp: str, port: int) -> dict[str, Any]:
             for k in marks["cpu_start"]
         },
         "scheduler": {"start": marks["sched_start"], "done": marks["sched_done"]},
+        "peak_rss_mib": {ph: {k: v >> 20 for k, v in d.items()} for ph, d in peak_rss.items()},
         "flow_pid": os.getpid(),
         "api_calls": {
             "startup": total_calls(marks["calls_start"]),
@@ -443,6 +483,13 @@ def report(args: argparse.Namespace, o: dict[str, Any]) -> None:
         f"({(s1['rss'] - s0['rss']) / n / 1024:.1f} KiB/shard); tasks {s0['tasks']} -> "
         f"{s1['tasks']}, transition log {s0['transition_log']} -> {s1['transition_log']}, "
         f"task groups {s0['task_groups']} -> {s1['task_groups']}"
+    )
+    print(
+        "peak RSS (MiB) by phase: "
+        + "; ".join(
+            f"{ph}: " + ", ".join(f"{k} {v}" for k, v in d.items())
+            for ph, d in o["peak_rss_mib"].items()
+        )
     )
 
 
