@@ -27,12 +27,32 @@ from __future__ import annotations
 
 import queue
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 # (shard, workers to avoid, priority[, speculative=True for a backup attempt])
 Submit = Callable[..., Any]
+
+
+def windowed(
+    items: Iterable[Any], submit: Callable[[Any], Any], window: int
+) -> Iterator[tuple[Any, Any]]:
+    """`(item, submit(item))` in the order of `items`, with at most `window` submitted and
+    not yet handed out: the next is submitted once the caller takes one. For a phase whose
+    tasks are all known up front (the publish's one task per shard): submitting them all at
+    once kept every task's spec in the scheduler and every state event queued at the Prefect
+    server together (10,000 shards: 9 GiB in the flow's process, task-run events dropped)."""
+    if window < 1:
+        raise ValueError(f"window must be at least 1, not {window}")
+    pending: deque[tuple[Any, Any]] = deque()
+    for item in items:
+        pending.append((item, submit(item)))
+        if len(pending) >= window:
+            yield pending.popleft()
+    while pending:
+        yield pending.popleft()
 
 
 class Gate:

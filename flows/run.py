@@ -37,7 +37,7 @@ from flows.cost import (
     start_usage,
 )
 from flows.credentials import load_secret_token
-from flows.loop import Gate, ShardLoop
+from flows.loop import Gate, ShardLoop, windowed
 from flows.progress import RunProgress
 from flows.refs import SUMMARY_ARTIFACT_PREFIX, deployment_default_config, resolve_config_ref
 from flows.task_runner import Opaque, SynthgenTaskRunner, unwrap
@@ -142,6 +142,7 @@ def dedup_task(config: dict[str, Any] | Opaque, shard_ids: list[str]) -> dict[st
 
 
 FINISH_ROUNDS = 3  # dedup + publish, again after each regeneration of withdrawn shards
+PUBLISH_WINDOW_PER_THREAD = 4  # publish tasks in flight per worker thread
 
 
 @dataclass
@@ -195,12 +196,15 @@ def _finish(
     check_owner(cfg, store)  # before any file is written
     shard_ids = sorted(committed)
     n = len(shard_ids)
-    pubs = {
-        sid: publish_shard_task.submit(task_config, sid, pid, i, n)
-        for i, sid in enumerate(shard_ids)
-    }
+    # a few publish tasks per worker thread in flight, not one per shard at once
+    window = PUBLISH_WINDOW_PER_THREAD * max(1, sum(runner_client().nthreads().values()))
+    pubs = windowed(
+        enumerate(shard_ids),
+        lambda item: publish_shard_task.submit(task_config, item[1], pid, item[0], n),
+        window,
+    )
     shards, failed = [], []
-    for sid, fut in pubs.items():
+    for (_, sid), fut in pubs:
         try:
             shards.append(fut.result())
             checkpoint("publish.shard_done")

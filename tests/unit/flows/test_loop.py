@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from flows.cost import BudgetWatch
-from flows.loop import Gate, ShardLoop
+from flows.loop import Gate, ShardLoop, windowed
 from flows.timeouts import ShardTimeouts
 from flows.verify import VerifyGate
 from synthgen.cluster.deadlines import DeadlinePolicy
@@ -475,3 +475,33 @@ def test_a_shard_queued_behind_a_busy_worker_is_copied_to_an_idle_one(
     assert gate.summary()["speculative_copies"] == {
         "shard-00001": {"slow": "(queued)", "copy": "w1"}
     }
+
+
+def test_windowed_submits_in_order_with_at_most_window_outstanding() -> None:
+    submitted: list[int] = []
+    outstanding = 0
+    most = 0
+
+    def submit(item: int) -> str:
+        nonlocal outstanding, most
+        submitted.append(item)
+        outstanding += 1
+        most = max(most, outstanding)
+        return f"fut-{item}"
+
+    got = []
+    for item, fut in windowed(range(10), submit, 3):
+        assert fut == f"fut-{item}"
+        # nothing beyond the window was submitted before this item was handed out
+        assert len(submitted) <= item + 3
+        got.append(item)
+        outstanding -= 1
+    assert got == list(range(10)) and submitted == list(range(10))
+    assert most == 3
+    # fewer items than the window: all handed out; a window of 1 is one at a time
+    assert [i for i, _ in windowed(range(2), submit, 5)] == [0, 1]
+    seen: list[int] = []
+    for item, _ in windowed(range(4), lambda i: seen.append(i), 1):
+        assert seen[-1] == item
+    with pytest.raises(ValueError, match="window must be at least 1"):
+        list(windowed(range(3), submit, 0))
