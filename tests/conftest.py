@@ -36,10 +36,15 @@ def free_port() -> int:
 # later (by a fixture) was ignored: the test process and every LocalCluster worker process
 # each started a temporary server of their own (seen: 3-4 extra servers per cluster test).
 # The server itself starts with the session (`prefect_api`, autouse).
+# A URL this file set in a parent process (pytest-xdist's controller, which runs no test
+# and so starts no server) is not taken for one given from outside: each test process
+# starts its own.
 _OWN_PREFECT_PORT: int | None = None
-if not os.environ.get("PREFECT_API_URL"):
+_OWN_MARK = "SYNTHGEN_TESTS_OWN_PREFECT_API"
+if not os.environ.get("PREFECT_API_URL") or os.environ.get(_OWN_MARK):
     _OWN_PREFECT_PORT = free_port()
     os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{_OWN_PREFECT_PORT}/api"
+    os.environ[_OWN_MARK] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
 
