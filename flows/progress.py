@@ -23,28 +23,43 @@ class RunProgress:
     """Counts a generate flow's returned units and mirrors them into the progress artifact.
     `total`: the run's units (every stage); `done_before`: those committed before this call."""
 
-    def __init__(self, run_id: str, total: int, done_before: int = 0, every_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        total: int,
+        done_before: int = 0,
+        every_s: float = 2.0,
+        started: float | None = None,
+    ) -> None:
         self.run_id = run_id
         self.total = max(total, 1)
+        self.done_before = done_before
         self.done = done_before
         self.tokens = 0
         self.cost_usd = 0.0
         self.every_s = every_s
-        self.started = time.perf_counter()
+        self.started = time.perf_counter() if started is None else started  # perf_counter
         self._last = float("-inf")
         self._id: UUID | None = None
         self._failed = False
         self._write(force=True)
 
     @property
+    def returned(self) -> int:
+        """Units returned in this call (a unit redone after verification counts twice)."""
+        return self.done - self.done_before
+
+    def tokens_per_s(self) -> float:
+        return self.tokens / max(time.perf_counter() - self.started, 1e-9)
+
+    @property
     def percent(self) -> float:
         return round(min(100.0, 100.0 * self.done / self.total), 2)
 
     def description(self) -> str:
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
         return (
-            f"run {self.run_id}: {self.done}/{self.total} shards · "
-            f"{self.tokens / elapsed:.1f} tokens/s · ${self.cost_usd:.4f} so far"
+            f"run {self.run_id}: {min(self.done, self.total)}/{self.total} shards · "
+            f"{self.tokens_per_s():.1f} tokens/s · ${self.cost_usd:.4f} so far"
         )
 
     def add(self, result: dict[str, Any]) -> None:

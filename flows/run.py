@@ -389,28 +389,23 @@ def generate_flow(
         gates.append(verify)
 
     done_before = total - len(shard_ids) if committed_before is None else committed_before
-    tokens = 0
-    reported = 0
     last_line = float("-inf")
-
-    progress = RunProgress(cfg.run_id or "", total, done_before)  # the Prefect UI's view
+    # units returned, tokens, $: counted once, for the log lines and the Prefect UI's view
+    progress = RunProgress(cfg.run_id or "", total, done_before, started=started)
 
     def report(res: dict[str, Any]) -> None:
-        nonlocal tokens, last_line, reported
-        reported += 1
+        nonlocal last_line
         progress.add(res)
-        tokens += res["completion_tokens"]
         now = time.perf_counter()
-        elapsed = now - started
         # a line per shard, at most one a second (plus the first and last): thousands of
         # small shards would otherwise flood the terminal and the Prefect run's log
-        if now - last_line < 1.0 and reported not in (1, total - done_before):
+        if now - last_line < 1.0 and progress.returned not in (1, total - done_before):
             return
         last_line = now
         print(
-            f"shard {res['shard_id']} done · {min(done_before + reported, total)}/{total} shards · "
+            f"shard {res['shard_id']} done · {min(progress.done, total)}/{total} shards · "
             f"{res['completion_tokens']} tokens in {res['engine_seconds']:.1f}s · "
-            f"${res['cost_usd']:.4f} · run {tokens / elapsed:.1f} tokens/s"
+            f"${res['cost_usd']:.4f} · run {progress.tokens_per_s():.1f} tokens/s"
         )
 
     plan_shards = plan_shards if plan_shards is not None else list(shard_ids)
