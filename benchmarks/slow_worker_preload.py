@@ -4,7 +4,8 @@ preload; only the environment variable differs, so nothing in the run config ask
 
     SYNTHGEN_BENCH_SLOWDOWN=3 dask worker ADDRESS --preload benchmarks/slow_worker_preload.py
 
-Each `generate` call sleeps (factor - 1) x its own duration after it returns."""
+Each `generate` call sleeps (factor - 1) x its own duration after it returns, in slices that
+stop when the call is superseded (as the engines' own steps do: synthgen.engines.abort)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import os
 import time
 from typing import Any
 
+from synthgen.engines import abort
 from synthgen.engines.cache import set_engine_wrapper
 
 FACTOR = float(os.environ.get("SYNTHGEN_BENCH_SLOWDOWN", "1") or 1)
@@ -25,7 +27,10 @@ class SlowEngine:
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
         out = self.inner.generate(*args, **kwargs)
-        time.sleep((self.factor - 1.0) * (time.perf_counter() - t0))
+        end = time.perf_counter() + (self.factor - 1.0) * (time.perf_counter() - t0)
+        while (left := end - time.perf_counter()) > 0:  # engine time: stops when superseded
+            abort.check()
+            time.sleep(min(left, 0.05))
         return out
 
     def __getattr__(self, name: str) -> Any:  # info, score, close: the inner engine's

@@ -112,14 +112,15 @@ class ShardLoop:
         on_result: Callable[[dict[str, Any]], None] | None = None,
         successor: Callable[[str], str | None] | None = None,
         order: list[str] | None = None,
-        cancel: Callable[[Any], None] | None = None,
+        stop_losers: Callable[[str], None] | None = None,
     ) -> None:
         """`shard_ids`: the units to run now. `successor(unit)`: the unit that reads a
         finished unit's output (multi-stage runs: the same shard's next stage), queued when
         the unit commits. `order`: every unit the loop may see, most urgent last (default
-        `shard_ids` in plan order, first most urgent). `cancel(future)`: called on the
-        losing attempt of a speculated shard (the cluster may drop it if not yet started)."""
-        self._cancel = cancel
+        `shard_ids` in plan order, first most urgent). `stop_losers(unit)`: called when
+        a unit's result is taken while another attempt of it may still be running (the losing
+        copy of a speculated shard, the abandoned attempt of a re-run one), to stop it."""
+        self._stop_losers = stop_losers
         self.backups: dict[str, Any] = {}  # shard -> its backup attempt's future
         self.shard_ids = list(shard_ids)
         self.successor = successor
@@ -160,7 +161,7 @@ class ShardLoop:
     def speculate(self, shard_id: str, avoid: set[str]) -> bool:
         """A backup attempt of a running shard, kept away from `avoid` (besides what the
         gates avoid); the first of the two to return is the shard's result, the other is
-        ignored (and given to `cancel`, if any). False when the shard is not running or has a
+        ignored (and stopped by `stop_losers`, if given). False when the shard is not running or has a
         backup."""
         if shard_id not in self.current or shard_id in self.backups:
             return False
@@ -270,11 +271,13 @@ class ShardLoop:
         if backup is not None:
             self.backups.pop(shard_id, None)
             self.out.speculated[shard_id] = "backup" if fut is backup else "first"
-            if self._cancel is not None and other is not None:
-                try:
-                    self._cancel(other)
-                except Exception as exc:  # its result is ignored either way
-                    print(f"shard {shard_id}: could not cancel the losing attempt: {exc}")
+        if self._stop_losers is not None and (
+            backup is not None or shard_id in self.out.resubmitted
+        ):
+            try:
+                self._stop_losers(shard_id)
+            except Exception as exc:  # its result is ignored either way
+                print(f"shard {shard_id}: could not stop the losing attempt: {exc}")
         self.out.results.append(res)
         if self._report is not None:
             self._report(res)

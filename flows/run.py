@@ -13,6 +13,7 @@ import concurrent.futures
 import contextlib
 import logging
 import re
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,7 @@ from synthgen.config.secrets import check_overrides, protect, restore_secrets, s
 from synthgen.cost.ledger import record_lost_attempts
 from synthgen.cost.report import manifest_totals
 from synthgen.cost.summary import RunSummary, per_worker
+from synthgen.engines.abort import supersede, unit_token
 from synthgen.errors import RunIncomplete
 from synthgen.io.attempts import commit_markers, read_commits
 from synthgen.io.checked import ShardWithdrawn
@@ -244,6 +246,22 @@ def _check_api_reach(cfg: RunConfig, timeout_s: float = 15.0) -> None:
         print(f"preflight: {line}")
 
 
+def _stop_losers(run_id: str, unit: str) -> None:
+    """Tell every worker to stop the engine calls of `unit` still running (the losing copy of
+    a speculated shard, an abandoned attempt on a slow host: `synthgen.engines.abort`). Sent
+    from a daemon thread and not waited for: the broadcast reaches live workers at once, and
+    a frozen one that never answers holds nothing up."""
+    client = runner_client()
+    token = unit_token(run_id, unit)
+    threading.Thread(
+        target=client.run,
+        args=(supersede, token),
+        kwargs={"on_error": "ignore"},
+        name=f"synthgen-stop-{unit}",
+        daemon=True,
+    ).start()
+
+
 def _withdrawn_since(
     cfg: RunConfig, store: Store, sched: Any, plan_shards: list[str]
 ) -> tuple[list[str] | None, dict[str, dict[str, Any]]]:
@@ -417,10 +435,11 @@ def generate_flow(
         on_result=report,
         successor=(lambda key: next_unit(cfg, key)) if multi else None,
         order=all_units(cfg, plan_shards) if multi else None,
-        # the losing copy of a speculated shard is not cancelled: a running one cannot be
-        # interrupted, and cancelling it would make Dask see its busy worker as free (the
-        # publish tasks queued there waited for it); one not started finds the shard
-        # committed when it starts (skipped, no attempt)
+        # the losing copy of a speculated shard (or the abandoned attempt of a re-run one) is
+        # stopped by its engine (its task then ends: Dask's view of its worker stays true;
+        # a Dask cancel would free the worker in Dask's eyes while it still computes); one
+        # not started finds the shard committed when it starts (skipped, no attempt)
+        stop_losers=lambda unit: _stop_losers(cfg.run_id or "", unit),
     )
     sched = loop.run()
     progress.finish()

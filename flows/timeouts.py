@@ -23,8 +23,8 @@ copy of the running shard whose expected remaining time on its worker is longest
 is more than `SPECULATION_GAIN` x the copy's expected time on the idle worker (MapReduce's
 backup tasks); the first to return is the shard's result (the first commit
 wins, as always), the loser is ignored (one not yet started finds the shard committed when
-it starts: skipped, no attempt; one running finds it committed at its end and writes
-nothing) and its cost is on the ledger with the error `speculation: ...`. At most `cluster.speculation_max_fraction` of the run's shards get one.
+it starts: skipped, no attempt; one running is stopped: `ShardLoop(stop_losers=...)`,
+`synthgen.engines.abort`) and its cost is on the ledger with the error `speculation: ...`. At most `cluster.speculation_max_fraction` of the run's shards get one.
 
 This is a gate of the generate loop (flows/loop.py): `on_tick` polls the attempt markers and
 asks the loop to `resubmit` an overdue shard (with a fixed `shard_timeout_s`, to `fail` it

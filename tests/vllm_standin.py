@@ -103,6 +103,26 @@ class Tokenizer:
         return ids + [self._id("<assistant>")]
 
 
+class Engine:
+    """`LLM.llm_engine`: the public methods vLLM's offline loop (and synthgen's abort) use."""
+
+    def __init__(self, max_model_len: int) -> None:
+        self.model_config = SimpleNamespace(max_model_len=max_model_len)
+        self.unfinished: list[str] = []
+        self.aborted: list[str] = []
+
+    def add_request(self, request_id: str, prompt: Any, params: Any, **kw: Any) -> str:
+        self.unfinished.append(request_id)
+        return request_id
+
+    def step(self) -> list[Any]:
+        return []
+
+    def abort_request(self, request_ids: list[str], internal: bool = False) -> None:
+        self.aborted += [r for r in request_ids if r in self.unfinished]
+        self.unfinished = [r for r in self.unfinished if r not in request_ids]
+
+
 class LLM:
     instances: list[LLM] = []
 
@@ -113,9 +133,7 @@ class LLM:
         self.kwargs = kwargs
         self.calls: list[tuple[list[dict[str, list[int]]], list[SamplingParams]]] = []
         self._tok = Tokenizer()
-        self.llm_engine = SimpleNamespace(
-            model_config=SimpleNamespace(max_model_len=kwargs.get("max_model_len") or 64)
-        )
+        self.llm_engine = Engine(kwargs.get("max_model_len") or 64)
         LLM.instances.append(self)
 
     def get_tokenizer(self) -> Tokenizer:
@@ -130,11 +148,19 @@ class LLM:
             raise ValueError("one SamplingParams per prompt")
         limit = self.llm_engine.model_config.max_model_len
         self.calls.append((prompts, sampling_params))
+        for i, (p, sp) in enumerate(zip(prompts, sampling_params, strict=True)):
+            if len(p["prompt_token_ids"]) + (sp.max_tokens or 0) > limit:  # as vLLM: the call
+                raise ValueError(f"prompt {i} too long for max_model_len {limit}")
+        engine = self.llm_engine
+        ids_added = [
+            engine.add_request(str(i), p, sp)
+            for i, (p, sp) in enumerate(zip(prompts, sampling_params, strict=True))
+        ]
         outs = []
         for i, (p, sp) in enumerate(zip(prompts, sampling_params, strict=True)):
+            engine.step()  # a request finishes per step here
+            engine.unfinished.remove(ids_added[i])
             ids = p["prompt_token_ids"]
-            if len(ids) + (sp.max_tokens or 0) > limit:  # what vLLM does: fail the whole call
-                raise ValueError(f"prompt {i} too long for max_model_len {limit}")
             samples = []
             for k in range(sp.n):  # vLLM seeds the k-th child of a seeded request seed + k
                 seed = None if sp.seed is None else sp.seed + k

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from synthgen.config import ModelConfig, SamplingConfig
 from synthgen.config.stages import GuidedConfig
+from synthgen.engines import abort
 from synthgen.engines.base import (
     Completion,
     EngineInfo,
@@ -31,6 +32,7 @@ from synthgen.engines.devices import detect_device
 from synthgen.engines.fakeguided import instance
 from synthgen.engines.guided import SCHEMA_INVALID, validate
 
+ABORT_SLICE_S = 0.05  # how often a simulated call looks whether it was superseded
 _WORDS = (
     "the a data model river light stone garden quiet system table market window music "
     "paper signal forest engine city cloud number letter story bridge winter summer road "
@@ -138,8 +140,13 @@ class FakeEngine:
                 )
                 total_tokens += n
         delay = opts.seconds_per_shard + opts.seconds_per_token * total_tokens
-        if delay > 0:
-            time.sleep(delay)
+        end = time.monotonic() + delay
+        while True:  # the simulated device time, in slices: a superseded call stops early
+            abort.check()
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(left, ABORT_SLICE_S))
         return out
 
     def score(

@@ -40,6 +40,7 @@ from transformers import (  # noqa: E402
 
 from synthgen.config import ModelConfig, SamplingConfig  # noqa: E402
 from synthgen.config.stages import GuidedConfig  # noqa: E402
+from synthgen.engines import abort  # noqa: E402
 from synthgen.engines.base import (  # noqa: E402
     Completion,
     EngineInfo,
@@ -192,6 +193,7 @@ class _SeededSampler:
         self.sampling = sampling
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
+        abort.check()  # every decoding step: a superseded call stops here (synthgen.engines.abort)
         torch = self.torch
         uniforms = None  # greedy decoding draws nothing
         if self.sampling.temperature > 0:

@@ -35,6 +35,7 @@ from typing import Any
 
 from synthgen.config import ModelConfig, SamplingConfig
 from synthgen.config.stages import GuidedConfig
+from synthgen.engines import abort
 from synthgen.engines.base import (
     Completion,
     EngineInfo,
@@ -459,7 +460,7 @@ class VllmEngine:
         ]
         outputs: list[Any] = []
         if prompts:  # one call per shard: vLLM's scheduler batches the whole shard
-            outputs = list(self.llm.generate(prompts, params, use_tqdm=False))
+            outputs = self._generate_abortable(prompts, params)
             if len(outputs) != len(prompts):
                 raise EngineError(
                     f"vllm returned {len(outputs)} outputs for {len(prompts)} prompts "
@@ -481,6 +482,39 @@ class VllmEngine:
         self.stats["rejected"] += sum(f.rejected for f in fits)
         self.stats["truncated"] += sum(1 for f in fits if f.note and not f.rejected)
         return result
+
+    def _generate_abortable(self, prompts: list[Any], params: list[Any]) -> list[Any]:
+        """`LLM.generate`, checking before every engine step whether the call was superseded
+        (`synthgen.engines.abort`: another attempt committed its unit). A superseded call's
+        unfinished requests are aborted in the engine (none is left to join a later call's
+        batch) and `Superseded` is raised. Done by wrapping the `LLMEngine` instance's
+        public `add_request` (to learn the request ids) and `step` for this call only."""
+        engine = self.llm.llm_engine
+        add, step = engine.add_request, engine.step
+        own = {k: v for k, v in vars(engine).items() if k in ("add_request", "step")}
+        added: list[str] = []
+
+        def add_request(*args: Any, **kwargs: Any) -> Any:
+            request_id = add(*args, **kwargs)
+            added.append(request_id)
+            return request_id
+
+        def checked_step() -> Any:
+            abort.check()
+            return step()
+
+        engine.add_request, engine.step = add_request, checked_step
+        try:
+            return list(self.llm.generate(prompts, params, use_tqdm=False))
+        except abort.Superseded:
+            engine.abort_request(added, internal=True)  # ids of finished requests are ignored
+            raise
+        finally:  # the engine's own methods again
+            for name in ("add_request", "step"):
+                if name in own:
+                    setattr(engine, name, own[name])
+                else:
+                    delattr(engine, name)
 
     def score(
         self,

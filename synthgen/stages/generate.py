@@ -26,6 +26,7 @@ from synthgen.config.multistage import clean_stage
 from synthgen.cost.ledger import Ledger
 from synthgen.cost.meter import AttemptMeter, Counts
 from synthgen.cost.prices import SPECULATION_PREFIX, kept_counts
+from synthgen.engines import abort
 from synthgen.engines.base import GenRequest, prompt_seed
 from synthgen.engines.cache import get_engine, worker_identity
 from synthgen.engines.turns import Turn, engine_turn
@@ -85,10 +86,11 @@ class ShardResult:
 
 
 class _Superseded(Exception):
-    def __init__(self, shard_id: str, attempt: int) -> None:
+    def __init__(self, shard_id: str, attempt: int, stopped: bool = False) -> None:
+        how = "stopped mid-generation" if stopped else "nothing written"
         super().__init__(
             f"shard {shard_id}: attempt {attempt} superseded (another attempt committed the "
-            "shard first; nothing written)"
+            f"shard first; {how})"
         )
 
 
@@ -137,6 +139,7 @@ class GenerateStage(Stage):
         with engine_turn(
             f"{self.name}/{self.shard_id}", self.attempt, self.cfg.cluster.shard_timeout_s
         ) as self.turn:
+            abort.check()  # superseded while it waited for the engine: do not start
             started = time.perf_counter()
             self.completions = self.engine.generate(requests, self.cfg.sampling)
             self.engine_seconds = time.perf_counter() - started
@@ -258,7 +261,12 @@ def run_shard(task: ShardTask) -> ShardResult:
         counts.prompts = rows.num_rows
         # on the worker: generate, then (final stage) clean: hashes, MinHash, filters, in-shard
         # duplicates
-        table, stats = run_stages(steps, rows)
+        with abort.watching(abort.unit_token(run_id, task.shard_id)):
+            try:
+                table, stats = run_stages(steps, rows)
+            except abort.Superseded:  # stopped mid-call: another attempt committed the unit
+                meter.charge_from(getattr(generate, "turn", None))
+                raise _Superseded(task.shard_id, attempt, stopped=True) from None
         meter.charge_from(generate.turn)
         completions = generate.completions
         counts.engine_seconds = generate.engine_seconds

@@ -30,6 +30,7 @@ from synthgen.config.multistage import (
     where,
 )
 from synthgen.config.stages import StageConfig
+from synthgen.engines import abort
 from synthgen.engines.base import GenRequest, prompt_seed
 from synthgen.engines.turns import Turn, engine_turn
 from synthgen.errors import EngineError
@@ -178,6 +179,7 @@ class StageStep(Stage):
         with engine_turn(  # one engine call at a time on this worker
             f"{self.name}/{self.shard_id}", self.attempt, self.cfg.cluster.shard_timeout_s
         ) as self.turn:
+            abort.check()  # superseded while it waited for the engine: do not start
             started = time.perf_counter()
             completions = (
                 self.engine.generate(requests, self.sampling, guided=self.stage_cfg.guided)

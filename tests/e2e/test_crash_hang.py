@@ -15,6 +15,7 @@ import pytest
 from flows.run import synthgen_run
 from synthgen.config import config_from_dict
 from synthgen.cost.ledger import Ledger, record_lost_attempts
+from synthgen.engines import abort
 from synthgen.io.attempts import AttemptWatch, attempt_history
 from synthgen.io.layout import RunLayout
 from synthgen.io.store import Store
@@ -47,6 +48,9 @@ def test_hung_shard_is_timed_out_and_rerun_on_a_dask_cluster(tmp_path, prefect_a
     started = stuck.started()
     assert started is not None and prompt in started["prompt_ids"], "the hang never started"
     assert not stuck.returned(), "the flow waited for the hung call to return"
+    # once the re-run committed, the flow told the workers to stop the abandoned call: its
+    # worker is free again instead of blocking for 600 s (synthgen.engines.abort)
+    assert stuck.stopped(), "the abandoned attempt's engine call was not stopped"
 
     table = ds.dataset(out / "dataset" / "data", format="parquet").to_table()
     ids = table["prompt_id"].to_pylist()
@@ -91,6 +95,40 @@ def test_abandoned_attempt_that_returns_late_writes_nothing(tmp_path):
     assert store.read_bytes(marker["file"]) == file_bytes
     outcomes = [(a["attempt"], a["outcome"]) for a in attempt_history(store, cfg.run_id)]
     assert outcomes == [(1, "lost"), (2, "committed")]
+
+
+def test_an_abandoned_attempt_told_to_stop_ends_at_once_and_prices_itself(tmp_path):
+    # what the flow does when a re-run (or a speculative copy) commits while the first
+    # attempt still runs: it tells the workers (abort.supersede, via Client.run); the
+    # attempt's engine call stops, nothing is written, the attempt's own ledger row says so
+    cfg = config_from_dict(fake_config(str(tmp_path / "out")))
+    store = Store(cfg.output)
+    write_plan(cfg, store)
+    config = cfg.model_dump(mode="json")
+    stuck = hang.install(hang.first_prompt_id(cfg, "shard-00000"), tmp_path / "hang")
+    try:
+        late: dict = {}
+        zombie = threading.Thread(
+            target=lambda: late.update(run_shard(ShardTask(config, "shard-00000")).as_dict())
+        )
+        zombie.start()
+        stuck.wait_started()
+        assert run_shard(ShardTask(config, "shard-00000")).status == "done"
+        marker = store.read_json(RunLayout(store, cfg.run_id).stage().commit("shard-00000"))
+        abort.supersede(abort.unit_token(cfg.run_id, "shard-00000"))
+        zombie.join(timeout=60)  # a guard, not a speed check: the hang lasts 600 s
+        assert not zombie.is_alive(), "the superseded attempt did not stop"
+    finally:
+        stuck.release()
+        hang.uninstall()
+    assert stuck.stopped() and not stuck.returned()
+    assert late["status"] == "superseded" and late["attempt"] == 1
+    assert store.read_json(RunLayout(store, cfg.run_id).stage().commit("shard-00000")) == marker
+    rows = sorted(
+        Ledger(RunLayout(store, cfg.run_id)).rows().to_pylist(), key=lambda r: r["attempt"]
+    )
+    assert [(r["attempt"], r["status"]) for r in rows] == [(1, "failed"), (2, "succeeded")]
+    assert "stopped mid-generation" in rows[0]["error"]
 
 
 def test_a_late_attempt_after_the_run_priced_it_as_lost_adds_no_ledger_row(tmp_path):

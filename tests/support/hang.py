@@ -5,8 +5,11 @@ chosen shard's: `first_prompt_id(cfg, shard_id)`) and happens once across every 
 first `generate` call holding that prompt creates `STATE/claimed` (exclusively) and blocks
 until `STATE/release` exists or `seconds` pass; every later call (the shard's re-run, on any
 worker) runs normally. The blocked call writes `STATE/hanging` (JSON: pid, worker, the call's
-prompt ids) when it starts blocking and `STATE/returned` when it stops, so a test can tell
-whether the hung call was waited for without reading a clock.
+prompt ids) when it starts blocking and `STATE/returned` when it is released (or its
+`seconds` pass), so a test can tell whether the hung call was waited for without reading a
+clock. Like an engine, the blocked call stops when its attempt is superseded
+(`synthgen.engines.abort`: another attempt committed the shard): it writes `STATE/stopped`
+and raises `Superseded`.
 
 Installed through the engine cache's extension point (`set_engine_wrapper`), either
 
@@ -33,6 +36,7 @@ from typing import Any
 import click
 
 from synthgen.config import RunConfig, SamplingConfig
+from synthgen.engines import abort
 from synthgen.engines.base import Completion, GenRequest, InferenceEngine
 from synthgen.engines.cache import set_engine_wrapper, worker_identity
 from synthgen.stages.prompts import load_prompts
@@ -65,6 +69,10 @@ class Hang:
     def _returned(self) -> Path:
         return self.state_dir / "returned"
 
+    @property
+    def _stopped(self) -> Path:
+        return self.state_dir / "stopped"
+
     def block_once(self, prompt_ids: list[str]) -> bool:
         """Block if this is the first call to claim the hang; True if it did."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -79,6 +87,9 @@ class Hang:
         tmp.replace(self._hanging)  # visible whole or not at all
         deadline = time.monotonic() + self.seconds
         while not self._release.exists() and time.monotonic() < deadline:
+            if abort.superseded():  # like an engine: the flow told this attempt to stop
+                self._stopped.touch()
+                abort.check()
             time.sleep(POLL_S)
         self._returned.touch()
         return True
@@ -91,7 +102,12 @@ class Hang:
         return dict(json.loads(self._hanging.read_text(encoding="utf-8")))
 
     def returned(self) -> bool:
+        """The blocked call was released or ran its `seconds` out (not stopped)."""
         return self._returned.exists()
+
+    def stopped(self) -> bool:
+        """The blocked call was superseded and stopped (`synthgen.engines.abort`)."""
+        return self._stopped.exists()
 
     def release(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -21,6 +22,7 @@ import pytest
 
 from synthgen.config import ModelConfig, SamplingConfig
 from synthgen.config.stages import GuidedConfig
+from synthgen.engines import abort
 from synthgen.engines.base import GenRequest, InferenceEngine
 from synthgen.engines.guided import SCHEMA_INVALID, validate
 
@@ -217,6 +219,28 @@ def test_contract_same_seed_same_output(case: Case) -> None:
     ]
     # token counts consistent across runs for the same prompt
     assert [c.prompt_tokens for c in a] == [c.prompt_tokens for c in b]
+
+
+def test_contract_a_superseded_call_stops_and_leaves_the_engine_as_it_was(case: Case) -> None:
+    # the flow tells the workers that another attempt committed the unit
+    # (synthgen.engines.abort); the engine's call of that unit stops at its next check (the
+    # fake engine before its simulated time, transformers at a decoding step, vLLM before an
+    # engine step: its unfinished requests are aborted) and later calls are unaffected
+    eng = build(case)
+    before = eng.generate(REQUESTS, SAMPLING)
+    token = abort.unit_token("run-x", "shard-00000")
+    with abort.watching(token):
+        abort.supersede(token)  # arrives while the call is watched (as mid-call)
+        with pytest.raises(abort.Superseded):
+            eng.generate(REQUESTS, SAMPLING)
+    after = eng.generate(REQUESTS, SAMPLING)  # not watched: runs to its end
+    assert [c.prompt_id for c in after] == [r.prompt_id for r in REQUESTS]
+    if case.deterministic:  # nothing of the stopped call is left in the engine
+        assert [c.text for c in after] == [c.text for c in before]
+    time.sleep(0.001)  # the flag is now older than any call that starts
+    with abort.watching(token):  # a later attempt of the unit (a re-run) is not stopped
+        again = eng.generate(REQUESTS, SAMPLING)
+    assert [c.prompt_id for c in again] == [r.prompt_id for r in REQUESTS]
 
 
 def test_contract_over_long_prompt_rejected_not_raised(case: Case) -> None:

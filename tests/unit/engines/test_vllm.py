@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from synthgen.config import ModelConfig, SamplingConfig, VllmOptions
+from synthgen.engines import abort
 from synthgen.engines.base import GenRequest, InferenceEngine
 from synthgen.engines.devices import DeviceInfo
 from synthgen.engines.presets import load_presets, resolve_vllm_settings
@@ -140,6 +141,30 @@ def test_engine_one_generate_call_per_shard_with_seeds() -> None:
     assert {c.finish_reason for c in out} <= {"stop", "length"}
     assert eng.info.engine == "vllm" and eng.info.extra["preset"] == "rtx-4090"
     assert eng.info.device == "NVIDIA GeForce RTX 4090"
+
+
+def test_a_superseded_call_aborts_its_unfinished_requests_and_leaves_the_engine_clean() -> None:
+    eng = engine()
+    llm = vllm_standin.LLM.instances[-1]
+    token = abort.unit_token("run-x", "shard-00001")
+    real_step, steps = llm.llm_engine.step, []
+
+    def step() -> list:
+        steps.append(len(steps))
+        if len(steps) == 3:  # the flow's word arrives while the third request runs
+            abort.supersede(token)
+        return real_step()
+
+    llm.llm_engine.step = step
+    with abort.watching(token), pytest.raises(abort.Superseded):
+        eng.generate(reqs(5), SamplingConfig(max_new_tokens=8))
+    # checked before each engine step: 3 requests finished, the other 2 aborted in the engine
+    assert steps == [0, 1, 2] and llm.llm_engine.aborted == ["3", "4"]
+    assert llm.llm_engine.unfinished == []
+    assert llm.llm_engine.step is step  # the engine's own methods are back
+    assert "add_request" not in vars(llm.llm_engine)
+    out = eng.generate(reqs(5), SamplingConfig(max_new_tokens=8))  # not watched: whole
+    assert [c.prompt_id for c in out] == ["p0", "p1", "p2", "p3", "p4"]
 
 
 def test_engine_over_long_prompt_rejected_not_raised() -> None:

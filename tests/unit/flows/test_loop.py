@@ -201,10 +201,13 @@ def test_budget_alone_stops_at_cap_and_reports_the_rest(tmp_path) -> None:
 def test_timeout_alone_resubmits_the_hung_shard_and_ignores_its_first_attempt(tmp_path) -> None:
     sim = Cluster(hang={"shard-00003"})
     watch = Watch({"shard-00003"})
-    out = ShardLoop(SHARDS, sim.submit, [_timeouts(tmp_path, watch)]).run()
+    stopped: list[str] = []
+    loop = ShardLoop(SHARDS, sim.submit, [_timeouts(tmp_path, watch)], stop_losers=stopped.append)
+    out = loop.run()
     assert [a for s, _, a in sim.submitted if s == "shard-00003"] == [1, 2]
     assert out.resubmitted == {"shard-00003": 1} and watch.polls >= 1
     assert sorted(r["shard_id"] for r in out.results) == SHARDS and not out.failures
+    assert stopped == ["shard-00003"]  # the abandoned attempt is told to stop, no other
 
 
 def test_timeout_without_reruns_left_fails_the_shard(tmp_path) -> None:
@@ -376,9 +379,9 @@ def test_the_last_unflagged_worker_is_never_flagged(tmp_path) -> None:
     assert [w for s, w, a in sim.submitted if a == 2] == ["w1", "w1"]
 
 
-def test_the_first_of_two_copies_to_return_is_the_result_and_the_other_is_cancelled() -> None:
+def test_the_first_of_two_copies_to_return_is_the_result_and_the_other_is_stopped() -> None:
     hold: dict[str, Fut] = {}
-    cancelled: list[Fut] = []
+    stopped: list[str] = []
 
     def submit(sid: str, avoid: set[str] | None, priority: int, speculative: bool = False):
         fut = Fut()
@@ -394,10 +397,10 @@ def test_the_first_of_two_copies_to_return_is_the_result_and_the_other_is_cancel
                 assert not self.loop.speculate("shard-00000", {"w1"})  # one backup a shard
                 hold["backup"].finish({"shard_id": "shard-00000", "status": "done", "n": 2})
 
-    loop = ShardLoop(["shard-00000"], submit, [Backup()], cancel=cancelled.append)
+    loop = ShardLoop(["shard-00000"], submit, [Backup()], stop_losers=stopped.append)
     out = loop.run()
     assert [r["n"] for r in out.results] == [2]  # the backup's result
-    assert out.speculated == {"shard-00000": "backup"} and cancelled == [hold["first"]]
+    assert out.speculated == {"shard-00000": "backup"} and stopped == ["shard-00000"]
     hold["first"].finish({"shard_id": "shard-00000", "status": "superseded", "n": 1})
     assert len(out.results) == 1  # the loser's late result is ignored
 
