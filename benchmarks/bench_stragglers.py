@@ -124,6 +124,14 @@ def one_run(tmp: Path, address: str, args: argparse.Namespace, speculation: bool
         "spec_cost": totals["speculation_cost_usd"],
         "cost": totals["cost_usd"],
         "rows": summary["rows_published"],
+        # the losing copies as the ledger has them: who wrote the row (the loser itself when
+        # it was stopped: "... stopped mid-generation"; the flow when it never answered) and
+        # the seconds it was charged
+        "losers": [
+            (r["status"], round(r["wall_seconds"], 2), (r["error"] or "").rsplit("; ", 1)[-1])
+            for r in rows
+            if (r["error"] or "").startswith("speculation: ")
+        ],
     }
 
 

@@ -153,12 +153,44 @@ def _generation(cfg: dict[str, Any]) -> list[str]:
 
 def _load_lines(location: str, splits: list[str], s3: bool) -> list[str]:
     d = location.rstrip("/")
+    out = d.removesuffix("/dataset")
+    listed = [
+        "Readers given the files this card lists see this dataset whole, even while a new",
+        "publish of the same output is written (`synthgen.reading.dataset_files` reads them",
+        "from this card):",
+        "",
+        "```python",
+    ]
+    if s3:
+        listed += [
+            "# storage options of your endpoint, e.g. so = {'client_kwargs': {'endpoint_url': URL}}",
+            "#   and for polars po = {'aws_endpoint_url': URL, 'aws_allow_http': 'true', ...}",
+            f'files = synthgen.reading.dataset_files("{out}", so)  # {{split: [file, ...]}}',
+            'datasets.load_dataset("parquet", data_files=files, storage_options={"s3": so})',
+            'polars.read_parquet(files["train"], storage_options=po)',
+            'pandas.concat(pandas.read_parquet(f, storage_options=so) for f in files["train"])',
+            "```",
+        ]
+    else:
+        listed += [
+            f'datasets.load_dataset("{d}")  # reads this card itself',
+            f'files = synthgen.reading.dataset_files("{out}")  # {{split: [file, ...]}}',
+            'polars.read_parquet(files["train"])',
+            'duckdb.read_parquet(files["train"])',
+            'pyarrow.dataset.dataset(files["train"])',
+            "```",
+        ]
+    listed += [
+        "",
+        "Readers of the folder or of a glob load the same rows, but see both publishes' files",
+        "while a new publish of this output runs (or a killed one's until the next publish):",
+        "",
+    ]
     if s3:
         files = ", ".join(f'"{s}": "{d}/data/{s}-*.parquet"' for s in splits)
         return [
+            *listed,
             "```python",
-            "# storage options of your endpoint, e.g. so = {'client_kwargs': {'endpoint_url': URL}}",
-            "#   and for polars po = {'aws_endpoint_url': URL, 'aws_allow_http': 'true', ...}",
             f'datasets.load_dataset("parquet", data_files={{{files}}}, '
             'storage_options={"s3": so})',
             f'polars.read_parquet("{d}/data/", storage_options=po)',
@@ -171,8 +203,8 @@ def _load_lines(location: str, splits: list[str], s3: bool) -> list[str]:
             "```",
         ]
     return [
+        *listed,
         "```python",
-        f'datasets.load_dataset("{d}")',
         f'datasets.load_dataset("parquet", data_dir="{d}/data")',
         f'polars.read_parquet("{d}/data/")',
         f'polars.scan_parquet("{d}/**/*.parquet")',
@@ -252,10 +284,8 @@ def render_card(m: dict[str, Any], schema: pa.Schema, location: str) -> str:
         "",
         "## Load it",
         "",
-        "Every line reads the same rows. `datasets.load_dataset(DIR)` reads the files this "
-        "card lists, so it always sees one whole publish; the others list the folder and "
-        "can see two publishes' files while a publish is under way (see synthgen's "
-        'docs/output.md, "What readers see during a publish").',
+        "Every line reads the same rows (synthgen's docs/output.md, \"What readers see "
+        'during a publish").',
         "",
         *_load_lines(location, splits, location.startswith("s3://")),
         "",

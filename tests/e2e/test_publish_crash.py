@@ -17,6 +17,7 @@ import pytest
 from synthgen.config import OutputConfig
 from synthgen.io.layout import DatasetLayout
 from synthgen.io.store import Store
+from synthgen.reading import dataset_files
 from synthgen.stages.publish import read_card, read_manifest
 from tests.crash_helpers import kill_at, run_cli, start_dask
 from tests.helpers import fake_config, write_config
@@ -72,6 +73,14 @@ def _data_files(store: Store) -> set[str]:
 def test_killed_publishes_never_show_a_mix_and_the_rerun_equals_an_uninterrupted_run(
     where, tmp_path, prefect_api, dask_procs, request
 ) -> None:
+    def listed(store: Store) -> set[str]:
+        # what synthgen.reading.dataset_files hands readers: the card's files, whatever else
+        # the folder holds; as paths relative to dataset/
+        uri, opts = store.output.uri, store.output.storage_options
+        so = {"client_kwargs": {"endpoint_url": opts["endpoint_url"]}} if opts else {}
+        d = uri.rstrip("/") + "/dataset/"
+        return {f.removeprefix(d) for fs in dataset_files(uri, so).values() for f in fs}
+
     def config(name: str, fmt: str) -> tuple[str, Store]:
         if where == "local":
             uri, opts = str(tmp_path / name), {}
@@ -106,6 +115,7 @@ def test_killed_publishes_never_show_a_mix_and_the_rerun_equals_an_uninterrupted
     assert read_manifest(store)["publish_id"] == v1["publish_id"] and _rows(store) == v1_rows
     orphans = _data_files(store) - {f["path"] for f in v1["files"]}
     assert orphans, "the killed publish wrote no file: the kill came too early"
+    assert listed(store) == {f["path"] for f in v1["files"]}  # readers of the card: v1 only
 
     # 2. killed after the new manifest, before the card switch: still v1
     assert _killed_at("publish.before_switch", sft_cfg, tmp_path / "k2.log") == -9
@@ -117,6 +127,7 @@ def test_killed_publishes_never_show_a_mix_and_the_rerun_equals_an_uninterrupted
     assert card["publish_id"] != v1["publish_id"]
     assert _rows(store) == want
     assert {f["path"] for f in v1["files"]} <= _data_files(store)  # not yet collected
+    assert listed(store) == {f["path"] for f in read_manifest(store)["files"]}  # sft only
 
     # the re-run: nothing to write again; the stale files go; equal to the uninterrupted run
     code, summary, text = run_cli(sft_cfg, tmp_path, "rerun")

@@ -9,6 +9,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from flows.run import synthgen_run
+from synthgen.reading import dataset_files
 from tests.helpers import fake_config, published_manifest, write_config
 
 datasets = pytest.importorskip(
@@ -56,6 +57,21 @@ def _local_counts(d: str, cache: Path) -> dict[str, object]:
         "duckdb **": duckdb.sql(f"SELECT count(*) FROM read_parquet('{d}/**/*.parquet')").fetchall()[0][0],
         "pyarrow.dataset": pads.dataset(d + "/data").count_rows(),
         "pandas": len(pd.read_parquet(d + "/data")),
+        **_listed_counts(d.removesuffix("/dataset")),
+    }  # fmt: skip
+
+
+def _listed_counts(out: str) -> dict[str, object]:
+    """The readers given the card's files (`synthgen.reading.dataset_files`): what readers
+    use to see one whole publish while another is written."""
+    files = dataset_files(out)
+    every = [f for split in files.values() for f in split]
+    return {
+        "polars(dataset_files)": pl.read_parquet(every).height,
+        "duckdb(dataset_files)": duckdb.read_parquet(every).aggregate("count(*)").fetchall()[0][0],
+        "pyarrow.dataset(dataset_files)": pads.dataset(every).count_rows(),
+        "pandas(dataset_files)": {s: len(pd.concat(pd.read_parquet(f) for f in fs))
+                                  for s, fs in files.items()},
     }  # fmt: skip
 
 
@@ -87,6 +103,8 @@ def test_every_reader_loads_the_local_folder_and_agrees_with_the_manifest(
     card = (out / "dataset" / "README.md").read_text()
     for line in (
         f'datasets.load_dataset("{d}")',
+        f'files = synthgen.reading.dataset_files("{out}")',
+        'polars.read_parquet(files["train"])',
         f'polars.scan_parquet("{d}/**/*.parquet")',
         f'pandas.read_parquet("{d}/data")',
         f"read_parquet('{d}/**/*.parquet')",
@@ -149,4 +167,20 @@ def test_every_reader_that_takes_an_endpoint_loads_the_s3_folder(
         "pyarrow.dataset": pads.dataset(d.removeprefix("s3://") + "/data", filesystem=fs).count_rows(),
         "pandas": len(pd.read_parquet(d + "/data", storage_options=so)),
     }  # fmt: skip
+    listed = dataset_files(uri, so)  # the card's files, as URLs
+    every = [f for split in listed.values() for f in split]
+    assert all(f.startswith(f"{d}/data/") for f in every), every
+    counts |= {
+        "load_dataset(parquet, dataset_files)": {
+            k: len(v) for k, v in datasets.load_dataset(
+                "parquet", data_files=listed, storage_options={"s3": so},
+                cache_dir=str(tmp_path / "hf-listed"),
+            ).items()
+        },
+        "polars(dataset_files)": pl.read_parquet(every, storage_options=po).height,
+        "pandas(dataset_files)": {s: len(pd.concat(pd.read_parquet(f, storage_options=so)
+                                                   for f in fs)) for s, fs in listed.items()},
+    }  # fmt: skip
     _agree(counts, manifest)
+    card = fs.cat_file(f"{d}/README.md").decode()
+    assert f'files = synthgen.reading.dataset_files("{uri}", so)' in card
