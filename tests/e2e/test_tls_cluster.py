@@ -28,7 +28,6 @@ from tests._procs import (
     child_env,
     free_port,
     make_certs,
-    start_prefect_server,
     wait_until,
 )
 
@@ -228,12 +227,13 @@ def test_client_without_valid_certificate_cannot_connect(
 
 
 def test_flow_runs_over_tls_and_generate_tasks_land_on_gpu_worker(
-    tls_cluster: TLSCluster, tmp_path: Path
+    tls_cluster: TLSCluster, tmp_path: Path, prefect_api: str
 ) -> None:
     """The real `synthgen-run` flow (fake engine) against the TLS cluster at tls://.
 
-    Prefect is a real `prefect server start` (the flow's settings reach the remote workers
-    with each task; the workers themselves have no PREFECT_API_URL).
+    Prefect is the test session's server (`prefect_api`: the same server app as `prefect
+    server start`, ~12 s of start-up saved per test); the flow's settings reach the remote
+    workers with each task.
     """
     import pyarrow.dataset as pads
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -245,12 +245,8 @@ def test_flow_runs_over_tls_and_generate_tasks_land_on_gpu_worker(
     data = fake_config(str(out), shards__size=4)  # 24 built-in prompts -> 6 shards
     data["cluster"] = tls_cluster.cluster_cfg(gpu_tasks=True, retry_delay_s=0.5)
     cfg_path = write_config(tmp_path / "tls.yaml", data)
-    server, url = start_prefect_server(tmp_path)
-    try:
-        with temporary_settings({PREFECT_API_URL: url}):
-            result = synthgen_run(config=cfg_path)
-    finally:
-        server.stop()
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        result = synthgen_run(config=cfg_path)
     assert result["status"] == "complete"
     assert result["shards_generated"] == 6
     assert pads.dataset(out / "dataset" / "data", format="parquet").count_rows() == 24

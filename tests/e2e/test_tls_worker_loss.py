@@ -20,11 +20,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 def test_killed_gpu_worker_is_restarted_and_no_row_is_lost_or_doubled(
     tls_cluster: TLSCluster,  # noqa: F811
     tmp_path: Path,
+    prefect_api: str,
 ) -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.run import synthgen_run
-    from tests._procs import start_prefect_server
     from tests.helpers import fake_config, write_config
 
     out = tmp_path / "out"
@@ -56,15 +56,12 @@ def test_killed_gpu_worker_is_restarted_and_no_row_is_lost_or_doubled(
                 return
             time.sleep(0.1)
 
-    server, url = start_prefect_server(tmp_path)
-    try:
-        killer = threading.Thread(target=kill_when_busy, daemon=True)
-        killer.start()
-        with temporary_settings({PREFECT_API_URL: url}):
-            result = synthgen_run(config=cfg_path)
-        killer.join(timeout=5)
-    finally:
-        server.stop()
+    # the test session's Prefect server (`prefect_api`), not one started for this test
+    killer = threading.Thread(target=kill_when_busy, daemon=True)
+    killer.start()
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        result = synthgen_run(config=cfg_path)
+    killer.join(timeout=5)
 
     assert killed == [pid], "the GPU worker was never killed"
     assert result["status"] == "complete"
