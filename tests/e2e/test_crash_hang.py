@@ -7,6 +7,9 @@ processes through a Dask preload; nothing in the run config asks for it."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import dask
 import pyarrow.dataset as ds
@@ -65,19 +68,33 @@ def test_hung_shard_is_timed_out_and_rerun_on_a_dask_cluster(tmp_path, prefect_a
     assert marker["result"]["attempt"] == 2
 
 
-def test_abandoned_attempt_that_returns_late_writes_nothing(tmp_path):
+@contextmanager
+def _first_attempt_hanging(tmp_path: Path) -> Iterator[tuple]:
+    """The fake default planned; attempt 1 of shard-00000 hangs in a thread (the hang helper,
+    600 s). Yields (cfg, store, stuck, late: the attempt's result once it returns, the
+    thread); the hang is always released and uninstalled."""
     cfg = config_from_dict(fake_config(str(tmp_path / "out")))
     store = Store(cfg.output)
     write_plan(cfg, store)
     config = cfg.model_dump(mode="json")
     stuck = hang.install(hang.first_prompt_id(cfg, "shard-00000"), tmp_path / "hang")
+    late: dict = {}
+    zombie = threading.Thread(
+        target=lambda: late.update(run_shard(ShardTask(config, "shard-00000")).as_dict())
+    )
     try:
-        late: dict = {}
-        zombie = threading.Thread(
-            target=lambda: late.update(run_shard(ShardTask(config, "shard-00000")).as_dict())
-        )
         zombie.start()
-        stuck.wait_started()  # attempt 1 is hanging; the flow re-runs the shard: attempt 2
+        stuck.wait_started()
+        yield cfg, store, stuck, late, zombie
+    finally:
+        stuck.release()  # never leave the thread blocked if an assertion failed
+        hang.uninstall()
+
+
+def test_abandoned_attempt_that_returns_late_writes_nothing(tmp_path):
+    with _first_attempt_hanging(tmp_path) as (cfg, store, stuck, late, zombie):
+        # attempt 1 is hanging; the flow re-runs the shard: attempt 2
+        config = cfg.model_dump(mode="json")
         rerun = run_shard(ShardTask(config, "shard-00000"))
         assert rerun.status == "done" and rerun.attempt == 2
         marker = store.read_json(RunLayout(store, cfg.run_id).stage().commit("shard-00000"))
@@ -85,9 +102,6 @@ def test_abandoned_attempt_that_returns_late_writes_nothing(tmp_path):
         assert not stuck.returned()  # attempt 1 is still blocked while attempt 2 commits
         stuck.release()
         zombie.join()
-    finally:
-        stuck.release()  # never leave the thread blocked if an assertion above failed
-        hang.uninstall()
     assert stuck.returned()
     assert late["status"] == "superseded" and late["attempt"] == 1
     # neither the committed file nor its marker was touched by the late attempt
@@ -101,26 +115,12 @@ def test_an_abandoned_attempt_told_to_stop_ends_at_once_and_prices_itself(tmp_pa
     # what the flow does when a re-run (or a speculative copy) commits while the first
     # attempt still runs: it tells the workers (abort.supersede, via Client.run); the
     # attempt's engine call stops, nothing is written, the attempt's own ledger row says so
-    cfg = config_from_dict(fake_config(str(tmp_path / "out")))
-    store = Store(cfg.output)
-    write_plan(cfg, store)
-    config = cfg.model_dump(mode="json")
-    stuck = hang.install(hang.first_prompt_id(cfg, "shard-00000"), tmp_path / "hang")
-    try:
-        late: dict = {}
-        zombie = threading.Thread(
-            target=lambda: late.update(run_shard(ShardTask(config, "shard-00000")).as_dict())
-        )
-        zombie.start()
-        stuck.wait_started()
-        assert run_shard(ShardTask(config, "shard-00000")).status == "done"
+    with _first_attempt_hanging(tmp_path) as (cfg, store, stuck, late, zombie):
+        assert run_shard(ShardTask(cfg.model_dump(mode="json"), "shard-00000")).status == "done"
         marker = store.read_json(RunLayout(store, cfg.run_id).stage().commit("shard-00000"))
         abort.supersede(abort.unit_token(cfg.run_id, "shard-00000"))
         zombie.join(timeout=60)  # a guard, not a speed check: the hang lasts 600 s
         assert not zombie.is_alive(), "the superseded attempt did not stop"
-    finally:
-        stuck.release()
-        hang.uninstall()
     assert stuck.stopped() and not stuck.returned()
     assert late["status"] == "superseded" and late["attempt"] == 1
     assert store.read_json(RunLayout(store, cfg.run_id).stage().commit("shard-00000")) == marker
@@ -134,26 +134,12 @@ def test_an_abandoned_attempt_told_to_stop_ends_at_once_and_prices_itself(tmp_pa
 def test_a_late_attempt_after_the_run_priced_it_as_lost_adds_no_ledger_row(tmp_path):
     # a frozen host that thaws after the run ended: the flow already wrote attempt 1's lost
     # row; the thawed attempt finds the shard committed and leaves the ledger as it is
-    cfg = config_from_dict(fake_config(str(tmp_path / "out")))
-    store = Store(cfg.output)
-    write_plan(cfg, store)
-    config = cfg.model_dump(mode="json")
-    stuck = hang.install(hang.first_prompt_id(cfg, "shard-00000"), tmp_path / "hang")
-    try:
-        late: dict = {}
-        zombie = threading.Thread(
-            target=lambda: late.update(run_shard(ShardTask(config, "shard-00000")).as_dict())
-        )
-        zombie.start()
-        stuck.wait_started()
-        assert run_shard(ShardTask(config, "shard-00000")).status == "done"
+    with _first_attempt_hanging(tmp_path) as (cfg, store, stuck, late, zombie):
+        assert run_shard(ShardTask(cfg.model_dump(mode="json"), "shard-00000")).status == "done"
         assert record_lost_attempts(store, cfg.run_id) == 1  # the flow, at the run's end
         before = Ledger(RunLayout(store, cfg.run_id)).rows().to_pylist()
         stuck.release()
         zombie.join()
-    finally:
-        stuck.release()
-        hang.uninstall()
     assert late["status"] == "superseded" and late["attempt"] == 1
     after = Ledger(RunLayout(store, cfg.run_id)).rows().to_pylist()
     assert after == before
