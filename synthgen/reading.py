@@ -22,10 +22,8 @@ from typing import Any
 import fsspec
 
 from synthgen.errors import SynthgenError
+from synthgen.io.layout import CARD, DATASET_DIR
 from synthgen.stages.card import front_matter
-
-DATASET = "dataset"
-CARD = "README.md"
 
 
 def dataset_files(
@@ -37,7 +35,7 @@ def dataset_files(
     remote ones URLs with their protocol. `storage_options`: fsspec's, as for
     `pandas.read_parquet` (e.g. `{"client_kwargs": {"endpoint_url": URL}}`)."""
     fs, root = fsspec.core.url_to_fs(output, **(storage_options or {}))
-    base = posixpath.join(root.rstrip("/"), DATASET)
+    base = posixpath.join(root.rstrip("/"), DATASET_DIR)
     card_path = posixpath.join(base, CARD)
     where = _url(fs, card_path)
     try:

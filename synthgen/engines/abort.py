@@ -6,8 +6,8 @@ nothing: its worker stays busy, and a rented GPU is paid for work that is thrown
 the flow takes a unit's first result and the unit had another attempt, it tells every worker
 (`supersede`, through Dask's `Client.run`, fire and forget: a frozen worker is not waited
 for). The engine calls of that unit on a worker check the flag between steps (`check`: the
-fake engine between sleep slices, transformers at every decoding step, vLLM at every finished
-request) and raise `Superseded`; the attempt then ends as it would had it found the shard
+fake engine between slices of its simulated time (`sleep`), transformers at every decoding
+step, vLLM before every engine step) and raise `Superseded`; the attempt then ends as it would had it found the shard
 committed at its end (nothing written, its cost on the ledger as lost or as speculation).
 
 A flag stops only the calls that started before it arrived: a later attempt of the same unit
@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 _KEEP = 4096  # flags remembered per process (oldest forgotten first)
+SLEEP_SLICE_S = 0.05  # how often simulated device time (`sleep`) looks at the flag
 _LOCK = threading.Lock()
 _FLAGS: OrderedDict[str, float] = OrderedDict()  # unit token -> monotonic time of the flag
 _LOCAL = threading.local()  # this thread's watched call: (token, monotonic start)
@@ -61,6 +62,18 @@ def check() -> None:
     between steps; a no-op outside `watching`)."""
     if superseded():
         raise Superseded(f"{_LOCAL.watched[0]}: another attempt committed it; stopped")
+
+
+def sleep(seconds: float) -> None:
+    """Simulated device time (the fake engine, a benchmark's slowed worker): `seconds`, in
+    slices, `check`ed before each and once even when there is nothing to wait."""
+    end = time.monotonic() + seconds
+    while True:
+        check()
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, SLEEP_SLICE_S))
 
 
 @contextmanager
