@@ -55,11 +55,13 @@ def _frozen_run(tmp_path, procs):
     cli = start_cli(write_config(tmp_path / "c.yaml", data), summary_path, tmp_path / "log")
 
     victim: dict = {}
-
-    def running_attempt():
-        return fresh_attempt(store, cfg.run_id, procs.workers)
-
-    wait_for(lambda: bool(victim.update(running_attempt() or {}) or victim), 120, "a shard mid-run")
+    wait_for(
+        lambda: bool(
+            victim.update(fresh_attempt(store, cfg.run_id, procs.workers) or {}) or victim
+        ),
+        120,
+        "a shard mid-run",
+    )
     procs.freeze_worker(victim["worker"])
     try:
         code = cli.wait(timeout=240)  # Dask alone would wait for its 5-minute worker TTL

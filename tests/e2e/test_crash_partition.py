@@ -296,13 +296,10 @@ def _partitioned_run(tmp_path, procs, partition, endpoint, api, clients):
         write_config(tmp_path / "c.yaml", data), summary_path, tmp_path / "log", PREFECT_API_URL=api
     )
 
-    def running_attempt():
-        return fresh_attempt(store, cfg.run_id, [cut_worker])
-
     victim: dict = {}
 
     def cut_mid_shard() -> bool:
-        a = running_attempt()
+        a = fresh_attempt(store, cfg.run_id, [cut_worker])
         if a is None:
             return False
         age = (datetime.now(UTC) - datetime.fromisoformat(a["started_at"])).total_seconds()
