@@ -48,6 +48,7 @@ from synthgen.checkpoints import checkpoint
 from synthgen.cluster.client import unit_resources
 from synthgen.cluster.deadlines import DeadlinePolicy
 from synthgen.cluster.preflight import check_output, check_workers_reach, reaches, run_preflight
+from synthgen.cluster.roles import by_certificate
 from synthgen.config import RunConfig, load_config
 from synthgen.config.multistage import clean_stage
 from synthgen.config.secrets import check_overrides, protect, restore_secrets, stash_secrets
@@ -478,6 +479,7 @@ def generate_flow(
             + ", ".join(late["flagged_workers"])
         )
     gen_seconds = time.perf_counter() - started
+    refused = _refusals(cfg)
     budget_msg = budget_message(cfg, sched, total)
     record_budget(cfg, budget_msg)
     if budget_msg:
@@ -511,7 +513,37 @@ def generate_flow(
         "budget_message": budget_msg,
         "verification": verification,
         "deadlines": late,
+        "refused": refused,
     }
+
+
+def _refusals(cfg: RunConfig) -> list[dict[str, Any]] | None:
+    """What the scheduler refused of worker certificates this session (certificate roles,
+    `synthgen.cluster.roles`), grouped by certificate; None without TLS or when the
+    scheduler does not enforce roles (said once in the log)."""
+    if cfg.cluster.tls is None:
+        return None
+    client = runner_client()
+    try:
+        records = client.sync(client.scheduler.synthgen_refusals)
+    except Exception as exc:  # a summary line never fails a run
+        print(f"warning: could not ask the scheduler for refused connections: {exc}")
+        return None
+    if records is None:
+        print(
+            "warning: the scheduler does not enforce certificate roles: a worker's "
+            "certificate can act as a client there (start it with infra/start-scheduler.sh "
+            "or `dask scheduler --preload synthgen.cluster.roles`)"
+        )
+        return None
+    groups = by_certificate(list(records))
+    for g in groups:
+        print(
+            f"REFUSED {g['count']} request(s) from certificate {g['certificate']!r} "
+            f"(hosts {', '.join(g['peers'])}; workers {', '.join(g['workers']) or 'none named'}): "
+            + "; ".join(g["what"][:3])
+        )
+    return groups
 
 
 def _deadline_record(late: dict[str, Any]) -> dict[str, Any]:
@@ -678,6 +710,7 @@ def _execute_leased(
         workers=per_worker(gen["results"]),
         verification=gen.get("verification"),
         deadlines=gen.get("deadlines"),
+        refused=gen.get("refused"),
     )
     _logger().info("summary\n%s", summary.render_text())
     if flow_run.id:  # a Prefect flow run (not a bare execute() call in a benchmark)

@@ -25,6 +25,11 @@ tls_args() {
         [[ -r "$f" ]] || die "TLS file $f is missing or unreadable (make it with infra/make-certs.sh; SYNTHGEN_TLS_DIR=$SYNTHGEN_TLS_DIR)"
     done
     TLS_ARGS=(--tls-ca-file "$ca" --tls-cert "$cert" --tls-key "$key")
+    # certificate roles (synthgen.cluster.roles): a worker certificate cannot act as a
+    # client, run code here or send pickles; in the worker's nanny too
+    TLS_ARGS+=(--preload synthgen.cluster.roles)
+    [[ "$role" == worker ]] && TLS_ARGS+=(--preload-nanny synthgen.cluster.roles)
+    return 0
 }
 
 require_tls_address() {

@@ -17,11 +17,15 @@
 #                  (scheduler|worker|client) from the CA already in OUTDIR
 #   --force        overwrite existing files
 #
-# distributed does not check hostnames: any certificate signed by the CA is trusted,
-# so the CA key is what protects the cluster. Give each host only its own key.
+# Each certificate carries its role (OU=synthgen-ROLE). distributed does not check
+# hostnames or roles: any certificate signed by the CA connects. The role is enforced by
+# synthgen.cluster.roles, which the start-*.sh scripts preload: a worker certificate cannot
+# act as a client, run code on the scheduler or other workers, or send them pickles.
+# Rented hosts: issue one worker certificate per host (--issue worker HOST) so the run's
+# summary can name the host a refused connection came from. Keep ca-key.pem offline.
 set -euo pipefail
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
 
 SAN="IP:127.0.0.1,DNS:localhost"
 DAYS=365
@@ -94,7 +98,7 @@ issue() {
     } >"$ext"
     openssl req -newkey rsa:2048 -nodes -sha256 \
         -keyout "$OUTDIR/$name-key.pem" -out "$OUTDIR/$name.csr" \
-        -subj "/CN=synthgen-$name" 2>/dev/null
+        -subj "/OU=synthgen-$role/CN=synthgen-$name" 2>/dev/null
     openssl x509 -req -sha256 -in "$OUTDIR/$name.csr" \
         -CA "$OUTDIR/ca.pem" -CAkey "$OUTDIR/ca-key.pem" -CAcreateserial \
         -out "$OUTDIR/$name.pem" -days "$DAYS" -extfile "$ext" 2>/dev/null

@@ -18,6 +18,7 @@ import dask
 from distributed import LocalCluster
 from distributed.security import Security
 
+from synthgen.cluster import roles
 from synthgen.config.transport import transport_problem
 from synthgen.errors import ConfigError
 from synthgen.io.layout import split_key
@@ -51,10 +52,13 @@ def _readable(key: str, value: str) -> str:
 
 
 def security_from_config(cfg: ClusterConfig) -> Security | None:
-    """distributed `Security` for the client side (the flow), or None without TLS."""
+    """distributed `Security` for the client side (the flow), or None without TLS; with TLS,
+    certificate roles are enforced in this process too (`synthgen.cluster.roles`)."""
     check_cluster(cfg)
     if cfg.tls is None:
         return None
+    # this process reads nothing pickled from a worker certificate's connections
+    roles.install()
     return Security(
         tls_ca_file=_readable("cluster.tls.ca_file", cfg.tls.ca_file),
         tls_client_cert=_readable("cluster.tls.cert_file", cfg.tls.cert_file),

@@ -61,6 +61,9 @@ class RunSummary:
     generated: int = 0  # records generated (all committed shards); = kept + dropped
     verification: dict[str, Any] | None = None  # spot checks (issue 8); None = disabled
     deadlines: dict[str, Any] | None = None  # missed deadlines, flagged workers (issue 19)
+    # refused requests of worker certificates, by certificate (synthgen.cluster.roles);
+    # None: not a TLS cluster, or its scheduler does not enforce roles
+    refused: list[dict[str, Any]] | None = None
 
     @classmethod
     def build(
@@ -80,6 +83,7 @@ class RunSummary:
         workers: list[dict[str, Any]],
         verification: dict[str, Any] | None = None,
         deadlines: dict[str, Any] | None = None,
+        refused: list[dict[str, Any]] | None = None,
     ) -> RunSummary:
         tokens = sum(r["completion_tokens"] for r in generated)
         drops: dict[str, int] = defaultdict(int)
@@ -114,6 +118,7 @@ class RunSummary:
             or sum(r.get("rows", 0) for r in committed),
             verification=verification,
             deadlines=deadlines,
+            refused=refused,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -156,6 +161,15 @@ class RunSummary:
             )
         rows += verification_rows(self.verification)
         rows += deadline_rows(self.deadlines)
+        for g in self.refused or []:
+            rows.append(
+                (
+                    f"REFUSED certificate {g['certificate']}",
+                    f"{g['count']} request(s) from {', '.join(g['peers'])} "
+                    f"(workers: {', '.join(g['workers']) or 'none named'}): "
+                    + "; ".join(g["what"][:2])[:200],
+                )
+            )
         for w in self.workers:
             rows.append(
                 (f"worker {w['worker']}", f"{w['shards']} shards, {w['tokens_per_s']:.1f} tokens/s")

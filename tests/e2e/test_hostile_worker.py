@@ -1,0 +1,217 @@
+"""A tampered worker on a real TLS cluster (issue 17): certificate roles are enforced.
+
+Scheduler and honest GPU worker are started by the infra/ scripts (which preload
+synthgen.cluster.roles); the tampered worker is a plain `dask worker` with the worker
+certificate the operator issued its host and `--preload tests.support.tampered`, which tries
+to act as a client, run code on the scheduler and the other worker, and send them pickles
+that would create a marker file. A real `synthgen-run` flow then runs on both workers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from distributed import Client
+
+from synthgen.cluster.client import security_from_config
+from synthgen.config import ClusterConfig
+from tests._procs import INFRA, VENV_BIN, Proc, child_env, free_port, make_certs, wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+GPU_RESOURCE = "TESTGPU"
+ATTACKS = {
+    "client",
+    "run_on_scheduler",
+    "client_run",
+    "pickle_to_scheduler",
+    "pickle_to_worker",
+    "run_on_worker",
+}
+
+
+@dataclass
+class HostileCluster:
+    address: str
+    certs: Path
+    marker: Path
+    tamper_log: Path
+    procs: dict[str, Proc]
+
+    def cluster_cfg(self, **extra: object) -> dict[str, object]:
+        return {
+            "address": self.address,
+            "tls": {
+                "ca_file": str(self.certs / "ca.pem"),
+                "cert_file": str(self.certs / "client.pem"),
+                "key_file": str(self.certs / "client-key.pem"),
+            },
+            "gpu_resource": GPU_RESOURCE,
+            **extra,
+        }
+
+    def client(self) -> Client:
+        sec = security_from_config(ClusterConfig.model_validate(self.cluster_cfg()))
+        return Client(self.address, security=sec, timeout=20)
+
+    def attacks(self) -> dict[str, str]:
+        if not self.tamper_log.exists():
+            return {}
+        lines = [json.loads(x) for x in self.tamper_log.read_text().splitlines() if x.strip()]
+        return {x["attack"]: x["outcome"] for x in lines}
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostileCluster]:
+    tmp = tmp_path_factory.mktemp("hostile")
+    certs = tmp / "certs"
+    for args in ((), ("--issue", "worker", "rented-host-7")):
+        made = make_certs(certs, *args)
+        assert made.returncode == 0, made.stderr
+    port, honest_port = free_port(), free_port()
+    address = f"tls://127.0.0.1:{port}"
+    marker = tmp / "PAYLOAD-RAN"
+    common = {
+        "SYNTHGEN_TLS_DIR": str(certs),
+        "SYNTHGEN_DASK_BIN": str(VENV_BIN / "dask"),
+        "SYNTHGEN_SCHEDULER_ADDRESS": address,
+        "SYNTHGEN_WORKER_HOST": "127.0.0.1",
+        "SYNTHGEN_WORKER_DIR": str(tmp / "scratch"),
+    }
+    procs: dict[str, Proc] = {}
+    cluster = HostileCluster(address, certs, marker, tmp / "tamper.jsonl", procs)
+    try:
+        procs["scheduler"] = Proc(
+            "scheduler",
+            ["bash", str(INFRA / "start-scheduler.sh")],
+            child_env(
+                **common,
+                SYNTHGEN_SCHEDULER_HOST="127.0.0.1",
+                SYNTHGEN_SCHEDULER_PORT=str(port),
+                SYNTHGEN_SCHEDULER_DASHBOARD="127.0.0.1:0",
+            ),
+            tmp,
+        )
+        procs["honest"] = Proc(
+            "honest",
+            ["bash", str(INFRA / "start-gpu-workers.sh")],
+            child_env(
+                **common,
+                SYNTHGEN_GPUS="0",
+                SYNTHGEN_GPU_TYPE="Test GPU 24GB",
+                SYNTHGEN_GPU_RESOURCE=GPU_RESOURCE,
+                SYNTHGEN_WORKER_NAME="honest",
+                SYNTHGEN_WORKER_PORT_BASE=str(honest_port),
+            ),
+            tmp,
+        )
+        with cluster.client() as client:
+            wait_until(
+                lambda: len(client.scheduler_info()["workers"]) == 1,
+                90,
+                "the honest worker to register",
+                list(procs.values()),
+            )
+        # the rented host runs the worker it was given, its own way: no roles preload, its
+        # certificate, and the tampering preload
+        procs["tampered"] = Proc(
+            "tampered",
+            [
+                str(VENV_BIN / "dask"),
+                "worker",
+                address,
+                "--name",
+                "tampered-gpu0",
+                "--host",
+                "127.0.0.1",
+                "--nthreads",
+                "2",
+                "--resources",
+                f"{GPU_RESOURCE}=1",
+                "--dashboard-address",
+                "127.0.0.1:0",
+                "--local-directory",
+                str(tmp / "scratch-tampered"),
+                "--tls-ca-file",
+                str(certs / "ca.pem"),
+                "--tls-cert",
+                str(certs / "rented-host-7.pem"),
+                "--tls-key",
+                str(certs / "rented-host-7-key.pem"),
+                "--preload",
+                "tests.support.tampered",
+            ],
+            child_env(
+                SYNTHGEN_TAMPER_LOG=str(cluster.tamper_log),
+                SYNTHGEN_TAMPER_MARKER=str(marker),
+                SYNTHGEN_TAMPER_TARGET=f"tls://127.0.0.1:{honest_port}",
+                SYNTHGEN_GPU_TYPE="Test GPU 24GB",
+            ),
+            tmp,
+        )
+        with cluster.client() as client:
+            wait_until(
+                lambda: (
+                    len(client.scheduler_info()["workers"]) == 2 and "done" in cluster.attacks()
+                ),
+                120,
+                "the tampered worker to register and try its attacks",
+                list(procs.values()),
+            )
+        yield cluster
+    finally:
+        for p in reversed(list(procs.values())):
+            p.stop()
+
+
+def test_a_tampered_worker_runs_nothing_outside_itself_and_the_run_completes(
+    hostile: HostileCluster, tmp_path: Path, prefect_api: str
+) -> None:
+    import pyarrow.dataset as pads
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.run import synthgen_run
+    from tests.helpers import fake_config, write_config
+
+    # every attack was refused, and no payload ran anywhere (the scheduler, the honest
+    # worker, this process): the marker file the payloads create does not exist
+    outcomes = hostile.attacks()
+    assert set(outcomes) == ATTACKS | {"done"}, outcomes
+    accepted = {a: o for a, o in outcomes.items() if not o.startswith(("refused", "done"))}
+    assert not accepted, accepted
+    assert not hostile.marker.exists()
+
+    out = tmp_path / "out"
+    data = fake_config(str(out), shards__size=4)  # 24 built-in prompts -> 6 shards
+    data["cluster"] = hostile.cluster_cfg(gpu_tasks=True, retry_delay_s=0.5)
+    cfg_path = write_config(tmp_path / "hostile.yaml", data)
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        result = synthgen_run(config=cfg_path)
+
+    # the run completes on both workers, every prompt published exactly once
+    assert result["status"] == "complete"
+    table = pads.dataset(out / "dataset" / "data", format="parquet").to_table()
+    ids = table.column("prompt_id").to_pylist()
+    assert len(ids) == 24 and len(set(ids)) == 24
+    commits = [
+        json.loads(p.read_text())["result"]
+        for p in (out / "runs" / result["run_id"] / "_commits").glob("*.json")
+    ]
+    assert len(commits) == 6
+
+    # the summary names the tampered host's certificate, and only it
+    refused = result["refused"]
+    assert [g["certificate"] for g in refused] == ["synthgen-rented-host-7"], refused
+    what = " ".join(refused[0]["what"])
+    for op in ("'register-client'", "'run_function'", "'broadcast'", "pickled payload"):
+        assert op in what, refused
+    # the honest worker refused (and logged) what the tampered one asked of it directly
+    log = hostile.procs["honest"].log(tail=200_000)
+    assert "refused operation 'run'" in log
+    assert "refused a pickled payload" in log
+    assert hostile.procs["scheduler"].alive() and hostile.procs["honest"].alive()
+    assert not hostile.marker.exists()

@@ -1,0 +1,125 @@
+"""A tampered worker (tests only): the host of a rented GPU that starts the worker it was
+given with this preload added (`dask worker ... --preload tests.support.tampered`), with the
+worker certificate the operator issued it, and tries what issue 17 lists from inside its
+own process:
+
+- connect to the scheduler as a Dask client and run code there (`run_on_scheduler`);
+- run code on the scheduler and on every worker through the scheduler (`run_function`,
+  `broadcast` as `Client.run` sends them);
+- send the scheduler and another worker a pickle that runs code where it is unpickled;
+- run code on another worker directly (`run`).
+
+Every payload, wherever it runs, creates $SYNTHGEN_TAMPER_MARKER. Each attempt's outcome is
+a JSON line in $SYNTHGEN_TAMPER_LOG: `refused` (the peer closed the connection on the
+request), `accepted` (an answer came back), `answered with an error` (the request was read
+and failed: a pickle in it was unpickled first), or `error` (the attempt itself failed, e.g.
+no connection). The marker file is what shows whether code ran. The other worker's address
+is $SYNTHGEN_TAMPER_TARGET. Meanwhile the worker runs shards like any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from distributed import Client
+from distributed.comm import CommClosedError, connect
+from distributed.protocol.pickle import dumps
+from distributed.protocol.serialize import ToPickle
+from distributed.security import Security
+
+
+class Payload:
+    """Unpickling it creates the marker file (in whatever process unpickles it)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (self.marker, "w"))
+
+
+def _log(entry: dict[str, Any]) -> None:
+    with open(os.environ["SYNTHGEN_TAMPER_LOG"], "a") as fh:
+        fh.write(json.dumps(entry) + "\n")
+
+
+async def _request(address: str, conn_args: dict[str, Any], msg: dict[str, Any]) -> str:
+    try:
+        comm = await connect(address, timeout=10, **conn_args)
+    except Exception as exc:  # the attack itself failed: not a refusal
+        return f"error: connect failed: {type(exc).__name__}: {exc}"
+    try:
+        await comm.write(msg)
+        reply = await asyncio.wait_for(comm.read(), 10)
+    except CommClosedError as exc:  # the peer closed the connection on the request
+        return f"refused: {exc}"
+    except Exception as exc:
+        return f"error: {type(exc).__name__}: {exc}"
+    finally:
+        comm.abort()
+    if isinstance(reply, dict) and reply.get("status") not in (None, "OK"):
+        return f"answered with an error (the payload was read): {reply.get('exception_text')}"
+    return f"accepted: {str(reply)[:200]}"
+
+
+async def _attacks(scheduler: str, security: Any) -> None:
+    marker = os.environ["SYNTHGEN_TAMPER_MARKER"]
+    target = os.environ.get("SYNTHGEN_TAMPER_TARGET", "")
+    touch = functools.partial(Path.touch, Path(marker))
+    conn_args = security.get_connection_args("client")
+    try:
+        async with Client(scheduler, security=security, asynchronous=True, timeout=10) as c:
+            await c.run_on_scheduler(touch)
+        outcome = "accepted: connected as a client and ran code on the scheduler"
+    except (CommClosedError, OSError) as exc:  # the scheduler closed the connection
+        outcome = f"refused: {type(exc).__name__}: {exc}"
+    except Exception as exc:
+        outcome = f"error: {type(exc).__name__}: {exc}"
+    _log({"attack": "client", "outcome": outcome})
+    attacks = [
+        ("run_on_scheduler", scheduler, {"op": "run_function", "function": dumps(touch)}),
+        (
+            "client_run",
+            scheduler,
+            {"op": "broadcast", "msg": {"op": "run", "function": dumps(touch)}},
+        ),
+        (
+            "pickle_to_scheduler",
+            scheduler,
+            {"op": "heartbeat_worker", "x": ToPickle(Payload(marker))},
+        ),
+    ]
+    if target:
+        attacks += [
+            (
+                "pickle_to_worker",
+                target,
+                {"op": "get_data", "keys": [], "x": ToPickle(Payload(marker))},
+            ),
+            ("run_on_worker", target, {"op": "run", "function": dumps(touch)}),
+        ]
+    for name, address, msg in attacks:
+        _log({"attack": name, "outcome": await _request(address, conn_args, msg)})
+    _log({"attack": "done", "outcome": "done"})
+
+
+def dask_setup(worker: Any) -> None:
+    scheduler = worker.scheduler.address
+    # its own certificate, presented as a client's (what `Client(security=...)` dials with)
+    security = Security(
+        tls_ca_file=worker.security.tls_ca_file,
+        tls_client_cert=worker.security.tls_worker_cert,
+        tls_client_key=worker.security.tls_worker_key,
+        require_encryption=True,
+    )
+
+    def run() -> None:
+        asyncio.run(_attacks(scheduler, security))
+
+    threading.Thread(target=run, name="tampered", daemon=True).start()
