@@ -202,8 +202,12 @@ class ShardTimeouts(Gate):
 
     def on_tick(self) -> None:
         """Re-submit the running shards whose current attempt is overdue."""
-        for watch in self.watches.values():
-            watch.poll()
+        running: dict[str, list[str]] = {}  # stage -> its running shards
+        for unit in self.loop.current:
+            stage, shard = split_key(unit)
+            running.setdefault(stage, []).append(shard)
+        for name, watch in self.watches.items():
+            watch.poll(running.get(name, []))
         for shard_id in list(self.loop.current):
             stage, shard = split_key(shard_id)
             watch = self.watches.get(stage)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import posixpath
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,6 +159,11 @@ class AttemptWatch:
         # shard -> (latest attempt, first seen, its worker)
         self._seen: dict[str, tuple[int, float, str]] = {}
         self._flagged: set[tuple[str, int]] = set()
+        self._listed = 0  # markers in the directory, as last counted
+        self.full_polls = 0  # listings of the whole directory
+        self.prefix_polls = 0  # polls that listed running shards' markers by prefix
+
+    PAGE = 1000  # keys per S3 listing request
 
     def _worker_of(self, name: str) -> str:
         try:
@@ -171,16 +176,38 @@ class AttemptWatch:
     def _dir(self) -> str:
         return attempt_dir(self.store, self.run_id, self.stage)
 
-    def poll(self) -> None:
+    def poll(self, shards: Collection[str] | None = None) -> None:
+        """Look for new attempt start markers: of `shards` (the ones running) or of all.
+
+        On S3 one listing of the whole directory is one request per 1,000 markers of the run,
+        so once that is more requests than there are running shards, each running shard's
+        markers are listed by prefix instead (one request each, `shard_attempt_names`):
+        a poll costs at most min(the run's markers / 1,000, running shards) requests, flat
+        however large the run grows. A local directory is scanned whole (one scan in C is
+        cheaper than one per shard)."""
         now = self.clock()
-        for name in self.store.ls(self._dir):
+        if shards is not None and not self.store.local and len(shards) < self._pages():
+            layout = RunLayout(self.store, self.run_id).stage(self.stage)
+            names = [n for sid in shards for n in shard_attempt_names(self.store, layout, sid)]
+            self.prefix_polls += 1
+        else:
+            names = self.store.ls(self._dir)
+            self._listed = len(names)
+            self.full_polls += 1
+        for name in names:
             parsed = AttemptName.parse(name)
             if parsed is None:
                 continue
             latest = self._seen.get(parsed.shard_id)
             if latest is None or parsed.attempt > latest[0]:
+                if latest is None and shards is not None:
+                    self._listed += 1  # a marker the last whole listing did not count
                 worker = self._worker_of(name) if callable(self.timeout_s) else ""
                 self._seen[parsed.shard_id] = (parsed.attempt, now, worker)
+
+    def _pages(self) -> int:
+        """Requests one listing of the whole directory takes on S3 (1,000 keys a page)."""
+        return 1 + self._listed // self.PAGE
 
     def worker(self, shard_id: str) -> str:
         """The worker of `shard_id`'s latest attempt seen ("" when unknown)."""

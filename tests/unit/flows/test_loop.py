@@ -123,6 +123,7 @@ class Watch:
     def __init__(self, overdue: set[str], sim: Cluster | None = None) -> None:
         self.pending = set(overdue)
         self.polls = 0
+        self.polled: list[list[str] | None] = []  # the running shards each poll was given
         self.sim = sim
 
     def worker(self, sid: str) -> str:
@@ -136,8 +137,9 @@ class Watch:
     def elapsed(self, sid: str) -> float:
         return 0.0
 
-    def poll(self) -> None:
+    def poll(self, shards: list[str] | None = None) -> None:
         self.polls += 1
+        self.polled.append(shards)
 
     def overdue(self, sid: str) -> int | None:
         if sid in self.pending:
@@ -206,6 +208,9 @@ def test_timeout_alone_resubmits_the_hung_shard_and_ignores_its_first_attempt(tm
     out = loop.run()
     assert [a for s, _, a in sim.submitted if s == "shard-00003"] == [1, 2]
     assert out.resubmitted == {"shard-00003": 1} and watch.polls >= 1
+    # each poll looks for the running shards' attempts, the hung one among them
+    assert all(p is not None and set(p) <= set(SHARDS) for p in watch.polled)
+    assert any("shard-00003" in p for p in watch.polled if p)
     assert sorted(r["shard_id"] for r in out.results) == SHARDS and not out.failures
     assert stopped == ["shard-00003"]  # the abandoned attempt is told to stop, no other
 
