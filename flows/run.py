@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
+import os
 import re
 import threading
 import time
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import dask
-from distributed import worker_client
+from distributed import Client, LocalCluster, worker_client
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.exceptions import MissingContextError
@@ -126,11 +127,33 @@ def dedup_task(config: dict[str, Any] | Opaque, shard_ids: list[str]) -> dict[st
     """Run-wide dedup on the cluster this task runs in (its map/shuffle/verify tasks are
     submitted through the worker's client; this task's thread is seceded meanwhile)."""
     cfg = RunConfig.model_validate(unwrap(config))
+    with worker_client() as client:
+        return _dedup_on(client, cfg, shard_ids)
+
+
+def _dedup_here(cfg: RunConfig, shard_ids: list[str]) -> dict[str, Any]:
+    """Run-wide dedup in this (the flow's) process, on an in-process Dask cluster.
+
+    For TLS clusters, whose workers hold worker certificates (`synthgen.cluster.roles`): a
+    worker may not act as a Dask client (which `dedup_task` does to submit its map/shuffle
+    tasks), and workers do not unpickle what other workers send them (the shuffle's
+    partitions), so the run-wide work that mixes data from several workers runs on the
+    trusted side. It reads the committed shards from storage like the tasks would."""
+    threads = max(1, min(8, os.cpu_count() or 1))
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=threads, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        return _dedup_on(client, cfg, shard_ids)
+
+
+def _dedup_on(client: Any, cfg: RunConfig, shard_ids: list[str]) -> dict[str, Any]:
     store = Store(cfg.output)
     layout = RunLayout(store, cfg.run_id or "")
     started = time.perf_counter()
-    with worker_client() as client:
-        res = dedup_run(client, cfg, store, shard_ids)
+    res = dedup_run(client, cfg, store, shard_ids)
     return {
         "rows_checked": res.rows,
         "candidate_pairs": res.candidate_pairs,
@@ -173,7 +196,10 @@ def _finish(
     final = final_stage(cfg)
     extra = None
     if cfg.clean.enabled and (cfg.clean.exact.enabled or cfg.clean.near.enabled):
-        dedup = dedup_task.submit(task_config, sorted(committed)).result()
+        if cfg.cluster.tls is not None:  # workers hold worker certificates: see _dedup_here
+            dedup = _dedup_here(cfg, sorted(committed))
+        else:
+            dedup = dedup_task.submit(task_config, sorted(committed)).result()
         if dedup["withdrawn"]:  # shards of the deduplicated stage: their units run again
             return None, [unit_key(clean_stage(cfg), sid) for sid in dedup["withdrawn"]]
         extra = {"dedup": {k: v for k, v in dedup.items() if k != "withdrawn"}}

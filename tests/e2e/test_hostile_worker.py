@@ -175,7 +175,7 @@ def test_a_tampered_worker_runs_nothing_outside_itself_and_the_run_completes(
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.run import synthgen_run
-    from tests.helpers import fake_config, write_config
+    from tests.helpers import fake_config, published_manifest, write_config
 
     # every attack was refused, and no payload ran anywhere (the scheduler, the honest
     # worker, this process): the marker file the payloads create does not exist
@@ -188,6 +188,21 @@ def test_a_tampered_worker_runs_nothing_outside_itself_and_the_run_completes(
     out = tmp_path / "out"
     data = fake_config(str(out), shards__size=4)  # 24 built-in prompts -> 6 shards
     data["cluster"] = hostile.cluster_cfg(gpu_tasks=True, retry_delay_s=0.5)
+    # run-wide dedup (exact and near): its shuffle mixes data of both workers, so on a TLS
+    # cluster it runs on the trusted side (the flow's process), never worker to worker
+    data["clean"] = {
+        "enabled": True,
+        "filters": {
+            name: {"enabled": False}
+            for name in (
+                "word_count",
+                "gopher_quality",
+                "gopher_repetition",
+                "truncated",
+                "refusal",
+            )
+        },
+    }
     cfg_path = write_config(tmp_path / "hostile.yaml", data)
     with temporary_settings({PREFECT_API_URL: prefect_api}):
         result = synthgen_run(config=cfg_path)
@@ -196,7 +211,10 @@ def test_a_tampered_worker_runs_nothing_outside_itself_and_the_run_completes(
     assert result["status"] == "complete"
     table = pads.dataset(out / "dataset" / "data", format="parquet").to_table()
     ids = table.column("prompt_id").to_pylist()
-    assert len(ids) == 24 and len(set(ids)) == 24
+    dropped = sum(result["drop_counts"].values())
+    assert len(ids) + dropped == 24 and len(set(ids)) == len(ids)
+    manifest = published_manifest(out)
+    assert manifest["dedup"]["rows_checked"] == 24, manifest.get("dedup")
     commits = [
         json.loads(p.read_text())["result"]
         for p in (out / "runs" / result["run_id"] / "_commits").glob("*.json")
