@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+MAX_FORGED = 3  # re-runs of one unit after forged results before it fails
+
 # (shard, workers to avoid, priority[, speculative=True for a backup attempt])
 Submit = Callable[..., Any]
 
@@ -97,6 +99,8 @@ class LoopResult:
     stopped_by: Any | None = None  # the refusal that ended submission, if any
     resubmitted: dict[str, int] = field(default_factory=dict)  # shard -> abandoned attempts
     speculated: dict[str, str] = field(default_factory=dict)  # shard -> "backup"/"first" won
+    # worker -> units whose result it sent back forged (not plain data): no more units for it
+    forgers: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def partial(self) -> bool:
@@ -121,6 +125,7 @@ class ShardLoop:
         a unit's result is taken while another attempt of it may still be running (the losing
         copy of a speculated shard, the abandoned attempt of a re-run one), to stop it."""
         self._stop_losers = stop_losers
+        self._forged_runs: dict[str, int] = {}  # unit -> re-runs after a forged result
         self.backups: dict[str, Any] = {}  # shard -> its backup attempt's future
         self.shard_ids = list(shard_ids)
         self.successor = successor
@@ -165,6 +170,7 @@ class ShardLoop:
         backup."""
         if shard_id not in self.current or shard_id in self.backups:
             return False
+        avoid = avoid | {w for w in self.out.forgers if not w.startswith("(")}
         for gate in self.gates:
             avoid = avoid | gate.avoid(shard_id)
         try:
@@ -174,6 +180,27 @@ class ShardLoop:
         self.backups[shard_id] = fut
         self.shard_of[fut] = shard_id
         fut.add_done_callback(self._events.put)
+        return True
+
+    def _forged(self, shard_id: str, fut: Any, exc: Exception) -> bool:
+        """A worker sent back something that is not a plain result (`ForgedResult`): the
+        worker gets no more units this run and the unit runs again elsewhere (True), up to
+        MAX_FORGED times per unit (then False: it fails like any other)."""
+        worker = getattr(exc, "worker", None) or "(unknown worker)"
+        self.out.forgers.setdefault(worker, []).append(shard_id)
+        n = self._forged_runs.get(shard_id, 0)
+        if n >= MAX_FORGED:
+            return False
+        self._forged_runs[shard_id] = n + 1
+        print(f"unit {shard_id}: {exc}; worker {worker} FLAGGED, the unit runs elsewhere")
+        backup = self.backups.pop(shard_id, None)
+        if backup is fut:
+            return True  # its first attempt still runs
+        if backup is not None and self.current.get(shard_id) is fut:
+            self.current[shard_id] = backup  # the backup copy still runs: it is the attempt
+            return True
+        self.current.pop(shard_id, None)
+        self.requeue(shard_id)
         return True
 
     def fail(self, shard_id: str, error: str) -> None:
@@ -208,7 +235,7 @@ class ShardLoop:
         return n + 1 if shard_id in self.regens else self.order.get(shard_id, 0)
 
     def _start(self, shard_id: str) -> None:
-        avoid: set[str] = set()
+        avoid: set[str] = set(w for w in self.out.forgers if not w.startswith("("))
         try:
             for gate in self.gates:
                 avoid |= gate.avoid(shard_id)
@@ -259,6 +286,8 @@ class ShardLoop:
         try:
             res = fut.result()
         except Exception as exc:  # the task exhausted its retries
+            if getattr(exc, "retry_elsewhere", False) and self._forged(shard_id, fut, exc):
+                return
             if other is not None:  # the other attempt may still succeed
                 if fut is first:
                     self.current[shard_id] = other

@@ -225,20 +225,29 @@ def _finish(
     check_owner(cfg, store)  # before any file is written
     shard_ids = sorted(committed)
     n = len(shard_ids)
-    # a few publish tasks per worker thread in flight, not one per shard at once
-    window = PUBLISH_WINDOW_PER_THREAD * max(1, sum(runner_client().nthreads().values()))
-    pubs = windowed(
-        enumerate(shard_ids),
-        lambda item: publish_shard_task.submit(task_config, item[1], pid, item[0], n),
-        window,
-    )
-    shards, failed = [], []
-    for (_, sid), fut in pubs:
-        try:
-            shards.append(fut.result())
-            checkpoint("publish.shard_done")
-        except Exception as exc:  # a withdrawn shard, or a storage failure
-            failed.append((sid, exc))
+    if cfg.cluster.tls is not None:
+        # the published folder is written by the trusted side: on a TLS cluster the workers
+        # hold worker certificates (a tampered one could answer with anything), so the
+        # flow's process publishes, PUBLISH_THREADS_HERE shards at a time
+        pool = concurrent.futures.ThreadPoolExecutor(PUBLISH_THREADS_HERE)
+        config = unwrap(task_config)
+        window = 2 * PUBLISH_THREADS_HERE
+
+        def submit_pub(item: tuple[int, str]) -> Any:
+            return pool.submit(_publish_here, config, item[1], pid, item[0], n)
+    else:
+        pool = None
+        # a few publish tasks per worker thread in flight, not one per shard at once
+        window = PUBLISH_WINDOW_PER_THREAD * max(1, sum(runner_client().nthreads().values()))
+
+        def submit_pub(item: tuple[int, str]) -> Any:
+            return publish_shard_task.submit(task_config, item[1], pid, item[0], n)
+
+    try:
+        shards, failed = _collect_publish(windowed(enumerate(shard_ids), submit_pub, window))
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
     if failed:
         still = commit_markers(store, run_id, final)
         withdrawn = [unit_key(final, sid) for sid, _ in failed if sid not in still]
@@ -246,6 +255,37 @@ def _finish(
             return None, withdrawn
         raise failed[0][1]
     return Published(pid, shards, extra), []
+
+
+PUBLISH_THREADS_HERE = 4  # publish writes in flight in the flow's process (TLS clusters)
+
+
+def _publish_here(
+    config: dict[str, Any], shard_id: str, pid: str, index: int, count: int
+) -> dict[str, Any]:
+    """`publish_shard` in this process, retried like the `publish-shard` task (twice, 2 s
+    apart, not for a withdrawn shard)."""
+    for attempt in range(3):
+        try:
+            return publish_shard(config, shard_id, publish_id=pid, index=index, count=count)
+        except ShardWithdrawn:
+            raise
+        except Exception:
+            if attempt == 2:
+                raise
+            time.sleep(2)
+    raise AssertionError("unreachable")
+
+
+def _collect_publish(pubs: Any) -> tuple[list[dict[str, Any]], list[tuple[str, Exception]]]:
+    shards, failed = [], []
+    for (_, sid), fut in pubs:
+        try:
+            shards.append(fut.result())
+            checkpoint("publish.shard_done")
+        except Exception as exc:  # a withdrawn shard, or a storage failure
+            failed.append((sid, exc))
+    return shards, failed
 
 
 def _check_api_reach(cfg: RunConfig, timeout_s: float = 15.0) -> None:
@@ -540,6 +580,7 @@ def generate_flow(
         "verification": verification,
         "deadlines": late,
         "refused": refused,
+        "forged": dict(sched.forgers) or None,
     }
 
 
@@ -737,6 +778,7 @@ def _execute_leased(
         verification=gen.get("verification"),
         deadlines=gen.get("deadlines"),
         refused=gen.get("refused"),
+        forged=gen.get("forged"),
     )
     _logger().info("summary\n%s", summary.render_text())
     if flow_run.id:  # a Prefect flow run (not a bare execute() call in a benchmark)

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import distributed
+import msgpack
 from prefect.task_engine import run_task_async, run_task_sync
 from prefect.utilities.engine import collect_task_run_inputs_sync
 from prefect_dask import DaskTaskRunner
@@ -63,6 +64,117 @@ def run_prefect_task(task: Any, **run_task_kwargs: Any) -> Any:
     return run_task_sync(task=task, **run_task_kwargs)
 
 
+# What a task run on a TLS cluster sends back: plain data in this envelope, never a pickle.
+ENVELOPE = "synthgen-result/1"
+
+
+class ForgedResult(RuntimeError):
+    """A task's worker sent back something that is not a plain result (on a TLS cluster: a
+    pickle, replaced by the scheduler, or anything not in the envelope). `worker`: the
+    worker that held it, when known."""
+
+    retry_elsewhere = True  # the generate loop re-runs the unit away from that worker
+
+    def __init__(self, message: str, worker: str | None = None) -> None:
+        super().__init__(message)
+        self.worker = worker
+
+
+class TaskFailed(RuntimeError):
+    """A task failed on its worker (after its retries); the message says why."""
+
+
+def _plain(value: Any) -> Any:
+    """msgpack gives tuples for lists: back to lists (results are JSON-like)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def envelope(state: Any) -> dict[str, Any]:
+    """A task run's final state as plain data (what a worker sends back on a TLS cluster)."""
+    if state.is_completed():
+        value = state.result(raise_on_failure=False, _sync=True)
+        try:
+            msgpack.dumps(value, use_bin_type=True)
+        except Exception:
+            return {
+                "envelope": ENVELOPE,
+                "state": "FAILED",
+                "message": f"the task's result is not plain data ({type(value).__name__})",
+            }
+        return {"envelope": ENVELOPE, "state": "COMPLETED", "result": value}
+    message = state.message or ""
+    try:
+        exc = state.result(raise_on_failure=False, _sync=True)
+    except Exception as err:  # no result to read: the state's message says it
+        exc = err
+    if isinstance(exc, BaseException):
+        message = f"{type(exc).__name__}: {exc}"
+    return {"envelope": ENVELOPE, "state": str(state.type.value), "message": message}
+
+
+def run_prefect_task_plain(task: Any, **run_task_kwargs: Any) -> dict[str, Any]:
+    """`run_prefect_task`, returning the final state as plain data (`envelope`): what the
+    flow receives from a worker it does not trust is data it can read without unpickling.
+    The worker's roles preload sends it as msgpack (synthgen.cluster.roles)."""
+    return envelope(run_prefect_task(task, **run_task_kwargs))
+
+
+def open_envelope(value: Any, what: str, worker: str | None = None) -> Any:
+    """The result inside a task's envelope; TaskFailed for a failed task, ForgedResult for
+    anything that is not an envelope (the scheduler's stand-in for a pickle it would not
+    forward, or something a tampered worker made)."""
+    if not (
+        isinstance(value, dict)
+        and value.get("envelope") == ENVELOPE
+        and isinstance(value.get("state"), str)
+    ):
+        got = str(value)[:200] if isinstance(value, BaseException) else type(value).__name__
+        raise ForgedResult(
+            f"{what}: its worker{f' {worker}' if worker else ''} sent back something that is "
+            f"not a plain result ({got}); not used",
+            worker,
+        )
+    if value["state"] == "COMPLETED":
+        return _plain(value.get("result"))
+    raise TaskFailed(f"{what}: {value['state']}: {value.get('message', '')}")
+
+
+class PlainResultFuture(PrefectDaskFuture):
+    """A Prefect future over a task run by `run_prefect_task_plain`: `result()` opens the
+    envelope (no Prefect state travels from the worker)."""
+
+    def wait(self, timeout: float | None = None) -> None:
+        try:
+            self._wrapped_future.result(timeout=timeout)
+        except Exception:
+            return
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
+        try:
+            value = self._wrapped_future.result(timeout=timeout)
+        except distributed.TimeoutError as exc:
+            raise TimeoutError(
+                f"Task run {self.task_run_id} did not complete within {timeout} seconds"
+            ) from exc
+        worker = None
+        if not (isinstance(value, dict) and value.get("envelope") == ENVELOPE):
+            worker = self._holder()
+        return open_envelope(value, f"task run {self.task_run_id}", worker)
+
+    def _holder(self) -> str | None:
+        """The worker that holds this task's result (the one that ran it)."""
+        try:
+            fut = self._wrapped_future
+            holders = fut.client.who_has([fut]).get(fut.key) or []
+        except Exception:
+            return None
+        return holders[0] if holders else None
+
+
 class SynthgenTaskRunner(DaskTaskRunner):
     def submit(  # type: ignore[override]
         self,
@@ -91,9 +203,11 @@ class SynthgenTaskRunner(DaskTaskRunner):
                 "copy_to_child_ctx": True,
             }
         )
+        # a TLS cluster's workers are not trusted with pickles: their tasks send back data
+        plain = "security" in (self.client_kwargs or {})
         future = distributed.Client.submit(
             self.client,
-            run_prefect_task,
+            run_prefect_task_plain if plain else run_prefect_task,
             # the key prefix names the task in the Dask dashboard, as prefect-dask's did
             key=f"{getattr(task.fn, '__name__', task.name)}-{task_run_id.hex}",
             pure=False,
@@ -105,4 +219,6 @@ class SynthgenTaskRunner(DaskTaskRunner):
             dependencies=inputs,
             context=context,
         )
+        if plain:
+            return PlainResultFuture(wrapped_future=future, task_run_id=task_run_id)
         return PrefectDaskFuture(wrapped_future=future, task_run_id=task_run_id)

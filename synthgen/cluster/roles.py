@@ -18,15 +18,18 @@ scripts do) and installed in the flow's process, enforces them on every TLS conn
   `broadcast` (`Client.run`), submitting graphs, scattering data, plugins and the rest of
   the client API are refused. On a worker it may only fetch data (`get_data`, how workers
   exchange task inputs); on a nanny nothing.
-- The scheduler never forwards an untrusted worker's pickled payloads in what it received
-  (a failed task's exception and traceback are replaced by a plain `RuntimeError` made on
-  the scheduler), so a client reading the task's error unpickles nothing the worker made.
+- The scheduler never forwards an untrusted worker's pickled payloads (a task's result, a
+  `Client.run` answer, a failed task's exception): each is replaced by a `RuntimeError` made
+  on the scheduler, so a client unpickles nothing a worker made. Honest workers send plain
+  data as msgpack (`PLAIN_FIRST`), and on TLS clusters the flow's tasks return their final
+  state as plain data (`flows/task_runner.py`, `run_prefect_task_plain`): what the flow
+  receives from a worker is data, and anything else is a forged result (the unit runs
+  elsewhere, the worker is flagged).
 - Every refusal closes the connection and is recorded; the scheduler answers
   `synthgen_refusals` with the list, which the flow names in its summary.
 
 A refused connection of a worker's own stream removes that worker from the cluster (Dask
-re-runs its tasks elsewhere). What this does not cover is in docs/infra.md (threat model: a generate
-task's result still reaches the flow as a pickled Prefect state).
+re-runs its tasks elsewhere). What this does not cover is in docs/infra.md (threat model).
 """
 
 from __future__ import annotations
@@ -55,11 +58,21 @@ TRUSTED_ROLES = frozenset({"scheduler", "client"})
 # operations of its stream (the scheduler's `worker_handlers`). Everything else a scheduler
 # answers is the client API, refused to a worker certificate.
 WORKER_MAY_CALL: dict[str, frozenset[str]] = {
+    # `unregister` (a nanny whose worker died) names any worker: a worker certificate can
+    # make the scheduler drop another worker (its shards then run elsewhere), not run code
     "Scheduler": frozenset(
-        {"register-worker", "register_nanny", "heartbeat_worker", "who_has", "log_event"}
+        {
+            "register-worker",
+            "register_nanny",
+            "heartbeat_worker",
+            "who_has",
+            "log_event",
+            "unregister",
+        }
     ),
     "Worker": frozenset({"get_data"}),
-    "Nanny": frozenset(),
+    # what a worker process asks of its own nanny when it closes
+    "Nanny": frozenset({"close_gracefully"}),
 }
 WORKER_MAY_STREAM: dict[str, frozenset[str]] = {
     "Scheduler": frozenset(
@@ -74,6 +87,7 @@ WORKER_MAY_STREAM: dict[str, frozenset[str]] = {
             "log-event",
             "worker-status-change",
             "request-refresh-who-has",
+            "steal-response",  # work stealing (distributed.stealing)
         }
     ),
     "Worker": frozenset(),
@@ -218,11 +232,29 @@ def _placeholder(what: str) -> Serialized:
     return Serialized(*serialize(RuntimeError(what), serializers=("pickle",)))
 
 
+COLLECTIONS = frozenset({"dict", "list", "tuple", "set"})
+
+
+def _plain_header(header: Any) -> bool:
+    """Whether a serialized payload decodes without unpickling: msgpack, or a builtin
+    collection (named, not pickled, in its header) of such payloads."""
+    if not isinstance(header, dict):
+        return False
+    if "is-collection" in header:
+        subs = header.get("sub-headers")
+        return (
+            header.get("type-serialized") in COLLECTIONS
+            and isinstance(subs, (list, tuple))
+            and all(_plain_header(h) for h in subs)
+        )
+    return header.get("serializer") == "msgpack"
+
+
 def _scrub(value: Any, peer: Peer) -> Any:
     """`value` with every serialized payload that is not plain msgpack replaced by one made
     here (the scheduler keeps payloads serialized and forwards them to clients)."""
     if isinstance(value, Serialized):
-        if value.header.get("serializer") == "msgpack":
+        if _plain_header(value.header):
             return value
         return _placeholder(f"payload from untrusted worker {peer.label()} not forwarded")
     if isinstance(value, dict):
@@ -254,8 +286,10 @@ def _guard_read(read: Any) -> Any:
                 raise CommClosedError(str(_refuse(self, peer, problem)))
             if isinstance(msg, dict) and msg.get("op") == "register-worker":
                 self._synthgen_worker = msg.get("name")
-            if server == "Scheduler":
-                msg = _scrub(msg, peer)
+        if server == "Scheduler" or (server is None and _forwarding):
+            # the scheduler keeps payloads serialized and passes them on to clients (task
+            # results, `Client.run` answers, errors): only plain data goes on
+            msg = _scrub(msg, peer)
         return msg
 
     guarded._synthgen_guard = True  # type: ignore[attr-defined]
@@ -280,6 +314,25 @@ def _server_kind(server: Any) -> str:
 
 
 _installed = False
+_forwarding = False  # this process is a scheduler: scrub replies from untrusted peers too
+
+# What an honest worker sends first: plain data as msgpack, which every reader may decode
+# (a pickle from a worker certificate is refused or replaced); Dask's own families after.
+PLAIN_FIRST = ("msgpack", "dask", "pickle")
+
+
+def _plain_first(write: Any) -> Any:
+    @functools.wraps(write)
+    async def guarded(
+        self: Any, msg: Any, serializers: Any = None, on_error: str = "message"
+    ) -> Any:
+        # msgpack first even when the reader named its families (the scheduler's gather
+        # asks for Dask's defaults); what msgpack cannot encode falls back to those
+        families = [f for f in (serializers or PLAIN_FIRST) if f != "msgpack"]
+        return await write(self, msg, serializers=["msgpack", *families], on_error=on_error)
+
+    guarded._synthgen_guard = True  # type: ignore[attr-defined]
+    return guarded
 
 
 def install() -> None:
@@ -301,9 +354,16 @@ def installed() -> bool:
 def dask_setup(server: Any) -> None:
     """Dask preload hook (`dask scheduler|worker --preload synthgen.cluster.roles`, and
     `--preload-nanny` for a worker's nanny)."""
+    global _forwarding
     install()
-    if _server_kind(server) == "Scheduler":
+    kind = _server_kind(server)
+    if kind == "Scheduler":
         server.handlers["synthgen_refusals"] = refusals
+        _forwarding = True
+    elif kind == "Worker" and not getattr(TLS.write, "_synthgen_guard", False):
+        # task results and `Client.run` answers as msgpack when they are plain data (the
+        # flow's tasks on TLS clusters return plain data: flows/task_runner.py)
+        TLS.write = _plain_first(TLS.write)
     logger.info("certificate roles enforced on %s", type(server).__name__)
 
 

@@ -64,6 +64,9 @@ class RunSummary:
     # refused requests of worker certificates, by certificate (synthgen.cluster.roles);
     # None: not a TLS cluster, or its scheduler does not enforce roles
     refused: list[dict[str, Any]] | None = None
+    # worker -> units whose result it sent back as something other than plain data (TLS
+    # clusters: a pickle the scheduler would not forward); those units ran elsewhere
+    forged: dict[str, list[str]] | None = None
 
     @classmethod
     def build(
@@ -84,6 +87,7 @@ class RunSummary:
         verification: dict[str, Any] | None = None,
         deadlines: dict[str, Any] | None = None,
         refused: list[dict[str, Any]] | None = None,
+        forged: dict[str, list[str]] | None = None,
     ) -> RunSummary:
         tokens = sum(r["completion_tokens"] for r in generated)
         drops: dict[str, int] = defaultdict(int)
@@ -119,6 +123,7 @@ class RunSummary:
             verification=verification,
             deadlines=deadlines,
             refused=refused,
+            forged=forged,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -161,6 +166,14 @@ class RunSummary:
             )
         rows += verification_rows(self.verification)
         rows += deadline_rows(self.deadlines)
+        for worker, units in sorted((self.forged or {}).items()):
+            rows.append(
+                (
+                    f"FLAGGED worker {worker}",
+                    f"sent back {len(units)} result(s) that were not plain data (not used; "
+                    f"the units ran elsewhere): {', '.join(units[:5])}",
+                )
+            )
         for g in self.refused or []:
             rows.append(
                 (

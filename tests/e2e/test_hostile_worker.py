@@ -58,11 +58,29 @@ class HostileCluster:
         sec = security_from_config(ClusterConfig.model_validate(self.cluster_cfg()))
         return Client(self.address, security=sec, timeout=20)
 
-    def attacks(self) -> dict[str, str]:
+    def attack_lines(self) -> list[dict[str, str]]:
         if not self.tamper_log.exists():
-            return {}
-        lines = [json.loads(x) for x in self.tamper_log.read_text().splitlines() if x.strip()]
-        return {x["attack"]: x["outcome"] for x in lines}
+            return []
+        return [json.loads(x) for x in self.tamper_log.read_text().splitlines() if x.strip()]
+
+    def attacks(self) -> dict[str, str]:
+        return {
+            x["attack"]: x["outcome"]
+            for x in self.attack_lines()
+            if x["attack"] != "poisoned_result"
+        }
+
+    def _address(self, name: str) -> str:
+        with self.client() as client:
+            return next(
+                a for a, w in client.scheduler_info()["workers"].items() if w["name"] == name
+            )
+
+    def tampered_address(self) -> str:
+        return self._address("tampered-gpu0")
+
+    def honest_address(self) -> str:
+        return self._address("honest-gpu0")
 
 
 @pytest.fixture(scope="module")
@@ -221,6 +239,14 @@ def test_a_tampered_worker_runs_nothing_outside_itself_and_the_run_completes(
     ]
     assert len(commits) == 6
 
+    # it sent back poisoned results instead of plain data: the scheduler did not pass them
+    # on, the flow used none, ran those shards on the honest worker and flagged it
+    poisoned = [o for o in hostile.attack_lines() if o["attack"] == "poisoned_result"]
+    assert poisoned, "the tampered worker ran no generate task"
+    forged = result["forged"]
+    assert forged and set(forged) == {hostile.tampered_address()}, forged
+    assert sum(len(v) for v in forged.values()) == len(poisoned)
+    assert {c["worker"] for c in commits} == {hostile.honest_address()}
     # the summary names the tampered host's certificate, and only it
     refused = result["refused"]
     assert [g["certificate"] for g in refused] == ["synthgen-rented-host-7"], refused

@@ -7,7 +7,8 @@ own process:
 - run code on the scheduler and on every worker through the scheduler (`run_function`,
   `broadcast` as `Client.run` sends them);
 - send the scheduler and another worker a pickle that runs code where it is unpickled;
-- run code on another worker directly (`run`).
+- run code on another worker directly (`run`);
+- send back a pickle that runs code instead of each generate task's result.
 
 Every payload, wherever it runs, creates $SYNTHGEN_TAMPER_MARKER. Each attempt's outcome is
 a JSON line in $SYNTHGEN_TAMPER_LOG: `refused` (the peer closed the connection on the
@@ -109,7 +110,25 @@ async def _attacks(scheduler: str, security: Any) -> None:
     _log({"attack": "done", "outcome": "done"})
 
 
+def _poison_results(marker: str) -> None:
+    """Its generate tasks send back, instead of their result, a pickle that runs code where
+    it is unpickled (the flow's process, if the scheduler passed it on)."""
+    import flows.task_runner as runner
+
+    real = runner.run_prefect_task_plain
+
+    def poisoned(task: Any, **kwargs: Any) -> Any:
+        if getattr(task, "name", "") == "generate-shard":
+            _log({"attack": "poisoned_result", "outcome": "sent"})
+            return Payload(marker)
+        return real(task, **kwargs)
+
+    # the flow's tasks reach workers as a reference to this module attribute
+    runner.run_prefect_task_plain = poisoned
+
+
 def dask_setup(worker: Any) -> None:
+    _poison_results(os.environ["SYNTHGEN_TAMPER_MARKER"])
     scheduler = worker.scheduler.address
     # its own certificate, presented as a client's (what `Client(security=...)` dials with)
     security = Security(

@@ -56,6 +56,7 @@ def test_a_worker_certificate_may_send_what_workers_send_and_nothing_else() -> N
     for op in ("register-worker", "register_nanny", "heartbeat_worker", "close"):
         assert roles._check_ops("Scheduler", {"op": op}) is None
     assert roles._check_ops("Scheduler", [{"op": "task-finished"}, {"op": "keep-alive"}]) is None
+    assert roles._check_ops("Scheduler", [{"op": "steal-response"}]) is None
     # the client API, on a request or on the worker's own stream
     for op in ("register-client", "identity", "run_function", "broadcast", "scatter"):
         assert "worker certificate" in roles._check_ops("Scheduler", {"op": op})
@@ -66,6 +67,7 @@ def test_a_worker_certificate_may_send_what_workers_send_and_nothing_else() -> N
     assert roles._check_ops("Worker", {"op": "get_data"}) is None
     assert "'run'" in roles._check_ops("Worker", {"op": "run"})
     assert "'kill'" in roles._check_ops("Nanny", {"op": "kill"})
+    assert roles._check_ops("Nanny", {"op": "close_gracefully"}) is None
     assert roles._check_ops("Scheduler", {"status": "OK"}) is None  # a reply, not a request
 
 

@@ -513,3 +513,47 @@ def test_windowed_submits_in_order_with_at_most_window_outstanding() -> None:
         assert seen[-1] == item
     with pytest.raises(ValueError, match="window must be at least 1"):
         list(windowed(range(3), submit, 0))
+
+
+def test_a_forged_result_reruns_the_unit_elsewhere_and_flags_its_worker(tmp_path) -> None:
+    """A worker that sends back something that is not a plain result (ForgedResult, from
+    the task runner on TLS clusters) gets no more units; its units run on the others."""
+    from flows.task_runner import ForgedResult
+
+    sim = Cluster()
+    real_submit = sim.submit
+
+    def submit(sid: str, avoid: set[str] | None, priority: int, speculative: bool = False):
+        fut = real_submit(sid, avoid, priority, speculative)
+        _, worker, _ = sim.submitted[-1]
+        if worker == "w2":  # w2 is tampered: every result it returns is forged
+            fut._value = ForgedResult(f"{sid}: not a plain result", worker="w2")
+        return fut
+
+    out = ShardLoop(SHARDS, submit, []).run()
+    assert sorted(r["shard_id"] for r in out.results) == SHARDS and not out.failures
+    assert all(r["worker"] == "w1" for r in out.results)
+    assert set(out.forgers) == {"w2"} and out.forgers["w2"]
+    # the forged units ran again, all on w1 (submitted after w2 was flagged)
+    reruns = [(s, w) for s, w, a in sim.submitted if a > 1]
+    assert sorted(s for s, _ in reruns) == sorted(out.forgers["w2"])
+    assert {w for _, w in reruns} == {"w1"}
+
+
+def test_a_unit_forged_every_time_fails_after_its_reruns(tmp_path) -> None:
+    from flows.loop import MAX_FORGED
+    from flows.task_runner import ForgedResult
+
+    sim = Cluster()
+    real_submit = sim.submit
+
+    def submit(sid: str, avoid: set[str] | None, priority: int, speculative: bool = False):
+        fut = real_submit(sid, None, priority, speculative)  # nowhere else to go
+        if sid == SHARDS[0]:
+            fut._value = ForgedResult("not plain")  # worker unknown: nothing to avoid
+        return fut
+
+    out = ShardLoop(SHARDS, submit, []).run()
+    assert [a for s, _, a in sim.submitted if s == SHARDS[0]] == list(range(1, MAX_FORGED + 2))
+    assert len(out.failures) == 1 and "not plain" in out.failures[0]
+    assert out.forgers == {"(unknown worker)": [SHARDS[0]] * (MAX_FORGED + 1)}
