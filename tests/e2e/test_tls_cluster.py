@@ -262,3 +262,25 @@ def test_flow_runs_over_tls_and_generate_tasks_land_on_gpu_worker(
     assert all(c["worker"].startswith("tls://") for c in commits)
     # the GPU worker's start script advertised its hourly price; the cost ledger charged it
     assert {c["price_per_hour"] for c in commits} == {0.42}
+
+
+def test_verified_run_over_tls_gets_every_result_as_plain_data(
+    tls_cluster: TLSCluster, tmp_path: Path, prefect_api: str
+) -> None:
+    """On a TLS cluster every task (generate, verify) sends back plain data, which the
+    scheduler forwards (synthgen.cluster.roles) and the flow opens (no result is forged)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.run import synthgen_run
+    from tests.helpers import fake_config, write_config
+
+    out = tmp_path / "out"
+    data = fake_config(str(out), shards__size=4, verify__enabled=True)
+    data["cluster"] = tls_cluster.cluster_cfg(retry_delay_s=0.5)  # shards on both workers
+    cfg_path = write_config(tmp_path / "tls-verify.yaml", data)
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        result = synthgen_run(config=cfg_path)
+    assert result["status"] == "complete" and result["rows_published"] == 24
+    assert result["forged"] is None and result["refused"] == []
+    v = result["verification"]
+    assert v["statuses"] == {"pass": 6} and v["flagged_workers"] == []
