@@ -1,7 +1,8 @@
-"""What TLS costs a synthgen cluster: real `dask` processes on loopback, tcp:// vs tls://.
+"""What TLS costs a synthgen cluster: real `dask` processes on loopback, tcp:// vs tls://
+vs tls:// with certificate roles (synthgen.cluster.roles, as the infra/ scripts start it).
 
-For each transport it starts a scheduler and one worker (TLS ones through infra/ scripts with
-certificates from infra/make-certs.sh), then measures, from a client:
+For each it starts a scheduler and one worker (`tls`: plain `dask` commands with certificates
+from infra/make-certs.sh; `tls-roles`: the infra/ scripts), then measures, from a client:
   - connect: Client() until connected (TLS handshake included)
   - tiny tasks: N submit+gather round trips of a no-op task, one at a time (task latency)
   - batch: N no-op tasks submitted at once (scheduler throughput)
@@ -93,11 +94,43 @@ def cluster(kind: str, tmp: Path) -> tuple[str, list[subprocess.Popen[bytes]], d
             )
         )
         return address, procs, {}
-    certs = tmp / "certs"
+    certs = tmp / f"certs-{kind}"
     subprocess.run(
         ["bash", str(REPO / "infra/make-certs.sh"), str(certs)], check=True, capture_output=True
     )
     address = f"tls://127.0.0.1:{port}"
+    from distributed.security import Security
+
+    sec = Security(
+        tls_ca_file=str(certs / "ca.pem"),
+        tls_client_cert=str(certs / "client.pem"),
+        tls_client_key=str(certs / "client-key.pem"),
+        require_encryption=True,
+    )
+    if kind == "tls":  # plain dask processes with the same certificates, no roles preload
+        tls = ["--tls-ca-file", str(certs / "ca.pem")]
+        s_args = [*tls, "--tls-cert", str(certs / "scheduler.pem")]
+        s_args += ["--tls-key", str(certs / "scheduler-key.pem")]
+        w_args = [*tls, "--tls-cert", str(certs / "worker.pem")]
+        w_args += ["--tls-key", str(certs / "worker-key.pem")]
+        procs.append(
+            start(
+                [str(BIN / "dask"), "scheduler", "--protocol", "tls", "--host", "127.0.0.1"]
+                + ["--port", str(port), "--dashboard-address", "127.0.0.1:0", *s_args],
+                env,
+                tmp / "tls-s.log",
+            )
+        )
+        procs.append(
+            start(
+                [str(BIN / "dask"), "worker", address, "--nthreads", "1", "--host", "127.0.0.1"]
+                + ["--dashboard-address", "127.0.0.1:0", *w_args],
+                env,
+                tmp / "tls-w.log",
+            )
+        )
+        return address, procs, {"security": sec}
+    # tls-roles: the infra scripts (certificate roles preloaded in scheduler and worker)
     env.update(
         SYNTHGEN_TLS_DIR=str(certs),
         SYNTHGEN_DASK_BIN=str(BIN / "dask"),
@@ -109,16 +142,8 @@ def cluster(kind: str, tmp: Path) -> tuple[str, list[subprocess.Popen[bytes]], d
         SYNTHGEN_GPU_TYPE="bench",
         SYNTHGEN_WORKER_HOST="127.0.0.1",
     )
-    procs.append(start(["bash", str(REPO / "infra/start-scheduler.sh")], env, tmp / "tls-s.log"))
-    procs.append(start(["bash", str(REPO / "infra/start-gpu-workers.sh")], env, tmp / "tls-w.log"))
-    from distributed.security import Security
-
-    sec = Security(
-        tls_ca_file=str(certs / "ca.pem"),
-        tls_client_cert=str(certs / "client.pem"),
-        tls_client_key=str(certs / "client-key.pem"),
-        require_encryption=True,
-    )
+    procs.append(start(["bash", str(REPO / "infra/start-scheduler.sh")], env, tmp / "tlsr-s.log"))
+    procs.append(start(["bash", str(REPO / "infra/start-gpu-workers.sh")], env, tmp / "tlsr-w.log"))
     return address, procs, {"security": sec}
 
 
@@ -163,7 +188,9 @@ def measure(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, float]:
         futs = client.map(payload, range(args.transfers), size=size, pure=False)
         dask_wait(futs)
         t = time.perf_counter()
-        client.gather(futs)
+        got = client.gather(futs)
+        # real bytes, not a stand-in (the roles preload forwards plain data only)
+        assert all(isinstance(b, bytes) and len(b) == size for b in got), kind
         out["transfer_MB_per_s"] = args.transfers * args.size_mb / (time.perf_counter() - t)
         client.close()
         return out
@@ -179,11 +206,12 @@ def main() -> None:
     ap.add_argument("--size-mb", type=float, default=8.0)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        res = {k: measure(k, args, Path(d)) for k in ("tcp", "tls")}
-    print(f"{'metric':<26}{'tcp':>12}{'tls':>12}{'tls/tcp':>10}")
+        res = {k: measure(k, args, Path(d)) for k in ("tcp", "tls", "tls-roles")}
+    head = f"{'metric':<26}{'tcp':>12}{'tls':>12}{'tls-roles':>12}{'tls/tcp':>10}{'roles/tls':>11}"
+    print(head)
     for key in res["tcp"]:
-        a, b = res["tcp"][key], res["tls"][key]
-        print(f"{key:<26}{a:>12.3f}{b:>12.3f}{b / a:>10.2f}")
+        a, b, c = res["tcp"][key], res["tls"][key], res["tls-roles"][key]
+        print(f"{key:<26}{a:>12.3f}{b:>12.3f}{c:>12.3f}{b / a:>10.2f}{c / b:>11.2f}")
 
 
 if __name__ == "__main__":
