@@ -45,6 +45,7 @@ from flows.refs import SUMMARY_ARTIFACT_PREFIX, deployment_default_config, resol
 from flows.task_runner import Opaque, SynthgenTaskRunner, unwrap
 from flows.timeouts import ShardTimeouts, remove_silent_workers
 from flows.verify import VerifyGate, cluster_workers, restrict, runner_client, submit_check_task
+from synthgen import errors as synthgen_errors
 from synthgen.checkpoints import checkpoint
 from synthgen.cluster.client import unit_resources
 from synthgen.cluster.deadlines import DeadlinePolicy
@@ -96,30 +97,59 @@ def generate_shard(
     return run_shard(ShardTask(config, shard_id, speculative)).as_dict()
 
 
-def _retry_unless_withdrawn(task: Any, task_run: Any, state: Any) -> bool:
-    """A withdrawn shard is generated again by the flow; retrying its publish cannot help."""
-    try:
-        state.result()
-    except ShardWithdrawn:
-        return False
-    except Exception:
-        return True
-    return True
+@task(name="publish-shards", persist_result=False)
+def publish_batch_task(
+    config: dict[str, Any] | Opaque, items: list[tuple[int, str]], pid: str, count: int
+) -> list[dict[str, Any]]:
+    """Write the files of publish `pid` for a batch of committed shards (`items`: their
+    (index, shard id) in the publish); one outcome per shard (`publish_batch`)."""
+    return publish_batch(unwrap(config), items, pid, count)
 
 
-@task(
-    name="publish-shard",
-    persist_result=False,
-    retries=2,
-    retry_delay_seconds=2,
-    retry_condition_fn=_retry_unless_withdrawn,
-)
-def publish_shard_task(
-    config: dict[str, Any] | Opaque, shard_id: str, pid: str, index: int, count: int
+def publish_batch(
+    config: dict[str, Any], items: list[tuple[int, str]], pid: str, count: int
+) -> list[dict[str, Any]]:
+    """`publish_shard` for each of `items`, each retried twice 2 s apart (not a withdrawn
+    shard, which is generated again): `{"shard": its files}` or `{"error": why, "type":
+    the exception's class name}` per shard (plain data), so one shard's failure is not its
+    batch's."""
+    out: list[dict[str, Any]] = []
+    for index, shard_id in items:
+        try:
+            out.append({"shard": _publish_one(config, shard_id, pid, index, count)})
+        except Exception as exc:  # ShardWithdrawn: the flow generates the shard again
+            out.append({"error": str(exc), "type": type(exc).__name__})
+    return out
+
+
+def _publish_error(shard_id: str, outcome: dict[str, Any]) -> Exception:
+    """The exception a shard's publish raised, as the flow raises it: synthgen's own errors
+    by their class (StorageError ends the run with the exit code of an incomplete run)."""
+    cls = getattr(synthgen_errors, str(outcome.get("type")), None)
+    if isinstance(cls, type) and issubclass(cls, synthgen_errors.SynthgenError):
+        try:
+            return cls(outcome["error"])
+        except TypeError:  # an error class with other arguments
+            pass
+    return RuntimeError(f"shard {shard_id}: {outcome.get('type')}: {outcome['error']}")
+
+
+def _publish_one(
+    config: dict[str, Any], shard_id: str, pid: str, index: int, count: int
 ) -> dict[str, Any]:
-    """Write one committed shard's files of publish `pid` (its run-wide dedup drops read from
-    its part of the run's drops)."""
-    return publish_shard(unwrap(config), shard_id, publish_id=pid, index=index, count=count)
+    for attempt in range(PUBLISH_TRIES):
+        try:
+            return publish_shard(config, shard_id, publish_id=pid, index=index, count=count)
+        except ShardWithdrawn:
+            raise
+        except Exception:
+            if attempt == PUBLISH_TRIES - 1:
+                raise
+            time.sleep(2)
+    raise AssertionError("unreachable")
+
+
+PUBLISH_TRIES = 3
 
 
 @task(name="dedup-run", persist_result=False, retries=1, retry_delay_seconds=2)
@@ -225,26 +255,27 @@ def _finish(
     check_owner(cfg, store)  # before any file is written
     shard_ids = sorted(committed)
     n = len(shard_ids)
+    batches = _batches(list(enumerate(shard_ids)), _batch_size(cfg, n))
     if cfg.cluster.tls is not None:
         # the published folder is written by the trusted side: on a TLS cluster the workers
         # hold worker certificates (a tampered one could answer with anything), so the
-        # flow's process publishes, PUBLISH_THREADS_HERE shards at a time
+        # flow's process publishes, PUBLISH_THREADS_HERE batches at a time
         pool = concurrent.futures.ThreadPoolExecutor(PUBLISH_THREADS_HERE)
         config = unwrap(task_config)
         window = 2 * PUBLISH_THREADS_HERE
 
-        def submit_pub(item: tuple[int, str]) -> Any:
-            return pool.submit(_publish_here, config, item[1], pid, item[0], n)
+        def submit_pub(items: list[tuple[int, str]]) -> Any:
+            return pool.submit(publish_batch, config, items, pid, n)
     else:
         pool = None
-        # a few publish tasks per worker thread in flight, not one per shard at once
+        # a few batches per worker thread in flight, not every one at once
         window = PUBLISH_WINDOW_PER_THREAD * max(1, sum(runner_client().nthreads().values()))
 
-        def submit_pub(item: tuple[int, str]) -> Any:
-            return publish_shard_task.submit(task_config, item[1], pid, item[0], n)
+        def submit_pub(items: list[tuple[int, str]]) -> Any:
+            return publish_batch_task.submit(task_config, items, pid, n)
 
     try:
-        shards, failed = _collect_publish(windowed(enumerate(shard_ids), submit_pub, window))
+        shards, failed = _collect_publish(windowed(batches, submit_pub, window))
     finally:
         if pool is not None:
             pool.shutdown(wait=True)
@@ -257,34 +288,40 @@ def _finish(
     return Published(pid, shards, extra), []
 
 
-PUBLISH_THREADS_HERE = 4  # publish writes in flight in the flow's process (TLS clusters)
+PUBLISH_THREADS_HERE = 4  # publish batches in flight in the flow's process (TLS clusters)
+# Shards per publish task: one task (a Prefect task run, a Dask task) per shard cost ~30 ms of
+# orchestration each, most of the end-of-run phase at 1,000+ shards (benchmarks/bench_scale.py)
+PUBLISH_BATCH_MAX = 64
+PUBLISH_BATCHES_PER_THREAD = 4  # enough batches that every worker thread stays busy
 
 
-def _publish_here(
-    config: dict[str, Any], shard_id: str, pid: str, index: int, count: int
-) -> dict[str, Any]:
-    """`publish_shard` in this process, retried like the `publish-shard` task (twice, 2 s
-    apart, not for a withdrawn shard)."""
-    for attempt in range(3):
-        try:
-            return publish_shard(config, shard_id, publish_id=pid, index=index, count=count)
-        except ShardWithdrawn:
-            raise
-        except Exception:
-            if attempt == 2:
-                raise
-            time.sleep(2)
-    raise AssertionError("unreachable")
+def _batch_size(cfg: RunConfig, n: int) -> int:
+    threads = PUBLISH_THREADS_HERE
+    if cfg.cluster.tls is None:
+        threads = max(1, sum(runner_client().nthreads().values()))
+    return max(1, min(PUBLISH_BATCH_MAX, n // (threads * PUBLISH_BATCHES_PER_THREAD)))
+
+
+def _batches(items: list[tuple[int, str]], size: int) -> list[list[tuple[int, str]]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _collect_publish(pubs: Any) -> tuple[list[dict[str, Any]], list[tuple[str, Exception]]]:
-    shards, failed = [], []
-    for (_, sid), fut in pubs:
+    """Each batch's outcomes, in shard order: (the shards' files, (shard, error) failed)."""
+    shards: list[dict[str, Any]] = []
+    failed: list[tuple[str, Exception]] = []
+    for items, fut in pubs:
         try:
-            shards.append(fut.result())
-            checkpoint("publish.shard_done")
-        except Exception as exc:  # a withdrawn shard, or a storage failure
-            failed.append((sid, exc))
+            outcomes = fut.result()
+        except Exception as exc:  # the task itself failed (its worker died, ...)
+            failed += [(sid, exc) for _, sid in items]
+            continue
+        for (_, sid), outcome in zip(items, outcomes, strict=True):
+            if "shard" in outcome:
+                shards.append(outcome["shard"])
+                checkpoint("publish.shard_done")
+            else:  # a withdrawn shard, or a storage failure
+                failed.append((sid, _publish_error(sid, outcome)))
     return shards, failed
 
 
