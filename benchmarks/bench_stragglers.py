@@ -9,7 +9,7 @@ the real flow (`flows.run.execute`) with `cluster.speculation` off, then on, `--
 times each (alternating), after one warm-up run (not counted). Reported per mode (median): the generate phase's makespan (first
 attempt start to last commit, from the ledger), the whole generate flow, the backup copies
 started and won, and the extra cost: the ledger's speculation rows (losing copies) as a
-share of the run's shard cost. Workers are priced at $0.35/h (SYNTHGEN_PRICE_PER_HOUR).
+share of the run's shard cost. Workers are leased at $0.35/h (cost.worker_prices, by name).
 
     python benchmarks/bench_stragglers.py                      # 4 workers, 1 at 3x, 24 shards
     python benchmarks/bench_stragglers.py --shards 32 --repeats 5
@@ -50,7 +50,6 @@ def _env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env["DASK_LOGGING__DISTRIBUTED"] = "error"
     env["DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION"] = "1.0"
-    env["SYNTHGEN_PRICE_PER_HOUR"] = "0.35"
     env.update(extra)
     return env
 
@@ -98,6 +97,7 @@ def config(out: str, address: str, args: argparse.Namespace, speculation: bool) 
         },
         "sampling": {"max_new_tokens": 128},
         "cluster": {"address": address, "speculation": speculation},
+        "cost": {"worker_prices": {f"w{i}": 0.35 for i in range(args.workers)}},
         "output": {"uri": out},
         "clean": {"enabled": False},
     }

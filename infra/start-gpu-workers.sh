@@ -12,8 +12,6 @@
 #   SYNTHGEN_GPUS               GPU indices, comma separated (default: every GPU nvidia-smi lists)
 #   SYNTHGEN_GPU_TYPE           device name advertised to synthgen's cost ledger
 #                               (default: nvidia-smi's name of each GPU)
-#   SYNTHGEN_PRICE_PER_HOUR     what this host costs per GPU-hour in USD (optional; overrides
-#                               the config's price table for shards run here)
 #   SYNTHGEN_GPU_RESOURCE       Dask resource name (default GPU; must match cluster.gpu_resource)
 #   SYNTHGEN_WORKER_THREADS     threads per GPU worker (default 2; at least cluster.overlap)
 #   SYNTHGEN_WORKER_NAME        name prefix (default: short hostname); workers are PREFIX-gpuN
@@ -21,6 +19,8 @@
 #   SYNTHGEN_WORKER_PORT_BASE   fixed worker port for GPU 0; GPU N uses BASE+N (for firewalls)
 #   SYNTHGEN_WORKER_DIR         local scratch directory (default: dask's)
 #   SYNTHGEN_DASK_BIN           the `dask` executable (default: dask on PATH)
+# A worker's price is not set here: it is the operator's, in the run config
+# (cost.worker_prices by this host's certificate name or PREFIX, else cost.prices).
 set -euo pipefail
 # shellcheck source=infra/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -29,7 +29,7 @@ ONLY_GPU=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --gpu) ONLY_GPU="${2:?--gpu needs an index}"; shift 2 ;;
-        -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument $1" ;;
     esac
 done
@@ -65,7 +65,6 @@ worker_cmd() {
     local gpu="$1" type
     type="$(gpu_name "$gpu")"
     WORKER_ENV=(CUDA_VISIBLE_DEVICES="$gpu" SYNTHGEN_GPU_TYPE="$type")
-    [[ -n "${SYNTHGEN_PRICE_PER_HOUR:-}" ]] && WORKER_ENV+=(SYNTHGEN_PRICE_PER_HOUR="$SYNTHGEN_PRICE_PER_HOUR")
     WORKER_CMD=("$DASK_BIN" worker "$ADDRESS" "${TLS_ARGS[@]}"
         --name "$PREFIX-gpu$gpu" --nthreads "${SYNTHGEN_WORKER_THREADS:-2}" --resources "$RESOURCE=1"
         --dashboard-address 127.0.0.1:0)

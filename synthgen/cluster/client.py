@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from synthgen.config import ClusterConfig, ModelConfig, RunConfig
 
 # What a GPU worker started by infra/start-gpu-workers.sh advertises in its environment.
+# (Its price is not among it: prices are the operator's, cost.worker_prices.)
 ENV_GPU_TYPE = "SYNTHGEN_GPU_TYPE"
-ENV_PRICE_PER_HOUR = "SYNTHGEN_PRICE_PER_HOUR"
 
 
 def check_cluster(cfg: ClusterConfig) -> None:
@@ -129,24 +129,16 @@ def unit_resources(cfg: RunConfig, unit: str | None = None) -> dict[str, float] 
 
 
 def worker_advertised(environ: dict[str, str] | None = None) -> dict[str, Any]:
-    """GPU type and hourly price this worker process was started with (worker side).
+    """The GPU type this worker process was started with (worker side).
 
-    Set by infra/start-gpu-workers.sh; empty on workers started otherwise.
+    Set by infra/start-gpu-workers.sh; empty on workers started otherwise. A worker does not
+    advertise a price: the price is the operator's (`cost.worker_prices`, `cost.prices`).
     """
     env = os.environ if environ is None else environ
     out: dict[str, Any] = {}
     gpu_type = env.get(ENV_GPU_TYPE, "").strip()
     if gpu_type:
         out["gpu_type"] = gpu_type
-    price = env.get(ENV_PRICE_PER_HOUR, "").strip()
-    if price:
-        try:
-            value = float(price)
-        except ValueError:
-            raise ConfigError(f"{ENV_PRICE_PER_HOUR}={price!r} is not a number") from None
-        if value < 0 or value != value:
-            raise ConfigError(f"{ENV_PRICE_PER_HOUR}={price!r} must be a non-negative number")
-        out["price_per_hour"] = value
     return out
 
 

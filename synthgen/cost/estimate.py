@@ -4,6 +4,11 @@ Throughput comes from (in order of preference per device type): a calibration ru
 configured engine on a small sample of the run's own prompts on this machine, measured
 ledgers of earlier runs under the same output (same model), or `cost.throughput_hints`.
 Cost = price x projected worker-seconds / 3600, the same arithmetic as the ledger.
+
+Prices follow the ledger's rules: the operator's lease when the estimate runs on a worker
+it names (`cost.worker_prices`), else the price table. An earlier ledger's prices count
+only where the operator set them (sources "table" and "lease"); rows a worker priced
+itself (source "worker", before prices stopped being read on the host) get the table's.
 """
 
 from __future__ import annotations
@@ -18,17 +23,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from synthgen.config import RunConfig
+from synthgen.cost.leases import worker_lease
 from synthgen.cost.prices import (
     LEDGER_SCHEMA,
+    Price,
     cost_of,
     parse_device_label,
     price_for_device,
     usd_per_million,
-    worker_price_override,
 )
 from synthgen.cost.report import _text_table
 from synthgen.engines.base import GenRequest, prompt_seed
 from synthgen.engines.cache import get_engine
+from synthgen.engines.devices import DeviceInfo
 from synthgen.errors import ConfigError
 from synthgen.io.layout import all_runs_ledger_glob
 from synthgen.io.store import Store
@@ -48,8 +55,19 @@ class Throughput:
     seconds_per_prompt: float | None  # wall seconds per prompt (covers prefill + decode)
     tokens_per_prompt: float | None  # completion tokens per prompt
     tokens_per_s: float | None  # completion tokens per second per worker
-    price_per_hour: float | None = None  # the measured worker's own price, when known
+    price_per_hour: float | None = None  # the measured worker's price, when the operator's
     samples: int = 0  # prompts measured
+
+
+def _operator_price(cfg: RunConfig, device: DeviceInfo) -> Price:
+    """The price a worker on `device` pays here: its lease if this process is a worker the
+    config leases, else the table (the same rules as the ledger)."""
+    lease = worker_lease(cfg.cost)
+    return price_for_device(device, cfg.cost, lease.per_hour if lease else None)
+
+
+# ledger price sources the operator set (a "worker" source was the host's own word)
+OPERATOR_SOURCES = ("table", "lease")
 
 
 def calibrate(cfg: RunConfig, sample: int = 8) -> tuple[Throughput, int, str, list[Row]]:
@@ -77,7 +95,7 @@ def calibrate(cfg: RunConfig, sample: int = 8) -> tuple[Throughput, int, str, li
     seconds = time.perf_counter() - started
     tokens = sum(c.completion_tokens for c in completions)
     device = parse_device_label(engine.info.device)
-    price = price_for_device(device, cfg.cost, worker_price_override())
+    price = _operator_price(cfg, device)
     tp = Throughput(
         device_type=price.device_type,
         source="calibration",
@@ -119,7 +137,7 @@ def calibrate_stages(cfg: RunConfig, chosen: list[Any]) -> tuple[Throughput, str
                 "seconds": step.engine_seconds,
             }
         )
-    price = price_for_device(parse_device_label(device), cfg.cost, worker_price_override())
+    price = _operator_price(cfg, parse_device_label(device))
     n = len(chosen)
     tp = Throughput(
         device_type=price.device_type,
@@ -148,6 +166,8 @@ def ledger_throughputs(ledger_rows: Sequence[Row], model: str | None = None) -> 
         wall = sum(r["wall_seconds"] for r in rows)
         prompts = sum(r["prompts"] for r in rows)
         tokens = sum(r["completion_tokens"] for r in rows)
+        priced = [r for r in rows if r["price_source"] in OPERATOR_SOURCES]
+        priced_wall = sum(r["wall_seconds"] for r in priced)
         out.append(
             Throughput(
                 device_type=dt,
@@ -155,8 +175,10 @@ def ledger_throughputs(ledger_rows: Sequence[Row], model: str | None = None) -> 
                 seconds_per_prompt=wall / prompts,
                 tokens_per_prompt=tokens / prompts,
                 tokens_per_s=tokens / wall if wall > 0 else None,
-                price_per_hour=sum(r["price_per_hour"] * r["wall_seconds"] for r in rows) / wall
-                if wall > 0
+                # None (the table's price) when no row was priced by the operator
+                price_per_hour=sum(r["price_per_hour"] * r["wall_seconds"] for r in priced)
+                / priced_wall
+                if priced_wall > 0
                 else None,
                 samples=prompts,
             )

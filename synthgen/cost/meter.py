@@ -19,6 +19,7 @@ from typing import Any
 
 from synthgen.config import RunConfig
 from synthgen.cost import usage
+from synthgen.cost.leases import worker_lease
 from synthgen.cost.ledger import Ledger
 from synthgen.cost.prices import (
     AttemptStatus,
@@ -27,7 +28,6 @@ from synthgen.cost.prices import (
     ledger_row,
     parse_device_label,
     price_for_device,
-    worker_price_override,
 )
 from synthgen.engines.turns import Turn, charged_until
 from synthgen.errors import ConfigError
@@ -38,15 +38,20 @@ def gpus_used(cfg: RunConfig) -> int:
 
 
 def worker_price(cfg: RunConfig, device_label: str) -> Price:
-    """This worker's price for `device_label`; refuses an unpriced device under a budget."""
+    """This worker's price for `device_label` (its lease, else the table); refuses an
+    unpriced device under a budget."""
+    lease = worker_lease(cfg.cost)
     price = price_for_device(
-        parse_device_label(device_label), cfg.cost, worker_price_override(), gpus_used(cfg)
+        parse_device_label(device_label),
+        cfg.cost,
+        lease.per_hour if lease else None,
+        gpus_used(cfg),
     )
     if price.source == "unknown" and cfg.budget.max_cost_usd is not None:
         raise ConfigError(
             f"cost.prices: no price for device {device_label!r} and budget.max_cost_usd is set: "
-            f"a budget cannot be kept on an unpriced device; add cost.prices.<name> or start "
-            f"the worker with SYNTHGEN_PRICE_PER_HOUR"
+            f"a budget cannot be kept on an unpriced device; add cost.prices.<name> or lease "
+            f"the worker at a price (cost.worker_prices)"
         )
     return price
 

@@ -8,7 +8,6 @@ precision (rounding happens only when a report prints it).
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -18,13 +17,13 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from synthgen.config import CostConfig
-from synthgen.cost import worker_price
-from synthgen.cost.worker_price import PRICE_ENV, parse_price
 from synthgen.engines.devices import DeviceInfo
 from synthgen.errors import ConfigError
 
 CPU_CORE_KEY = "cpu-core"
-PriceSource = Literal["table", "worker", "unknown"]
+# "lease": the operator's cost.worker_prices named this worker; "worker" only in ledgers
+# written before prices stopped being read on the host (its own SYNTHGEN_PRICE_PER_HOUR)
+PriceSource = Literal["table", "lease", "worker", "unknown"]
 AttemptStatus = Literal["succeeded", "failed"]
 # the `error` of an attempt that lost to (or was) a speculative copy of its shard: the cost
 # of straggler speculation (`cluster.speculation`), told apart from other failures
@@ -100,7 +99,7 @@ class Price:
     """The hourly price a worker pays and where it came from."""
 
     per_hour: float
-    device_type: str  # the matched price key, "worker override" or the raw name if unknown
+    device_type: str  # the matched price key, else the device's label
     source: PriceSource
 
 
@@ -143,30 +142,22 @@ def parse_device_label(label: str) -> DeviceInfo:
     return DeviceInfo(kind="cuda", name=label.strip())
 
 
-def worker_price_override(env: Mapping[str, str] | None = None) -> float | None:
-    """This worker's own price: the preload option if given, else $SYNTHGEN_PRICE_PER_HOUR."""
-    if worker_price.PRICE_PER_HOUR is not None:
-        return worker_price.PRICE_PER_HOUR
-    env = os.environ if env is None else env
-    raw = env.get(PRICE_ENV, "").strip()
-    return parse_price(raw, PRICE_ENV) if raw else None
-
-
 def price_for_device(
     device: DeviceInfo,
     cfg: CostConfig,
-    override: float | None = None,
+    lease: float | None = None,
     gpus: int = 1,
 ) -> Price:
     """The hourly price of a worker on `device`.
 
-    A worker override wins. A GPU pays its matched table price x `gpus` it uses. A CPU
-    worker pays a table entry matching its model if there is one (per machine), else
-    `cpu-core` x its usable cores. No match: price 0 (source "unknown"), or ConfigError
-    when `cfg.unknown_device == "error"`.
+    The operator's lease of this worker (`cost.worker_prices`, see `synthgen.cost.leases`)
+    wins, as it stands (per worker process, not x `gpus`). A GPU pays its matched table
+    price x `gpus` it uses. A CPU worker pays a table entry matching its model if there is
+    one (per machine), else `cpu-core` x its usable cores. No match: price 0 (source
+    "unknown"), or ConfigError when `cfg.unknown_device == "error"`.
     """
-    if override is not None:
-        return Price(override, match_device_type(device.name, cfg.prices) or device.label, "worker")
+    if lease is not None:
+        return Price(lease, match_device_type(device.name, cfg.prices) or device.label, "lease")
     key = match_device_type(device.name, cfg.prices)
     if key is not None:
         per = cfg.prices[key] * (max(gpus, 1) if device.kind == "cuda" else 1)
@@ -176,7 +167,8 @@ def price_for_device(
     if cfg.unknown_device == "error":
         raise ConfigError(
             f"cost.prices: no price matches device {device.label!r}; add a key for it "
-            f"(e.g. cost.prices.{device.name!r}) or start the worker with {PRICE_ENV}=USD"
+            f"(e.g. cost.prices.{device.name!r}) or lease the worker at a price "
+            f"(cost.worker_prices)"
         )
     return Price(0.0, device.label, "unknown")
 

@@ -212,7 +212,14 @@ def _totals(
             {r["device"] for r in [*ledger, *checks] if r["price_source"] == "unknown"}
             | {w["device"] for w in workers if w["price_source"] == "unknown"}
         ),
-        "worker_priced": sorted({r["worker"] for r in ledger if r["price_source"] == "worker"}),
+        # workers priced by the operator's lease (cost.worker_prices), and, in ledgers
+        # written before prices stopped being read on the host, by the host's own word
+        "lease_priced": sorted(
+            {r["worker"] for r in [*ledger, *checks, *workers] if r["price_source"] == "lease"}
+        ),
+        "self_priced": sorted(
+            {r["worker"] for r in [*ledger, *checks, *workers] if r["price_source"] == "worker"}
+        ),
     }
 
 
@@ -414,11 +421,29 @@ def _total_lines(s: Summary) -> list[tuple[str, str]]:
         lines.append(
             ("UNPRICED", "no price for " + ", ".join(t["unpriced_devices"]) + " (counted as $0)")
         )
-    if t["worker_priced"]:
+    if t["lease_priced"]:
         lines.append(
-            ("worker prices", f"{len(t['worker_priced'])} worker(s) priced by their own override")
+            (
+                "leased prices",
+                f"{len(t['lease_priced'])} worker(s) priced by the operator's lease "
+                f"(cost.worker_prices): " + _some(t["lease_priced"]),
+            )
+        )
+    if t["self_priced"]:
+        lines.append(
+            (
+                "SELF-PRICED",
+                f"{len(t['self_priced'])} worker(s) stated their own price "
+                f"(SYNTHGEN_PRICE_PER_HOUR, read on the host before this version): "
+                + _some(t["self_priced"]),
+            )
         )
     return lines
+
+
+def _some(names: Sequence[str], n: int = 5) -> str:
+    more = f" and {len(names) - n} more" if len(names) > n else ""
+    return ", ".join(names[:n]) + more
 
 
 def format_text(s: Summary, max_shard_rows: int = 50) -> str:

@@ -22,13 +22,13 @@ from distributed import Nanny, get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from synthgen.config import CostConfig, OutputConfig
+from synthgen.cost.leases import WorkerIdentity, identity_of, worker_lease
 from synthgen.cost.ledger import Ledger, run_ledger
 from synthgen.cost.prices import (
     Price,
     WorkerUsage,
     extend_worker_row,
     price_for_device,
-    worker_price_override,
     worker_row,
 )
 from synthgen.cost.prices import parse_device_label as _parse_label
@@ -126,8 +126,13 @@ def snapshot(
     final: bool = False,
     price: Price | None = None,
     address: str | None = None,
+    identity: WorkerIdentity | None = None,
 ) -> dict[str, Any]:
-    """This worker's row for `run_id`: held from max(joined, run start) until `now`."""
+    """This worker's row for `run_id`: held from max(joined, run start) until `now`.
+
+    Priced (unless `price` is given) by this worker's lease, else the table; `identity` is
+    the worker's, where the caller holds the Worker (plugin hooks, `Client.run`), else the
+    task's worker."""
     now = time.time() if now is None else now
     with _LOCK:
         totals = _RUNS.get(run_id, _RunTotals())
@@ -142,7 +147,8 @@ def snapshot(
     held_from = max(_JOINED_AT, run_started_at or 0.0)
     device_info = _parse_label(device) if device else detect_device(device_pref)
     if price is None:
-        price = price_for_device(device_info, cost, worker_price_override(), gpus)
+        lease = worker_lease(cost, identity)
+        price = price_for_device(device_info, cost, lease.per_hour if lease else None, gpus)
     host = socket.gethostname()
     pid = os.getpid()
     usage = WorkerUsage(
@@ -208,9 +214,9 @@ class UsagePlugin(WorkerPlugin):
             totals.run_started_at = self.run_started_at
 
     def teardown(self, worker: Any) -> None:
-        self._write_final(str(getattr(worker, "address", "")) or None)
+        self._write_final(str(getattr(worker, "address", "")) or None, identity_of(worker))
 
-    def _write_final(self, address: str | None) -> None:
+    def _write_final(self, address: str | None, identity: WorkerIdentity | None = None) -> None:
         ledger = run_ledger(OutputConfig.model_validate(self.output), self.run_id)
         if address and address in removed_workers(ledger):
             # the flow removed this worker (frozen, cut off) and closed its rows then; its
@@ -224,6 +230,7 @@ class UsagePlugin(WorkerPlugin):
             gpus=self.gpus,
             final=True,
             address=address,
+            identity=identity,
         )
         ledger.write_worker(row)
 
@@ -291,7 +298,7 @@ def collect(
 
 def _snapshot_on_worker(dask_worker: Any, **kwargs: Any) -> dict[str, Any]:
     # Client.run passes the Worker as `dask_worker`; get_worker() only works in task threads
-    return snapshot(**kwargs, address=str(dask_worker.address))
+    return snapshot(**kwargs, address=str(dask_worker.address), identity=identity_of(dask_worker))
 
 
 # --------------------------------------------------------------------------- embedded cluster

@@ -1,53 +1,24 @@
-"""Per-worker price, read once at worker start (hosts on compute markets price per machine).
+"""Removed: a worker no longer states its own price.
 
-Either set the environment variable on the worker:
+Earlier versions let a rented host set its own price per hour with this module, as
+`dask worker ... --preload synthgen.cost.worker_price --price-per-hour=X` (or with
+$SYNTHGEN_PRICE_PER_HOUR). A worker's price is now the operator's word: the run config's
+`cost.prices` table, or the operator's lease with that worker in `cost.worker_prices`
+(docs/cost.md).
 
-    SYNTHGEN_PRICE_PER_HOUR=0.31 dask worker tls://scheduler:8786 ...
-
-or pass it as a worker option through this preload module:
-
-    dask worker tls://scheduler:8786 --preload synthgen.cost.worker_price \
-        --price-per-hour=0.31   (options after the preload are passed to it)
-
-Either overrides the config's price table for that worker only.
+The module stays only so that a worker still started with this preload refuses to start,
+with this explanation: importing it raises. (An error in a preload's `dask_setup` is only
+logged by distributed and the worker runs on; a missing module would say "No module
+named ..." and nothing about where prices went.) Nothing in synthgen imports it.
 """
 
 from __future__ import annotations
 
-import math
-import os
-from typing import Any
-
-import click
-
-from synthgen.errors import ConfigError
-
-PRICE_ENV = "SYNTHGEN_PRICE_PER_HOUR"
-
-PRICE_PER_HOUR: float | None = None  # set by the preload option or the env var at worker start
-
-
-def parse_price(raw: str, where: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{where}: expected USD per hour as a number, got {raw!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{where}: expected a finite price >= 0, got {raw!r}")
-    return value
-
-
-@click.command()
-@click.option(
-    "--price-per-hour",
-    type=str,
-    default=None,
-    help="USD per hour this worker bills; overrides the price table.",
+REMOVED = (
+    "synthgen.cost.worker_price was removed: a worker no longer states its own price. Drop "
+    "'--preload synthgen.cost.worker_price --price-per-hour=...' from the worker's command "
+    "and set the price in the run config: cost.worker_prices, by the worker's certificate "
+    "name or worker name (docs/cost.md)"
 )
-def dask_setup(worker: Any, price_per_hour: str | None) -> None:
-    """Dask preload hook: fix this worker process's price for its lifetime."""
-    global PRICE_PER_HOUR
-    if price_per_hour is not None:
-        PRICE_PER_HOUR = parse_price(price_per_hour, "--price-per-hour")
-    elif os.environ.get(PRICE_ENV, "").strip():
-        PRICE_PER_HOUR = parse_price(os.environ[PRICE_ENV], PRICE_ENV)
+
+raise ImportError(REMOVED)

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
+from synthgen.cost.leases import IGNORED_PRICE_ENV as PRICE_ENV
 from synthgen.cost.ledger import Ledger, open_run_uri
-from synthgen.cost.prices import PRICE_ENV
 from synthgen.cost.report import load_summary
 from tests.helpers import published_manifest
 
@@ -143,14 +143,23 @@ def test_failed_then_retried_shard_two_rows_through_flow(
 def test_budget_stops_then_resume_with_higher_budget(
     tmp_path: Path, prefect_api: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # a worker priced by its own env var at 3600 $/h: each 1 s shard costs about $1
-    monkeypatch.setenv(PRICE_ENV, "3600")
-    cfg = _config(tmp_path, "budget", **{"model.fake.seconds_per_shard": 1.0, "shards.size": 4})
+    # the embedded cluster's worker (named 0) leased by the operator at 3600 $/h: each 1 s
+    # shard costs about $1; the worker's own SYNTHGEN_PRICE_PER_HOUR changes nothing
+    monkeypatch.setenv(PRICE_ENV, "0.01")
+    cfg = _config(
+        tmp_path,
+        "budget",
+        **{
+            "model.fake.seconds_per_shard": 1.0,
+            "shards.size": 4,
+            "cost.worker_prices": {"0": 3600.0},
+        },
+    )
     first = _run(cfg, ["budget.max_cost_usd=2.5"])
     assert first["status"] == "partial"
     led = _run_ledger(tmp_path, first)
     rows1 = sorted(led.rows().to_pylist(), key=lambda r: r["started_at"])
-    assert all(r["price_source"] == "worker" for r in rows1)
+    assert all((r["price_per_hour"], r["price_source"]) == (3600.0, "lease") for r in rows1)
     # one worker, shards one after another: shard j+1 started only because
     # spent_j + spent_j / j <= 2.5, and the run stopped because the next check failed.
     # Each shard costs about $1 (1 s at 3600 $/h), so normally 2 shards run; under heavy

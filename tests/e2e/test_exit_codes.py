@@ -82,17 +82,17 @@ def test_unusable_output_is_invalid_input_exit_2(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_a_run_stopped_by_the_budget_is_exit_3(tmp_path, prefect_api) -> None:
-    from synthgen.cost.prices import PRICE_ENV
-
     data = fake_config(
         str(tmp_path / "out"),
         shards__size=4,  # 6 shards
         model__fake__seconds_per_shard=1.0,
-        budget__max_cost_usd=1.5,  # ~$1 per shard at 3600 $/h
+        # the embedded cluster's one worker (named 0) leased at 3600 $/h: ~$1 per shard
+        cost__worker_prices={"0": 3600.0},
+        budget__max_cost_usd=1.5,
     )
     cfg = write_config(tmp_path / "c.yaml", data)
     summary = tmp_path / "s.json"
-    done = _cli("run", cfg, "--summary-json", str(summary), timeout=400, **{PRICE_ENV: "3600"})
+    done = _cli("run", cfg, "--summary-json", str(summary), timeout=400)
     assert done.returncode == 3, done.stdout[-2000:] + done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert json.loads(summary.read_text())["status"] == "partial"

@@ -128,8 +128,7 @@ def test_gpu_worker_script_builds_one_pinned_worker_per_gpu(tmp_path: Path) -> N
     record = tmp_path / "calls"
     fake.write_text(
         "#!/usr/bin/env bash\n"
-        f'echo "CUDA=$CUDA_VISIBLE_DEVICES TYPE=$SYNTHGEN_GPU_TYPE PRICE=$SYNTHGEN_PRICE_PER_HOUR '
-        f'ARGS=$*" >> {record}\n'
+        f'echo "CUDA=$CUDA_VISIBLE_DEVICES TYPE=$SYNTHGEN_GPU_TYPE ARGS=$*" >> {record}\n'
         "sleep 2\n"
     )
     fake.chmod(0o755)
@@ -141,7 +140,6 @@ def test_gpu_worker_script_builds_one_pinned_worker_per_gpu(tmp_path: Path) -> N
             "SYNTHGEN_DASK_BIN": str(fake),
             "SYNTHGEN_GPUS": "0,2",
             "SYNTHGEN_GPU_TYPE": "RTX 4090",
-            "SYNTHGEN_PRICE_PER_HOUR": "0.35",
             "SYNTHGEN_WORKER_NAME": "box",
             "SYNTHGEN_WORKER_PORT_BASE": "9000",
         },
@@ -151,9 +149,7 @@ def test_gpu_worker_script_builds_one_pinned_worker_per_gpu(tmp_path: Path) -> N
     calls = sorted(record.read_text().splitlines())
     assert len(calls) == 2
     for gpu, line in zip(("0", "2"), calls, strict=True):
-        assert line.startswith(
-            f"CUDA={gpu} TYPE=RTX 4090 PRICE=0.35 ARGS=worker tls://sched.example.org:8786"
-        )
+        assert line.startswith(f"CUDA={gpu} TYPE=RTX 4090 ARGS=worker tls://sched.example.org:8786")
         assert f"--name box-gpu{gpu}" in line
         assert "--nthreads 2" in line and "--resources GPU=1" in line
         assert "--dashboard-address 127.0.0.1:0" in line

@@ -14,7 +14,6 @@ import pytest
 from flows.run import synthgen_run
 from synthgen.config import config_from_dict
 from synthgen.cost.ledger import open_run_uri
-from synthgen.cost.prices import PRICE_ENV
 from synthgen.cost.report import load_summary
 from synthgen.io.attempts import attempt_history
 from synthgen.io.layout import RunLayout
@@ -26,12 +25,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def test_verify_budget_and_timeout_in_one_run(tmp_path, prefect_api, monkeypatch) -> None:
-    # workers priced by their own env var at 3600 $/h: a 1 s shard costs about $1
-    monkeypatch.setenv(PRICE_ENV, "3600")
+    # the embedded cluster's workers (named 0 and 1) leased by the operator at 3600 $/h: a
+    # 1 s shard costs about $1
     out = tmp_path / "out"
     data = fake_config(
         str(out),
         shards__size=4,  # 6 shards
+        cost__worker_prices={"0": 3600.0, "1": 3600.0},
         cluster__n_workers=2,
         cluster__threads_per_worker=1,
         cluster__retry_delay_s=0,

@@ -21,6 +21,8 @@ from distributed import Client, get_worker
 
 from synthgen.cluster.client import generate_resources, security_from_config, worker_advertised
 from synthgen.config import ClusterConfig, config_from_dict
+from synthgen.cost.ledger import open_run_uri
+from synthgen.cost.report import format_text, load_summary
 from tests._procs import (
     INFRA,
     VENV_BIN,
@@ -100,7 +102,8 @@ def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSCluster
                     **common,
                     SYNTHGEN_GPUS="0",
                     SYNTHGEN_GPU_TYPE="Test GPU 24GB",
-                    SYNTHGEN_PRICE_PER_HOUR="0.42",
+                    # what a host would say it costs: ignored (cost.worker_prices decides)
+                    SYNTHGEN_PRICE_PER_HOUR="9.99",
                     SYNTHGEN_GPU_RESOURCE=GPU_RESOURCE,
                     SYNTHGEN_WORKER_NAME="test",
                 ),
@@ -133,7 +136,7 @@ def _workers_by_name(client: Client) -> dict[str, dict]:
     return {w["name"]: w for w in client.scheduler_info()["workers"].values()}
 
 
-def test_scripts_start_workers_with_resources_and_advertised_price(tls_cluster: TLSCluster) -> None:
+def test_scripts_start_workers_with_resources_and_advertised_gpu(tls_cluster: TLSCluster) -> None:
     with tls_cluster.client() as client:
         workers = _workers_by_name(client)
         assert set(workers) == {"test-gpu0", "test-cpu"}
@@ -148,7 +151,11 @@ def test_scripts_start_workers_with_resources_and_advertised_price(tls_cluster: 
         by_addr = {w["name"]: a for a, w in client.scheduler_info()["workers"].items()}
         gpu_addr = by_addr["test-gpu0"]
         seen = client.run(lambda: (os.environ.get("CUDA_VISIBLE_DEVICES"), worker_advertised()))
-        assert seen[gpu_addr] == ("0", {"gpu_type": "Test GPU 24GB", "price_per_hour": 0.42})
+        # the GPU type, not a price: the price is the operator's
+        assert seen[gpu_addr] == ("0", {"gpu_type": "Test GPU 24GB"})
+        # the host's own price is in the worker's environment (the flow test shows it unused)
+        host_price = client.run(lambda: os.environ.get("SYNTHGEN_PRICE_PER_HOUR"))
+        assert host_price[gpu_addr] == "9.99"
         assert seen[by_addr["test-cpu"]] == ("", {})
         # start-scheduler.sh sets worker-saturation 1.0 (no extra shards queued on busy GPUs)
         saturation = client.run_on_scheduler(
@@ -244,6 +251,10 @@ def test_flow_runs_over_tls_and_generate_tasks_land_on_gpu_worker(
     out = tmp_path / "out"
     data = fake_config(str(out), shards__size=4)  # 24 built-in prompts -> 6 shards
     data["cluster"] = tls_cluster.cluster_cfg(gpu_tasks=True, retry_delay_s=0.5)
+    # the operator's leases: by the certificate the workers present (infra/make-certs.sh's
+    # default worker.pem: CN=synthgen-worker) and, lower, by the GPU workers' name prefix
+    # (test-gpu0); the certificate wins. The worker's SYNTHGEN_PRICE_PER_HOUR=9.99 counts not.
+    data["cost"] = {"worker_prices": {"worker": 0.42, "test": 7.0}}
     cfg_path = write_config(tmp_path / "tls.yaml", data)
     with temporary_settings({PREFECT_API_URL: prefect_api}):
         result = synthgen_run(config=cfg_path)
@@ -260,8 +271,22 @@ def test_flow_runs_over_tls_and_generate_tasks_land_on_gpu_worker(
     assert len(commits) == 6
     assert {c["worker"] for c in commits} == {addr_of[tls_cluster.gpu_worker]}
     assert all(c["worker"].startswith("tls://") for c in commits)
-    # the GPU worker's start script advertised its hourly price; the cost ledger charged it
+    # the operator's lease of the worker's certificate is what the cost ledger charged
     assert {c["price_per_hour"] for c in commits} == {0.42}
+    run_uri = str(out / "runs" / result["run_id"])
+    ledger = open_run_uri(run_uri)
+    rows = ledger.rows().to_pylist()
+    assert len(rows) == 6
+    assert {(r["price_per_hour"], r["price_source"]) for r in rows} == {(0.42, "lease")}
+    # the worker rows (written by the run's usage plugin on each worker) too
+    held = {
+        w["worker"]: (w["price_per_hour"], w["price_source"]) for w in ledger.workers().to_pylist()
+    }
+    assert held[addr_of[tls_cluster.gpu_worker]] == (0.42, "lease")
+    summary = load_summary(run_uri)
+    assert addr_of[tls_cluster.gpu_worker] in summary.totals["lease_priced"]
+    assert not summary.totals["self_priced"]
+    assert "priced by the operator's lease" in format_text(summary)
 
 
 def test_verified_run_over_tls_gets_every_result_as_plain_data(

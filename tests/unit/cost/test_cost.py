@@ -1,7 +1,8 @@
-"""Prices, device matching, per-worker overrides and ledger arithmetic (issue 4)."""
+"""Prices, device matching, the operator's per-worker leases and ledger arithmetic (issue 4)."""
 
 from __future__ import annotations
 
+import importlib
 from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
@@ -9,10 +10,8 @@ import pyarrow.compute as pc
 import pytest
 
 from synthgen.config import CostConfig, config_from_dict
-from synthgen.cost import worker_price
 from synthgen.cost.prices import (
     LEDGER_SCHEMA,
-    PRICE_ENV,
     Price,
     ShardAttempt,
     WorkerUsage,
@@ -22,7 +21,6 @@ from synthgen.cost.prices import (
     match_device_type,
     parse_device_label,
     price_for_device,
-    worker_price_override,
     worker_row,
 )
 from synthgen.engines.devices import DeviceInfo
@@ -103,35 +101,22 @@ def test_unknown_device_zero_or_error() -> None:
     dev = DeviceInfo(kind="cuda", name="NVIDIA GeForce RTX 3060")
     p = price_for_device(dev, CostConfig())
     assert (p.per_hour, p.source) == (0.0, "unknown")
-    with pytest.raises(ConfigError, match="RTX 3060.*SYNTHGEN_PRICE_PER_HOUR"):
+    with pytest.raises(ConfigError, match="RTX 3060.*cost.worker_prices"):
         price_for_device(dev, CostConfig(unknown_device="error"))
 
 
-def test_per_worker_override_env_wins_over_table(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(worker_price, "PRICE_PER_HOUR", None)
+def test_lease_wins_over_table_as_it_stands() -> None:
     dev = DeviceInfo(kind="cuda", name="NVIDIA GeForce RTX 4090")
-    assert worker_price_override({}) is None
-    override = worker_price_override({PRICE_ENV: "0.29"})
-    assert override == 0.29
-    price = price_for_device(dev, CostConfig(), override)
-    assert price == Price(0.29, "RTX 4090", "worker")
-    with pytest.raises(ConfigError, match=PRICE_ENV):
-        worker_price_override({PRICE_ENV: "cheap"})
-    with pytest.raises(ConfigError, match=PRICE_ENV):
-        worker_price_override({PRICE_ENV: "-1"})
+    price = price_for_device(dev, CostConfig(), lease=0.29, gpus=2)
+    assert price == Price(0.29, "RTX 4090", "lease")  # per worker process: not x gpus
+    assert price_for_device(dev, CostConfig(), gpus=2) == Price(0.70, "RTX 4090", "table")
 
 
-def test_per_worker_override_preload_option(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(worker_price, "PRICE_PER_HOUR", None)
-    monkeypatch.setenv(PRICE_ENV, "0.50")
-    # the click-configurable Dask preload hook, exactly as `dask worker --preload-argv` calls it
-    ctx = worker_price.dask_setup.make_context("dask_setup", ["--price-per-hour=0.31"])
-    worker_price.dask_setup.callback(object(), **ctx.params)
-    assert worker_price.PRICE_PER_HOUR == 0.31
-    assert worker_price_override() == 0.31  # the option beats the environment
-    ctx = worker_price.dask_setup.make_context("dask_setup", [])
-    worker_price.dask_setup.callback(object(), **ctx.params)
-    assert worker_price_override() == 0.50  # no option: env read at worker start
+def test_removed_preload_module_refuses_to_load() -> None:
+    # `dask worker --preload synthgen.cost.worker_price` imports it: the worker does not start
+    # (tests/unit/cost/test_cost_ledger.py runs that command)
+    with pytest.raises(ImportError, match="no longer states its own price.*cost.worker_prices"):
+        importlib.import_module("synthgen.cost.worker_price")
 
 
 def test_config_rejects_negative_price() -> None:

@@ -8,18 +8,17 @@ from pathlib import Path
 import pytest
 
 from synthgen.config import config_from_dict
-from synthgen.cost import usage, worker_price
+from synthgen.cost import usage
+from synthgen.cost.leases import IGNORED_PRICE_ENV
 from synthgen.cost.ledger import open_run_uri
 from synthgen.cost.meter import AttemptMeter, Counts
-from synthgen.cost.prices import PRICE_ENV
 from synthgen.errors import ConfigError
 
 
 def test_meter_failed_then_succeeded_rows_and_wall_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(worker_price, "PRICE_PER_HOUR", None)
-    monkeypatch.delenv(PRICE_ENV, raising=False)
+    monkeypatch.delenv(IGNORED_PRICE_ENV, raising=False)
     usage.reset()
     cfg = config_from_dict({"run_id": "acct", "output": {"uri": str(tmp_path)}})
     led = open_run_uri(str(tmp_path / "runs" / "acct"))
@@ -44,14 +43,19 @@ def test_meter_failed_then_succeeded_rows_and_wall_time(
     usage.reset()
 
 
-def test_meter_uses_worker_override_and_refuses_unpriced_under_budget(
+def test_meter_ignores_host_price_env_and_refuses_unpriced_under_budget(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(worker_price, "PRICE_PER_HOUR", None)
-    monkeypatch.setenv(PRICE_ENV, "0.5")
-    cfg = config_from_dict({"run_id": "acct", "output": {"uri": str(tmp_path)}})
-    assert AttemptMeter.start(cfg, "s", 1, "NVIDIA GeForce RTX 3060", "m").price.per_hour == 0.5
-    monkeypatch.delenv(PRICE_ENV)
+    # the host's own word changes nothing: an unknown device stays unpriced, a known one
+    # pays the table (outside a Dask worker no lease names this process)
+    monkeypatch.setenv(IGNORED_PRICE_ENV, "0.5")
+    cfg = config_from_dict(
+        {"run_id": "acct", "output": {"uri": str(tmp_path)}, "cost": {"worker_prices": {"h": 9}}}
+    )
+    unknown = AttemptMeter.start(cfg, "s", 1, "NVIDIA GeForce RTX 3060", "m").price
+    assert (unknown.per_hour, unknown.source) == (0.0, "unknown")
+    known = AttemptMeter.start(cfg, "s", 1, "NVIDIA GeForce RTX 4090", "m").price
+    assert (known.per_hour, known.source) == (0.35, "table")
     capped = config_from_dict({"budget": {"max_cost_usd": 5}})
     with pytest.raises(ConfigError, match="RTX 3060.*budget"):
         AttemptMeter.start(capped, "s", 1, "NVIDIA GeForce RTX 3060", "m")

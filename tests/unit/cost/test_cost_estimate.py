@@ -9,11 +9,18 @@ from synthgen.cost.estimate import Throughput, format_estimate, ledger_throughpu
 
 
 def _ledger_row(
-    dt: str, prompts: int, wall: float, tokens: int, model: str = "m", status: str = "succeeded"
+    dt: str,
+    prompts: int,
+    wall: float,
+    tokens: int,
+    model: str = "m",
+    status: str = "succeeded",
+    price: float = 0.36,
+    source: str = "table",
 ) -> dict:
     return {
         "device_type": dt, "prompts": prompts, "wall_seconds": wall, "completion_tokens": tokens,
-        "model": model, "status": status, "price_per_hour": 0.36,
+        "model": model, "status": status, "price_per_hour": price, "price_source": source,
     }  # fmt: skip
 
 
@@ -31,6 +38,24 @@ def test_ledger_throughput_per_device_and_model() -> None:
     assert t.tokens_per_prompt == pytest.approx(100.0)
     assert t.tokens_per_s == pytest.approx(50.0)
     assert t.price_per_hour == pytest.approx(0.36) and t.samples == 40
+
+
+def test_ledger_prices_only_the_operators() -> None:
+    """An older ledger's rows a worker priced itself (source "worker") give their speed but
+    not their price: the operator's (lease, table) rows do, else the table."""
+    rows = [
+        _ledger_row("RTX 4090", 10, 20.0, 1000, price=0.30, source="lease"),
+        _ledger_row("RTX 4090", 10, 60.0, 1000, price=0.01, source="worker"),
+        _ledger_row("H100", 10, 5.0, 1000, price=0.01, source="worker"),
+    ]
+    tps = {t.device_type: t for t in ledger_throughputs(rows)}
+    assert tps["RTX 4090"].price_per_hour == pytest.approx(0.30)  # the lease row only
+    assert tps["RTX 4090"].seconds_per_prompt == pytest.approx(4.0)  # speed from both
+    assert tps["H100"].price_per_hour is None
+    cfg = config_from_dict({})
+    projected = {r["device_type"]: r for r in project(cfg, 100, list(tps.values()))}
+    assert projected["H100"]["price_per_hour"] == cfg.cost.prices["H100"]  # the table's
+    assert projected["RTX 4090"]["price_per_hour"] == pytest.approx(0.30)
 
 
 def test_projection_hand_computed() -> None:

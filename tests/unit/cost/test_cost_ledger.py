@@ -153,29 +153,35 @@ def test_resumed_session_on_same_worker_gets_its_own_row(tmp_path: Path) -> None
     usage.reset()
 
 
-def _worker_price() -> float | None:
-    from synthgen.cost.prices import worker_price_override
+def _price_here(cost: dict) -> tuple[float, str]:
+    """A worker's price as a shard attempt on it meters it (in a task, as the pipeline)."""
+    from synthgen.config import config_from_dict
+    from synthgen.cost.meter import worker_price
 
-    return worker_price_override()
+    price = worker_price(config_from_dict({"cost": cost}), "NVIDIA GeForce RTX 4090")
+    return price.per_hour, price.source
 
 
 @pytest.mark.slow
-def test_per_worker_price_through_real_dask_worker_cli(tmp_path: Path) -> None:
-    """`dask worker --preload synthgen.cost.worker_price --price-per-hour=X` and the env var,
-    on real worker processes started from the command line."""
+def test_worker_prices_on_real_dask_workers_ignore_the_hosts_word(tmp_path: Path) -> None:
+    """Real `dask worker` processes started from the command line, each with the host's
+    SYNTHGEN_PRICE_PER_HOUR set: the operator's lease (by worker name) or the table
+    decides, never the variable; the removed preload refuses to start a worker."""
     import os
     import subprocess
     import sys
 
     from distributed import Client
 
+    from synthgen.config import CostConfig
+    from synthgen.cost import usage
     from tests.conftest import REPO, free_port
 
     bindir = Path(sys.executable).parent
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("SYNTHGEN_PRICE_PER_HOUR", None)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SYNTHGEN_PRICE_PER_HOUR": "0.27"}
     common = ["--nthreads", "1", "--dashboard-address", "127.0.0.1:0", "--no-nanny"]
+    cost = {"worker_prices": {"host7": 0.31}}
     procs = [
         subprocess.Popen(
             [bindir / "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
@@ -186,25 +192,26 @@ def test_per_worker_price_through_real_dask_worker_cli(tmp_path: Path) -> None:
     try:
         time.sleep(3)
         address = f"tcp://127.0.0.1:{port}"
-        procs.append(
-            subprocess.Popen(
-                [bindir / "dask", "worker", address, *common, "--name", "opt",
-                 "--preload", "synthgen.cost.worker_price", "--price-per-hour=0.31"],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )
+        removed = subprocess.run(
+            [bindir / "dask", "worker", address, *common, "--name", "opt",
+             "--preload", "synthgen.cost.worker_price", "--price-per-hour=0.31"],
+            env=env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
-        procs.append(
-            subprocess.Popen(
-                [bindir / "dask", "worker", address, *common, "--name", "env",
-                 "--preload", "synthgen.cost.worker_price"],
-                env={**env, "SYNTHGEN_PRICE_PER_HOUR": "0.27"},
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )
-        )  # fmt: skip
+        for name in ("host7-gpu0", "other"):
+            procs.append(
+                subprocess.Popen(
+                    [bindir / "dask", "worker", address, *common, "--name", name],
+                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )
+            )  # fmt: skip
         with Client(address, timeout=30) as client:
             client.wait_for_workers(2, timeout=60)
-            names = {a: w["name"] for a, w in client.scheduler_info()["workers"].items()}
-            prices = {names[a]: p for a, p in client.run(_worker_price).items()}
+            addr_of = {w["name"]: a for a, w in client.scheduler_info()["workers"].items()}
+            prices = {
+                name: client.submit(_price_here, cost, workers=[a], pure=False).result(30)
+                for name, a in addr_of.items()
+            }
+            rows = usage.collect(client, "rP", CostConfig.model_validate(cost), time.time())
     finally:
         for p in reversed(procs):
             p.terminate()
@@ -214,7 +221,17 @@ def test_per_worker_price_through_real_dask_worker_cli(tmp_path: Path) -> None:
             except subprocess.TimeoutExpired:  # a worker still saying goodbye: not under test
                 p.kill()
                 p.wait(timeout=15)
-    assert prices == {"opt": 0.31, "env": 0.27}
+    assert removed.returncode != 0
+    assert "no longer states its own price" in removed.stderr
+    assert "cost.worker_prices" in removed.stderr
+    assert set(addr_of) == {"host7-gpu0", "other"}  # the refused one never joined
+    assert prices == {"host7-gpu0": (0.31, "lease"), "other": (0.35, "table")}
+    # the worker rows (usage, priced where the Worker is at hand) follow the same rules
+    # (a CPU machine here: the unleased worker pays the table's cpu-core x its cores)
+    by_worker = {r["worker"]: (r["price_per_hour"], r["price_source"]) for r in rows}
+    assert by_worker[addr_of["host7-gpu0"]] == (0.31, "lease")
+    assert by_worker[addr_of["other"]][1] == "table"
+    assert by_worker[addr_of["other"]][0] != 0.27 and len(by_worker) == 2
 
 
 def _store(tmp_path: Path, attempts: int = 8) -> Store:

@@ -10,6 +10,7 @@ import pytest
 from synthgen.cost.ledger import open_run_uri
 from synthgen.cost.prices import Price, ShardAttempt, WorkerUsage, ledger_row, worker_row
 from synthgen.cost.report import (
+    format_text,
     load_summary,
     manifest_totals,
     summarize,
@@ -91,6 +92,25 @@ def test_summary_hand_computed() -> None:
     assert shard0["cost_usd"] == pytest.approx(0.03)  # both attempts counted
     m = manifest_totals(s)
     assert m["cost_usd"] == pytest.approx(0.06) and m["billed_usd"] == pytest.approx(0.10)
+
+
+def test_report_names_leased_and_self_priced_workers() -> None:
+    lease = Price(0.42, "RTX 4090", "lease")
+    self_stated = Price(0.01, "H100", "worker")  # a ledger from before prices left the host
+    ledger = [
+        _attempt("shard-00000", 1, lease, 0, 100, True, 1000, "wlease"),
+        _attempt("shard-00001", 1, self_stated, 0, 100, True, 1000, "wself"),
+        _attempt("shard-00002", 1, P4090, 0, 100, True, 1000, "wtable"),
+    ]
+    workers = [_worker("wlease", lease, 200, 0, 100), _worker("wtable", P4090, 200, 0, 100)]
+    s = summarize(ledger, workers)
+    assert s.totals["lease_priced"] == ["wlease"]
+    assert s.totals["self_priced"] == ["wself"]
+    text = format_text(s)
+    assert "1 worker(s) priced by the operator's lease (cost.worker_prices): wlease" in text
+    assert "SELF-PRICED" in text and "wself" in text
+    plain = format_text(summarize(*_rows()))
+    assert "operator's lease" not in plain and "SELF-PRICED" not in plain
 
 
 def test_worker_without_row_still_billed_its_shards() -> None:
