@@ -13,10 +13,7 @@ unset PREFECT_API_URL || true
 # `xdist_group_of` keeps the tests that share an expensive fixture, such as the loaded
 # vLLM engine, on one process): on this 2-core machine pytest took 1237 s with two
 # processes against 1888 s with one (benchmarks/RESULTS.md, "CI time").
-# SYNTHGEN_TEST_WORKERS=0 runs everything in one process. Each xdist process keeps to its
-# own share of the CPUs, and what it starts inherits it (tests/conftest.py: without it the
-# two processes' torch/OpenMP threads oversubscribe the cores); SYNTHGEN_TEST_PIN_CPUS=0
-# turns that off.
+# SYNTHGEN_TEST_WORKERS=0 runs everything in one process.
 set +e
 .venv/bin/python -m pytest -q -rs --durations=30 \
     -n "${SYNTHGEN_TEST_WORKERS:-2}" --dist loadgroup "$@"

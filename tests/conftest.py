@@ -49,39 +49,6 @@ if not os.environ.get("PREFECT_API_URL") or os.environ.get(_OWN_MARK):
 REPO = Path(__file__).resolve().parents[1]
 
 
-def xdist_cores(worker: str, count: int, allowed: set[int]) -> set[int] | None:
-    """The CPUs pytest-xdist worker `worker` ("gwN" of `count`) keeps: the allowed CPUs split
-    into `count` contiguous, disjoint slices, slice N for gwN; None (no pinning) when there
-    are fewer CPUs than workers or the name is not gwN."""
-    if not worker.startswith("gw") or not worker[2:].isdigit() or count < 2:
-        return None
-    cpus = sorted(allowed)
-    if len(cpus) < count:
-        return None
-    i = int(worker[2:]) % count
-    size, extra = divmod(len(cpus), count)
-    start = i * size + min(i, extra)
-    return set(cpus[start : start + size + (1 if i < extra else 0)])
-
-
-# Under pytest-xdist (scripts/test.sh: `-n 2`) every worker process keeps to its own slice of
-# the CPUs, and everything it starts (Dask workers, CLI runs, the Prefect server, vLLM)
-# inherits that affinity. Without it the transformers engine (threads = usable cores, i.e.
-# all of them) and vLLM's OpenMP threads in both test processes oversubscribe the cores and
-# OpenMP's spin-waits burn the CPU: two bundled-model generations side by side on 2 cores
-# took 66 s wall / 58 s CPU each, pinned to one core each 14.4 s / 13.0 s
-# (benchmarks/RESULTS.md, "CI time"). SYNTHGEN_TEST_PIN_CPUS=0 turns it off.
-_PIN = None
-if os.environ.get("SYNTHGEN_TEST_PIN_CPUS", "1") != "0" and hasattr(os, "sched_setaffinity"):
-    _PIN = xdist_cores(
-        os.environ.get("PYTEST_XDIST_WORKER", ""),
-        int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0),
-        os.sched_getaffinity(0),
-    )
-    if _PIN:
-        os.sched_setaffinity(0, _PIN)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def no_leftover_prefect_servers() -> Iterator[None]:
     """After the session, no Prefect server process started by it may outlive it.
