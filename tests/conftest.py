@@ -15,6 +15,13 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # every test session gets its own Prefect database (no lock contention with other runs)
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="synthgen-prefect-home-")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# OpenMP threads that wait sleep instead of spinning (inherited by every process the tests
+# start). The tests run torch (transformers engine) and vLLM beside other busy processes (a
+# second pytest-xdist process, Dask workers, the flow): spinning threads then burn the cores
+# the others need. Two bundled-model generations side by side on 2 cores, 2 threads each:
+# 66 s wall / 58 s CPU each spinning, 19.4 s / 19.2 s passive (benchmarks/RESULTS.md,
+# "CI time"). Thread counts, hence the numbers computed, are unchanged.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 # a busy machine (CI, parallel sessions) can miss the temporary server's 20 s start-up timeout
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
