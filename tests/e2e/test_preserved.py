@@ -17,7 +17,7 @@ import time
 import pytest
 
 from flows.run import synthgen_run
-from synthgen.cost.prices import PRICE_ENV
+from synthgen.cost.leases import IGNORED_PRICE_ENV
 from synthgen.cost.report import load_summary
 from tests.conftest import REPO
 from tests.e2e.golden.capture import HERE, canonical_rows, compare
@@ -100,7 +100,7 @@ def test_embedded_default_publishes_the_golden_rows(tmp_path) -> None:
     benchmarks/RESULTS-cost.md; the worker lives ~30 s idle, longer under load)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("PREFECT_API_URL", None)
-    env.pop(PRICE_ENV, None)
+    env.pop(IGNORED_PRICE_ENV, None)
     out = tmp_path / "out"
     with _ChildWatch() as watch:
         proc = subprocess.run(
