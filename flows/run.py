@@ -74,6 +74,7 @@ from synthgen.stages.publish import (
     collect_garbage,
     commit_publish,
     digests_of,
+    prepare_publish,
     publish_id,
     publish_shard,
     published_as,
@@ -109,17 +110,36 @@ def publish_batch_task(
 def publish_batch(
     config: dict[str, Any], items: list[tuple[int, str]], pid: str, count: int
 ) -> list[dict[str, Any]]:
-    """`publish_shard` for each of `items`, each retried twice 2 s apart (not a withdrawn
-    shard, which is generated again): `{"shard": its files}` or `{"error": why, "type":
-    the exception's class name}` per shard (plain data), so one shard's failure is not its
-    batch's."""
-    out: list[dict[str, Any]] = []
-    for index, shard_id in items:
+    """`publish_shard` for each of `items`, up to PUBLISH_IO_THREADS at once (the work is
+    storage round trips), each retried twice 2 s apart (not a withdrawn shard, which is
+    generated again): `{"shard": its files}` or `{"error": why, "type": the exception's
+    class name}` per shard (plain data), so one shard's failure is not its batch's."""
+
+    def failed(exc: Exception) -> dict[str, Any]:
+        return {"error": str(exc), "type": type(exc).__name__}
+
+    try:
+        prepare_publish(config)  # once per batch, not per shard
+    except Exception as exc:  # e.g. a dedup index built with other parameters
+        return [failed(exc) for _ in items]
+
+    def one(item: tuple[int, str]) -> dict[str, Any]:
+        index, shard_id = item
         try:
-            out.append({"shard": _publish_one(config, shard_id, pid, index, count)})
+            return {"shard": _publish_one(config, shard_id, pid, index, count)}
         except Exception as exc:  # ShardWithdrawn: the flow generates the shard again
-            out.append({"error": str(exc), "type": type(exc).__name__})
-    return out
+            return failed(exc)
+
+    if len(items) <= 1:
+        return [one(item) for item in items]
+    with concurrent.futures.ThreadPoolExecutor(min(PUBLISH_IO_THREADS, len(items))) as pool:
+        return list(pool.map(one, items))
+
+
+# Shards of one publish batch written at once: each is a few storage round trips (read the
+# shard and its marker, write its files and index part), so a worker thread waiting on one
+# at a time left the end-of-run phase bound by latency (benchmarks/RESULTS-speed.md)
+PUBLISH_IO_THREADS = 8
 
 
 def _publish_error(shard_id: str, outcome: dict[str, Any]) -> Exception:
@@ -139,7 +159,9 @@ def _publish_one(
 ) -> dict[str, Any]:
     for attempt in range(PUBLISH_TRIES):
         try:
-            return publish_shard(config, shard_id, publish_id=pid, index=index, count=count)
+            return publish_shard(
+                config, shard_id, publish_id=pid, index=index, count=count, index_meta_ready=True
+            )
         except ShardWithdrawn:
             raise
         except Exception:

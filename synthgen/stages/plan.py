@@ -3,6 +3,7 @@ resumed on any machine from the output URI alone."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 from dataclasses import dataclass
 
@@ -88,6 +89,9 @@ class PlanStage(Stage):
         return rows
 
 
+PLAN_IO_THREADS = 16
+
+
 def write_plan(cfg: RunConfig, store: Store, prompt_set: PromptSet | None = None) -> Plan:
     """Write (or, for an existing run, check and reuse) the plan of `cfg.run_id`."""
     run_id = cfg.run_id or ""
@@ -115,12 +119,24 @@ def write_plan(cfg: RunConfig, store: Store, prompt_set: PromptSet | None = None
                 f"run_id {run_id!r} already exists at {layout.url()} with a "
                 "different config or prompt source; choose another run_id (or remove that run)"
             )
-    start = 0
-    for shard in shards:  # consecutive slices of the rows, in plan order
-        path = layout.plan_prompts(shard.shard_id)
-        if not store.exists(path):
-            store.write_table(path, rows.slice(start, len(shard)))
+    # consecutive slices of the rows, in plan order; written PLAN_IO_THREADS at a time (each
+    # is a storage round trip or two: a plan of 10^5 shards written one by one took minutes)
+    slices, start = [], 0
+    for shard in shards:
+        slices.append((layout.plan_prompts(shard.shard_id), start, len(shard)))
         start += len(shard)
+
+    def write(item: tuple[str, int, int]) -> None:
+        path, offset, length = item
+        if not store.exists(path):  # a resumed run (or a killed plan) wrote it already
+            store.write_table(path, rows.slice(offset, length))
+
+    if len(slices) <= 1:
+        for item in slices:
+            write(item)
+    else:
+        with concurrent.futures.ThreadPoolExecutor(min(PLAN_IO_THREADS, len(slices))) as pool:
+            list(pool.map(write, slices))  # list(): the first failure raises here
     if ps.rejects:
         lines = "\n".join(
             json.dumps({"source": r.source, "line": r.line, "reason": r.reason, "raw": r.raw})

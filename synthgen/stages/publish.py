@@ -37,7 +37,7 @@ from synthgen.io.store import Store
 from synthgen.stages.base import Stage, run_stages
 from synthgen.stages.card import front_matter, render_card
 from synthgen.stages.dedup.cross import apply_drops
-from synthgen.stages.dedup.index import index_rows, write_index
+from synthgen.stages.dedup.index import ensure_meta, index_rows, write_index
 from synthgen.stages.dedup.stage import read_shard_drops
 from synthgen.stages.formats import (
     pairs_stage,
@@ -147,6 +147,7 @@ def publish_shard(
     index: int,
     count: int,
     extra_drops: dict[str, str] | list[str] | None = None,
+    index_meta_ready: bool = False,
 ) -> dict[str, Any]:
     """Write one committed shard's kept rows as this publish's files (one per split,
     `data/SPLIT-{index}-of-{count}-{publish_id}.parquet`); return the shard's entry.
@@ -154,7 +155,8 @@ def publish_shard(
     `extra_drops`: prompt_id -> reason from the run-wide dedup stage (a plain list means
     reason "dropped"); None: this shard's part of the run's drops
     (`runs/RUN_ID/dedup/drops/SHARD.parquet`). The entry counts the shard's records:
-    generated = rows + dropped, with drop_counts per reason.
+    generated = rows + dropped, with drop_counts per reason. `index_meta_ready`: the caller
+    ran `prepare_publish` (the dedup index's meta file is checked once, not per shard).
     """
     cfg = RunConfig.model_validate(config)
     store = Store(cfg.output)
@@ -184,7 +186,14 @@ def publish_shard(
         source = (
             table if cleaned == final else read_committed_shard(store, run_id, shard_id, cleaned)
         )
-        write_index(store.fs, store.root, f"{run_id}--{shard_id}", index_rows(source), cfg.clean)
+        write_index(
+            store.fs,
+            store.root,
+            f"{run_id}--{shard_id}",
+            index_rows(source),
+            cfg.clean,
+            meta=not index_meta_ready,
+        )
     tokens = kept["completion_tokens"] if "completion_tokens" in kept.column_names else None
     return {
         "shard_id": shard_id,
@@ -194,6 +203,15 @@ def publish_shard(
         "drop_counts": dict(sorted(reasons.items())),
         "files": files,
     }
+
+
+def prepare_publish(config: dict[str, Any]) -> None:
+    """What every shard's publish would otherwise check again: the dedup index's meta file
+    (written, or checked against the config) when near-dedup indexes the published text."""
+    cfg = RunConfig.model_validate(config)
+    if cfg.clean.enabled and cfg.clean.near.enabled:
+        store = Store(cfg.output)
+        ensure_meta(store.fs, store.root, cfg.clean)
 
 
 # ------------------------------------------------------------------------------ totals

@@ -48,23 +48,40 @@ def index_rows(table: pa.Table) -> pa.Table:
     return table.select(INDEX_COLUMNS)
 
 
-def write_index(fs: Any, parent: str, part_name: str, rows: pa.Table, cfg: CleanConfig) -> str:
-    """Write one index part (and the meta file) under `parent/dedup_index/`; returns the
-    part's path."""
+def ensure_meta(fs: Any, parent: str, cfg: CleanConfig) -> None:
+    """Write the index's meta file under `parent/dedup_index/`, or check the one there was
+    built with the same MinHash parameters (ConfigError naming both when not)."""
     root = f"{parent.rstrip('/')}/{INDEX_DIR}"
-    fs.makedirs(root, exist_ok=True)
     meta_path = f"{root}/{META_FILE}"
     meta = index_meta(cfg)
+    fs.makedirs(root, exist_ok=True)
     if fs.exists(meta_path):
         _check_meta(fs, meta_path, meta)
     else:
         with fs.open(meta_path, "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
+
+
+def write_index(
+    fs: Any, parent: str, part_name: str, rows: pa.Table, cfg: CleanConfig, meta: bool = True
+) -> str:
+    """Write one index part under `parent/dedup_index/` (and, unless `meta` is False because
+    the caller did it once for many parts, `ensure_meta` first); returns the part's path.
+    On object stores the part is one PUT (atomic there), on a local disk a temporary file
+    renamed into place."""
+    if meta:
+        ensure_meta(fs, parent, cfg)
+    root = f"{parent.rstrip('/')}/{INDEX_DIR}"
     path = f"{root}/{part_name}.parquet"
-    tmp = f"{root}/.{part_name}.parquet.tmp"
-    with fs.open(tmp, "wb") as f:
-        pq.write_table(rows, f, compression="zstd")
-    fs.mv(tmp, path)
+    buf = pa.BufferOutputStream()
+    pq.write_table(rows, buf, compression="zstd")
+    data = buf.getvalue().to_pybytes()
+    if "file" in fs.protocol or "local" in fs.protocol:
+        tmp = f"{root}/.{part_name}.parquet.tmp"
+        fs.pipe_file(tmp, data)
+        fs.mv(tmp, path)
+    else:  # an object store: a PUT is atomic
+        fs.pipe_file(path, data)
     return path
 
 
