@@ -9,7 +9,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+
+from distributed import Client
+
+from synthgen.cluster.client import security_from_config
+from synthgen.config import ClusterConfig
 
 REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"
@@ -139,3 +145,31 @@ def start_prefect_server(tmp: Path) -> tuple[Proc, str]:
         proc.stop()
         raise
     return proc, url
+
+
+TEST_GPU_RESOURCE = "TESTGPU"  # the GPU resource the infra scripts' test workers advertise
+
+
+@dataclass
+class TLSClientSide:
+    """The flow's side of a TLS cluster started by the infra scripts: its `cluster:` config
+    (the client certificate from `make_certs`) and a Dask client made from it."""
+
+    address: str
+    certs: Path
+
+    def cluster_cfg(self, **extra: object) -> dict[str, object]:
+        return {
+            "address": self.address,
+            "tls": {
+                "ca_file": str(self.certs / "ca.pem"),
+                "cert_file": str(self.certs / "client.pem"),
+                "key_file": str(self.certs / "client-key.pem"),
+            },
+            "gpu_resource": TEST_GPU_RESOURCE,
+            **extra,
+        }
+
+    def client(self) -> Client:
+        sec = security_from_config(ClusterConfig.model_validate(self.cluster_cfg()))
+        return Client(self.address, security=sec, timeout=20)

@@ -15,15 +15,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from distributed import Client
 
-from synthgen.cluster.client import security_from_config
-from synthgen.config import ClusterConfig
-from tests._procs import INFRA, VENV_BIN, Proc, child_env, free_port, make_certs, wait_until
+from tests._procs import (
+    INFRA,
+    TEST_GPU_RESOURCE,
+    VENV_BIN,
+    Proc,
+    TLSClientSide,
+    child_env,
+    free_port,
+    make_certs,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-GPU_RESOURCE = "TESTGPU"
+GPU_RESOURCE = TEST_GPU_RESOURCE
 ATTACKS = {
     "client",
     "run_on_scheduler",
@@ -35,28 +42,10 @@ ATTACKS = {
 
 
 @dataclass
-class HostileCluster:
-    address: str
-    certs: Path
+class HostileCluster(TLSClientSide):
     marker: Path
     tamper_log: Path
     procs: dict[str, Proc]
-
-    def cluster_cfg(self, **extra: object) -> dict[str, object]:
-        return {
-            "address": self.address,
-            "tls": {
-                "ca_file": str(self.certs / "ca.pem"),
-                "cert_file": str(self.certs / "client.pem"),
-                "key_file": str(self.certs / "client-key.pem"),
-            },
-            "gpu_resource": GPU_RESOURCE,
-            **extra,
-        }
-
-    def client(self) -> Client:
-        sec = security_from_config(ClusterConfig.model_validate(self.cluster_cfg()))
-        return Client(self.address, security=sec, timeout=20)
 
     def attack_lines(self) -> list[dict[str, str]]:
         if not self.tamper_log.exists():

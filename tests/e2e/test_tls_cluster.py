@@ -19,14 +19,16 @@ import dask
 import pytest
 from distributed import Client, get_worker
 
-from synthgen.cluster.client import generate_resources, security_from_config, worker_advertised
-from synthgen.config import ClusterConfig, config_from_dict
+from synthgen.cluster.client import generate_resources, worker_advertised
+from synthgen.config import config_from_dict
 from synthgen.cost.ledger import open_run_uri
 from synthgen.cost.report import format_text, load_summary
 from tests._procs import (
     INFRA,
+    TEST_GPU_RESOURCE,
     VENV_BIN,
     Proc,
+    TLSClientSide,
     child_env,
     free_port,
     make_certs,
@@ -35,32 +37,14 @@ from tests._procs import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-GPU_RESOURCE = "TESTGPU"
+GPU_RESOURCE = TEST_GPU_RESOURCE
 
 
 @dataclass
-class TLSCluster:
-    address: str
-    certs: Path
+class TLSCluster(TLSClientSide):
     gpu_worker: str  # worker name
     cpu_worker: str
     procs: list[Proc]
-
-    def cluster_cfg(self, **extra: object) -> dict[str, object]:
-        return {
-            "address": self.address,
-            "tls": {
-                "ca_file": str(self.certs / "ca.pem"),
-                "cert_file": str(self.certs / "client.pem"),
-                "key_file": str(self.certs / "client-key.pem"),
-            },
-            "gpu_resource": GPU_RESOURCE,
-            **extra,
-        }
-
-    def client(self) -> Client:
-        sec = security_from_config(ClusterConfig.model_validate(self.cluster_cfg()))
-        return Client(self.address, security=sec, timeout=20)
 
 
 @pytest.fixture(scope="module")
