@@ -277,7 +277,13 @@ def _finish(
     check_owner(cfg, store)  # before any file is written
     shard_ids = sorted(committed)
     n = len(shard_ids)
-    batches = _batches(list(enumerate(shard_ids)), _batch_size(cfg, n))
+    # the threads that run publish batches: the flow's pool (TLS) or the cluster's workers
+    threads = (
+        PUBLISH_THREADS_HERE
+        if cfg.cluster.tls is not None
+        else max(1, sum(runner_client().nthreads().values()))
+    )
+    batches = _batches(list(enumerate(shard_ids)), _batch_size(threads, n))
     if cfg.cluster.tls is not None:
         # the published folder is written by the trusted side: on a TLS cluster the workers
         # hold worker certificates (a tampered one could answer with anything), so the
@@ -291,7 +297,7 @@ def _finish(
     else:
         pool = None
         # a few batches per worker thread in flight, not every one at once
-        window = PUBLISH_WINDOW_PER_THREAD * max(1, sum(runner_client().nthreads().values()))
+        window = PUBLISH_WINDOW_PER_THREAD * threads
 
         def submit_pub(items: list[tuple[int, str]]) -> Any:
             return publish_batch_task.submit(task_config, items, pid, n)
@@ -317,10 +323,7 @@ PUBLISH_BATCH_MAX = 64
 PUBLISH_BATCHES_PER_THREAD = 4  # enough batches that every worker thread stays busy
 
 
-def _batch_size(cfg: RunConfig, n: int) -> int:
-    threads = PUBLISH_THREADS_HERE
-    if cfg.cluster.tls is None:
-        threads = max(1, sum(runner_client().nthreads().values()))
+def _batch_size(threads: int, n: int) -> int:
     return max(1, min(PUBLISH_BATCH_MAX, n // (threads * PUBLISH_BATCHES_PER_THREAD)))
 
 
