@@ -12,6 +12,7 @@ the cross-shard stage.
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import pyarrow as pa
@@ -57,9 +58,21 @@ def ensure_meta(fs: Any, parent: str, cfg: CleanConfig) -> None:
     fs.makedirs(root, exist_ok=True)
     if fs.exists(meta_path):
         _check_meta(fs, meta_path, meta)
+    else:  # whole or absent: a publish batch beside this one may read it meanwhile
+        _put(fs, root, META_FILE, json.dumps(meta, indent=2, sort_keys=True).encode())
+
+
+def _put(fs: Any, root: str, name: str, data: bytes) -> str:
+    """Write `root/name` whole: one PUT on object stores (atomic there), a temporary file
+    renamed into place on a local disk."""
+    path = f"{root}/{name}"
+    if "file" in fs.protocol or "local" in fs.protocol:
+        tmp = f"{root}/.{name}.{uuid.uuid4().hex[:8]}.tmp"  # writers beside it use their own
+        fs.pipe_file(tmp, data)
+        fs.mv(tmp, path)
     else:
-        with fs.open(meta_path, "w") as f:
-            json.dump(meta, f, indent=2, sort_keys=True)
+        fs.pipe_file(path, data)
+    return path
 
 
 def write_index(
@@ -71,18 +84,10 @@ def write_index(
     renamed into place."""
     if meta:
         ensure_meta(fs, parent, cfg)
-    root = f"{parent.rstrip('/')}/{INDEX_DIR}"
-    path = f"{root}/{part_name}.parquet"
     buf = pa.BufferOutputStream()
     pq.write_table(rows, buf, compression="zstd")
-    data = buf.getvalue().to_pybytes()
-    if "file" in fs.protocol or "local" in fs.protocol:
-        tmp = f"{root}/.{part_name}.parquet.tmp"
-        fs.pipe_file(tmp, data)
-        fs.mv(tmp, path)
-    else:  # an object store: a PUT is atomic
-        fs.pipe_file(path, data)
-    return path
+    root = f"{parent.rstrip('/')}/{INDEX_DIR}"
+    return _put(fs, root, f"{part_name}.parquet", buf.getvalue().to_pybytes())
 
 
 def index_paths(fs: Any, parent: str, cfg: CleanConfig, name: str = INDEX_DIR) -> list[str]:
