@@ -52,7 +52,9 @@ def runner_kwargs(cfg: RunConfig) -> dict[str, Any]:
 def _plugin(cfg: RunConfig, run_started_at: float) -> usage.UsagePlugin:
     return usage.UsagePlugin(
         cfg.run_id or "",
-        reveal(cfg.output),  # a worker plugin writes the ledger: it needs the credentials
+        # a worker plugin writes the ledger: it needs the credentials (not untrusted workers:
+        # the flow writes their rows, `finish_usage`)
+        {} if cfg.untrusted_workers() else reveal(cfg.output),
         cfg.cost.model_dump(mode="json"),
         run_started_at,
         cfg.model.device,

@@ -39,6 +39,7 @@ from flows.cost import (
     start_usage,
 )
 from flows.credentials import load_secret_token
+from flows.grants import CommittedFuture, Granter, committing
 from flows.loop import Gate, ShardLoop, windowed
 from flows.progress import RunProgress
 from flows.refs import SUMMARY_ARTIFACT_PREFIX, deployment_default_config, resolve_config_ref
@@ -61,13 +62,14 @@ from synthgen.engines.abort import supersede, unit_token
 from synthgen.errors import RunIncomplete
 from synthgen.io.attempts import commit_markers, read_commits
 from synthgen.io.checked import ShardWithdrawn
+from synthgen.io.grant import worker_config
 from synthgen.io.hub import HubTarget, push_dataset, token_from_env
 from synthgen.io.layout import RunLayout, split_key, unit_key
 from synthgen.io.lease import RunLease
 from synthgen.io.store import Store
 from synthgen.stages.decontam import benchmark_summary, write_benchmark_index
 from synthgen.stages.dedup.stage import dedup_run
-from synthgen.stages.generate import ShardTask, run_shard
+from synthgen.stages.generate import ShardTask, run_granted, run_shard
 from synthgen.stages.plan import write_plan
 from synthgen.stages.publish import (
     check_owner,
@@ -96,6 +98,14 @@ def generate_shard(
     config = unwrap(config)
     protect(config)  # mask credentials in this worker process's logs too
     return run_shard(ShardTask(config, shard_id, speculative)).as_dict()
+
+
+@task(name="generate-shard", persist_result=False)
+def generate_granted(config: dict[str, Any] | Opaque, grant: dict[str, Any]) -> dict[str, Any]:
+    """A shard attempt on an untrusted worker (`cluster.untrusted_workers`): `config` holds
+    no credentials; the worker reads and writes only through `grant`'s presigned URLs and
+    returns plain data the flow checks before it commits (`flows.grants`)."""
+    return run_granted(unwrap(config), grant)
 
 
 @task(name="publish-shards", persist_result=False)
@@ -484,6 +494,19 @@ def generate_flow(
     started = time.perf_counter()
     store = Store(cfg.output)
     placed = any(s.resources for s in cfg.stages)  # stages placed on their own workers
+    # untrusted workers: no credentials in what they get; each attempt gets a grant
+    granter = Granter(cfg, store) if cfg.untrusted_workers() else None
+    if granter is not None:
+        print(
+            "untrusted workers: they hold no storage credentials; each shard attempt gets "
+            "presigned URLs for its input and staging key, the flow checks and commits"
+        )
+        worker_task_config = Opaque(worker_config(config))
+        granted = generate_granted.with_options(
+            retries=cfg.cluster.task_retries,
+            retry_delay_seconds=_backoff(cfg),
+            retry_jitter_factor=0.2,
+        )
 
     def able(unit: str | None = None) -> list[str]:
         """The workers that may run (and verify) `unit`: those with its resources."""
@@ -501,6 +524,10 @@ def generate_flow(
                 if not allowed:
                     raise LookupError(f"no worker left (excluded: {', '.join(sorted(avoid))})")
         with _gpu_annotation(cfg, sid), restrict(allowed, priority):
+            if granter is not None:
+                grant = granter.grant(sid, speculative)
+                fut = granted.submit(worker_task_config, grant.as_dict())
+                return CommittedFuture(fut, committing(cfg, store, grant))
             if speculative:  # a backup copy of a straggler (its own task run)
                 return gen.submit(task_config, sid, True)
             return gen.submit(task_config, sid)
@@ -573,6 +600,7 @@ def generate_flow(
     sched = loop.run()
     progress.finish()
     checkpoint("generate.done")
+    _clear_staging(granter, cfg)
     published = None
     for _ in range(FINISH_ROUNDS):
         withdrawn, committed = _withdrawn_since(cfg, store, sched, plan_shards)
@@ -594,6 +622,7 @@ def generate_flow(
             loop.requeue(unit)
         sched = loop.run()  # the same loop and gates (budget, timeouts, verification)
         progress.finish()
+        _clear_staging(granter, cfg)
     results, failures = sched.results, sched.failures
     verification = None
     if verify is not None:
@@ -644,6 +673,20 @@ def generate_flow(
         "refused": refused,
         "forged": dict(sched.forgers) or None,
     }
+
+
+def _clear_staging(granter: Granter | None, cfg: RunConfig) -> None:
+    """Untrusted workers: staged objects of attempts that never committed (failed, abandoned,
+    forged) are removed once no attempt runs, so the bucket keeps only the run's files."""
+    if granter is None:
+        return
+    try:
+        n = granter.clear_staging(stage_names(cfg))
+    except Exception as exc:  # housekeeping never fails a run
+        print(f"warning: could not clear the staging keys: {type(exc).__name__}: {exc}")
+        return
+    if n:
+        print(f"untrusted workers: {n} staged object(s) of uncommitted attempts removed")
 
 
 def _refusals(cfg: RunConfig) -> list[dict[str, Any]] | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, PositiveInt, model_validator
 
 from synthgen.config.base import Section as _Section
@@ -108,6 +110,14 @@ class ClusterConfig(_Section):
     )
     connect_timeout_s: float = Field(
         5.0, gt=0, description="Preflight: how long to wait for `address` to accept a connection."
+    )
+    untrusted_workers: Literal["auto"] | bool = Field(
+        "auto",
+        description="Workers hold no storage credentials: each shard attempt gets presigned "
+        "URLs for its input (GET) and a staging key (PUT) only, and the flow checks the "
+        "staged output (size, sha256, schema, rows, prompt ids) before it commits it. "
+        "auto: on when `tls` is set and the output is on an object store (s3://). Needs "
+        "an s3:// output; `verify.enabled` is not supported with it.",
     )
 
     @model_validator(mode="after")

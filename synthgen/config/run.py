@@ -68,6 +68,31 @@ class RunConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _check_untrusted(self) -> RunConfig:
+        setting = self.cluster.untrusted_workers
+        if setting is True and not self.output.uri.startswith("s3://"):
+            raise ValueError(
+                "cluster.untrusted_workers: true needs an object-store output (output.uri "
+                f"s3://...): workers get presigned URLs, which {self.output.uri!r} has none of"
+            )
+        if self.untrusted_workers() and self.verify.enabled:
+            raise ValueError(
+                "verify.enabled and cluster.untrusted_workers cannot be combined yet: "
+                "verification checks read committed shards on the workers, which hold no "
+                "storage credentials with untrusted_workers (set cluster.untrusted_workers: "
+                "false to verify on trusted workers, or verify.enabled: false)"
+            )
+        return self
+
+    def untrusted_workers(self) -> bool:
+        """Whether the workers get no storage credentials (`cluster.untrusted_workers`;
+        auto: a TLS cluster writing to s3://)."""
+        setting = self.cluster.untrusted_workers
+        if setting == "auto":
+            return self.cluster.tls is not None and self.output.uri.startswith("s3://")
+        return bool(setting)
+
+    @model_validator(mode="after")
     def _derive_run_id(self) -> RunConfig:
         if self.run_id is None:
             self.run_id = f"{self.name}-{self.fingerprint()[:10]}"

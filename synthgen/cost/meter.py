@@ -106,7 +106,22 @@ class AttemptMeter:
         error: str | None = None,
     ) -> dict[str, Any]:
         """Stop the clock, write the ledger row and this worker's usage row; return the row."""
-        row = ledger_row(
+        row = self.row(counts, status, error)
+        ledger.write(row)
+        usage.record_attempt(row["run_id"], row["wall_seconds"], status == "succeeded", self.device)
+        # keep a worker row current, so a worker that dies later still has one
+        ledger.write_worker(
+            usage.snapshot(
+                row["run_id"], self.cfg.cost, device_pref=self.cfg.model.device, price=self.price
+            )
+        )
+        return row
+
+    def row(
+        self, counts: Counts, status: AttemptStatus, error: str | None = None
+    ) -> dict[str, Any]:
+        """Stop the clock: the attempt's ledger row (not written)."""
+        return ledger_row(
             ShardAttempt(
                 run_id=self.cfg.run_id or "",
                 shard_id=self.shard_id,
@@ -129,12 +144,3 @@ class AttemptMeter:
                 error=error[:2000] if error else None,
             )
         )
-        ledger.write(row)
-        usage.record_attempt(row["run_id"], row["wall_seconds"], status == "succeeded", self.device)
-        # keep a worker row current, so a worker that dies later still has one
-        ledger.write_worker(
-            usage.snapshot(
-                row["run_id"], self.cfg.cost, device_pref=self.cfg.model.device, price=self.price
-            )
-        )
-        return row

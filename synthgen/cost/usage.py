@@ -217,6 +217,8 @@ class UsagePlugin(WorkerPlugin):
         self._write_final(str(getattr(worker, "address", "")) or None, identity_of(worker))
 
     def _write_final(self, address: str | None, identity: WorkerIdentity | None = None) -> None:
+        if not self.output:  # an untrusted worker: no credentials, the flow writes its row
+            return
         ledger = run_ledger(OutputConfig.model_validate(self.output), self.run_id)
         if address and address in removed_workers(ledger):
             # the flow removed this worker (frozen, cut off) and closed its rows then; its

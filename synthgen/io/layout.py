@@ -119,6 +119,14 @@ class StageLayout:
     def attempt(self, shard_id: str, attempt: int, uid: str) -> str:
         return _join(self.attempts_dir, f"{shard_id}.{attempt}.{uid}.json")
 
+    # an untrusted worker's output, before the flow checks and commits it (io.grant)
+    @property
+    def staging_dir(self) -> str:
+        return _join(self.base, "staging")
+
+    def staged(self, shard_id: str, attempt: int, uid: str) -> str:
+        return _join(self.staging_dir, f"{shard_id}.{attempt}.{uid}.parquet")
+
     # the cost ledger: one Parquet file per attempt or verification check
     @property
     def ledger_dir(self) -> str:

@@ -173,7 +173,10 @@ def load_index(store: Store, run_id: str) -> NgramIndex:
     """The run's n-gram index, read once per process (keyed by its path and the version of
     the stored file, so a rewritten index is read again)."""
     table_path, info_path = index_paths(store, run_id)
-    version = str(store.retry(lambda: store.fs.ukey(table_path), f"checking {table_path}"))
+    if hasattr(store, "version"):  # an untrusted worker's GrantStore: the grant says
+        version = store.version(table_path)
+    else:
+        version = str(store.retry(lambda: store.fs.ukey(table_path), f"checking {table_path}"))
     key = (store.location(table_path), version)
     with _lock:
         if key in _cache:
@@ -229,11 +232,12 @@ class DecontaminateStage(Stage):
         return rows.append_column(pa.field(COLUMN, pa.string()), pa.array(by, pa.string()))
 
 
-def decontam_stages(cfg: RunConfig) -> list[Stage]:
-    """[DecontaminateStage] when the run checks benchmarks, else []."""
+def decontam_stages(cfg: RunConfig, store: Any = None) -> list[Stage]:
+    """[DecontaminateStage] when the run checks benchmarks, else []. `store`: where the
+    index is read (default: the run's output; an untrusted worker's `GrantStore`)."""
     if not (cfg.clean.enabled and cfg.clean.decontaminate.enabled):
         return []
-    return [DecontaminateStage(cfg.clean, Store(cfg.output), cfg.run_id or "")]
+    return [DecontaminateStage(cfg.clean, store or Store(cfg.output), cfg.run_id or "")]
 
 
 def contaminated_count(table: pa.Table) -> int:

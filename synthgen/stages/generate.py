@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from synthgen.checkpoints import checkpoint
 from synthgen.config import RunConfig
 from synthgen.config.multistage import clean_stage
+from synthgen.cost import usage
 from synthgen.cost.ledger import Ledger
 from synthgen.cost.meter import AttemptMeter, Counts
 from synthgen.cost.prices import SPECULATION_PREFIX, kept_counts
@@ -31,7 +32,15 @@ from synthgen.engines.base import GenRequest, prompt_seed
 from synthgen.engines.cache import get_engine, worker_identity
 from synthgen.engines.turns import Turn, engine_turn
 from synthgen.io.attempts import next_attempt
-from synthgen.io.checked import ShardWithdrawn, read_checked, read_marker
+from synthgen.io.checked import (
+    Expect,
+    ShardMismatch,
+    ShardWithdrawn,
+    check_bytes,
+    read_checked,
+    read_marker,
+)
+from synthgen.io.grant import Grant, GrantRefused, GrantStore
 from synthgen.io.layout import DEFAULT_STAGE, RunLayout
 from synthgen.io.store import Store
 from synthgen.stages.base import Stage, merged_drops, run_stages
@@ -148,9 +157,10 @@ class GenerateStage(Stage):
         )
 
 
-def after_generate(cfg: RunConfig) -> list[Stage]:
-    """The stages a shard goes through on its worker after generation, in order."""
-    return [*decontam_stages(cfg), CleanStage(cfg.clean)]
+def after_generate(cfg: RunConfig, store: Any = None) -> list[Stage]:
+    """The stages a shard goes through on its worker after generation, in order (`store`:
+    where they read run files, default the run's output)."""
+    return [*decontam_stages(cfg, store), CleanStage(cfg.clean)]
 
 
 def upstream_ref(marker: dict[str, Any], stage: str) -> dict[str, Any]:
@@ -186,10 +196,18 @@ def stale_upstream(
 
 
 def _steps(
-    cfg: RunConfig, store: Store, stage: str, shard_id: str, worker: str, attempt: int
+    cfg: RunConfig,
+    store: Any,
+    stage: str,
+    shard_id: str,
+    worker: str,
+    attempt: int,
+    grant: Grant | None = None,
 ) -> tuple[Any, pa.Table, list[Stage], Any, dict[str, Any] | None]:
     """(engine, input rows, the stages of this unit on its worker, the generating stage,
-    the upstream commit it reads or None)."""
+    the upstream commit it reads or None). `grant`: an untrusted worker's (`store` is its
+    GrantStore): the upstream shard is checked against what the grant says of it."""
+    local = None if grant is None else store
     run_id = cfg.run_id or ""
     sc = stage_config(cfg, stage)
     engine = get_engine(cfg.model if sc is None or sc.model is None else sc.model)
@@ -198,7 +216,7 @@ def _steps(
         return (
             engine,
             read_shard_rows(store, run_id, shard_id),
-            [generate, *after_generate(cfg)],
+            [generate, *after_generate(cfg, local)],
             generate,
             None,
         )
@@ -206,13 +224,15 @@ def _steps(
     ref = None
     if up is None:
         rows = read_shard_rows(store, run_id, shard_id)
+    elif grant is not None:
+        rows, ref = _granted_upstream(store, grant, run_id, shard_id, up)
     else:
         checked = read_checked(store, run_id, shard_id, up)
         rows, ref = checked.table, upstream_ref(checked.marker, up)
     generate = StageStep(cfg, sc, shard_id, engine, worker, attempt)
     # the clean stage's text (default: the final stage's) is filtered and deduplicated in
     # the shard before it is committed; its dropped rows go no further
-    after = after_generate(cfg) if stage == clean_stage(cfg) else []
+    after = after_generate(cfg, local) if stage == clean_stage(cfg) else []
     return engine, rows, [generate, *after], generate, ref
 
 
@@ -352,3 +372,79 @@ def run_shard(task: ShardTask) -> ShardResult:
         return ShardResult(**{**result.as_dict(), "status": "superseded"})
     checkpoint("generate.committed")
     return result
+
+
+def _granted_upstream(
+    store: GrantStore, grant: Grant, run_id: str, shard_id: str, up: str
+) -> tuple[pa.Table, dict[str, Any]]:
+    """An untrusted worker's upstream rows: the file its grant lets it GET, checked against
+    the sha256 and rows the flow read in the upstream's commit marker."""
+    path = RunLayout(store, run_id).stage(up).shard(shard_id)  # type: ignore[arg-type]
+    want = grant.expect.get(path)
+    if want is None:
+        raise GrantRefused(f"unit {grant.unit}: its grant names no upstream file {path}")
+    checked = check_bytes(store.read_bytes(path), Expect(want["sha256"], int(want["rows"])))
+    if isinstance(checked, str):
+        raise ShardMismatch(store.location(path), checked)
+    ref = {"stage": up, "attempt": want.get("attempt"), "sha256": want["sha256"]}
+    return checked, ref
+
+
+def _plain_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A ledger row as plain data (datetimes as ISO text): what crosses back to the flow."""
+    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
+
+
+def run_granted(config: dict[str, Any], grant_data: dict[str, Any]) -> dict[str, Any]:
+    """What an untrusted worker runs for one shard attempt (`cluster.untrusted_workers`):
+    read its input through its grant's GET URLs, generate and clean, PUT the table to its
+    staging key; return plain data only (the file's size, sha256 and rows, the attempt's
+    counts, timings and ledger row). It writes no attempt marker, ledger row or commit
+    marker and holds no storage credentials: the flow checks the staged file and commits
+    it (`synthgen.stages.commit.commit_staged`)."""
+    cfg = RunConfig.model_validate(config)
+    grant = Grant.from_dict(grant_data)
+    run_id = cfg.run_id or ""
+    store = GrantStore(grant)
+    stage, shard_id = split_key(grant.unit)
+    worker, host = worker_identity()
+    attempt = grant.attempt
+    engine, rows, steps, generate, _ = _steps(cfg, store, stage, shard_id, worker, attempt, grant)
+    meter = AttemptMeter.start(cfg, grant.unit, attempt, engine.info.device, engine.info.model)
+    counts = Counts(prompts=rows.num_rows)
+    base = {"unit": grant.unit, "attempt": attempt, "worker": worker, "host": host}
+    with abort.watching(abort.unit_token(run_id, grant.unit)):
+        try:
+            table, stats = run_stages(steps, rows)
+        except abort.Superseded:  # stopped mid-call: another attempt committed the unit
+            meter.charge_from(getattr(generate, "turn", None))
+            why = str(_Superseded(grant.unit, attempt, stopped=True))
+            row = meter.row(counts, "failed", error=why)
+            usage.record_attempt(run_id, row["wall_seconds"], False, engine.info.device)
+            return {**base, "status": "stopped", "ledger_row": _plain_row(row)}
+    meter.charge_from(generate.turn)
+    completions = generate.completions
+    counts.engine_seconds = generate.engine_seconds
+    counts.prompt_tokens = sum(c.prompt_tokens for c in completions)
+    counts.completion_tokens = sum(c.completion_tokens for c in completions)
+    counts.kept_records, counts.kept_tokens = kept_counts(table)
+    compression = None if cfg.output.compression == "none" else cfg.output.compression
+    size, sha = store.write_table(grant.staged, table, compression)
+    row = meter.row(counts, "succeeded")
+    usage.record_attempt(run_id, row["wall_seconds"], True, engine.info.device)
+    return {
+        **base,
+        "status": "staged",
+        "staged": grant.staged,
+        "bytes": size,
+        "sha256": sha,
+        "rows": table.num_rows,
+        "prompts": rows.num_rows,
+        "rejected": sum(1 for c in completions if c.finish_reason == "rejected"),
+        "device": engine.info.device,
+        "load_id": engine.info.load_id,
+        "drop_counts": merged_drops(stats),
+        "stages": [st.as_dict() for st in stats],
+        "speculative": grant.speculative,
+        "ledger_row": _plain_row(row),
+    }

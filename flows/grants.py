@@ -1,0 +1,167 @@
+"""The trusted side of untrusted workers (`cluster.untrusted_workers`, issue 17 item 3).
+
+For each shard attempt the flow decides its attempt number, writes its start marker, and
+makes its `Grant` (presigned GET URLs for what it reads, one PUT URL for its staging key),
+so the worker needs neither to list nor to read markers. The attempt's future commits its
+staged output on the flow's side when its result is taken (`CommittedFuture`,
+`synthgen.stages.commit.commit_staged`).
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from synthgen.config import RunConfig
+from synthgen.io.attempts import next_attempt
+from synthgen.io.checked import ShardWithdrawn, read_marker
+from synthgen.io.grant import Grant, Presigner
+from synthgen.io.layout import RunLayout
+from synthgen.io.store import Store
+from synthgen.stages.commit import commit_staged
+from synthgen.stages.decontam import index_paths
+from synthgen.stages.generate import stale_upstream
+from synthgen.stages.units import split_key, stage_config, upstream
+
+
+class Granter:
+    """Makes the grants of one run's shard attempts (the flow's process only)."""
+
+    def __init__(self, cfg: RunConfig, store: Store) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.presigner = Presigner(store)
+        self.run_id = cfg.run_id or ""
+        self.layout = RunLayout(store, self.run_id)
+        self._index: dict[str, str] | None = None
+
+    def _decontam(self) -> dict[str, str]:
+        """The decontamination index's files -> their version (read once per run)."""
+        if self._index is None:
+            self._index = {}
+            if self.cfg.clean.enabled and self.cfg.clean.decontaminate.enabled:
+                for path in index_paths(self.store, self.run_id):
+                    self._index[path] = str(self.store.retry(
+                        lambda p=path: self.store.fs.ukey(p), f"checking {path}"
+                    ))  # fmt: skip
+        return self._index
+
+    def grant(self, unit: str, speculative: bool = False) -> Grant:
+        stage, shard_id = split_key(unit)
+        layout = self.layout.stage(stage)
+        try:
+            done = read_marker(self.store, self.run_id, shard_id, stage)
+        except ShardWithdrawn:
+            done = None
+        if done is not None and stale_upstream(
+            self.store, self.run_id, self.cfg, stage, shard_id, done
+        ):
+            self.store.rm(layout.commit(shard_id))  # as run_shard: generated again
+        attempt = next_attempt(self.store, layout, shard_id)
+        uid = uuid.uuid4().hex[:8]
+        self.store.write_json(
+            layout.attempt(shard_id, attempt, uid),
+            {
+                "shard_id": shard_id,
+                "attempt": attempt,
+                "worker": "",  # not known yet: the scheduler places the task
+                "host": "",
+                "started_at": datetime.now(UTC).isoformat(),
+                "granted": True,
+                **({"speculative": True} if speculative else {}),
+            },
+        )
+        staged = layout.staged(shard_id, attempt, uid)
+        reads: list[str] = []
+        expect: dict[str, dict[str, Any]] = {}
+        up = upstream(self.cfg, stage) if stage_config(self.cfg, stage) is not None else None
+        if up is None:
+            reads.append(self.layout.plan_prompts(shard_id))
+        else:
+            marker = read_marker(self.store, self.run_id, shard_id, up)
+            if marker is None:
+                raise FileNotFoundError(
+                    f"unit {unit}: its upstream {up}:{shard_id} is not committed"
+                )
+            path = self.layout.stage(up).shard(shard_id)
+            reads.append(path)
+            expect[path] = {
+                "stage": up,
+                "attempt": marker.get("result", {}).get("attempt"),
+                "sha256": marker["sha256"],
+                "rows": marker["rows"],
+            }
+        versions = self._decontam()
+        reads += list(versions)
+        url = self.presigner.url
+        return Grant(
+            unit=unit,
+            attempt=attempt,
+            root=self.store.root,
+            staged=staged,
+            get={p: url("GET", p) for p in reads},
+            put={staged: url("PUT", staged)},
+            expect=expect,
+            versions=versions,
+            speculative=speculative,
+        )
+
+    def clear_staging(self, stages: list[str]) -> int:
+        """Remove what is left under the run's staging keys (attempts that failed, were
+        abandoned or forged): the bucket keeps only the run's own files. Returns the count."""
+        n = 0
+        for stage in stages:
+            directory = self.layout.stage(stage).staging_dir
+            for name in self.store.ls(directory):
+                self.store.rm(f"{directory}/{name}")
+                n += 1
+        return n
+
+
+class CommittedFuture:
+    """A generate task's future whose `result()` is the trusted commit of its staged
+    output (once; a `ForgedOutput` names the worker that held the task's result)."""
+
+    def __init__(self, inner: Any, commit: Callable[[Any, str | None], dict[str, Any]]) -> None:
+        self._inner = inner
+        self._commit = commit
+        self._lock = threading.Lock()
+        self._done = False
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        self._inner.add_done_callback(lambda _: fn(self))
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
+        with self._lock:
+            if not self._done:
+                try:
+                    res = self._inner.result(timeout=timeout)
+                except TimeoutError:
+                    raise  # not done yet: asked again later
+                except BaseException as exc:
+                    self._error = exc
+                else:
+                    holder = getattr(self._inner, "_holder", None)
+                    try:
+                        self._value = self._commit(res, holder() if holder else None)
+                    except BaseException as exc:
+                        self._error = exc
+                self._done = True
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def committing(cfg: RunConfig, store: Store, grant: Grant) -> Callable[[Any, str | None], dict[str, Any]]:  # fmt: skip
+    return lambda res, worker: commit_staged(cfg, store, grant, res, worker)
+
+
+__all__ = ["CommittedFuture", "Granter", "committing"]
