@@ -147,7 +147,9 @@ class GrantStore:
     def _http(self, method: str, url: str, data: bytes | None = None) -> bytes:
         last: Exception | None = None
         for _ in range(HTTP_TRIES):
-            req = urllib.request.Request(url, data=data, method=method)
+            # an explicit type: urllib's default (a form) makes some servers parse the body
+            headers = {} if data is None else {"Content-Type": "application/octet-stream"}
+            req = urllib.request.Request(url, data=data, method=method, headers=headers)
             try:
                 with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT_S) as resp:  # noqa: S310
                     return bytes(resp.read())
@@ -159,6 +161,10 @@ class GrantStore:
                     ) from exc
                 if exc.code == 404:
                     raise FileNotFoundError(f"{method} {url.split('?')[0]}: not found") from exc
+                if exc.code < 500:  # the request itself is wrong: no retry helps
+                    raise StorageError(
+                        f"unit {self.grant.unit}: {method} failed: HTTP {exc.code}"
+                    ) from exc
                 last = exc
             except (urllib.error.URLError, OSError) as exc:
                 last = exc

@@ -1,0 +1,59 @@
+"""Untrusted workers on a LocalCluster (`cluster.untrusted_workers: true`, issue 17 item 3):
+a multi-stage run with decontamination reads and writes through presigned URLs only, the
+flow commits every unit, and no staged object stays behind. (The hostile-worker test shows
+the same on a TLS cluster with a tampered worker.)"""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.dataset as ds
+import pytest
+import s3fs
+
+from flows.run import synthgen_run
+from synthgen.config import config_from_dict
+from synthgen.io.attempts import commit_markers
+from synthgen.io.store import Store
+from tests.helpers import fake_config, write_config
+
+pytestmark = pytest.mark.slow
+
+STAGES = [
+    {"name": "instruction", "prompt": "Write one question about: {{ prompt }}"},
+    {"name": "response", "prompt": "{{ instruction }}"},
+]
+
+
+def test_multi_stage_with_decontamination_on_untrusted_workers(
+    tmp_path, prefect_api, s3_server, s3_bucket
+):
+    bench = tmp_path / "evals.jsonl"
+    bench.write_text(json.dumps({"q": "nothing any fake engine would ever write here"}) + "\n")
+    uri = f"s3://{s3_bucket}/u"
+    raw = fake_config(uri, shards__size=8, stages=STAGES)
+    raw["output"]["storage_options"] = {"endpoint_url": s3_server}
+    raw["cluster"] = {"n_workers": 1, "untrusted_workers": True}
+    raw["clean"] = {
+        "enabled": True,
+        "exact": {"enabled": False},
+        "near": {"enabled": False},
+        "filters": {
+            n: {"enabled": False}
+            for n in ("word_count", "gopher_quality", "gopher_repetition", "truncated", "refusal")
+        },
+        "decontaminate": {"benchmarks": [{"path": str(bench), "field": "q"}]},
+    }
+    res = synthgen_run(config=write_config(tmp_path / "u.yaml", raw))
+    assert res["status"] == "complete"
+    cfg = config_from_dict(raw)
+    store = Store(cfg.output)
+    for name in ("instruction", "response"):
+        markers = commit_markers(store, cfg.run_id, name)
+        assert len(markers) == 3, name
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server}, skip_instance_cache=True)
+    table = ds.dataset(f"{s3_bucket}/u/dataset/data", format="parquet", filesystem=fs).to_table()
+    ids = table["prompt_id"].to_pylist()
+    assert len(ids) == len(set(ids)) == 24
+    keys = fs.find(f"{s3_bucket}/u")
+    assert not [k for k in keys if "/staging/" in k], keys
