@@ -110,6 +110,106 @@ async def _attacks(scheduler: str, security: Any) -> None:
     _log({"attack": "done", "outcome": "done"})
 
 
+CREDENTIAL_NAMES = {"key", "secret", "token", "aws_access_key_id", "aws_secret_access_key",
+                    "aws_session_token", "credentials_block"}  # fmt: skip
+
+
+def _secrets_in(node: Any, path: str = "") -> list[str]:
+    """Where `node` (the run config a task received) holds something credential-like."""
+    found = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            where = f"{path}.{k}" if path else str(k)
+            if str(k).lower() in CREDENTIAL_NAMES and isinstance(v, str) and v and "*" not in v:
+                found.append(where)
+            found += _secrets_in(v, where)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            found += _secrets_in(v, f"{path}[{i}]")
+    return found
+
+
+def _credential_search(config: Any) -> str:
+    """What a hostile host finds to reach the bucket with: its environment, the run config
+    its tasks carry, the usual credential files, botocore's whole chain."""
+    names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+    found = [k for k in names if os.environ.get(k)]
+    found += [f"config:{w}" for w in _secrets_in(getattr(config, "value", config))]
+    for f in ("~/.aws/credentials", "~/.aws/config", "~/.s3cfg", "~/.config/rclone/rclone.conf"):
+        if Path(os.path.expanduser(f)).exists():
+            found.append(f)
+    try:
+        import botocore.session
+
+        if botocore.session.get_session().get_credentials() is not None:
+            found.append("botocore credential chain")
+    except Exception:  # noqa: S110
+        pass
+    return f"found: {', '.join(found)}" if found else "none"
+
+
+def _status(method: str, url: str, data: bytes | None = None) -> str:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+    try:
+        with urllib.request.urlopen(req, timeout=20) as resp:
+            return f"accepted: HTTP {resp.status}"
+    except urllib.error.HTTPError as exc:
+        return f"refused: HTTP {exc.code}" if exc.code in (401, 403) else f"error: HTTP {exc.code}"
+    except Exception as exc:
+        return f"error: {type(exc).__name__}: {exc}"
+
+
+def _misuse(grant: dict[str, Any]) -> None:
+    """What the host tries with the presigned URLs of its shard attempt."""
+    from synthgen.io.grant import Grant, GrantRefused, GrantStore
+
+    get_path, get = next(iter(grant["get"].items()))
+    put_path, put = next(iter(grant["put"].items()))
+    run_root = put_path.split("/staging/")[0]  # bucket/prefix/runs/RUN_ID (default stage)
+    base, _, query = put.partition("?")
+    endpoint = base[: base.index("/", len("http://"))]
+    bucket_prefix = grant["root"]
+
+    def at(url: str, old: str, new: str) -> str:
+        u, _, q = url.partition("?")
+        return u.replace(old, new) + "?" + q
+
+    shard = put_path.rsplit("/", 1)[1].split(".")[0]
+    tries = {
+        "overwrite_committed_shard": ("PUT", at(put, put_path, f"{run_root}/shards/{shard}.parquet"), b"x"),  # fmt: skip
+        "write_commit_marker": ("PUT", at(put, put_path, f"{run_root}/_commits/{shard}.json"), b"{}"),  # fmt: skip
+        "write_into_dataset": ("PUT", at(put, put_path, f"{bucket_prefix}/dataset/data/evil.parquet"), b"x"),  # fmt: skip
+        "delete_with_put_url": ("DELETE", put, None),
+        "delete_input": ("DELETE", get, None),
+        "get_url_for_put": ("PUT", get, b"overwritten"),
+        "put_url_for_get": ("GET", put, None),
+        "read_other_run": ("GET", at(get, "/runs/", "/runs/other-run-"), None),
+        "read_other_shard": ("GET", at(get, get_path, get_path.replace(shard, "s00000")), None),
+        "list_bucket": ("GET", f"{endpoint}/{bucket_prefix.split('/')[0]}?list-type=2", None),
+        "list_with_signed_query": ("GET", f"{endpoint}/{bucket_prefix.split('/')[0]}?{query}", None),  # fmt: skip
+        "extend_expiry": ("GET", get.replace("X-Amz-Expires=", "X-Amz-Expires=9"), None),
+        "unsigned_put": ("PUT", f"{endpoint}/{put_path}", b"x"),
+    }
+    for name, (method, url, data) in tries.items():
+        _log({"attack": f"s3:{name}", "outcome": _status(method, url, data)})
+    gs = GrantStore(Grant.from_dict(grant))
+    for name, op in (("grant_store_rm", lambda: gs.rm(get_path)),
+                     ("grant_store_ls", lambda: gs.ls(bucket_prefix))):  # fmt: skip
+        try:
+            op()
+            outcome = "accepted"
+        except GrantRefused as exc:
+            outcome = f"refused: {exc}"
+        _log({"attack": f"s3:{name}", "outcome": outcome})
+
+
+_misused = False
+
+
 def _poison_results(marker: str) -> None:
     """Its generate tasks send back, instead of their result, a pickle that runs code where
     it is unpickled (the flow's process, if the scheduler passed it on)."""
@@ -118,7 +218,13 @@ def _poison_results(marker: str) -> None:
     real = runner.run_prefect_task_plain
 
     def poisoned(task: Any, **kwargs: Any) -> Any:
+        global _misused
         if getattr(task, "name", "") == "generate-shard":
+            params = kwargs.get("parameters") or {}
+            _log({"attack": "credentials", "outcome": _credential_search(params.get("config"))})
+            if isinstance(params.get("grant"), dict) and not _misused:
+                _misused = True
+                _misuse(params["grant"])
             _log({"attack": "poisoned_result", "outcome": "sent"})
             return Payload(marker)
         return real(task, **kwargs)
