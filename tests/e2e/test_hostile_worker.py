@@ -57,6 +57,8 @@ class HostileCluster(TLSClientSide):
             x["attack"]: x["outcome"]
             for x in self.attack_lines()
             if x["attack"] != "poisoned_result"
+            and x["attack"] != "credentials"
+            and not x["attack"].startswith("s3:")
         }
 
     def _address(self, name: str) -> str:
@@ -70,6 +72,14 @@ class HostileCluster(TLSClientSide):
 
     def honest_address(self) -> str:
         return self._address("honest-gpu0")
+
+
+def _no_cloud_credentials(env: dict[str, str]) -> dict[str, str]:
+    """A rented host's environment: none of the operator's storage credentials (this test
+    process has some, for moto), no instance-metadata lookups."""
+    out = {k: v for k, v in env.items() if not k.startswith("AWS_")}
+    out["AWS_EC2_METADATA_DISABLED"] = "true"
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -106,14 +116,16 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostileCluster
         procs["honest"] = Proc(
             "honest",
             ["bash", str(INFRA / "start-gpu-workers.sh")],
-            child_env(
-                **common,
-                SYNTHGEN_GPUS="0",
-                SYNTHGEN_GPU_TYPE="Test GPU 24GB",
-                SYNTHGEN_GPU_RESOURCE=GPU_RESOURCE,
-                SYNTHGEN_WORKER_NAME="honest",
-                SYNTHGEN_WORKER_PORT_BASE=str(honest_port),
-            ),
+            _no_cloud_credentials(
+                child_env(
+                    **common,
+                    SYNTHGEN_GPUS="0",
+                    SYNTHGEN_GPU_TYPE="Test GPU 24GB",
+                    SYNTHGEN_GPU_RESOURCE=GPU_RESOURCE,
+                    SYNTHGEN_WORKER_NAME="honest",
+                    SYNTHGEN_WORKER_PORT_BASE=str(honest_port),
+                )
+            ),  # fmt: skip
             tmp,
         )
         with cluster.client() as client:
@@ -152,12 +164,14 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostileCluster
                 "--preload",
                 "tests.support.tampered",
             ],
-            child_env(
-                SYNTHGEN_TAMPER_LOG=str(cluster.tamper_log),
-                SYNTHGEN_TAMPER_MARKER=str(marker),
-                SYNTHGEN_TAMPER_TARGET=f"tls://127.0.0.1:{honest_port}",
-                SYNTHGEN_GPU_TYPE="Test GPU 24GB",
-            ),
+            _no_cloud_credentials(
+                child_env(
+                    SYNTHGEN_TAMPER_LOG=str(cluster.tamper_log),
+                    SYNTHGEN_TAMPER_MARKER=str(marker),
+                    SYNTHGEN_TAMPER_TARGET=f"tls://127.0.0.1:{honest_port}",
+                    SYNTHGEN_GPU_TYPE="Test GPU 24GB",
+                )
+            ),  # fmt: skip
             tmp,
         )
         with cluster.client() as client:
@@ -248,3 +262,90 @@ def test_a_tampered_worker_runs_nothing_outside_itself_and_the_run_completes(
     assert "refused a pickled payload" in log
     assert hostile.procs["scheduler"].alive() and hostile.procs["honest"].alive()
     assert not hostile.marker.exists()
+
+
+S3_MISUSES = {
+    "overwrite_committed_shard",
+    "write_commit_marker",
+    "write_into_dataset",
+    "delete_with_put_url",
+    "delete_input",
+    "get_url_for_put",
+    "put_url_for_get",
+    "read_other_run",
+    "read_other_shard",
+    "list_bucket",
+    "list_with_signed_query",
+    "extend_expiry",
+    "unsigned_put",
+    "grant_store_rm",
+    "grant_store_ls",
+}
+
+
+def test_untrusted_workers_hold_no_credentials_and_their_urls_open_only_their_keys(
+    hostile: HostileCluster,
+    tmp_path: Path,
+    prefect_api: str,
+    s3_server: str,
+    s3_bucket: str,
+    untrusted: bool = True,
+) -> None:
+    """Output on the S3 protocol with the credentials in the run config (as the README
+    shows), behind a proxy that checks signatures as S3 does: with untrusted workers (auto:
+    TLS + s3://) the tampered worker finds no credentials anywhere, every misuse of its
+    presigned URLs is refused, and the run publishes every prompt once, leaving in the
+    bucket only the run's own keys."""
+    import os
+
+    import pyarrow.dataset as pads
+    import s3fs
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.run import synthgen_run
+    from tests.helpers import fake_config, write_config
+    from tests.support.s3_sigcheck import sigcheck_proxy
+
+    key, secret = os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]
+    seen = len(hostile.attack_lines())
+    with sigcheck_proxy(s3_server, {key: secret}) as (endpoint, refused):
+        data = fake_config(f"s3://{s3_bucket}/h", shards__size=4)  # 6 shards
+        data["output"]["storage_options"] = {
+            "endpoint_url": endpoint,
+            "key": key,
+            "secret": secret,
+        }
+        data["cluster"] = hostile.cluster_cfg(gpu_tasks=True, retry_delay_s=0.5)
+        if not untrusted:
+            data["cluster"]["untrusted_workers"] = False
+        cfg_path = write_config(tmp_path / "hostile-s3.yaml", data)
+        with temporary_settings({PREFECT_API_URL: prefect_api}):
+            result = synthgen_run(config=cfg_path)
+        lines = hostile.attack_lines()[seen:]
+
+    # the tampered host found no credentials: not in its environment, its files, the config
+    # its tasks carried, nor botocore's chain
+    searches = [x["outcome"] for x in lines if x["attack"] == "credentials"]
+    assert searches, "the tampered worker ran no generate task"
+    assert set(searches) == {"none"}, searches
+    # every misuse of its presigned URLs was refused (403 from the store, or GrantRefused)
+    misuses = {x["attack"][3:]: x["outcome"] for x in lines if x["attack"].startswith("s3:")}
+    assert set(misuses) == S3_MISUSES, misuses
+    assert all(o.startswith("refused") for o in misuses.values()), misuses
+    assert len(refused) >= len(S3_MISUSES) - 2, refused  # the store refused each request
+
+    # the run completed on the honest worker, every prompt published exactly once
+    assert result["status"] == "complete"
+    forged = result["forged"]
+    assert forged and set(forged) == {hostile.tampered_address()}, forged
+    fs = s3fs.S3FileSystem(key=key, secret=secret, client_kwargs={"endpoint_url": s3_server})
+    table = pads.dataset(f"{s3_bucket}/h/dataset/data", format="parquet", filesystem=fs).to_table()
+    ids = table.column("prompt_id").to_pylist()
+    assert len(ids) == 24 == len(set(ids))
+    # the bucket holds only the run's keys and its published dataset: nothing staged, nothing
+    # the tampered host wrote
+    keys = fs.find(s3_bucket)
+    run_prefix, dataset = f"{s3_bucket}/h/runs/{result['run_id']}/", f"{s3_bucket}/h/dataset/"
+    stray = [k for k in keys if not k.startswith((run_prefix, dataset)) or "/staging/" in k]
+    assert not stray, stray
+    assert not any("evil" in k for k in keys)

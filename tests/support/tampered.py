@@ -180,9 +180,21 @@ def _misuse(grant: dict[str, Any]) -> None:
 
     shard = put_path.rsplit("/", 1)[1].split(".")[0]
     tries = {
-        "overwrite_committed_shard": ("PUT", at(put, put_path, f"{run_root}/shards/{shard}.parquet"), b"x"),  # fmt: skip
-        "write_commit_marker": ("PUT", at(put, put_path, f"{run_root}/_commits/{shard}.json"), b"{}"),  # fmt: skip
-        "write_into_dataset": ("PUT", at(put, put_path, f"{bucket_prefix}/dataset/data/evil.parquet"), b"x"),  # fmt: skip
+        "overwrite_committed_shard": (
+            "PUT",
+            at(put, put_path, f"{run_root}/shards/{shard}.parquet"),
+            b"x",
+        ),  # fmt: skip
+        "write_commit_marker": (
+            "PUT",
+            at(put, put_path, f"{run_root}/_commits/{shard}.json"),
+            b"{}",
+        ),  # fmt: skip
+        "write_into_dataset": (
+            "PUT",
+            at(put, put_path, f"{bucket_prefix}/dataset/data/evil.parquet"),
+            b"x",
+        ),  # fmt: skip
         "delete_with_put_url": ("DELETE", put, None),
         "delete_input": ("DELETE", get, None),
         "get_url_for_put": ("PUT", get, b"overwritten"),
@@ -190,7 +202,11 @@ def _misuse(grant: dict[str, Any]) -> None:
         "read_other_run": ("GET", at(get, "/runs/", "/runs/other-run-"), None),
         "read_other_shard": ("GET", at(get, get_path, get_path.replace(shard, "s00000")), None),
         "list_bucket": ("GET", f"{endpoint}/{bucket_prefix.split('/')[0]}?list-type=2", None),
-        "list_with_signed_query": ("GET", f"{endpoint}/{bucket_prefix.split('/')[0]}?{query}", None),  # fmt: skip
+        "list_with_signed_query": (
+            "GET",
+            f"{endpoint}/{bucket_prefix.split('/')[0]}?{query}",
+            None,
+        ),  # fmt: skip
         "extend_expiry": ("GET", get.replace("X-Amz-Expires=", "X-Amz-Expires=9"), None),
         "unsigned_put": ("PUT", f"{endpoint}/{put_path}", b"x"),
     }

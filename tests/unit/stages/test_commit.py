@@ -62,9 +62,26 @@ def _staged(
     store.write_bytes(staged, data)
     start = datetime.now(UTC)
     row = ledger_row(
-        ShardAttempt(cfg.run_id, shard, attempt, "a1", "w", "h", "cpu", "fake",
-                     Price(0.1, "cpu", "table"), start, start + timedelta(seconds=1), 0.5,
-                     table.num_rows, 10, 20, table.num_rows, 20, "succeeded")  # fmt: skip
+        ShardAttempt(
+            cfg.run_id,
+            shard,
+            attempt,
+            "a1",
+            "w",
+            "h",
+            "cpu",
+            "fake",
+            Price(0.1, "cpu", "table"),
+            start,
+            start + timedelta(seconds=1),
+            0.5,
+            table.num_rows,
+            10,
+            20,
+            table.num_rows,
+            20,
+            "succeeded",
+        )  # fmt: skip
     )
     res = {
         "unit": shard,
@@ -104,13 +121,19 @@ def test_a_good_staged_output_is_committed_once_and_the_staged_object_removed(ru
         (lambda t, r: (t, {**r, "bytes": r["bytes"] + 1}), "bytes staged"),
         (lambda t, r: (t, {**r, "sha256": "0" * 64}), "sha256"),
         (lambda t, r: (t, {**r, "rows": r["rows"] - 1}), "rows staged"),
-        (lambda t, r: (t.set_column(4, "completion_tokens", pa.array(["x"] * t.num_rows)), None),
-         "column completion_tokens"),  # fmt: skip
+        (
+            lambda t, r: (t.set_column(4, "completion_tokens", pa.array(["x"] * t.num_rows)), None),
+            "column completion_tokens",
+        ),  # fmt: skip
         (lambda t, r: (t.slice(1), None), "missing"),
-        (lambda t, r: (t.set_column(2, "prompt_id", pa.array(["evil"] * t.num_rows)), None),
-         "not in this shard"),  # fmt: skip
-        (lambda t, r: (t.set_column(0, "run_id", pa.array(["other"] * t.num_rows)), None),
-         "another run_id"),  # fmt: skip
+        (
+            lambda t, r: (t.set_column(2, "prompt_id", pa.array(["evil"] * t.num_rows)), None),
+            "not in this shard",
+        ),  # fmt: skip
+        (
+            lambda t, r: (t.set_column(0, "run_id", pa.array(["other"] * t.num_rows)), None),
+            "another run_id",
+        ),  # fmt: skip
         (lambda t, r: (t, {**r, "attempt": 7}), "not this attempt"),
     ],
 )
@@ -121,7 +144,10 @@ def test_a_forged_staged_output_is_refused_and_nothing_committed(run, forge, rea
     table, said = forge(good, honest)
     grant, res = _staged(cfg, store, shard, table)
     if said is not None:
-        res = {**res, **{k: v for k, v in said.items() if k in ("bytes", "sha256", "rows", "attempt")}}
+        res = {
+            **res,
+            **{k: v for k, v in said.items() if k in ("bytes", "sha256", "rows", "attempt")},
+        }
     with pytest.raises(ForgedOutput, match=reason) as err:
         commit_staged(cfg, store, grant, res, worker="tls://bad:1")
     assert err.value.worker == "tls://bad:1" and err.value.retry_elsewhere
