@@ -179,6 +179,7 @@ def _misuse(grant: dict[str, Any]) -> None:
         return u.replace(old, new) + "?" + q
 
     shard = put_path.rsplit("/", 1)[1].split(".")[0]
+    other = "s00001" if shard == "s00000" else "s00000"
     tries = {
         "overwrite_committed_shard": (
             "PUT",
@@ -200,7 +201,7 @@ def _misuse(grant: dict[str, Any]) -> None:
         "get_url_for_put": ("PUT", get, b"overwritten"),
         "put_url_for_get": ("GET", put, None),
         "read_other_run": ("GET", at(get, "/runs/", "/runs/other-run-"), None),
-        "read_other_shard": ("GET", at(get, get_path, get_path.replace(shard, "s00000")), None),
+        "read_other_shard": ("GET", at(get, get_path, get_path.replace(shard, other)), None),
         "list_bucket": ("GET", f"{endpoint}/{bucket_prefix.split('/')[0]}?list-type=2", None),
         "list_with_signed_query": (
             "GET",
