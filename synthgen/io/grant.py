@@ -25,11 +25,14 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import botocore.session
 import pyarrow as pa
 import pyarrow.parquet as pq
+from botocore.config import Config
 
 from synthgen.errors import StorageError
 from synthgen.io.layout import RUNS_DIR
+from synthgen.io.store import _storage_options
 
 EXPIRES_S = 6 * 3600  # a presigned URL's lifetime: longer than any shard attempt
 HTTP_TIMEOUT_S = 120.0
@@ -73,11 +76,6 @@ class Presigner:
     credentials (the same endpoint and keys as its `Store`; unset keys: botocore's chain)."""
 
     def __init__(self, store: Any, expires_s: int = EXPIRES_S) -> None:
-        import botocore.session
-        from botocore.config import Config
-
-        from synthgen.io.store import _storage_options
-
         if not store.output.uri.startswith("s3://"):
             raise StorageError(
                 f"output.uri {store.output.uri!r}: presigned URLs need an s3:// output"
