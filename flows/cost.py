@@ -107,6 +107,9 @@ def finish_usage(
             gpus_used(cfg),
             workers=responsive_workers(client),
         ):
+            if not isinstance(row, dict):  # a worker that answered with something else
+                print(f"cost: a worker sent no usable worker row ({str(row)[:120]})")
+                continue
             ledger.write_worker(row)
     except Exception as exc:  # the shards are committed: a missing usage row must not fail the run
         print(f"cost: could not write worker rows: {type(exc).__name__}: {exc}")
