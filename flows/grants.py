@@ -9,6 +9,7 @@ staged output on the flow's side when its result is taken (`CommittedFuture`,
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import uuid
 from collections.abc import Callable
@@ -122,42 +123,69 @@ class Granter:
 
 
 class CommittedFuture:
-    """A generate task's future whose `result()` is the trusted commit of its staged
-    output (once; a `ForgedOutput` names the worker that held the task's result)."""
+    """A generate task's future that is done once its staged output is committed on the
+    flow's side (`commit_staged`, run in `pool` as soon as the task returns, so that
+    commits of many workers' shards overlap and the generate loop never waits on one);
+    `result()` is the unit's result, or raises the task's error or `ForgedOutput` (naming
+    the worker that held the task's result)."""
 
-    def __init__(self, inner: Any, commit: Callable[[Any, str | None], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        inner: Any,
+        commit: Callable[[Any, str | None], dict[str, Any]],
+        pool: concurrent.futures.Executor,
+    ) -> None:
         self._inner = inner
         self._commit = commit
         self._lock = threading.Lock()
-        self._done = False
+        self._done = threading.Event()
+        self._callbacks: list[Callable[[Any], None]] = []
         self._value: Any = None
         self._error: BaseException | None = None
+        inner.add_done_callback(lambda _: self._submit(pool))
+
+    def _submit(self, pool: concurrent.futures.Executor) -> None:
+        try:
+            pool.submit(self._finish)
+        except RuntimeError:  # the flow is over (an abandoned attempt returning late)
+            self._error = RuntimeError("returned after the run's generate loop ended")
+            self._done.set()
+
+    def _finish(self) -> None:
+        try:
+            res = self._inner.result()
+            holder = getattr(self._inner, "_holder", None)
+            self._value = self._commit(res, holder() if holder else None)
+        except BaseException as exc:  # the task's error, a forged result, a storage error
+            self._error = exc
+        with self._lock:
+            self._done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            fn(self)
 
     def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        self._inner.add_done_callback(lambda _: fn(self))
+        with self._lock:
+            if not self._done.is_set():
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    def done(self) -> bool:
+        return self._done.is_set()
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
-        with self._lock:
-            if not self._done:
-                try:
-                    res = self._inner.result(timeout=timeout)
-                except TimeoutError:
-                    raise  # not done yet: asked again later
-                except BaseException as exc:
-                    self._error = exc
-                else:
-                    holder = getattr(self._inner, "_holder", None)
-                    try:
-                        self._value = self._commit(res, holder() if holder else None)
-                    except BaseException as exc:
-                        self._error = exc
-                self._done = True
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"unit not committed within {timeout} s")
         if self._error is not None:
             raise self._error
         return self._value
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+
+COMMIT_THREADS = 8  # trusted commits in flight in the flow's process
 
 
 def committing(cfg: RunConfig, store: Store, grant: Grant) -> Callable[[Any, str | None], dict[str, Any]]:  # fmt: skip

@@ -39,7 +39,7 @@ from flows.cost import (
     start_usage,
 )
 from flows.credentials import load_secret_token
-from flows.grants import CommittedFuture, Granter, committing
+from flows.grants import COMMIT_THREADS, CommittedFuture, Granter, committing
 from flows.loop import Gate, ShardLoop, windowed
 from flows.progress import RunProgress
 from flows.refs import SUMMARY_ARTIFACT_PREFIX, deployment_default_config, resolve_config_ref
@@ -496,12 +496,15 @@ def generate_flow(
     placed = any(s.resources for s in cfg.stages)  # stages placed on their own workers
     # untrusted workers: no credentials in what they get; each attempt gets a grant
     granter = Granter(cfg, store) if cfg.untrusted_workers() else None
+    commit_pool: concurrent.futures.ThreadPoolExecutor | None = None
     if granter is not None:
         print(
             "untrusted workers: they hold no storage credentials; each shard attempt gets "
             "presigned URLs for its input and staging key, the flow checks and commits"
         )
         worker_task_config = Opaque(worker_config(config))
+        commit_pool = concurrent.futures.ThreadPoolExecutor(COMMIT_THREADS, "synthgen-commit")
+        pool_of_commits = commit_pool
         granted = generate_granted.with_options(
             retries=cfg.cluster.task_retries,
             retry_delay_seconds=_backoff(cfg),
@@ -527,7 +530,7 @@ def generate_flow(
             if granter is not None:
                 grant = granter.grant(sid, speculative)
                 fut = granted.submit(worker_task_config, grant.as_dict())
-                return CommittedFuture(fut, committing(cfg, store, grant))
+                return CommittedFuture(fut, committing(cfg, store, grant), pool_of_commits)
             if speculative:  # a backup copy of a straggler (its own task run)
                 return gen.submit(task_config, sid, True)
             return gen.submit(task_config, sid)
@@ -662,6 +665,8 @@ def generate_flow(
             if late and (late["missed"] or late["flagged_workers"]):
                 extra = {**(extra or {}), "deadlines": _deadline_record(late)}
             manifest = commit_publish(cfg, store, published.shards, published.pid, extra)
+    if commit_pool is not None:
+        commit_pool.shutdown(wait=True)  # commits of abandoned attempts still in flight
     return {
         "results": results,
         "failures": failures,
