@@ -5,6 +5,8 @@ synthgen.cluster.roles); the tampered worker is a plain `dask worker` with the w
 certificate the operator issued its host and `--preload tests.support.tampered`, which tries
 to act as a client, run code on the scheduler and the other worker, and send them pickles
 that would create a marker file. A real `synthgen-run` flow then runs on both workers.
+A second run writes to S3 (moto behind a SigV4-checking proxy) with untrusted workers: the
+tampered worker looks for storage credentials and misuses its presigned URLs.
 """
 
 from __future__ import annotations
