@@ -5,22 +5,31 @@ from __future__ import annotations
 
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 import pytest
 
 from synthgen.config import OutputConfig
-from synthgen.io.grant import Grant, GrantRefused, GrantStore, Presigner, worker_config
+from synthgen.io.grant import EXPIRES_S, Grant, GrantRefused, GrantStore, Presigner, worker_config
 from synthgen.io.store import Store
-from tests.support.s3_sigcheck import sigcheck_proxy
+from tests.support.s3_sigcheck import sigcheck_proxy, verify
+
+
+def KEYS() -> dict[str, str]:  # noqa: N802
+    return {os.environ["AWS_ACCESS_KEY_ID"]: os.environ["AWS_SECRET_ACCESS_KEY"]}
+
+
+def _host(url: str) -> str:
+    return urllib.parse.urlsplit(url).netloc
 
 
 @pytest.fixture()
 def checked(s3_server: str, s3_bucket: str) -> Iterator[tuple[Store, list[str]]]:
-    keys = {os.environ["AWS_ACCESS_KEY_ID"]: os.environ["AWS_SECRET_ACCESS_KEY"]}
-    with sigcheck_proxy(s3_server, keys) as (url, refused):
+    with sigcheck_proxy(s3_server, KEYS()) as (url, refused):
         yield Store(OutputConfig(uri=f"s3://{s3_bucket}/pre", storage_options={"endpoint_url": url})), refused  # fmt: skip
 
 
@@ -61,7 +70,7 @@ def test_the_trusted_side_signs_and_a_grant_store_reads_and_writes_only_its_keys
     assert not refused  # the trusted side's and the granted requests all verified
 
 
-def test_the_store_refuses_a_url_used_for_another_method_key_or_after_expiry(checked):
+def test_the_store_refuses_a_url_used_for_another_method_or_key_or_after_expiry(checked):
     store, refused = checked
     path = store.path("runs/r/plan/s1.parquet")
     store.write_bytes(path, b"prompts")
@@ -72,13 +81,13 @@ def test_the_store_refuses_a_url_used_for_another_method_key_or_after_expiry(che
     assert _status("GET", get.replace("s1.parquet", "s2.parquet")) == 403  # another key
     assert _status("DELETE", put) == 403
     assert _status("GET", get.split("?")[0]) == 403  # no signature at all
-    expired = Presigner(store, expires_s=1).url("GET", path)
-    import time
-
-    time.sleep(2.1)
-    assert _status("GET", expired) == 403
     assert store.read_bytes(path) == b"prompts"
-    assert len(refused) == 6 and "expired" in refused[-1], refused
+    assert len(refused) == 5, refused
+    # a URL lives EXPIRES_S (6 h): the same check 6 h 1 min later refuses it
+    target = get[get.index("/", len("http://")) :]
+    later = datetime.now(UTC) + timedelta(seconds=EXPIRES_S + 60)
+    assert verify("GET", target, {"host": _host(get)}, KEYS(), datetime.now(UTC)) is None
+    assert verify("GET", target, {"host": _host(get)}, KEYS(), later) == "expired"
     # a GrantStore turns the store's 403 into GrantRefused
     grant = Grant("s1", 1, store.root, path, put={path: get})
     with pytest.raises(GrantRefused, match="refused by the store"):
