@@ -392,13 +392,35 @@ def _stop_losers(run_id: str, unit: str) -> None:
     a frozen one that never answers holds nothing up."""
     client = runner_client()
     token = unit_token(run_id, unit)
-    threading.Thread(
+    thread = threading.Thread(
         target=client.run,
         args=(supersede, token),
         kwargs={"on_error": "ignore"},
         name=f"synthgen-stop-{unit}",
         daemon=True,
-    ).start()
+    )
+    with _STOPS_LOCK:
+        _STOPS[:] = [t for t in _STOPS if t.is_alive()]
+        _STOPS.append(thread)
+    thread.start()
+
+
+def _await_stops(timeout_s: float | None = None) -> None:
+    """Give the stop broadcasts still in flight up to `timeout_s` (in all) before the flow
+    ends and its cluster closes: a broadcast started just before the end (a busy flow
+    process) would otherwise die with the client, leaving an abandoned call running on a
+    worker that outlives the run (an external cluster's). A frozen worker that never
+    answers holds the end up by at most this."""
+    with _STOPS_LOCK:
+        pending, _STOPS[:] = list(_STOPS), []
+    deadline = time.monotonic() + (STOP_WAIT_S if timeout_s is None else timeout_s)
+    for thread in pending:
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
+_STOPS: list[threading.Thread] = []
+_STOPS_LOCK = threading.Lock()
+STOP_WAIT_S = 10.0
 
 
 def _withdrawn_since(
@@ -667,6 +689,7 @@ def generate_flow(
             manifest = commit_publish(cfg, store, published.shards, published.pid, extra)
     if commit_pool is not None:
         commit_pool.shutdown(wait=True)  # commits of abandoned attempts still in flight
+    _await_stops()
     return {
         "results": results,
         "failures": failures,
