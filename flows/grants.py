@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from synthgen.config import RunConfig
+from synthgen.cost.leases import WorkerIdentity
 from synthgen.io.attempts import next_attempt
 from synthgen.io.checked import ShardWithdrawn, read_marker
 from synthgen.io.grant import Grant, Presigner
 from synthgen.io.layout import RunLayout
 from synthgen.io.store import Store
-from synthgen.stages.commit import commit_staged
+from synthgen.stages.commit import FlowView, commit_staged
 from synthgen.stages.decontam import index_paths
 from synthgen.stages.generate import stale_upstream
 from synthgen.stages.units import split_key, stage_config, upstream
@@ -132,9 +134,10 @@ class CommittedFuture:
     def __init__(
         self,
         inner: Any,
-        commit: Callable[[Any, str | None], dict[str, Any]],
+        commit: Callable[[Any, str | None, float], dict[str, Any]],
         pool: concurrent.futures.Executor,
     ) -> None:
+        self._submitted = time.monotonic()  # the task's submission: bounds its duration
         self._inner = inner
         self._commit = commit
         self._lock = threading.Lock()
@@ -154,8 +157,9 @@ class CommittedFuture:
     def _finish(self) -> None:
         try:
             res = self._inner.result()
+            held_s = time.monotonic() - self._submitted
             holder = getattr(self._inner, "_holder", None)
-            self._value = self._commit(res, holder() if holder else None)
+            self._value = self._commit(res, holder() if holder else None, held_s)
         except BaseException as exc:  # the task's error, a forged result, a storage error
             self._error = exc
         with self._lock:
@@ -188,8 +192,51 @@ class CommittedFuture:
 COMMIT_THREADS = 8  # trusted commits in flight in the flow's process
 
 
-def committing(cfg: RunConfig, store: Store, grant: Grant) -> Callable[[Any, str | None], dict[str, Any]]:  # fmt: skip
-    return lambda res, worker: commit_staged(cfg, store, grant, res, worker)
+def committing(
+    cfg: RunConfig, store: Store, grant: Grant, holders: Holders | None = None
+) -> Callable[[Any, str | None, float], dict[str, Any]]:
+    """The commit of `grant`'s attempt: its ledger row priced by the flow (the lease of
+    the certificate the holder presented, else the table) over at most the time the flow
+    saw the task out (`synthgen.stages.commit.FlowView`)."""
+
+    def commit(res: Any, worker: str | None, held_s: float) -> dict[str, Any]:
+        who = holders.identity(worker) if holders is not None and worker else None
+        return commit_staged(cfg, store, grant, res, worker, FlowView(held_s, who))
+
+    return commit
 
 
-__all__ = ["CommittedFuture", "Granter", "committing"]
+class Holders:
+    """Who the workers are as the scheduler knows them (not as they say): the CN of the
+    certificate each presented in its TLS handshake (`synthgen.cluster.roles`, on a
+    scheduler that enforces roles) and its Dask name; looked up again for an address not
+    seen yet."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._known: dict[str, WorkerIdentity] = {}
+        self._lock = threading.Lock()
+
+    def identity(self, address: str) -> WorkerIdentity:
+        with self._lock:
+            if address not in self._known:
+                self._refresh()
+            return self._known.get(address, WorkerIdentity())
+
+    def _refresh(self) -> None:
+        try:
+            cns = dict(self._client.sync(self._client.scheduler.synthgen_worker_certificates))
+        except Exception:  # a scheduler without roles: no certificate names (leases by name)
+            cns = {}
+        try:
+            info = self._client.scheduler_info(n_workers=-1)["workers"]
+        except Exception:
+            info = {}
+        for address in set(cns) | set(info):
+            name = info.get(address, {}).get("name")
+            self._known[address] = WorkerIdentity(
+                cert_cn=cns.get(address), name=str(name) if name is not None else None
+            )
+
+
+__all__ = ["CommittedFuture", "Granter", "Holders", "committing"]

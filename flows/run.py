@@ -39,7 +39,7 @@ from flows.cost import (
     start_usage,
 )
 from flows.credentials import load_secret_token
-from flows.grants import COMMIT_THREADS, CommittedFuture, Granter, committing
+from flows.grants import COMMIT_THREADS, CommittedFuture, Granter, Holders, committing
 from flows.loop import Gate, ShardLoop, windowed
 from flows.progress import RunProgress
 from flows.refs import SUMMARY_ARTIFACT_PREFIX, deployment_default_config, resolve_config_ref
@@ -526,6 +526,7 @@ def generate_flow(
         )
         worker_task_config = Opaque(worker_config(config))
         commit_pool = concurrent.futures.ThreadPoolExecutor(COMMIT_THREADS, "synthgen-commit")
+        holders = Holders(runner_client())  # who holds a result, as the scheduler knows
         pool_of_commits = commit_pool
         granted = generate_granted.with_options(
             retries=cfg.cluster.task_retries,
@@ -552,7 +553,7 @@ def generate_flow(
             if granter is not None:
                 grant = granter.grant(sid, speculative)
                 fut = granted.submit(worker_task_config, grant.as_dict())
-                return CommittedFuture(fut, committing(cfg, store, grant), pool_of_commits)
+                return CommittedFuture(fut, committing(cfg, store, grant, holders), pool_of_commits)
             if speculative:  # a backup copy of a straggler (its own task run)
                 return gen.submit(task_config, sid, True)
             return gen.submit(task_config, sid)

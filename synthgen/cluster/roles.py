@@ -359,12 +359,25 @@ def dask_setup(server: Any) -> None:
     kind = _server_kind(server)
     if kind == "Scheduler":
         server.handlers["synthgen_refusals"] = refusals
+        server.handlers["synthgen_worker_certificates"] = lambda: worker_certificates(server)
         _forwarding = True
     elif kind == "Worker" and not getattr(TLS.write, "_synthgen_guard", False):
         # task results and `Client.run` answers as msgpack when they are plain data (the
         # flow's tasks on TLS clusters return plain data: flows/task_runner.py)
         TLS.write = _plain_first(TLS.write)
     logger.info("certificate roles enforced on %s", type(server).__name__)
+
+
+def worker_certificates(scheduler: Any) -> dict[str, str]:
+    """Worker address -> the CN of the certificate its connection to `scheduler` presented
+    in the TLS handshake (what the operator issued it, not what the worker says), for the
+    workers connected now over TLS."""
+    out: dict[str, str] = {}
+    for address, stream in list(getattr(scheduler, "stream_comms", {}).items()):
+        peer = peer_of(getattr(stream, "comm", None))
+        if peer is not None and peer.certificate != "?":
+            out[address] = peer.certificate
+    return out
 
 
 def by_certificate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -8,6 +8,11 @@ later stage: a subset of them, the clean stage's drops go no further). Then it w
 the bytes it checked, the canonical shard file, the attempt's ledger row and the commit
 marker (first commit wins, as on a trusted worker), and deletes the staged object.
 
+The attempt's price and duration on the ledger are the flow's, not the worker's word
+(`FlowView`): the operator's lease for the certificate the worker presented (else the
+price table for its device, times the GPUs the config gives a unit), over at most the time
+the flow saw the task out (from its submission to its result).
+
 Anything that does not check out is a forged result (`ForgedOutput`): nothing is committed,
 the staged object is deleted, and the generate loop runs the unit on another worker and
 flags this one (`flows.loop.ShardLoop._forged`).
@@ -17,7 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -25,8 +31,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from synthgen.config import RunConfig
+from synthgen.cost.leases import WorkerIdentity, match_lease
 from synthgen.cost.ledger import Ledger
-from synthgen.cost.prices import SPECULATION_PREFIX
+from synthgen.cost.meter import gpus_used
+from synthgen.cost.prices import (
+    SPECULATION_PREFIX,
+    cost_of,
+    parse_device_label,
+    price_for_device,
+    usd_per_million,
+)
 from synthgen.errors import StorageError
 from synthgen.io.checked import read_checked, read_marker
 from synthgen.io.grant import Grant
@@ -49,6 +63,17 @@ class ForgedOutput(StorageError):
         self.unit = unit
         self.reason = reason
         self.worker = worker
+
+
+@dataclass(frozen=True)
+class FlowView:
+    """What the flow itself knows of an attempt, which nothing the worker says changes:
+    `held_s`, the seconds from the task's submission to its result reaching the flow (an
+    upper bound on what the worker can have spent on it); `holder`, the identity the
+    scheduler knows the worker by (the CN of the certificate it presented, its name)."""
+
+    held_s: float | None = None
+    holder: WorkerIdentity | None = None
 
 
 def input_prompt_ids(cfg: RunConfig, store: Store, unit: str) -> set[str]:
@@ -101,27 +126,74 @@ def check_staged(
     return table
 
 
-def _ledger_row(row: dict[str, Any], grant: Grant, cfg: RunConfig) -> dict[str, Any]:
-    """The worker's ledger row, with what the flow knows put back (run, unit, attempt)."""
+def _ledger_row(
+    row: dict[str, Any], grant: Grant, cfg: RunConfig, view: FlowView | None = None
+) -> dict[str, Any]:
+    """The worker's ledger row, with what the flow knows put back: run, unit, attempt; with
+    a `view`, the duration bounded by `held_s` and the price the operator's (`FlowView`)."""
     out = dict(row)
     for k in _LEDGER_TIMES:
         out[k] = datetime.fromisoformat(str(out[k]))
     out.update(run_id=cfg.run_id or "", shard_id=grant.unit, attempt=grant.attempt)
+    if view is not None:
+        _flow_priced(out, cfg, view)
     return out
 
 
-def _failed_row(ledger: Ledger, grant: Grant, cfg: RunConfig, res: dict[str, Any], why: str) -> None:  # fmt: skip
+def _flow_priced(row: dict[str, Any], cfg: RunConfig, view: FlowView) -> None:
+    """Replace the worker's duration (when longer than the flow saw the task out) and its
+    price with the flow's, and the cost columns derived from them."""
+    wall = (row["finished_at"] - row["started_at"]).total_seconds()
+    if view.held_s is not None and wall > view.held_s:
+        wall = max(0.0, view.held_s)
+        row["finished_at"] = row["started_at"] + timedelta(seconds=wall)
+    row["wall_seconds"] = wall
+    row["engine_seconds"] = min(float(row["engine_seconds"]), wall)
+    lease = match_lease(cfg.cost.worker_prices, view.holder) if view.holder else None
+    price = price_for_device(
+        parse_device_label(str(row.get("device") or "")),
+        cfg.cost.model_copy(update={"unknown_device": "zero"})
+        if cfg.cost.unknown_device == "error"
+        else cfg.cost,
+        lease.per_hour if lease else None,
+        gpus_used(cfg),
+    )
+    cost = cost_of(price.per_hour, wall)
+    row.update(
+        device_type=price.device_type,
+        price_per_hour=price.per_hour,
+        price_source=price.source,
+        cost_usd=cost,
+        usd_per_1m_completion_tokens=usd_per_million(cost, row.get("completion_tokens")),
+        usd_per_1m_kept_tokens=usd_per_million(cost, row.get("kept_tokens")),
+    )
+
+
+def _failed_row(
+    ledger: Ledger,
+    grant: Grant,
+    cfg: RunConfig,
+    res: dict[str, Any],
+    why: str,
+    view: FlowView | None = None,
+) -> None:
     row = res.get("ledger_row")
     if not isinstance(row, dict):
         return
     try:
-        ledger.write({**_ledger_row(row, grant, cfg), "status": "failed", "error": why[:2000]})
+        failed = {"status": "failed", "error": why[:2000]}
+        ledger.write({**_ledger_row(row, grant, cfg, view), **failed})
     except Exception:  # noqa: S110 - a malformed row from the worker: the attempt is lost
         pass
 
 
 def _superseded(
-    cfg: RunConfig, store: Store, grant: Grant, res: dict[str, Any], why: str
+    cfg: RunConfig,
+    store: Store,
+    grant: Grant,
+    res: dict[str, Any],
+    why: str,
+    view: FlowView | None = None,
 ) -> dict[str, Any]:
     """Another attempt committed the unit: this one's cost on the ledger, the committed
     result (status superseded) back."""
@@ -130,24 +202,35 @@ def _superseded(
     done = read_marker(store, cfg.run_id or "", shard_id, stage)
     if grant.speculative or (done and done["result"].get("speculative")):
         why = f"{SPECULATION_PREFIX}{why}"
-    _failed_row(Ledger(run_layout), grant, cfg, res, why)
+    _failed_row(Ledger(run_layout), grant, cfg, res, why, view)
     result = done["result"] if done else {"run_id": cfg.run_id, "shard_id": grant.unit}
     return {**result, "status": "superseded", "attempt": grant.attempt}
 
 
 def commit_staged(
-    cfg: RunConfig, store: Store, grant: Grant, res: Any, worker: str | None = None
+    cfg: RunConfig,
+    store: Store,
+    grant: Grant,
+    res: Any,
+    worker: str | None = None,
+    view: FlowView | None = None,
 ) -> dict[str, Any]:
     """Check and commit an untrusted worker's attempt (`res`: what `run_granted` returned);
-    the unit's result (as `run_shard` returns it). Raises `ForgedOutput`."""
+    the unit's result (as `run_shard` returns it). Raises `ForgedOutput`. With `view`, the
+    ledger row's duration and price are the flow's (`FlowView`)."""
     try:
-        return _commit(cfg, store, grant, res, worker)
+        return _commit(cfg, store, grant, res, worker, view)
     finally:
         store.rm(grant.staged)  # checked and copied, or refused: the staged object goes
 
 
 def _commit(
-    cfg: RunConfig, store: Store, grant: Grant, res: Any, worker: str | None
+    cfg: RunConfig,
+    store: Store,
+    grant: Grant,
+    res: Any,
+    worker: str | None,
+    view: FlowView | None = None,
 ) -> dict[str, Any]:
     unit = grant.unit
     if not isinstance(res, dict) or res.get("unit") != unit or res.get("attempt") != grant.attempt:
@@ -157,7 +240,7 @@ def _commit(
     run_layout = RunLayout(store, run_id)
     layout = run_layout.stage(stage)
     if res.get("status") == "stopped":
-        return _superseded(cfg, store, grant, res, "stopped mid-generation")
+        return _superseded(cfg, store, grant, res, "stopped mid-generation", view)
     if res.get("status") != "staged" or res.get("staged") != grant.staged:
         raise ForgedOutput(unit, f"status {res.get('status')!r}, staged {res.get('staged')!r}", worker)  # fmt: skip
     data = store.read_optional(grant.staged)
@@ -168,11 +251,13 @@ def _commit(
         raise ForgedOutput(unit, checked, worker)
     marker = layout.commit(shard_id)
     if store.exists(marker):  # another attempt committed first: never overwrite its file
-        return _superseded(cfg, store, grant, res, "another attempt committed the shard first")
+        return _superseded(
+            cfg, store, grant, res, "another attempt committed the shard first", view
+        )
     path = layout.shard(shard_id)
     store.write_bytes(path, data)
     try:
-        row = _ledger_row(res["ledger_row"], grant, cfg)
+        row = _ledger_row(res["ledger_row"], grant, cfg, view)
         Ledger(run_layout).write(row)
     except (KeyError, TypeError, ValueError) as exc:
         raise ForgedOutput(unit, f"its ledger row is malformed ({exc})", worker) from exc
@@ -221,4 +306,4 @@ def _commit(
     return result
 
 
-__all__ = ["ForgedOutput", "check_staged", "commit_staged", "input_prompt_ids"]
+__all__ = ["FlowView", "ForgedOutput", "check_staged", "commit_staged", "input_prompt_ids"]

@@ -305,6 +305,10 @@ def test_untrusted_workers_hold_no_credentials_and_their_urls_open_only_their_ke
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.run import synthgen_run
+    from synthgen.config import OutputConfig
+    from synthgen.cost.ledger import Ledger
+    from synthgen.io.layout import RunLayout
+    from synthgen.io.store import Store
     from tests.helpers import fake_config, write_config
     from tests.support.s3_sigcheck import sigcheck_proxy
 
@@ -318,6 +322,8 @@ def test_untrusted_workers_hold_no_credentials_and_their_urls_open_only_their_ke
             "secret": secret,
         }
         data["cluster"] = hostile.cluster_cfg(gpu_tasks=True, retry_delay_s=0.5)
+        # the operator's lease of the honest host, by the certificate it was issued
+        data["cost"] = {"worker_prices": {"worker": 1.25}}
         if not untrusted:
             data["cluster"]["untrusted_workers"] = False
         cfg_path = write_config(tmp_path / "hostile-s3.yaml", data)
@@ -351,3 +357,15 @@ def test_untrusted_workers_hold_no_credentials_and_their_urls_open_only_their_ke
     stray = [k for k in keys if not k.startswith((run_prefix, dataset)) or "/staging/" in k]
     assert not stray, stray
     assert not any("evil" in k for k in keys)
+    # the committed attempts are priced by the flow: the lease of the certificate the
+    # scheduler saw the honest worker present (synthgen_worker_certificates)
+    store = Store(
+        OutputConfig(
+            uri=f"s3://{s3_bucket}/h",
+            storage_options={"endpoint_url": s3_server, "key": key, "secret": secret},
+        )
+    )
+    rows = Ledger(RunLayout(store, result["run_id"])).rows().to_pylist()
+    done = [r for r in rows if r["status"] == "succeeded"]
+    assert len(done) == 6, rows
+    assert {(r["price_per_hour"], r["price_source"]) for r in done} == {(1.25, "lease")}, done

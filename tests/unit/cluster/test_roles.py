@@ -6,6 +6,7 @@ The end-to-end test with a tampered worker is tests/e2e/test_hostile_worker.py.
 from __future__ import annotations
 
 import pickle
+from types import SimpleNamespace
 
 import pytest
 from distributed.protocol.serialize import Serialized, deserialize, serialize
@@ -153,3 +154,18 @@ def test_refusals_grouped_by_certificate_name_the_host_in_the_summary() -> None:
     assert "REFUSED certificate synthgen-h7" in rows
     assert "2 request(s) from tls://10.0.0.7" in rows["REFUSED certificate synthgen-h7"]
     assert "h7-gpu0" in rows["REFUSED certificate synthgen-h7"]
+
+
+def test_the_scheduler_names_each_worker_by_the_certificate_it_presented() -> None:
+    """`synthgen_worker_certificates`: worker address -> the CN from its TLS handshake (the
+    flow prices untrusted workers' attempts by it); a connection without TLS is left out."""
+    tls_comm = SimpleNamespace(
+        _synthgen_peer=roles.Peer("worker", "gpu-host-7", "tls://10.0.0.7:1")
+    )
+    scheduler = SimpleNamespace(
+        stream_comms={
+            "tls://10.0.0.7:40000": SimpleNamespace(comm=tls_comm),
+            "tcp://10.0.0.8:40000": SimpleNamespace(comm=object()),
+        }
+    )
+    assert roles.worker_certificates(scheduler) == {"tls://10.0.0.7:40000": "gpu-host-7"}

@@ -12,13 +12,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from synthgen.config import config_from_dict
+from synthgen.cost.leases import WorkerIdentity
 from synthgen.cost.ledger import Ledger
 from synthgen.cost.prices import Price, ShardAttempt, ledger_row
 from synthgen.io.checked import read_checked
 from synthgen.io.grant import Grant
 from synthgen.io.layout import RunLayout
 from synthgen.io.store import Store
-from synthgen.stages.commit import ForgedOutput, commit_staged
+from synthgen.stages.commit import FlowView, ForgedOutput, commit_staged
 from synthgen.stages.generate import _plain_row
 from synthgen.stages.plan import read_shard_rows, write_plan
 from tests.helpers import fake_config
@@ -154,3 +155,47 @@ def test_a_forged_staged_output_is_refused_and_nothing_committed(run, forge, rea
     layout = RunLayout(store, cfg.run_id).stage()
     assert not store.exists(layout.commit(shard)) and not store.exists(layout.shard(shard))
     assert not store.exists(grant.staged)
+
+
+def test_the_flow_prices_the_attempt_not_the_worker(run):
+    """A worker that says it cost $1000/h for an hour is priced by the flow: the operator's
+    lease for the certificate the scheduler saw, over at most the time the flow saw the task
+    out (FlowView); without a lease, the price table for its device."""
+    cfg, store, shard, ids = run
+    cfg = cfg.model_copy(
+        update={
+            "cost": cfg.cost.model_copy(
+                update={"worker_prices": {"gpu-host-7": 2.0}, "prices": {"cpu-core": 0.01}}
+            )
+        }
+    )
+    grant, res = _staged(cfg, store, shard, _table(cfg, shard, ids))
+    row = dict(res["ledger_row"])
+    start = datetime.fromisoformat(row["started_at"])
+    row.update(
+        price_per_hour=1000.0,
+        price_source="lease",
+        finished_at=(start + timedelta(hours=1)).isoformat(),
+        wall_seconds=3600.0,
+        engine_seconds=3600.0,
+        cost_usd=1000.0,
+    )
+    res["ledger_row"] = row
+    who = WorkerIdentity(cert_cn="gpu-host-7", name="whatever-it-says")
+    out = commit_staged(cfg, store, grant, res, "tls://w:1", FlowView(held_s=30.0, holder=who))
+    assert out["status"] == "done"
+    assert out["price_per_hour"] == 2.0 and out["wall_seconds"] == 30.0
+    assert out["cost_usd"] == pytest.approx(2.0 * 30 / 3600)
+    (ledger,) = Ledger(RunLayout(store, cfg.run_id)).rows(shard).to_pylist()
+    assert ledger["price_source"] == "lease" and ledger["engine_seconds"] == 30.0
+    assert ledger["cost_usd"] == pytest.approx(2.0 * 30 / 3600)
+
+    # a later attempt, a holder without a lease: the table's price for the device it says
+    grant2, res2 = _staged(cfg, store, shard, _table(cfg, shard, ids), attempt=2)
+    res2["ledger_row"] = {**res2["ledger_row"], "price_per_hour": 1000.0, "device": "cpu"}
+    stranger = WorkerIdentity(cert_cn="someone-else", name=None)
+    again = commit_staged(cfg, store, grant2, res2, "tls://w:2", FlowView(60.0, stranger))
+    assert again["status"] == "superseded"  # shard committed above; still priced by the flow
+    rows = Ledger(RunLayout(store, cfg.run_id)).rows(shard).to_pylist()
+    second = [r for r in rows if r["attempt"] == 2][0]
+    assert second["price_per_hour"] != 1000.0 and second["price_source"] in ("table", "unknown")
