@@ -19,7 +19,7 @@ from typing import Any
 
 from synthgen.config import RunConfig
 from synthgen.cost import usage
-from synthgen.cost.leases import worker_lease
+from synthgen.cost.leases import WorkerIdentity, worker_lease
 from synthgen.cost.ledger import Ledger
 from synthgen.cost.prices import (
     AttemptStatus,
@@ -37,10 +37,10 @@ def gpus_used(cfg: RunConfig) -> int:
     return cfg.model.vllm.tensor_parallel_size if cfg.model.engine == "vllm" else 1
 
 
-def worker_price(cfg: RunConfig, device_label: str) -> Price:
-    """This worker's price for `device_label` (its lease, else the table); refuses an
-    unpriced device under a budget."""
-    lease = worker_lease(cfg.cost)
+def worker_price(cfg: RunConfig, device_label: str, who: WorkerIdentity | None = None) -> Price:
+    """The price of worker `who` (default: the one running this code) for `device_label`
+    (its lease, else the table); refuses an unpriced device under a budget."""
+    lease = worker_lease(cfg.cost, who)
     price = price_for_device(
         parse_device_label(device_label),
         cfg.cost,

@@ -18,7 +18,6 @@ since it read it is retracted (`retract_shard`), not judged.
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -27,20 +26,20 @@ from typing import Any
 import pyarrow as pa
 
 from synthgen.config import RunConfig
+from synthgen.cost.leases import WorkerIdentity
 from synthgen.cost.ledger import Ledger
 from synthgen.cost.meter import worker_price
 from synthgen.cost.prices import Price, cost_of, verification_row
-from synthgen.engines.base import ScoringEngine
-from synthgen.engines.cache import get_engine, worker_identity
-from synthgen.engines.turns import engine_turn
-from synthgen.errors import ConfigError, EngineError
+from synthgen.engines.base import ScoreRequest
+from synthgen.errors import ConfigError
 from synthgen.io.checked import ShardWithdrawn, read_checked, read_marker
 from synthgen.io.layout import RunLayout, StageLayout, split_key
 from synthgen.io.store import Store
 from synthgen.stages.generate import stale_upstream
-from synthgen.verify.baseline import score_requests, single_step, stage_baseline
+from synthgen.verify.baseline import Baseline, score_requests, single_step, stage_baseline
 from synthgen.verify.sample import choose_sample, new_sample_seed
 from synthgen.verify.verdict import judge
+from synthgen.verify.wire import parse_answer, score, score_payload
 
 
 @dataclass
@@ -194,11 +193,43 @@ def distrust_shard(task: VerifyTask, reason: str) -> VerifyResult:
     return result
 
 
-def verify_shard(task: VerifyTask) -> VerifyResult:
+@dataclass
+class Prepared:
+    """A check prepared on the trusted side: the committed unit, its baseline and the
+    sample to score (`payload()`: what the verifier gets, plain data)."""
+
+    task: VerifyTask
+    cfg: RunConfig
+    store: Store
+    marker: dict[str, Any]
+    stage: str
+    attempt: int
+    generator: str
+    base: Baseline
+    records: int
+    seed: int
+    requests: list[ScoreRequest]
+
+    def payload(self) -> dict[str, Any]:
+        return score_payload(
+            self.task.shard_id,
+            self.attempt,
+            self.requests,
+            self.base.model,
+            self.base.sampling,
+            self.base.guided,
+            self.cfg.verify.top_k,
+            self.cfg.cluster.shard_timeout_s,
+        )
+
+
+def prepare_check(task: VerifyTask, store: Store | None = None) -> Prepared | VerifyResult:
+    """Read the committed unit, rebuild its baseline and draw the sample (storage only, no
+    engine); a `VerifyResult` instead when there is nothing to score (stale, withdrawn, or
+    retracted because its upstream was replaced)."""
     cfg = RunConfig.model_validate(task.config)
-    vcfg = cfg.verify
     run_id = cfg.run_id or ""
-    store = Store(cfg.output)
+    store = store or Store(cfg.output)
     if not _committed(store, run_id, task.shard_id):
         return VerifyResult(task.shard_id, task.attempt, "stale")
     try:
@@ -208,9 +239,6 @@ def verify_shard(task: VerifyTask) -> VerifyResult:
     attempt = int(marker["result"]["attempt"])
     if attempt != task.attempt:
         return VerifyResult(task.shard_id, task.attempt, "stale")
-    generator = str(marker["result"]["worker"])
-    verifier, host = worker_identity()
-
     stage, shard_id = split_key(task.shard_id)
     stale = stale_upstream(store, run_id, cfg, stage, shard_id, marker)
     if stale is not None:  # not the worker's doing: its input was replaced under it
@@ -220,89 +248,112 @@ def verify_shard(task: VerifyTask) -> VerifyResult:
     # renders from the committed upstream rows (a one-step run: the run's, as recorded)
     base = stage_baseline(cfg, store, stage, shard_id, table) if cfg.stages else single_step(cfg)
     rows = score_requests(table, base)
-    seed = new_sample_seed(vcfg)
-    requests = [rows[i] for i in choose_sample(len(rows), vcfg, seed)]
-    engine = get_engine(base.model)
-    if not isinstance(engine, ScoringEngine):
-        raise EngineError(
-            f"verify {run_id}/{task.shard_id}: engine {base.model.engine!r} cannot score "
-            "completions; disable verify.enabled or use an engine with score()"
-        )
-    with engine_turn(abandon_after=cfg.cluster.shard_timeout_s):  # one call at a time
-        started_at = datetime.now(UTC)
-        t0 = time.perf_counter()
-        scores = (
-            engine.score(requests, base.sampling, top_k=vcfg.top_k, guided=base.guided)
-            if requests
-            else []
-        )
-        seconds = time.perf_counter() - t0
-    verdict = judge(scores, vcfg)
-    if base.problems:  # rows that are not what the stage makes of its input: fail
-        verdict.status = "fail"
-        verdict.reasons = [*verdict.reasons, *base.problems]
+    seed = new_sample_seed(cfg.verify)
+    return Prepared(
+        task=task,
+        cfg=cfg,
+        store=store,
+        marker=marker,
+        stage=stage,
+        attempt=attempt,
+        generator=str(marker["result"]["worker"]),
+        base=base,
+        records=len(rows),
+        seed=seed,
+        requests=[rows[i] for i in choose_sample(len(rows), cfg.verify, seed)],
+    )
 
+
+def finish_check(
+    prep: Prepared,
+    answer: Any,
+    verifier: str | None = None,
+    who: WorkerIdentity | None = None,
+) -> VerifyResult:
+    """Judge the verifier's `answer` (`synthgen.verify.wire.score`'s plain data), price it
+    from the run config (the lease of `who`; default: this worker's), write its ledger row
+    and record, and quarantine the unit if it failed. `verifier`: the worker known to have
+    run the check (else the answer's own word). Raises `ForgedScores` for a malformed
+    answer, before anything is written."""
+    cfg, store, task = prep.cfg, prep.store, prep.task
+    vcfg = cfg.verify
+    run_id = cfg.run_id or ""
+    ans = parse_answer(answer, task.shard_id, prep.attempt, prep.requests, verifier)
+    verifier = verifier or ans.worker
+    verdict = judge(ans.scores, vcfg)
+    if prep.base.problems:  # rows that are not what the stage makes of its input: fail
+        verdict.status = "fail"
+        verdict.reasons = [*verdict.reasons, *prep.base.problems]
     try:  # priced like a generation attempt on this worker
-        p = worker_price(cfg, engine.info.device)
+        p = worker_price(cfg, ans.device, who)
     except ConfigError:  # unpriced device under a budget: record the seconds, price unknown
-        p = Price(0.0, engine.info.device, "unknown")
+        p = Price(0.0, ans.device, "unknown")
     device_type, price = p.device_type, p.per_hour
     # what trust costs: one ledger row per check, pass or fail (before quarantining)
     Ledger(RunLayout(store, run_id)).write(
         verification_row(
             run_id=run_id,
             shard_id=task.shard_id,
-            attempt=attempt,
+            attempt=prep.attempt,
             check_id=uuid.uuid4().hex[:12],
             worker=verifier,
-            host=host,
-            device=engine.info.device,
-            model=engine.info.model,
+            host=ans.host,
+            device=ans.device,
+            model=ans.model,
             price=p,
-            started_at=started_at,
-            seconds=seconds,
+            started_at=ans.started_at,
+            seconds=ans.seconds,
         ),
     )
     stats = verdict.stats
+    base = prep.base
     result = VerifyResult(
         shard_id=task.shard_id,
-        attempt=attempt,
+        attempt=prep.attempt,
         status=verdict.status,
-        generator=generator,
+        generator=prep.generator,
         verifier=verifier,
-        records=len(rows),
-        sampled=len(requests),
+        records=prep.records,
+        sampled=len(prep.requests),
         tokens=stats.tokens if stats else 0,
         z=stats.z if stats else None,
         topk_fraction=stats.topk_fraction if stats else None,
-        verify_seconds=seconds,
-        device=engine.info.device,
+        verify_seconds=ans.seconds,
+        device=ans.device,
         device_type=device_type,
         price_per_hour=price,
-        cost_usd=cost_of(price, seconds),
+        cost_usd=cost_of(price, ans.seconds),
         reasons=verdict.reasons,
-        record=verify_path(store, run_id, task.shard_id, attempt),
+        record=verify_path(store, run_id, task.shard_id, prep.attempt),
     )
     store.write_json(
         result.record,
         {
             **result.as_dict(),
-            "host": host,
+            "host": ans.host,
             "verdict": verdict.as_dict(),
-            "sample_seed": seed,
+            "sample_seed": prep.seed,
             "thresholds": vcfg.model_dump(mode="json"),
-            "stage": stage,
+            "stage": prep.stage,
             "baseline": {
                 "model": {"engine": base.model.engine, "path": base.model.path},
                 "sampling": base.sampling.model_dump(mode="json"),
                 "guided": base.guided.model_dump(mode="json") if base.guided else None,
                 "prompts": "rendered from upstream" if base.chats is not None else "recorded",
             },
-            "generation_engine_seconds": marker["result"].get("engine_seconds"),
-            "scores": [asdict(s) for s in scores],
+            "generation_engine_seconds": prep.marker["result"].get("engine_seconds"),
+            "scores": [asdict(s) for s in ans.scores],
             "at": _now(),
         },
     )
     if not verdict.passed:
-        quarantine_shard(store, run_id, task.shard_id, marker, verdict.as_dict())
+        quarantine_shard(store, run_id, task.shard_id, prep.marker, verdict.as_dict())
     return result
+
+
+def verify_shard(task: VerifyTask) -> VerifyResult:
+    """The whole check on one (trusted) worker: prepare, score, finish."""
+    prep = prepare_check(task)
+    if isinstance(prep, VerifyResult):
+        return prep
+    return finish_check(prep, score(prep.payload()))
