@@ -45,7 +45,14 @@ from flows.progress import RunProgress
 from flows.refs import SUMMARY_ARTIFACT_PREFIX, deployment_default_config, resolve_config_ref
 from flows.task_runner import Opaque, SynthgenTaskRunner, unwrap
 from flows.timeouts import ShardTimeouts, remove_silent_workers
-from flows.verify import VerifyGate, cluster_workers, restrict, runner_client, submit_check_task
+from flows.verify import (
+    VerifyGate,
+    cluster_workers,
+    restrict,
+    runner_client,
+    submit_check_task,
+    submit_granted_check,
+)
 from synthgen import errors as synthgen_errors
 from synthgen.checkpoints import checkpoint
 from synthgen.cluster.client import unit_resources
@@ -578,10 +585,24 @@ def generate_flow(
         gates.append(deadlines)
     verify = None
     if cfg.verify.enabled:  # spot checks on other workers as shards commit (issue 8)
+        if granter is not None:  # the flow reads and judges, the verifier only scores
+            client = runner_client()
+            check = submit_granted_check(
+                config,
+                store,
+                lambda unit: _gpu_annotation(cfg, unit),
+                pool_of_commits,
+                lambda: {
+                    a: str(w.get("name", ""))
+                    for a, w in client.scheduler_info(n_workers=-1)["workers"].items()
+                },
+            )
+        else:
+            check = submit_check_task(task_config, lambda unit: _gpu_annotation(cfg, unit))
         verify = VerifyGate(
             cfg,
             config,
-            submit_check_task(task_config, lambda unit: _gpu_annotation(cfg, unit)),
+            check,
             able,
             store,
             workers_for=able,

@@ -21,6 +21,7 @@ the shard are retracted and generated again from the regenerated unit.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,21 +32,28 @@ import distributed
 from prefect import task
 from prefect.context import FlowRunContext
 
+from flows.grants import CommittedFuture
 from flows.loop import Gate
 from flows.task_runner import Opaque, unwrap
 from synthgen.config import RunConfig
+from synthgen.cost.leases import WorkerIdentity
 from synthgen.io.checked import ShardWithdrawn, read_marker
 from synthgen.io.layout import RunLayout, split_key, unit_key
 from synthgen.io.store import Store
 from synthgen.stages.units import committed_units, stage_names, upstream
 from synthgen.verify.check import (
+    VerifyResult,
     VerifyTask,
     distrust_shard,
+    finish_check,
+    prepare_check,
     retract_shard,
     verify_path,
     verify_shard,
 )
+from synthgen.verify.wire import ForgedScores, score
 
+MAX_FORGED_CHECKS = 3  # forged answers to a unit's checks before it is left unverified
 VERIFY_PRIORITY = 10**9  # above generation (plan-order priorities): checks start first
 
 
@@ -54,6 +62,14 @@ def verify_shard_task(
     config: dict[str, Any] | Opaque, shard_id: str, attempt: int
 ) -> dict[str, Any]:
     return verify_shard(VerifyTask(unwrap(config), shard_id, attempt)).as_dict()
+
+
+@task(name="verify-shard", persist_result=False, retries=1, retry_delay_seconds=1)
+def score_check_task(payload: dict[str, Any] | Opaque) -> dict[str, Any]:
+    """The verifier's part of a check on an untrusted worker (`cluster.untrusted_workers`):
+    plain data in (the sample and its baseline, `synthgen.verify.wire`), plain data out (the
+    scores); no storage, no credentials."""
+    return score(unwrap(payload))
 
 
 @dataclass
@@ -165,6 +181,7 @@ class VerifyGate(Gate):
         self.bad: dict[str, set[str]] = {}  # shard -> workers that produced a bad copy
         self.accepted: dict[str, dict[str, Any]] = {}
         self.passed_by: dict[str, list[str]] = {}  # verifier -> shards it passed
+        self.forged_checks: dict[str, int] = {}  # unit -> its checks answered forged
         self.window = max(2, 2 * len(workers()))
 
     # -- submission --------------------------------------------------------------------
@@ -304,6 +321,9 @@ class VerifyGate(Gate):
         try:
             check = future.result()
         except Exception as exc:
+            if getattr(exc, "retry_elsewhere", False):  # a verifier's answer not used
+                self._forged_check(shard_id, exc)
+                return
             msg = f"{shard_id}: verification errored ({type(exc).__name__}: {exc}); left unverified"
             print(f"warning: {msg}")
             self.out.warnings.append(msg)
@@ -355,11 +375,11 @@ class VerifyGate(Gate):
             self.out.quarantined.append(check)
             self._regenerate(sid, res["worker"], "worker flagged")
 
-    def _regenerate(self, sid: str, bad_worker: str, reason: str) -> None:
-        self.waiting.discard(sid)
-        self._retract_later(sid, "was quarantined")
+    def _flag(self, bad_worker: str, reason: str) -> None:
+        """Flag a worker: the checks it passed are run again elsewhere and, with
+        `exclude_flagged_workers`, its own units leave the dataset."""
         newly = bad_worker not in self.out.flagged
-        self.out.flagged.setdefault(bad_worker, []).append(f"{sid}: {reason}")
+        self.out.flagged.setdefault(bad_worker, []).append(reason)
         if newly:
             for other in self.passed_by.pop(bad_worker, []):
                 if other in self.accepted and self.accepted[other]["worker"] != bad_worker:
@@ -370,6 +390,34 @@ class VerifyGate(Gate):
             for other, res in list(self.accepted.items()):
                 if res["worker"] == bad_worker and res["status"] != "skipped":
                     self._distrust(other, res)
+
+    def _forged_check(self, sid: str, exc: Exception) -> None:
+        """A verifier answered with something that is not a well-formed score of what it was
+        sent (`ForgedScores`, or a pickle on a TLS cluster: `ForgedResult`): the check is
+        void, the verifier is flagged (as a forger too: no more units for it) and the unit
+        is checked on another worker, at most MAX_FORGED_CHECKS times (then left
+        unverified, warned)."""
+        worker = getattr(exc, "worker", None) or "(unknown worker)"
+        print(f"{exc}; verifier {worker} FLAGGED, the check runs elsewhere")
+        self.loop.out.forgers.setdefault(worker, []).append(sid)
+        self._flag(worker, f"{sid}: forged verification result")
+        n = self.forged_checks[sid] = self.forged_checks.get(sid, 0) + 1
+        res = self.accepted.get(sid)
+        if res is None:
+            return
+        if n > MAX_FORGED_CHECKS:
+            msg = f"{sid}: left unverified: {n} forged verification results"
+            print(f"warning: {msg}")
+            self.out.warnings.append(msg)
+            self.out.skipped.append(sid)
+            self._release(sid, int(res["attempt"]))
+            return
+        self._verify(res)
+
+    def _regenerate(self, sid: str, bad_worker: str, reason: str) -> None:
+        self.waiting.discard(sid)
+        self._retract_later(sid, "was quarantined")
+        self._flag(bad_worker, f"{sid}: {reason}")
         self.regens[sid] = self.regens.get(sid, 0) + 1
         if self.regens[sid] > self.vcfg.max_regenerations:
             self.out.failures.append(f"{sid}: failed verification {self.regens[sid]} times")
@@ -398,5 +446,72 @@ def submit_check_task(
     def submit(res: dict[str, Any], workers: list[str]) -> Any:
         with gpu_annotation(res["shard_id"]), restrict(workers, VERIFY_PRIORITY):
             return verify_shard_task.submit(config, res["shard_id"], int(res["attempt"]))
+
+    return submit
+
+
+class Settled:
+    """A check decided on the flow's side, without a worker (stale, withdrawn, retracted,
+    or its preparation failed): a future that is already done."""
+
+    def __init__(self, value: Any = None, error: BaseException | None = None) -> None:
+        self._value = value
+        self._error = error
+
+    def done(self) -> bool:
+        return True
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        fn(self)
+
+
+def submit_granted_check(
+    config: dict[str, Any],
+    store: Store,
+    gpu_annotation: Callable[[str], contextlib.AbstractContextManager[Any]],
+    pool: concurrent.futures.Executor,
+    names: Callable[[], dict[str, str]],
+) -> Callable[[dict[str, Any], list[str]], Any]:
+    """Checks with untrusted workers (`cluster.untrusted_workers`): the flow prepares each
+    check (`prepare_check`: it reads the committed unit with its own credentials), the
+    verifier only scores the plain-data sample it is sent (`score_check_task`: no config,
+    no storage path, no credential), and the flow judges its answer, prices it from the
+    run config (the verifier's lease by its worker name, `names()`: address -> name, else
+    the price table), writes the ledger row and record and quarantines (`finish_check`, in
+    `pool` as the answer arrives). A malformed answer raises `ForgedScores` naming the
+    verifier (the worker that held the result, else the one asked, else the one the answer
+    names if it was asked)."""
+
+    def submit(res: dict[str, Any], workers: list[str]) -> Any:
+        sid = res["shard_id"]
+        try:
+            prep = prepare_check(VerifyTask(config, sid, int(res["attempt"])), store)
+        except Exception as exc:  # heard as an errored check: left unverified, warned
+            return Settled(error=exc)
+        if isinstance(prep, VerifyResult):
+            return Settled(prep.as_dict())
+        with gpu_annotation(sid), restrict(workers, VERIFY_PRIORITY):
+            fut = score_check_task.submit(Opaque(prep.payload()))
+
+        def finish(answer: Any, holder: str | None) -> dict[str, Any]:
+            claimed = answer.get("worker") if isinstance(answer, dict) else None
+            verifier = holder or (workers[0] if len(workers) == 1 else None)
+            if verifier is None and claimed in workers:
+                verifier = claimed
+            if verifier is None:
+                raise ForgedScores(sid, f"the answer names worker {claimed!r}, not one asked")
+            try:
+                name = names().get(verifier)
+            except Exception:  # priced by the table
+                name = None
+            who = WorkerIdentity(name=name) if name else WorkerIdentity()
+            return finish_check(prep, answer, verifier, who).as_dict()
+
+        return CommittedFuture(fut, finish, pool)
 
     return submit

@@ -117,7 +117,8 @@ class ClusterConfig(_Section):
         "URLs for its input (GET) and a staging key (PUT) only, and the flow checks the "
         "staged output (size, sha256, schema, rows, prompt ids) before it commits it. "
         "auto: on when `tls` is set and the output is on an object store (s3://). Needs "
-        "an s3:// output; `verify.enabled` is not supported with it.",
+        "an s3:// output. With `verify.enabled` the flow reads the committed shard and sends the "
+        "verifier only the sampled records to score (plain data), then judges the scores.",
     )
 
     @model_validator(mode="after")

@@ -75,13 +75,6 @@ class RunConfig(_Section):
                 "cluster.untrusted_workers: true needs an object-store output (output.uri "
                 f"s3://...): workers get presigned URLs, which {self.output.uri!r} has none of"
             )
-        if self.untrusted_workers() and self.verify.enabled:
-            raise ValueError(
-                "verify.enabled and cluster.untrusted_workers cannot be combined yet: "
-                "verification checks read committed shards on the workers, which hold no "
-                "storage credentials with untrusted_workers (set cluster.untrusted_workers: "
-                "false to verify on trusted workers, or verify.enabled: false)"
-            )
         return self
 
     def untrusted_workers(self) -> bool:

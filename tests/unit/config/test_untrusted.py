@@ -1,4 +1,4 @@
-"""`cluster.untrusted_workers` (issue 17 item 3): auto, explicit, and what it refuses."""
+"""`cluster.untrusted_workers` (issue 17 item 3): auto, explicit, what it refuses, and verification with it."""
 
 from __future__ import annotations
 
@@ -33,15 +33,14 @@ def test_untrusted_workers_need_an_object_store() -> None:
         config_from_dict({"output": {"uri": "./data"}, "cluster": {"untrusted_workers": True}})
 
 
-def test_verification_with_untrusted_workers_is_refused_naming_both_keys() -> None:
-    with pytest.raises(ConfigError, match=r"verify.enabled.*cluster.untrusted_workers"):
-        config_from_dict({"output": {"uri": "s3://b/p"}, "cluster": TLS, "verify": {"enabled": True}})  # fmt: skip
-    # trusted workers may verify
+def test_verification_with_untrusted_workers_loads() -> None:
+    cfg = config_from_dict({"output": {"uri": "s3://b/p"}, "cluster": TLS, "verify": {"enabled": True}})  # fmt: skip
+    assert cfg.untrusted_workers() and cfg.verify.enabled
     cfg = config_from_dict(
         {
             "output": {"uri": "s3://b/p"},
-            "cluster": {**TLS, "untrusted_workers": False},
+            "cluster": {"untrusted_workers": True},
             "verify": {"enabled": True},
-        }
+        }  # fmt: skip
     )
-    assert not cfg.untrusted_workers()
+    assert cfg.untrusted_workers() and cfg.verify.enabled
