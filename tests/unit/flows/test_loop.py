@@ -278,6 +278,40 @@ def test_a_withdrawn_check_regenerates_the_shard_without_flagging_its_worker(tmp
     assert sorted(r["shard_id"] for r in vrun.results) == SHARDS[:3]
 
 
+def test_a_forged_check_answer_flags_the_verifier_and_checks_the_unit_elsewhere(tmp_path) -> None:
+    """Untrusted workers: a verifier whose answer is malformed (`ForgedScores`) is flagged,
+    gets no more units, and every unit it was asked to check is checked by another worker."""
+    from synthgen.verify.wire import ForgedScores
+
+    sim = Cluster()
+    sim.workers = ["w1", "w2", "w3"]
+    verify = _verify(tmp_path, sim, fail_on=None)
+    base = verify.submit_check
+    started_before_flag: list[int] = []
+
+    def check(res: dict[str, Any], verifiers: list[str]) -> Fut:
+        fut = base(res, verifiers)
+        if verifiers[0] == "w1":  # w1 answers every check with a malformed payload
+            started_before_flag.append(len(sim.submitted))
+            fut._value = ForgedScores(res["shard_id"], "2 scores for 3 requests", "w1")
+        return fut
+
+    verify.submit_check = check
+    out = ShardLoop(SHARDS[:6], sim.submit, [verify]).run()
+    vrun = verify.finish([])
+    asked_w1 = {s for s, _, v in sim.checks if v[0] == "w1"}
+    assert asked_w1 and set(vrun.flagged) == {"w1"} and set(out.forgers) == {"w1"}
+    assert all("forged verification result" in r for r in vrun.flagged["w1"])
+    # every unit w1 was asked to check was checked again by another worker, and passed
+    for sid in asked_w1:
+        later = [v for s, _, v in sim.checks if s == sid][1:]
+        assert later and "w1" not in later[-1]
+    assert {c["verifier"] for c in vrun.checks} <= {"w2", "w3"}
+    assert sorted(r["shard_id"] for r in vrun.results) == SHARDS[:6] and not vrun.skipped
+    # no unit was started on w1 once it was flagged
+    assert "w1" not in {w for _, w, _ in sim.submitted[started_before_flag[0] :]}
+
+
 def test_the_loop_runs_again_for_requeued_shards_with_the_same_gates(tmp_path) -> None:
     # what generate_flow does with shards withdrawn by dedup or publish
     sim = Cluster(cost=0.25)
