@@ -281,9 +281,11 @@ class VerifyGate(Gate):
 
     def _verify(self, res: dict[str, Any]) -> None:
         sid, generator = res["shard_id"], res["worker"]
-        others = [w for w in self.workers_for(sid) if w != generator and w not in self.out.flagged]
+        # no check on a flagged worker, nor on one that sent back a forged result
+        bad = set(self.out.flagged) | set(self.loop.out.forgers)
+        others = [w for w in self.workers_for(sid) if w != generator and w not in bad]
         if not others:
-            if self.vcfg.allow_same_worker and generator not in self.out.flagged:
+            if self.vcfg.allow_same_worker and generator not in bad:
                 others = [generator]
                 msg = f"{sid}: only one worker; verified on the worker that generated it"
             else:

@@ -312,6 +312,27 @@ def test_a_forged_check_answer_flags_the_verifier_and_checks_the_unit_elsewhere(
     assert "w1" not in {w for _, w, _ in sim.submitted[started_before_flag[0] :]}
 
 
+def test_a_worker_that_forged_a_result_is_not_asked_to_check(tmp_path) -> None:
+    from flows.task_runner import ForgedResult
+
+    sim = Cluster()
+    sim.workers = ["w1", "w2", "w3"]
+    verify = _verify(tmp_path, sim, fail_on=None)
+
+    def submit(sid: str, avoid: set[str] | None, priority: int, speculative: bool = False) -> Fut:
+        fut = sim.submit(sid, avoid, priority, speculative)
+        if sim.submitted[-1][1] == "w1":  # w1 sends back a pickle for every unit
+            fut._value = ForgedResult("not a plain result", "w1")
+        return fut
+
+    out = ShardLoop(SHARDS[:6], submit, [verify]).run()
+    vrun = verify.finish([])
+    assert set(out.forgers) == {"w1"}
+    assert sim.submitted[0][1] == "w1"  # its forged result is the loop's first event
+    assert sim.checks and all("w1" not in verifiers for _, _, verifiers in sim.checks)
+    assert sorted(r["shard_id"] for r in vrun.results) == SHARDS[:6]
+
+
 def test_the_loop_runs_again_for_requeued_shards_with_the_same_gates(tmp_path) -> None:
     # what generate_flow does with shards withdrawn by dedup or publish
     sim = Cluster(cost=0.25)
