@@ -586,16 +586,12 @@ def generate_flow(
     verify = None
     if cfg.verify.enabled:  # spot checks on other workers as shards commit (issue 8)
         if granter is not None:  # the flow reads and judges, the verifier only scores
-            client = runner_client()
             check = submit_granted_check(
                 config,
                 store,
                 lambda unit: _gpu_annotation(cfg, unit),
                 pool_of_commits,
-                lambda: {
-                    a: str(w.get("name", ""))
-                    for a, w in client.scheduler_info(n_workers=-1)["workers"].items()
-                },
+                holders,
             )
         else:
             check = submit_check_task(task_config, lambda unit: _gpu_annotation(cfg, unit))

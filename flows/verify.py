@@ -32,11 +32,10 @@ import distributed
 from prefect import task
 from prefect.context import FlowRunContext
 
-from flows.grants import CommittedFuture
+from flows.grants import CommittedFuture, Holders
 from flows.loop import Gate
 from flows.task_runner import Opaque, unwrap
 from synthgen.config import RunConfig
-from synthgen.cost.leases import WorkerIdentity
 from synthgen.io.checked import ShardWithdrawn, read_marker
 from synthgen.io.layout import RunLayout, split_key, unit_key
 from synthgen.io.store import Store
@@ -477,15 +476,16 @@ def submit_granted_check(
     store: Store,
     gpu_annotation: Callable[[str], contextlib.AbstractContextManager[Any]],
     pool: concurrent.futures.Executor,
-    names: Callable[[], dict[str, str]],
+    holders: Holders,
 ) -> Callable[[dict[str, Any], list[str]], Any]:
     """Checks with untrusted workers (`cluster.untrusted_workers`): the flow prepares each
     check (`prepare_check`: it reads the committed unit with its own credentials), the
     verifier only scores the plain-data sample it is sent (`score_check_task`: no config,
     no storage path, no credential), and the flow judges its answer, prices it from the
-    run config (the verifier's lease by its worker name, `names()`: address -> name, else
-    the price table), writes the ledger row and record and quarantines (`finish_check`, in
-    `pool` as the answer arrives). A malformed answer raises `ForgedScores` naming the
+    run config (the lease of the identity the scheduler knows the verifier by, `holders`,
+    else the price table) over at most the time the flow saw the task out, writes the
+    ledger row and record and quarantines (`finish_check`, in `pool` as the answer
+    arrives). A malformed answer raises `ForgedScores` naming the
     verifier (the worker that held the result, else the one asked, else the one the answer
     names if it was asked)."""
 
@@ -500,19 +500,15 @@ def submit_granted_check(
         with gpu_annotation(sid), restrict(workers, VERIFY_PRIORITY):
             fut = score_check_task.submit(Opaque(prep.payload()))
 
-        def finish(answer: Any, holder: str | None) -> dict[str, Any]:
+        def finish(answer: Any, holder: str | None, held_s: float) -> dict[str, Any]:
             claimed = answer.get("worker") if isinstance(answer, dict) else None
             verifier = holder or (workers[0] if len(workers) == 1 else None)
             if verifier is None and claimed in workers:
                 verifier = claimed
             if verifier is None:
                 raise ForgedScores(sid, f"the answer names worker {claimed!r}, not one asked")
-            try:
-                name = names().get(verifier)
-            except Exception:  # priced by the table
-                name = None
-            who = WorkerIdentity(name=name) if name else WorkerIdentity()
-            return finish_check(prep, answer, verifier, who).as_dict()
+            who = holders.identity(verifier)
+            return finish_check(prep, answer, verifier, who, held_s).as_dict()
 
         return CommittedFuture(fut, finish, pool)
 

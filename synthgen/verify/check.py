@@ -269,17 +269,20 @@ def finish_check(
     answer: Any,
     verifier: str | None = None,
     who: WorkerIdentity | None = None,
+    held_s: float | None = None,
 ) -> VerifyResult:
     """Judge the verifier's `answer` (`synthgen.verify.wire.score`'s plain data), price it
     from the run config (the lease of `who`; default: this worker's), write its ledger row
     and record, and quarantine the unit if it failed. `verifier`: the worker known to have
-    run the check (else the answer's own word). Raises `ForgedScores` for a malformed
+    run the check (else the answer's own word); `held_s`: the seconds the flow saw the
+    check's task out, which bound the scoring seconds it is priced on. Raises `ForgedScores` for a malformed
     answer, before anything is written."""
     cfg, store, task = prep.cfg, prep.store, prep.task
     vcfg = cfg.verify
     run_id = cfg.run_id or ""
     ans = parse_answer(answer, task.shard_id, prep.attempt, prep.requests, verifier)
     verifier = verifier or ans.worker
+    seconds = ans.seconds if held_s is None else min(ans.seconds, max(0.0, held_s))
     verdict = judge(ans.scores, vcfg)
     if prep.base.problems:  # rows that are not what the stage makes of its input: fail
         verdict.status = "fail"
@@ -302,7 +305,7 @@ def finish_check(
             model=ans.model,
             price=p,
             started_at=ans.started_at,
-            seconds=ans.seconds,
+            seconds=seconds,
         ),
     )
     stats = verdict.stats
@@ -318,11 +321,11 @@ def finish_check(
         tokens=stats.tokens if stats else 0,
         z=stats.z if stats else None,
         topk_fraction=stats.topk_fraction if stats else None,
-        verify_seconds=ans.seconds,
+        verify_seconds=seconds,
         device=ans.device,
         device_type=device_type,
         price_per_hour=price,
-        cost_usd=cost_of(price, ans.seconds),
+        cost_usd=cost_of(price, seconds),
         reasons=verdict.reasons,
         record=verify_path(store, run_id, task.shard_id, prep.attempt),
     )

@@ -154,3 +154,13 @@ def test_not_a_dict_is_forged(tmp_path):
     prep = _prepare(cfg, store, sid)
     with pytest.raises(ForgedScores, match="not a dict"):
         finish_check(prep, ["pass"], VERIFIER)
+
+
+def test_the_scoring_time_priced_is_at_most_what_the_flow_saw(tmp_path):
+    cfg, store, sid = _committed(tmp_path)
+    prep = _prepare(cfg, store, sid)
+    answer = {**_wire(score(_wire(prep.payload()))), "seconds": 3600.0}  # claims an hour
+    res = finish_check(prep, answer, VERIFIER, WorkerIdentity(name="leased-v"), held_s=2.0)
+    assert res.verify_seconds == 2.0 and res.cost_usd == pytest.approx(7.5 * 2.0 / 3600)
+    (row,) = _verify_rows(store, cfg)
+    assert row["wall_seconds"] == pytest.approx(2.0)
