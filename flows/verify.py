@@ -485,9 +485,8 @@ def submit_granted_check(
     run config (the lease of the identity the scheduler knows the verifier by, `holders`,
     else the price table) over at most the time the flow saw the task out, writes the
     ledger row and record and quarantines (`finish_check`, in `pool` as the answer
-    arrives). A malformed answer raises `ForgedScores` naming the
-    verifier (the worker that held the result, else the one asked, else the one the answer
-    names if it was asked)."""
+    arrives). A malformed answer raises `ForgedScores` naming the verifier (the worker that
+    held the result, else the one asked, else the one the answer names if it was asked)."""
 
     def submit(res: dict[str, Any], workers: list[str]) -> Any:
         sid = res["shard_id"]

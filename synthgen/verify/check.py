@@ -14,6 +14,13 @@ A multi-stage run's unit `STAGE:SHARD` is checked the same way under its stage's
 (`synthgen.verify.baseline`: the stage's model, sampling and constraint, and the prompts
 rendered again from the committed upstream rows). A unit whose upstream shard was replaced
 since it read it is retracted (`retract_shard`), not judged.
+
+A check is three steps: `prepare_check` (read the committed unit, rebuild its baseline, draw
+the sample: storage only), `synthgen.verify.wire.score` (the engine's scores, plain data in
+and out) and `finish_check` (judge, price, ledger row, record, quarantine). With trusted
+workers `verify_shard` runs all three on the verifier; with untrusted workers
+(`cluster.untrusted_workers`, no storage credentials) the flow runs the first and the last,
+and the verifier only scores (`flows.verify.submit_granted_check`).
 """
 
 from __future__ import annotations
@@ -275,8 +282,8 @@ def finish_check(
     from the run config (the lease of `who`; default: this worker's), write its ledger row
     and record, and quarantine the unit if it failed. `verifier`: the worker known to have
     run the check (else the answer's own word); `held_s`: the seconds the flow saw the
-    check's task out, which bound the scoring seconds it is priced on. Raises `ForgedScores` for a malformed
-    answer, before anything is written."""
+    check's task out, which bound the scoring seconds it is priced on. Raises
+    `ForgedScores` for a malformed answer, before anything is written."""
     cfg, store, task = prep.cfg, prep.store, prep.task
     vcfg = cfg.verify
     run_id = cfg.run_id or ""
