@@ -78,3 +78,15 @@ def local_cluster(n_workers: int) -> Iterator[tuple[LocalCluster, Client]]:
         Client(cluster) as client,
     ):
         yield cluster, client
+
+
+# clean on with no dedup and no quality filter: only what a test adds (e.g. decontamination)
+CLEAN_ONLY: dict[str, Any] = {
+    "enabled": True,
+    "exact": {"enabled": False},
+    "near": {"enabled": False},
+    "filters": {
+        n: {"enabled": False}
+        for n in ("word_count", "gopher_quality", "gopher_repetition", "truncated", "refusal")
+    },
+}

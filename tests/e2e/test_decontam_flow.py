@@ -15,23 +15,13 @@ from flows.run import synthgen_run
 from synthgen.config import OutputConfig
 from synthgen.io.store import Store
 from synthgen.stages.publish import read_manifest
-from tests.helpers import fake_config, write_config
+from tests.helpers import CLEAN_ONLY, fake_config, write_config
 
 pytestmark = pytest.mark.slow
 
-CLEAN = {
-    "enabled": True,
-    "exact": {"enabled": False},
-    "near": {"enabled": False},
-    "filters": {
-        n: {"enabled": False}
-        for n in ("word_count", "gopher_quality", "gopher_repetition", "truncated", "refusal")
-    },
-}
-
 
 def test_a_benchmark_copy_is_dropped_and_the_manifest_lists_the_benchmark(tmp_path, prefect_api):
-    plain = fake_config(str(tmp_path / "a"), shards__size=6, clean=CLEAN)
+    plain = fake_config(str(tmp_path / "a"), shards__size=6, clean=CLEAN_ONLY)
     synthgen_run(config=write_config(tmp_path / "a.yaml", plain))
     rows = ds.dataset(tmp_path / "a" / "dataset" / "data", format="parquet").to_table().to_pylist()
     rows = sorted(rows, key=lambda r: r["prompt_id"])
@@ -47,8 +37,11 @@ def test_a_benchmark_copy_is_dropped_and_the_manifest_lists_the_benchmark(tmp_pa
         + "\n"
     )
 
-    data = fake_config(str(tmp_path / "b"), shards__size=6, clean=CLEAN)
-    data["clean"] = {**CLEAN, "decontaminate": {"benchmarks": [{"path": str(bench), "field": "q"}]}}
+    data = fake_config(str(tmp_path / "b"), shards__size=6, clean=CLEAN_ONLY)
+    data["clean"] = {
+        **CLEAN_ONLY,
+        "decontaminate": {"benchmarks": [{"path": str(bench), "field": "q"}]},
+    }
     summary = synthgen_run(config=write_config(tmp_path / "b.yaml", data))
     assert summary["status"] == "complete"
 

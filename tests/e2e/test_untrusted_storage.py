@@ -18,7 +18,7 @@ from synthgen.cost.ledger import Ledger
 from synthgen.io.attempts import commit_markers
 from synthgen.io.layout import RunLayout
 from synthgen.io.store import Store
-from tests.helpers import fake_config, write_config
+from tests.helpers import CLEAN_ONLY, fake_config, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -39,13 +39,7 @@ def test_multi_stage_with_decontamination_and_verification_on_untrusted_workers(
     raw["cluster"] = {"n_workers": 2, "untrusted_workers": True}
     raw["verify"] = {"enabled": True}
     raw["clean"] = {
-        "enabled": True,
-        "exact": {"enabled": False},
-        "near": {"enabled": False},
-        "filters": {
-            n: {"enabled": False}
-            for n in ("word_count", "gopher_quality", "gopher_repetition", "truncated", "refusal")
-        },
+        **CLEAN_ONLY,
         "decontaminate": {"benchmarks": [{"path": str(bench), "field": "q"}]},
     }
     res = synthgen_run(config=write_config(tmp_path / "u.yaml", raw))

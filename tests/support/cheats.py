@@ -26,9 +26,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from synthgen.config import SamplingConfig
+from synthgen.config import RunConfig, SamplingConfig
 from synthgen.engines.base import Completion, GenRequest, InferenceEngine, Score, ScoreRequest
 from synthgen.engines.cache import set_engine_wrapper
+from synthgen.io.store import Store
+from synthgen.stages.generate import ShardTask, run_shard
+from synthgen.stages.plan import write_plan
+from tests.helpers import fake_config
 
 STRATEGIES = ("hot", "small", "pool", "shuffle", "replay", "partial")
 
@@ -171,3 +175,21 @@ def install_slowdown(seconds: float, models: Sequence[str]) -> float:
 
     set_engine_wrapper(wrap)
     return seconds
+
+
+def committed_shard(out: str, cheat: str | None = None, **overrides: Any) -> tuple[RunConfig, Store, str]:  # fmt: skip
+    """A fake-engine run planned under `out` (6-prompt shards, sample seed 3, `overrides` as
+    `fake_config` takes them) whose first shard was generated and committed by a worker
+    cheating as `cheat` (None: an honest one): (config, store, shard id)."""
+    cfg = RunConfig.model_validate(
+        fake_config(out, shards__size=6, verify__sample_seed=3, **overrides)
+    )
+    store = Store(cfg.output)
+    sid = write_plan(cfg, store).shards[0].shard_id
+    try:
+        if cheat:
+            install_cheat(cheat)
+        run_shard(ShardTask(cfg.model_dump(mode="json"), sid))
+    finally:
+        remove_cheat()
+    return cfg, store, sid

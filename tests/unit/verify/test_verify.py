@@ -14,12 +14,10 @@ from synthgen.errors import ConfigError
 from synthgen.io.layout import RunLayout
 from synthgen.io.store import Store
 from synthgen.stages.generate import ShardTask, run_shard
-from synthgen.stages.plan import write_plan
 from synthgen.verify import aggregate, choose_sample, judge, sample_size
 from synthgen.verify.calibrate import calibrate
 from synthgen.verify.check import VerifyTask, distrust_shard, verify_path, verify_shard
-from tests.helpers import fake_config
-from tests.support.cheats import CheatingEngine, install_cheat, remove_cheat
+from tests.support.cheats import CheatingEngine, committed_shard, install_cheat, remove_cheat
 
 
 # ------------------------------------------------------------------ sampling
@@ -140,19 +138,7 @@ def test_fake_engine_scores_its_own_text_as_honest_and_foreign_text_as_impossibl
 
 # ------------------------------------------------------------------ worker-side check
 def _committed_shard(tmp_path, cheat: str | None = None) -> tuple[RunConfig, Store, str]:
-    cfg = RunConfig.model_validate(
-        fake_config(str(tmp_path / "out"), shards__size=6, verify__sample_seed=3)
-    )
-    store = Store(cfg.output)
-    plan = write_plan(cfg, store)
-    sid = plan.shards[0].shard_id
-    try:
-        if cheat:
-            install_cheat(cheat)
-        run_shard(ShardTask(cfg.model_dump(mode="json"), sid))
-    finally:
-        remove_cheat()
-    return cfg, store, sid
+    return committed_shard(str(tmp_path / "out"), cheat)
 
 
 def test_verify_shard_passes_honest_shard_and_writes_a_priced_record(tmp_path):

@@ -17,34 +17,15 @@ from synthgen.cost.leases import WorkerIdentity
 from synthgen.cost.ledger import Ledger
 from synthgen.io.layout import RunLayout
 from synthgen.io.store import Store
-from synthgen.stages.generate import ShardTask, run_shard
-from synthgen.stages.plan import write_plan
 from synthgen.verify.check import Prepared, VerifyTask, finish_check, prepare_check, verify_path
 from synthgen.verify.wire import ForgedScores, score
-from tests.helpers import fake_config
-from tests.support.cheats import install_cheat, remove_cheat
+from tests.support.cheats import committed_shard
 
 VERIFIER = "tls://10.0.0.9:40000"
 
 
 def _committed(tmp_path, cheat: str | None = None) -> tuple[RunConfig, Store, str]:
-    cfg = RunConfig.model_validate(
-        fake_config(
-            str(tmp_path / "out"),
-            shards__size=6,
-            verify__sample_seed=3,
-            cost__worker_prices={"leased-v": 7.5},
-        )
-    )
-    store = Store(cfg.output)
-    sid = write_plan(cfg, store).shards[0].shard_id
-    try:
-        if cheat:
-            install_cheat(cheat)
-        run_shard(ShardTask(cfg.model_dump(mode="json"), sid))
-    finally:
-        remove_cheat()
-    return cfg, store, sid
+    return committed_shard(str(tmp_path / "out"), cheat, cost__worker_prices={"leased-v": 7.5})
 
 
 def _wire(value: Any) -> Any:
