@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import posixpath
 import urllib.error
@@ -33,6 +34,8 @@ from botocore.config import Config
 from synthgen.errors import StorageError
 from synthgen.io.layout import RUNS_DIR
 from synthgen.io.store import _storage_options
+
+log = logging.getLogger(__name__)
 
 EXPIRES_S = 6 * 3600  # a presigned URL's lifetime: longer than any shard attempt
 HTTP_TIMEOUT_S = 120.0
@@ -71,6 +74,27 @@ class Grant:
         return cls(**data)
 
 
+DEFAULT_REGION = "us-east-1"
+
+
+def bucket_region(client: Any, bucket: str) -> str:
+    """The region S3 keeps `bucket` in (GetBucketLocation; none: us-east-1, and the legacy
+    "EU": eu-west-1); us-east-1 when the store cannot say (a logged warning: URLs signed
+    for another region than the bucket's are refused by S3)."""
+    try:
+        where = client.get_bucket_location(Bucket=bucket).get("LocationConstraint")
+    except Exception as exc:  # no permission, a store without the call
+        log.warning(
+            "bucket %s: could not ask its region (%s); presigning for %s (set "
+            "output.storage_options.client_kwargs.region_name if it is elsewhere)",
+            bucket,
+            exc,
+            DEFAULT_REGION,
+        )
+        return DEFAULT_REGION
+    return {None: DEFAULT_REGION, "": DEFAULT_REGION, "EU": "eu-west-1"}.get(where, where)
+
+
 class Presigner:
     """Presigned URLs for the objects of one s3:// store, with the trusted side's
     credentials (the same endpoint and keys as its `Store`; unset keys: botocore's chain)."""
@@ -82,22 +106,28 @@ class Presigner:
             )
         opts = _storage_options(store.output)  # credentials in clear (the fsspec boundary)
         client_kwargs = dict(opts.get("client_kwargs") or {})
+        # a URL is signed for the bucket's region (SigV4): the configured one, else the
+        # environment's, else what the store says the bucket's is
         region = (
             client_kwargs.get("region_name")
             or os.environ.get("AWS_REGION")
             or os.environ.get("AWS_DEFAULT_REGION")
-            or "us-east-1"
         )
-        session = botocore.session.get_session()
-        self._client = session.create_client(
-            "s3",
-            region_name=region,
-            endpoint_url=client_kwargs.get("endpoint_url"),
-            aws_access_key_id=opts.get("key"),
-            aws_secret_access_key=opts.get("secret"),
-            aws_session_token=opts.get("token"),
-            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
-        )
+        bucket = str(store.root).partition("/")[0]
+
+        def client(region_name: str) -> Any:
+            return botocore.session.get_session().create_client(
+                "s3",
+                region_name=region_name,
+                endpoint_url=client_kwargs.get("endpoint_url"),
+                aws_access_key_id=opts.get("key"),
+                aws_secret_access_key=opts.get("secret"),
+                aws_session_token=opts.get("token"),
+                config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+            )
+
+        self.region = region or bucket_region(client(DEFAULT_REGION), bucket)
+        self._client = client(self.region)
         self.expires_s = expires_s
 
     def url(self, method: str, path: str) -> str:

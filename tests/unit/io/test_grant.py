@@ -10,6 +10,7 @@ import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import boto3
 import pyarrow as pa
 import pytest
 
@@ -117,3 +118,23 @@ def test_a_worker_config_holds_no_credentials():
     again = config_from_dict(data)  # still a valid config on the worker
     assert again.run_id == cfg.run_id and not config_secrets(again)
     assert again.output.storage_options == {} and again.output.credentials_block is None
+
+
+def test_urls_are_signed_for_the_buckets_own_region(s3_server, monkeypatch):
+    """No region configured: the trusted side asks the store where the bucket is and signs
+    for that region (a URL signed for us-east-1 is refused by S3 for a bucket elsewhere)."""
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="eu-west-1")
+    s3.create_bucket(
+        Bucket="in-ireland", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
+    )
+    store = Store(
+        OutputConfig(uri="s3://in-ireland/pre", storage_options={"endpoint_url": s3_server})
+    )
+    presigner = Presigner(store)
+    assert presigner.region == "eu-west-1"
+    assert "%2Feu-west-1%2Fs3%2Faws4_request" in presigner.url("PUT", "in-ireland/pre/x.bin")
+    s3.put_object(Bucket="in-ireland", Key="pre/y.bin", Body=b"abc")
+    with urllib.request.urlopen(presigner.url("GET", "in-ireland/pre/y.bin"), timeout=30) as r:
+        assert r.read() == b"abc"
