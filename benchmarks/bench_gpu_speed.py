@@ -14,6 +14,7 @@ default.
     python benchmarks/bench_gpu_speed.py --size 8 --prompts 640
     python benchmarks/bench_gpu_speed.py --size 64 --prompts 2560      # 40 shards
     python benchmarks/bench_gpu_speed.py --prompts 640                 # shards.size unset
+    python benchmarks/bench_gpu_speed.py --size 64 --prompts 2560 --untrusted  # issue 17
 """
 
 from __future__ import annotations
@@ -57,7 +58,11 @@ def config(output: dict, prompts: int, size: int | None, workers: int, a: argpar
             "fake": {"seconds_per_token": a.seconds_per_token, "tokens_per_completion": a.tokens},
         },
         "sampling": {"max_new_tokens": a.tokens},
-        "cluster": {"n_workers": workers, "threads_per_worker": 1},
+        "cluster": {
+            "n_workers": workers,
+            "threads_per_worker": 1,
+            "untrusted_workers": bool(a.untrusted),
+        },
         "output": output,
     }
     if size is not None:
@@ -73,7 +78,14 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=256, help="completion tokens")
     ap.add_argument("--seconds-per-token", type=float, default=1 / 2400)
     ap.add_argument("--local", action="store_true", help="local disk instead of moto S3")
+    ap.add_argument(
+        "--untrusted",
+        action="store_true",
+        help="cluster.untrusted_workers: true (presigned URLs per attempt, the flow commits)",
+    )
     args = ap.parse_args()
+    if args.untrusted and args.local:
+        ap.error("--untrusted needs the S3 output (presigned URLs): drop --local")
 
     from flows.prefect_env import prefect_api
 
@@ -130,6 +142,7 @@ def main() -> None:
         f"{args.prompts} prompts in {len(markers)} shards (size {args.size or 'default'}), "
         f"{args.workers} workers, {args.tokens} tokens/completion at "
         f"{args.seconds_per_token * 1000:.3f} ms/token, {'local disk' if args.local else 'moto S3'}"
+        + (", untrusted workers (presigned URLs, trusted commit)" if args.untrusted else "")
     )
     print(f"engine time (sum): {engine:.1f}s; ideal {ideal:.1f}s")
     print(f"generate phase: {gen:.1f}s -> efficiency {ideal / gen:.3f}")
