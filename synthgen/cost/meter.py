@@ -56,6 +56,17 @@ def worker_price(cfg: RunConfig, device_label: str, who: WorkerIdentity | None =
     return price
 
 
+def recorded_price(cfg: RunConfig, device_label: str, who: WorkerIdentity | None = None) -> Price:
+    """The price to record for work worker `who` already did on `device_label`: as
+    `worker_price`, but a device it refuses to price (unpriced under a budget, or
+    `cost.unknown_device: error`) is recorded at 0, source "unknown", instead of the
+    record failing."""
+    try:
+        return worker_price(cfg, device_label, who)
+    except ConfigError:
+        return Price(0.0, device_label, "unknown")
+
+
 @dataclass
 class Counts:
     prompts: int = 0

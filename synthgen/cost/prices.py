@@ -223,7 +223,6 @@ def ledger_row(a: ShardAttempt) -> dict[str, Any]:
     if a.status not in ("succeeded", "failed"):
         raise ValueError(f"shard {a.shard_id}: unknown status {a.status!r}")
     wall = (a.finished_at - a.started_at).total_seconds()
-    cost = cost_of(a.price.per_hour, wall)
     return {
         "run_id": a.run_id,
         "shard_id": a.shard_id,
@@ -247,9 +246,20 @@ def ledger_row(a: ShardAttempt) -> dict[str, Any]:
         "kept_tokens": a.kept_tokens,
         "status": a.status,
         "error": a.error,
+        **cost_columns(a.price.per_hour, wall, a.completion_tokens, a.kept_tokens),
+    }
+
+
+def cost_columns(
+    price_per_hour: float, wall_seconds: float, completion_tokens: Any, kept_tokens: Any
+) -> dict[str, Any]:
+    """A ledger row's columns derived from its price and duration: its cost and its $ per 1M
+    completion and kept tokens."""
+    cost = cost_of(price_per_hour, wall_seconds)
+    return {
         "cost_usd": cost,
-        "usd_per_1m_completion_tokens": usd_per_million(cost, a.completion_tokens),
-        "usd_per_1m_kept_tokens": usd_per_million(cost, a.kept_tokens),
+        "usd_per_1m_completion_tokens": usd_per_million(cost, completion_tokens),
+        "usd_per_1m_kept_tokens": usd_per_million(cost, kept_tokens),
     }
 
 

@@ -31,16 +31,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from synthgen.config import RunConfig
-from synthgen.cost.leases import WorkerIdentity, match_lease
+from synthgen.cost.leases import WorkerIdentity
 from synthgen.cost.ledger import Ledger
-from synthgen.cost.meter import gpus_used
-from synthgen.cost.prices import (
-    SPECULATION_PREFIX,
-    cost_of,
-    parse_device_label,
-    price_for_device,
-    usd_per_million,
-)
+from synthgen.cost.meter import recorded_price
+from synthgen.cost.prices import SPECULATION_PREFIX, cost_columns
 from synthgen.errors import StorageError
 from synthgen.io.checked import read_checked, read_marker
 from synthgen.io.grant import Grant
@@ -149,23 +143,12 @@ def _flow_priced(row: dict[str, Any], cfg: RunConfig, view: FlowView) -> None:
         row["finished_at"] = row["started_at"] + timedelta(seconds=wall)
     row["wall_seconds"] = wall
     row["engine_seconds"] = min(float(row["engine_seconds"]), wall)
-    lease = match_lease(cfg.cost.worker_prices, view.holder) if view.holder else None
-    price = price_for_device(
-        parse_device_label(str(row.get("device") or "")),
-        cfg.cost.model_copy(update={"unknown_device": "zero"})
-        if cfg.cost.unknown_device == "error"
-        else cfg.cost,
-        lease.per_hour if lease else None,
-        gpus_used(cfg),
-    )
-    cost = cost_of(price.per_hour, wall)
+    price = recorded_price(cfg, str(row.get("device") or ""), view.holder or WorkerIdentity())
     row.update(
         device_type=price.device_type,
         price_per_hour=price.per_hour,
         price_source=price.source,
-        cost_usd=cost,
-        usd_per_1m_completion_tokens=usd_per_million(cost, row.get("completion_tokens")),
-        usd_per_1m_kept_tokens=usd_per_million(cost, row.get("kept_tokens")),
+        **cost_columns(price.per_hour, wall, row.get("completion_tokens"), row.get("kept_tokens")),
     )
 
 

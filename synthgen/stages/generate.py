@@ -288,14 +288,8 @@ def run_shard(task: ShardTask) -> ShardResult:
                 meter.charge_from(getattr(generate, "turn", None))
                 raise _Superseded(task.shard_id, attempt, stopped=True) from None
         meter.charge_from(generate.turn)
-        completions = generate.completions
-        counts.engine_seconds = generate.engine_seconds
         drop_counts = merged_drops(stats)
-        rejected = sum(1 for c in completions if c.finish_reason == "rejected")
-        counts.prompt_tokens = sum(c.prompt_tokens for c in completions)
-        counts.completion_tokens = sum(c.completion_tokens for c in completions)
-        # kept = not rejected and not dropped: count after the clean stage marked drop_reason
-        counts.kept_records, counts.kept_tokens = kept_counts(table)
+        rejected = _count(counts, generate, table)
 
         path = layout.shard(shard_id)
         if store.exists(marker):
@@ -390,6 +384,18 @@ def _granted_upstream(
     return checked, ref
 
 
+def _count(counts: Counts, generate: Any, table: pa.Table) -> int:
+    """Fill `counts` from a finished generation step and the table after the shard's stages;
+    the number of rejected completions."""
+    completions = generate.completions
+    counts.engine_seconds = generate.engine_seconds
+    counts.prompt_tokens = sum(c.prompt_tokens for c in completions)
+    counts.completion_tokens = sum(c.completion_tokens for c in completions)
+    # kept = not rejected and not dropped: count after the clean stage marked drop_reason
+    counts.kept_records, counts.kept_tokens = kept_counts(table)
+    return sum(1 for c in completions if c.finish_reason == "rejected")
+
+
 def _plain_row(row: dict[str, Any]) -> dict[str, Any]:
     """A ledger row as plain data (datetimes as ISO text): what crosses back to the flow."""
     return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
@@ -423,11 +429,7 @@ def run_granted(config: dict[str, Any], grant_data: dict[str, Any]) -> dict[str,
             usage.record_attempt(run_id, row["wall_seconds"], False, engine.info.device)
             return {**base, "status": "stopped", "ledger_row": _plain_row(row)}
     meter.charge_from(generate.turn)
-    completions = generate.completions
-    counts.engine_seconds = generate.engine_seconds
-    counts.prompt_tokens = sum(c.prompt_tokens for c in completions)
-    counts.completion_tokens = sum(c.completion_tokens for c in completions)
-    counts.kept_records, counts.kept_tokens = kept_counts(table)
+    rejected = _count(counts, generate, table)
     compression = None if cfg.output.compression == "none" else cfg.output.compression
     size, sha = store.write_table(grant.staged, table, compression)
     row = meter.row(counts, "succeeded")
@@ -440,7 +442,7 @@ def run_granted(config: dict[str, Any], grant_data: dict[str, Any]) -> dict[str,
         "sha256": sha,
         "rows": table.num_rows,
         "prompts": rows.num_rows,
-        "rejected": sum(1 for c in completions if c.finish_reason == "rejected"),
+        "rejected": rejected,
         "device": engine.info.device,
         "load_id": engine.info.load_id,
         "drop_counts": merged_drops(stats),

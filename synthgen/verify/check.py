@@ -35,10 +35,9 @@ import pyarrow as pa
 from synthgen.config import RunConfig
 from synthgen.cost.leases import WorkerIdentity
 from synthgen.cost.ledger import Ledger
-from synthgen.cost.meter import worker_price
-from synthgen.cost.prices import Price, cost_of, verification_row
+from synthgen.cost.meter import recorded_price
+from synthgen.cost.prices import cost_of, verification_row
 from synthgen.engines.base import ScoreRequest
-from synthgen.errors import ConfigError
 from synthgen.io.checked import ShardWithdrawn, read_checked, read_marker
 from synthgen.io.layout import RunLayout, StageLayout, split_key
 from synthgen.io.store import Store
@@ -294,10 +293,7 @@ def finish_check(
     if prep.base.problems:  # rows that are not what the stage makes of its input: fail
         verdict.status = "fail"
         verdict.reasons = [*verdict.reasons, *prep.base.problems]
-    try:  # priced like a generation attempt on this worker
-        p = worker_price(cfg, ans.device, who)
-    except ConfigError:  # unpriced device under a budget: record the seconds, price unknown
-        p = Price(0.0, ans.device, "unknown")
+    p = recorded_price(cfg, ans.device, who)  # priced like a generation attempt there
     device_type, price = p.device_type, p.per_hour
     # what trust costs: one ledger row per check, pass or fail (before quarantining)
     Ledger(RunLayout(store, run_id)).write(
