@@ -9,14 +9,15 @@ export PREFECT_SERVER_ANALYTICS_ENABLED=false
 unset PREFECT_API_URL || true
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-# Two pytest-xdist processes by default (`--dist loadgroup`; tests/conftest.py
+# Three pytest-xdist processes by default (`--dist loadgroup`; tests/conftest.py
 # `xdist_group_of` keeps the tests that share an expensive fixture, such as the loaded
-# vLLM engine, on one process): on this 2-core machine pytest took 1237 s with two
-# processes against 1888 s with one (benchmarks/RESULTS.md, "CI time").
-# SYNTHGEN_TEST_WORKERS=0 runs everything in one process.
+# vLLM engine, on one process). The suite is CPU-bound on 2 cores, but its end-to-end tests
+# wait too (timeouts, lease expiry, retries' back-off): with two processes the cores were
+# busy 79 % of the time (1581 s of CPU in 998 s); a third fills the waits
+# (benchmarks/RESULTS.md, "CI time"). SYNTHGEN_TEST_WORKERS=N runs N, 0 one process.
 set +e
 .venv/bin/python -m pytest -q -rs --durations=30 \
-    -n "${SYNTHGEN_TEST_WORKERS:-2}" --dist loadgroup "$@"
+    -n "${SYNTHGEN_TEST_WORKERS:-3}" --dist loadgroup "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then
