@@ -128,6 +128,12 @@ def xdist_group_of(item: pytest.Item) -> str | None:
     return None
 
 
+# tryfirst: pytest-xdist's worker turns the xdist_group marks into its nodeid suffix in its
+# own pytest_collection_modifyitems, which pluggy calls before a conftest's (registered
+# earlier). Without it the marks came too late and no group held: the vLLM tests and the
+# module-fixture tests were split over both processes (two vLLM engines loaded, module
+# clusters built twice).
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         group = xdist_group_of(item)
