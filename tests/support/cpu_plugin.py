@@ -15,6 +15,7 @@ import json
 import os
 import resource
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -51,8 +52,6 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
         yield
         return
     before = (_rusage(resource.RUSAGE_SELF), _rusage(resource.RUSAGE_CHILDREN), _prefect_cpu())
-    import time
-
     t0 = time.monotonic()
     yield
     after = (_rusage(resource.RUSAGE_SELF), _rusage(resource.RUSAGE_CHILDREN), _prefect_cpu())
@@ -69,6 +68,10 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
         fh.write(json.dumps(row) + "\n")
 
 
+def _cpu(row: dict) -> float:
+    return row["self_s"] + row["children_s"] + row["prefect_s"]
+
+
 def summarise(folder: str, top: int = 25) -> None:
     rows = [
         json.loads(line)
@@ -78,8 +81,9 @@ def summarise(folder: str, top: int = 25) -> None:
     by_file: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0, 0.0, 0.0, 0.0])
     for r in rows:
         f = by_file[r["test"].split("::")[0]]
-        cpu = r["self_s"] + r["children_s"] + r["prefect_s"]
-        for i, v in enumerate((1, cpu, r["self_s"], r["children_s"], r["prefect_s"], r["wall_s"])):
+        for i, v in enumerate(
+            (1, _cpu(r), r["self_s"], r["children_s"], r["prefect_s"], r["wall_s"])
+        ):
             f[i] += v
     total = sum(v[1] for v in by_file.values())
     print(f"{len(rows)} tests, {total:.0f} s CPU (self + reaped children + Prefect server)")
@@ -87,9 +91,8 @@ def summarise(folder: str, top: int = 25) -> None:
     for name, v in sorted(by_file.items(), key=lambda kv: -kv[1][1])[:top]:
         print(f"{name:60} {v[0]:4d} {v[1]:7.1f} {v[2]:7.1f} {v[3]:7.1f} {v[4]:7.1f} {v[5]:7.1f}")
     print("\ntop tests by CPU:")
-    for r in sorted(rows, key=lambda r: -(r["self_s"] + r["children_s"] + r["prefect_s"]))[:top]:
-        cpu = r["self_s"] + r["children_s"] + r["prefect_s"]
-        print(f"{cpu:7.1f} {r['wall_s']:7.1f}  {r['test']}")
+    for r in sorted(rows, key=_cpu, reverse=True)[:top]:
+        print(f"{_cpu(r):7.1f} {r['wall_s']:7.1f}  {r['test']}")
 
 
 if __name__ == "__main__":
