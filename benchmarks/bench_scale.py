@@ -15,8 +15,8 @@ What is measured, and how:
   `generate.done` -> `execute` returned (run-wide dedup, publish, ledger bookkeeping, cost
   artifact, manifest, summary). Taken with a checkpoint hook and a wrapper around
   `ShardLoop.run` installed by this script: no product code is timed differently. (The run
-  summary's `generate_seconds` spans the generate phase *and* dedup/publish, so it is
-  printed too but not used for the ratio.)
+  summary's `generate_seconds` runs from checkpoint `generate.started` to `generate.done`:
+  it is printed too; until 2026-12-01 it also spanned dedup and publish.)
 - *Plain loop*: `run_shard` called in a loop on the first `--loop-sample` shards of an
   N-shard plan (same storage writes, no Prefect, no Dask); the flow's ms/shard minus this
   is the orchestration overhead, as in bench_orchestration.py.

@@ -521,6 +521,7 @@ def generate_flow(
     run_started_at = run_started_at or time.time()
     slots = start_usage(cfg, run_started_at)  # workers are held (and billed) from here
     started = time.perf_counter()
+    checkpoint("generate.started")
     store = Store(cfg.output)
     placed = any(s.resources for s in cfg.stages)  # stages placed on their own workers
     # untrusted workers: no credentials in what they get; each attempt gets a grant
@@ -641,6 +642,9 @@ def generate_flow(
         stop_losers=lambda unit: _stop_losers(cfg.run_id or "", unit),
     )
     sched = loop.run()
+    # the generate phase: first submission to last result (regeneration rounds added below);
+    # dedup, publish and the bookkeeping after it are in the summary's wall_seconds
+    gen_seconds = time.perf_counter() - started
     progress.finish()
     checkpoint("generate.done")
     _clear_staging(granter, cfg)
@@ -663,7 +667,9 @@ def generate_flow(
         )
         for unit in withdrawn:
             loop.requeue(unit)
+        again = time.perf_counter()
         sched = loop.run()  # the same loop and gates (budget, timeouts, verification)
+        gen_seconds += time.perf_counter() - again
         progress.finish()
         _clear_staging(granter, cfg)
     results, failures = sched.results, sched.failures
@@ -678,7 +684,6 @@ def generate_flow(
             "workers flagged for missed deadlines (no new shards this run): "
             + ", ".join(late["flagged_workers"])
         )
-    gen_seconds = time.perf_counter() - started
     refused = _refusals(cfg)
     budget_msg = budget_message(cfg, sched, total)
     record_budget(cfg, budget_msg)

@@ -6,6 +6,8 @@ Dask worker preload, in its worker processes), or one that damages the output th
 The points, in the order a run reaches them:
 
 - `run.planned` (flow): the plan is written, nothing generated yet.
+- `generate.started` (flow): the generate phase's clock starts (the summary's
+  `generate_seconds` runs from here to `generate.done`), nothing submitted yet.
 - `generate.file_written` (worker): a shard's file is written, its commit marker not yet.
 - `generate.committed` (worker): a shard's commit marker is written, the flow not told yet.
 - `generate.done` (flow): the generate loop ended, run-wide dedup and publish not started.
@@ -22,6 +24,7 @@ from collections.abc import Callable
 
 POINTS = (
     "run.planned",
+    "generate.started",
     "generate.file_written",
     "generate.committed",
     "generate.done",

@@ -87,3 +87,38 @@ def test_overrides_reach_the_run(tmp_path, prefect_api):
     res = synthgen_run(config=cfg_path, overrides=[f"output.uri={out}", "shards.size=12"])
     assert res["shards_total"] == 2
     assert (out / "dataset" / "README.md").is_file()
+
+
+def test_generate_seconds_spans_the_generate_loop_not_dedup_or_publish(tmp_path, prefect_api):
+    """The summary's `generate_seconds` (and so its tokens/s) runs from checkpoint
+    `generate.started` to `generate.done`; run-wide dedup and publish count in
+    `wall_seconds` only. The publish slowed by 2 s (a hook in this process, when the flow
+    gets the first publish batch) shows in the wall time, not in the generate time."""
+    import time
+
+    from synthgen.checkpoints import set_checkpoint_hook
+
+    out = tmp_path / "out"
+    cfg_path = write_config(tmp_path / "c.yaml", fake_config(str(out)))
+    seen: dict[str, float] = {}
+
+    def hook(point: str) -> None:
+        if point in ("generate.started", "generate.done"):
+            seen[point] = time.perf_counter()
+        elif point == "publish.shard_done" and "slowed" not in seen:
+            seen["slowed"] = 2.0
+            time.sleep(2.0)
+
+    set_checkpoint_hook(hook)
+    try:
+        summary = synthgen_run(config=cfg_path)
+    finally:
+        set_checkpoint_hook(None)
+    assert summary["status"] == "complete" and "slowed" in seen, (summary, seen)
+    loop_s = seen["generate.done"] - seen["generate.started"]
+    # the clock reads on either side of the hook's own: a few microseconds apart
+    assert 0 < summary["generate_seconds"] <= loop_s + 0.5, (summary["generate_seconds"], loop_s)
+    assert summary["wall_seconds"] >= summary["generate_seconds"] + 2.0
+    assert summary["tokens_per_s"] == pytest.approx(
+        summary["completion_tokens"] / summary["generate_seconds"]
+    )
