@@ -43,7 +43,14 @@ from flows.grants import COMMIT_THREADS, CommittedFuture, Granter, Holders, comm
 from flows.loop import Gate, ShardLoop, windowed
 from flows.progress import RunProgress
 from flows.refs import SUMMARY_ARTIFACT_PREFIX, deployment_default_config, resolve_config_ref
-from flows.task_runner import Opaque, SynthgenTaskRunner, unwrap
+from flows.task_runner import (
+    Opaque,
+    Retries,
+    SynthgenTaskRunner,
+    current_runner,
+    submit_unit,
+    unwrap,
+)
 from flows.timeouts import ShardTimeouts, remove_silent_workers
 from flows.verify import (
     VerifyGate,
@@ -98,16 +105,16 @@ from synthgen.stages.units import (
 )
 
 
-@task(name="generate-shard", persist_result=False)
-def generate_shard(
+def generate_unit(
     config: dict[str, Any] | Opaque, shard_id: str, speculative: bool = False
 ) -> dict[str, Any]:
+    """One attempt of a unit on a trusted worker: a plain Dask task (`submit_unit`), not a
+    Prefect task run; the loop's progress artifact and log lines show it in the UI."""
     config = unwrap(config)
     protect(config)  # mask credentials in this worker process's logs too
     return run_shard(ShardTask(config, shard_id, speculative)).as_dict()
 
 
-@task(name="generate-shard", persist_result=False)
 def generate_granted(config: dict[str, Any] | Opaque, grant: dict[str, Any]) -> dict[str, Any]:
     """A shard attempt on an untrusted worker (`cluster.untrusted_workers`): `config` holds
     no credentials; the worker reads and writes only through `grant`'s presigned URLs and
@@ -513,11 +520,9 @@ def generate_flow(
     task_config = Opaque(config)  # one value to Prefect: not walked for futures per task
     # no Prefect timeout_seconds: it cannot interrupt a blocking call in a Dask worker thread;
     # `cluster.shard_timeout_s` is enforced by ShardTimeouts (re-submits overdue shards)
-    gen = generate_shard.with_options(
-        retries=cfg.cluster.task_retries,
-        retry_delay_seconds=_backoff(cfg),
-        retry_jitter_factor=0.2,
-    )
+    # each unit's retries run on its worker, exponential backoff with jitter
+    retries = Retries(cfg.cluster.task_retries, tuple(_backoff(cfg)), 0.2)
+    runner = current_runner()
     run_started_at = run_started_at or time.time()
     slots = start_usage(cfg, run_started_at)  # workers are held (and billed) from here
     started = time.perf_counter()
@@ -536,11 +541,6 @@ def generate_flow(
         commit_pool = concurrent.futures.ThreadPoolExecutor(COMMIT_THREADS, "synthgen-commit")
         holders = Holders(runner_client())  # who holds a result, as the scheduler knows
         pool_of_commits = commit_pool
-        granted = generate_granted.with_options(
-            retries=cfg.cluster.task_retries,
-            retry_delay_seconds=_backoff(cfg),
-            retry_jitter_factor=0.2,
-        )
 
     def able(unit: str | None = None) -> list[str]:
         """The workers that may run (and verify) `unit`: those with its resources."""
@@ -560,11 +560,19 @@ def generate_flow(
         with _gpu_annotation(cfg, sid), restrict(allowed, priority):
             if granter is not None:
                 grant = granter.grant(sid, speculative)
-                fut = granted.submit(worker_task_config, grant.as_dict())
+                fut = submit_unit(
+                    runner,
+                    generate_granted,
+                    (worker_task_config, grant.as_dict()),
+                    f"generate-{sid}",
+                    retries,
+                )
                 return CommittedFuture(fut, committing(cfg, store, grant, holders), pool_of_commits)
-            if speculative:  # a backup copy of a straggler (its own task run)
-                return gen.submit(task_config, sid, True)
-            return gen.submit(task_config, sid)
+            if speculative:  # a backup copy of a straggler (its own Dask task)
+                args: tuple[Any, ...] = (task_config, sid, True)
+            else:
+                args = (task_config, sid)
+            return submit_unit(runner, generate_unit, args, f"generate-{sid}", retries)
 
     # gates: budget (admission), shard deadlines (ticks, late workers avoided), verification
     # (checks, exclusions)

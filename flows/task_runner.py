@@ -11,12 +11,17 @@ for futures. benchmarks/bench_orchestration.py measures the result.
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
+import time
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import distributed
 import msgpack
+from prefect.context import FlowRunContext
 from prefect.task_engine import run_task_async, run_task_sync
 from prefect.utilities.engine import collect_task_run_inputs_sync
 from prefect_dask import DaskTaskRunner
@@ -222,3 +227,137 @@ class SynthgenTaskRunner(DaskTaskRunner):
         if plain:
             return PlainResultFuture(wrapped_future=future, task_run_id=task_run_id)
         return PrefectDaskFuture(wrapped_future=future, task_run_id=task_run_id)
+
+
+# -- units without a Prefect task run ----------------------------------------------------
+# A generate unit (a shard of a stage) is a plain Dask task: one Prefect task run per shard
+# cost the worker ~20 ms and the Prefect server ~25 ms of CPU per shard (its task-run
+# recorder writing every state), more than the shard itself at GPU speed, and the server
+# dropped task runs at 10,000 shards (benchmarks/RESULTS.md, "Orchestration overhead").
+# What the Prefect UI shows of the generate phase is the run's progress artifact (units
+# done, tokens/s, $ so far) and the flow's log lines; retries are the worker's own, as the
+# Prefect task's were.
+
+
+@dataclass(frozen=True)
+class Retries:
+    """A unit's retries on its worker: `delays[i]` seconds (+- `jitter` of it) before retry
+    i + 1 (the last delay repeats); `retries` re-runs after an exception, then it fails."""
+
+    retries: int = 0
+    delays: tuple[float, ...] = (0.0,)
+    jitter: float = 0.0
+
+    def delay(self, retry: int) -> float:
+        base = self.delays[min(retry, len(self.delays) - 1)] if self.delays else 0.0
+        return max(0.0, base * (1 + self.jitter * random.uniform(-1.0, 1.0)))
+
+
+_unit_log = logging.getLogger("synthgen.units")
+
+
+def run_unit(fn: Any, args: tuple[Any, ...], name: str, retries: Retries) -> Any:
+    """What a Dask worker runs for a unit: `fn(*args)`, run again after an exception up to
+    `retries.retries` times (each call is a new attempt: a new ledger row, a new attempt
+    number); the last exception is raised to the flow."""
+    for attempt in range(retries.retries + 1):
+        try:
+            return fn(*args)
+        except Exception as exc:
+            if attempt >= retries.retries:
+                raise
+            wait = retries.delay(attempt)
+            _unit_log.warning(
+                "%s failed (%s: %s); retry %d/%d in %.1f s",
+                name,
+                type(exc).__name__,
+                exc,
+                attempt + 1,
+                retries.retries,
+                wait,
+            )
+            time.sleep(wait)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def run_unit_plain(fn: Any, args: tuple[Any, ...], name: str, retries: Retries) -> dict[str, Any]:
+    """`run_unit`, returning plain data (`envelope`'s form): what a TLS cluster's worker
+    sends back, which the flow reads without unpickling."""
+    try:
+        value = run_unit(fn, args, name, retries)
+    except Exception as exc:
+        return {"envelope": ENVELOPE, "state": "FAILED", "message": f"{type(exc).__name__}: {exc}"}
+    try:
+        msgpack.dumps(value, use_bin_type=True)
+    except Exception:
+        return {
+            "envelope": ENVELOPE,
+            "state": "FAILED",
+            "message": f"the task's result is not plain data ({type(value).__name__})",
+        }
+    return {"envelope": ENVELOPE, "state": "COMPLETED", "result": value}
+
+
+class UnitFuture:
+    """A submitted unit: what the generate loop needs of a future (`add_done_callback`,
+    `result`), over a Dask future; on a TLS cluster `result()` opens the envelope."""
+
+    __slots__ = ("future", "name", "plain")
+
+    def __init__(self, future: distributed.Future, name: str, plain: bool) -> None:
+        self.future = future
+        self.name = name
+        self.plain = plain
+
+    def add_done_callback(self, fn: Any) -> None:
+        self.future.add_done_callback(lambda _f: fn(self))
+
+    def done(self) -> bool:
+        return bool(self.future.done())
+
+    def cancel(self) -> None:
+        self.future.cancel()
+
+    def result(self, timeout: float | None = None) -> Any:
+        value = self.future.result(timeout=timeout)
+        if not self.plain:
+            return value
+        worker = None
+        if not (isinstance(value, dict) and value.get("envelope") == ENVELOPE):
+            worker = self._holder()
+        return open_envelope(value, self.name, worker)
+
+    def _holder(self) -> str | None:
+        """The worker that holds this unit's result (the one that ran it)."""
+        try:
+            holders = self.future.client.who_has([self.future]).get(self.future.key) or []
+        except Exception:
+            return None
+        return holders[0] if holders else None
+
+
+def current_runner() -> SynthgenTaskRunner:
+    """The running flow's task runner (its Dask client submits the units)."""
+    ctx = FlowRunContext.get()
+    runner = getattr(ctx, "task_runner", None) if ctx is not None else None
+    if getattr(runner, "client", None) is None:
+        raise RuntimeError("units need a flow running on synthgen's Dask task runner")
+    return runner  # type: ignore[return-value]
+
+
+def submit_unit(
+    runner: SynthgenTaskRunner, fn: Any, args: tuple[Any, ...], name: str, retries: Retries
+) -> UnitFuture:
+    """`fn(*args)` on the runner's cluster as one Dask task (no Prefect task run), under the
+    caller's `dask.annotate` (worker restrictions, priority, resources)."""
+    plain = "security" in (runner.client_kwargs or {})
+    future = runner.client.submit(
+        run_unit_plain if plain else run_unit,
+        fn,
+        args,
+        name,
+        retries,
+        key=f"{name}-{uuid.uuid4().hex}",
+        pure=False,
+    )
+    return UnitFuture(future, name, plain)

@@ -246,8 +246,23 @@ def _poison_results(marker: str) -> None:
             return Payload(marker)
         return real(task, **kwargs)
 
-    # the flow's tasks reach workers as a reference to this module attribute
+    real_unit = runner.run_unit_plain
+
+    def poisoned_unit(fn: Any, args: Any, name: str, retries: Any) -> Any:
+        global _misused
+        if name.startswith("generate-"):  # a generate unit (a plain Dask task)
+            _log({"attack": "credentials", "outcome": _credential_search(args[0])})
+            grant = args[1] if len(args) > 1 else None
+            if isinstance(grant, dict) and not _misused:  # an untrusted run's unit
+                _misused = True
+                _misuse(grant)
+            _log({"attack": "poisoned_result", "outcome": "sent"})
+            return Payload(marker)
+        return real_unit(fn, args, name, retries)
+
+    # the flow's tasks reach workers as a reference to these module attributes
     runner.run_prefect_task_plain = poisoned
+    runner.run_unit_plain = poisoned_unit
 
 
 def dask_setup(worker: Any) -> None:
