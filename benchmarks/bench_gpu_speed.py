@@ -145,10 +145,13 @@ def main() -> None:
         + (", untrusted workers (presigned URLs, trusted commit)" if args.untrusted else "")
     )
     print(f"engine time (sum): {engine:.1f}s; ideal {ideal:.1f}s")
-    print(f"generate phase: {gen:.1f}s -> efficiency {ideal / gen:.3f}")
+    print(
+        f"generate phase: {gen:.1f}s -> efficiency {ideal / gen:.3f} "
+        "(checkpoints generate.started to generate.done: first submission to last result)"
+    )
     print(
         f"first attempt start to last attempt end: {span:.1f}s -> efficiency {ideal / span:.3f} "
-        f"(the generate phase less its start-up and its dedup/publish tail)"
+        f"(the generate phase less the first submission's and the last result's latency)"
     )
     print(f"whole run: {total:.1f}s -> efficiency {ideal / total:.3f}")
     print(
