@@ -98,19 +98,23 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _completed(value: Any) -> dict[str, Any]:
+    """A task's return value in its envelope, or a failure when it is not plain data."""
+    try:
+        msgpack.dumps(value, use_bin_type=True)
+    except Exception:
+        return {
+            "envelope": ENVELOPE,
+            "state": "FAILED",
+            "message": f"the task's result is not plain data ({type(value).__name__})",
+        }
+    return {"envelope": ENVELOPE, "state": "COMPLETED", "result": value}
+
+
 def envelope(state: Any) -> dict[str, Any]:
     """A task run's final state as plain data (what a worker sends back on a TLS cluster)."""
     if state.is_completed():
-        value = state.result(raise_on_failure=False, _sync=True)
-        try:
-            msgpack.dumps(value, use_bin_type=True)
-        except Exception:
-            return {
-                "envelope": ENVELOPE,
-                "state": "FAILED",
-                "message": f"the task's result is not plain data ({type(value).__name__})",
-            }
-        return {"envelope": ENVELOPE, "state": "COMPLETED", "result": value}
+        return _completed(state.result(raise_on_failure=False, _sync=True))
     message = state.message or ""
     try:
         exc = state.result(raise_on_failure=False, _sync=True)
@@ -287,15 +291,7 @@ def run_unit_plain(fn: Any, args: tuple[Any, ...], name: str, retries: Retries) 
         value = run_unit(fn, args, name, retries)
     except Exception as exc:
         return {"envelope": ENVELOPE, "state": "FAILED", "message": f"{type(exc).__name__}: {exc}"}
-    try:
-        msgpack.dumps(value, use_bin_type=True)
-    except Exception:
-        return {
-            "envelope": ENVELOPE,
-            "state": "FAILED",
-            "message": f"the task's result is not plain data ({type(value).__name__})",
-        }
-    return {"envelope": ENVELOPE, "state": "COMPLETED", "result": value}
+    return _completed(value)
 
 
 class UnitFuture:
