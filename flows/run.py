@@ -517,9 +517,10 @@ def generate_flow(
     one stage; a multi-stage run's `shard_ids` hold only the units that can start now)."""
     config = restore_secrets(config)  # the parameters carry *** placeholders, tasks need keys
     cfg = RunConfig.model_validate(config)
-    task_config = Opaque(config)  # one value to Prefect: not walked for futures per task
-    # no Prefect timeout_seconds: it cannot interrupt a blocking call in a Dask worker thread;
-    # `cluster.shard_timeout_s` is enforced by ShardTimeouts (re-submits overdue shards)
+    task_config = Opaque(config)  # one value: not walked for futures per unit or task
+    # no timeout on a unit's Dask task: it cannot interrupt a blocking call in a worker
+    # thread; `cluster.shard_timeout_s` and the derived deadlines are enforced by
+    # ShardTimeouts (re-submits overdue shards)
     # each unit's retries run on its worker, exponential backoff with jitter
     retries = Retries(cfg.cluster.task_retries, tuple(_backoff(cfg)), 0.2)
     runner = current_runner()
