@@ -126,6 +126,7 @@ class ShardLoop:
         copy of a speculated shard, the abandoned attempt of a re-run one), to stop it."""
         self._stop_losers = stop_losers
         self._forged_runs: dict[str, int] = {}  # unit -> re-runs after a forged result
+        self._unreachable_runs: dict[str, int] = {}  # unit -> re-runs after a lost result
         self.backups: dict[str, Any] = {}  # shard -> its backup attempt's future
         self.shard_ids = list(shard_ids)
         self.successor = successor
@@ -199,6 +200,19 @@ class ShardLoop:
         if backup is not None and self.current.get(shard_id) is fut:
             self.current[shard_id] = backup  # the backup copy still runs: it is the attempt
             return True
+        self.current.pop(shard_id, None)
+        self.requeue(shard_id)
+        return True
+
+    def _rerun_unreachable(self, shard_id: str, exc: Exception) -> bool:
+        """A finished attempt whose result could not be fetched (its worker froze after it
+        finished): the unit runs again, up to MAX_FORGED times (its re-run finds it
+        committed if it got that far). False when no re-runs are left."""
+        n = self._unreachable_runs.get(shard_id, 0)
+        if n >= MAX_FORGED:
+            return False
+        self._unreachable_runs[shard_id] = n + 1
+        print(f"unit {shard_id}: {exc}; the unit runs again")
         self.current.pop(shard_id, None)
         self.requeue(shard_id)
         return True
@@ -292,6 +306,8 @@ class ShardLoop:
                 if fut is first:
                     self.current[shard_id] = other
                 self.backups.pop(shard_id, None)
+                return
+            if getattr(exc, "unreachable", False) and self._rerun_unreachable(shard_id, exc):
                 return
             print(f"shard failed after retries: {type(exc).__name__}: {exc}")
             self.fail(shard_id, f"{exc}")

@@ -11,8 +11,10 @@ for futures. benchmarks/bench_orchestration.py measures the result.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import random
+import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -294,19 +296,59 @@ def run_unit_plain(fn: Any, args: tuple[Any, ...], name: str, retries: Retries) 
     return _completed(value)
 
 
+class ResultUnreachable(RuntimeError):
+    """A finished unit's result could not be fetched from the worker that holds it within
+    `UnitFuture.FETCH_S` (a frozen host: its connections stay open and nothing answers).
+    The generate loop runs the unit again (its output is committed if it got that far, and
+    the re-run finds it so)."""
+
+    unreachable = True
+
+    def __init__(self, message: str, worker: str | None = None) -> None:
+        super().__init__(message)
+        self.worker = worker
+
+
+_FETCH_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_FETCH_LOCK = threading.Lock()
+
+
+def _fetch_pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _FETCH_POOL
+    with _FETCH_LOCK:
+        if _FETCH_POOL is None:
+            _FETCH_POOL = concurrent.futures.ThreadPoolExecutor(8, "synthgen-fetch")
+        return _FETCH_POOL
+
+
 class UnitFuture:
     """A submitted unit: what the generate loop needs of a future (`add_done_callback`,
-    `result`), over a Dask future; on a TLS cluster `result()` opens the envelope."""
+    `result`), over a Dask future; on a TLS cluster `result()` opens the envelope.
 
-    __slots__ = ("future", "name", "plain")
+    The result is fetched from its worker in a thread of its own, with a time limit
+    (`FETCH_S`), before the callbacks hear of it: a result held by a worker frozen just
+    after it finished would otherwise block whoever asks for it (the generate loop's one
+    thread, deadlines included) until the scheduler drops the worker (minutes)."""
+
+    FETCH_S = 30.0
+
+    __slots__ = ("_error", "_fetched", "_lock", "_value", "future", "name", "plain")
 
     def __init__(self, future: distributed.Future, name: str, plain: bool) -> None:
         self.future = future
         self.name = name
         self.plain = plain
+        self._lock = threading.Lock()
+        self._fetched = False
+        self._value: Any = None
+        self._error: BaseException | None = None
 
     def add_done_callback(self, fn: Any) -> None:
-        self.future.add_done_callback(lambda _f: fn(self))
+        def then(_f: Any) -> None:
+            self._fetch()
+            fn(self)
+
+        self.future.add_done_callback(lambda _f: _fetch_pool().submit(then, _f))
 
     def done(self) -> bool:
         return bool(self.future.done())
@@ -314,8 +356,28 @@ class UnitFuture:
     def cancel(self) -> None:
         self.future.cancel()
 
+    def _fetch(self) -> None:
+        with self._lock:
+            if self._fetched:
+                return
+            try:
+                self._value = self.future.result(timeout=self.FETCH_S)
+            except (TimeoutError, distributed.TimeoutError):
+                worker = self._holder()
+                self._error = ResultUnreachable(
+                    f"{self.name}: its result was not fetched from "
+                    f"{worker or 'its worker'} within {self.FETCH_S:g} s",
+                    worker,
+                )
+            except BaseException as exc:  # the unit's own error, raised to the loop
+                self._error = exc
+            self._fetched = True
+
     def result(self, timeout: float | None = None) -> Any:
-        value = self.future.result(timeout=timeout)
+        self._fetch()
+        if self._error is not None:
+            raise self._error
+        value = self._value
         if not self.plain:
             return value
         worker = None
@@ -324,7 +386,8 @@ class UnitFuture:
         return open_envelope(value, self.name, worker)
 
     def _holder(self) -> str | None:
-        """The worker that holds this unit's result (the one that ran it)."""
+        """The worker that holds this unit's result (the one that ran it), as the scheduler
+        says (a scheduler call: it does not wait on the worker)."""
         try:
             holders = self.future.client.who_has([self.future]).get(self.future.key) or []
         except Exception:

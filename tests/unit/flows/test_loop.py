@@ -612,3 +612,35 @@ def test_a_unit_forged_every_time_fails_after_its_reruns(tmp_path) -> None:
     assert [a for s, _, a in sim.submitted if s == SHARDS[0]] == list(range(1, MAX_FORGED + 2))
     assert len(out.failures) == 1 and "not plain" in out.failures[0]
     assert out.forgers == {"(unknown worker)": [SHARDS[0]] * (MAX_FORGED + 1)}
+
+
+def test_a_result_that_could_not_be_fetched_runs_the_unit_again() -> None:
+    """`ResultUnreachable` (its worker froze after the unit finished): the unit runs again
+    instead of failing the run; the re-run's result is the unit's."""
+    from flows.task_runner import ResultUnreachable
+
+    sim = Cluster()
+    lost = {"shard-00001"}
+
+    def submit(sid: str, avoid: set[str] | None, priority: int, speculative: bool = False):
+        fut = sim.submit(sid, avoid, priority, speculative)
+        if sid in lost:
+            lost.discard(sid)
+            fut._value = ResultUnreachable("generate-shard-00001: not fetched within 30 s", "w2")
+        return fut
+
+    out = ShardLoop(SHARDS[:4], submit, []).run()
+    assert not out.failures and not out.forgers
+    assert sorted(r["shard_id"] for r in out.results) == SHARDS[:4]
+    assert [a for s, _, a in sim.submitted if s == "shard-00001"] == [1, 2]
+
+    always = ShardLoop(["shard-00002"], lambda *a, **k: _unreachable_fut(), []).run()
+    assert len(always.failures) == 1 and "not fetched" in always.failures[0]
+
+
+def _unreachable_fut():
+    from flows.task_runner import ResultUnreachable
+
+    fut = Fut()
+    fut.finish(ResultUnreachable("generate-shard-00002: not fetched within 30 s", "w1"))
+    return fut

@@ -117,3 +117,39 @@ def test_on_a_tls_cluster_a_result_that_is_not_an_envelope_is_forged(client) -> 
         forged.result(timeout=60)
     assert info.value.retry_elsewhere and "generate-u5" in str(info.value)
     assert info.value.worker  # the worker that held it, named for the loop to avoid
+
+
+def test_a_result_held_by_a_frozen_worker_is_unreachable_not_a_hang() -> None:
+    """A unit finished, then its worker froze (SIGSTOP) before the flow fetched the result:
+    the fetch gives up after FETCH_S with `ResultUnreachable` naming the worker, in the
+    thread that fetches it, instead of blocking the generate loop until the scheduler drops
+    the worker (its TTL: minutes)."""
+    import os
+    import signal
+
+    from flows.task_runner import ResultUnreachable
+
+    class Quick(UnitFuture):
+        FETCH_S = 2.0
+
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as c,
+    ):
+        fut = c.submit(run_unit, _double, (4,), "generate-u4", Retries(), pure=False)
+        fut.result(timeout=60)  # done; the result stays on the worker (the future holds it)
+        (addr, pid), = c.run(os.getpid).items()  # fmt: skip
+        heard = threading.Event()
+        unit = Quick(fut, "generate-u4", plain=False)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            unit.add_done_callback(lambda _u: heard.set())
+            assert heard.wait(60), "the callback never ran"
+            with pytest.raises(ResultUnreachable) as info:
+                unit.result()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    assert info.value.unreachable and info.value.worker == addr
+    assert "generate-u4" in str(info.value) and "within 2 s" in str(info.value)
