@@ -10,9 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 from prefect.artifacts import create_markdown_artifact
-from prefect.context import FlowRunContext
 
 from flows.loop import Gate, LoopResult
+from flows.task_runner import current_runner
 from synthgen.cluster.client import task_runner_kwargs
 from synthgen.cluster.deadlines import SILENT_S
 from synthgen.config import RunConfig
@@ -29,12 +29,7 @@ from synthgen.io.store import Store, retrying
 
 def _client() -> Any:
     """The Dask client of the running flow's DaskTaskRunner (starting its cluster if needed)."""
-    ctx = FlowRunContext.get()
-    runner = getattr(ctx, "task_runner", None) if ctx else None
-    client = getattr(runner, "client", None)
-    if client is None:
-        raise RuntimeError("cost wiring needs a flow running on a DaskTaskRunner")
-    return client
+    return current_runner().client
 
 
 def runner_kwargs(cfg: RunConfig) -> dict[str, Any]:

@@ -178,12 +178,17 @@ class PlainResultFuture(PrefectDaskFuture):
 
     def _holder(self) -> str | None:
         """The worker that holds this task's result (the one that ran it)."""
-        try:
-            fut = self._wrapped_future
-            holders = fut.client.who_has([fut]).get(fut.key) or []
-        except Exception:
-            return None
-        return holders[0] if holders else None
+        return _holder_of(self._wrapped_future)
+
+
+def _holder_of(fut: distributed.Future) -> str | None:
+    """The worker that holds a Dask future's result, as the scheduler says (a scheduler
+    call: it does not wait on the worker); None when unknown."""
+    try:
+        holders = fut.client.who_has([fut]).get(fut.key) or []
+    except Exception:
+        return None
+    return holders[0] if holders else None
 
 
 class SynthgenTaskRunner(DaskTaskRunner):
@@ -373,7 +378,7 @@ class UnitFuture:
                 self._error = exc
             self._fetched = True
 
-    def result(self, timeout: float | None = None) -> Any:
+    def result(self) -> Any:
         self._fetch()
         if self._error is not None:
             raise self._error
@@ -386,21 +391,17 @@ class UnitFuture:
         return open_envelope(value, self.name, worker)
 
     def _holder(self) -> str | None:
-        """The worker that holds this unit's result (the one that ran it), as the scheduler
-        says (a scheduler call: it does not wait on the worker)."""
-        try:
-            holders = self.future.client.who_has([self.future]).get(self.future.key) or []
-        except Exception:
-            return None
-        return holders[0] if holders else None
+        """The worker that holds this unit's result (the one that ran it)."""
+        return _holder_of(self.future)
 
 
 def current_runner() -> SynthgenTaskRunner:
-    """The running flow's task runner (its Dask client submits the units)."""
+    """The running flow's task runner (its Dask client submits units, checks and publish
+    tasks)."""
     ctx = FlowRunContext.get()
     runner = getattr(ctx, "task_runner", None) if ctx is not None else None
     if getattr(runner, "client", None) is None:
-        raise RuntimeError("units need a flow running on synthgen's Dask task runner")
+        raise RuntimeError("this needs a flow running on synthgen's Dask task runner")
     return runner  # type: ignore[return-value]
 
 

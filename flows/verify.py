@@ -30,11 +30,10 @@ from typing import Any
 import dask
 import distributed
 from prefect import task
-from prefect.context import FlowRunContext
 
 from flows.grants import CommittedFuture, Holders
 from flows.loop import Gate
-from flows.task_runner import Opaque, unwrap
+from flows.task_runner import Opaque, current_runner, unwrap
 from synthgen.config import RunConfig
 from synthgen.io.checked import ShardWithdrawn, read_marker
 from synthgen.io.layout import RunLayout, split_key, unit_key
@@ -112,13 +111,7 @@ class VerifyRun:
 
 def runner_client() -> distributed.Client:
     """The Dask client of the flow's task runner (the one that submits our tasks)."""
-
-    ctx = FlowRunContext.get()
-    runner = getattr(ctx, "task_runner", None) if ctx is not None else None
-    client = getattr(runner, "client", None)
-    if client is None:
-        raise RuntimeError("verification needs a flow running on a Dask task runner")
-    return client
+    return current_runner().client
 
 
 def cluster_workers(

@@ -114,7 +114,7 @@ def test_on_a_tls_cluster_a_result_that_is_not_an_envelope_is_forged(client) -> 
     fut = _submit(client, _not_an_envelope, 5, plain=False)  # what a tampered worker sends
     forged = UnitFuture(fut.future, "generate-u5", plain=True)
     with pytest.raises(ForgedResult) as info:
-        forged.result(timeout=60)
+        forged.result()  # bounded by UnitFuture.FETCH_S
     assert info.value.retry_elsewhere and "generate-u5" in str(info.value)
     assert info.value.worker  # the worker that held it, named for the loop to avoid
 
