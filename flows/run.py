@@ -260,14 +260,19 @@ class Published:
 
 
 def _finish(
-    cfg: RunConfig, task_config: Opaque, store: Store, committed: dict[str, dict[str, Any]]
+    cfg: RunConfig,
+    task_config: Opaque,
+    store: Store,
+    committed: dict[str, dict[str, Any]],
+    on: list[str] | None = None,
 ) -> tuple[Published | None, list[str]]:
     """Run-wide dedup and the publish's shard files over every committed shard of the final
     stage: (Published, []), or (None, withdrawn units) when a shard failed its check
     against its commit marker (withdrawn by the check; nothing is published from it). The
     switch (manifest, card) is the caller's, once the workers' cost rows are in.
     `committed`: the final stage's commit markers, read once by the caller (nothing commits
-    while the run finishes; a shard the checks withdraw ends this round)."""
+    while the run finishes; a shard the checks withdraw ends this round). `on`: the workers
+    its cluster tasks may run on (None: any; `ShardTimeouts.finishing_workers`)."""
     run_id = cfg.run_id or ""
     final = final_stage(cfg)
     extra = None
@@ -275,7 +280,8 @@ def _finish(
         if cfg.cluster.tls is not None:  # workers hold worker certificates: see _dedup_here
             dedup = _dedup_here(cfg, sorted(committed))
         else:
-            dedup = dedup_task.submit(task_config, sorted(committed)).result()
+            with restrict(on):
+                dedup = dedup_task.submit(task_config, sorted(committed)).result()
         if dedup["withdrawn"]:  # shards of the deduplicated stage: their units run again
             return None, [unit_key(clean_stage(cfg), sid) for sid in dedup["withdrawn"]]
         extra = {"dedup": {k: v for k, v in dedup.items() if k != "withdrawn"}}
@@ -305,7 +311,7 @@ def _finish(
     threads = (
         PUBLISH_THREADS_HERE
         if cfg.cluster.tls is not None
-        else max(1, sum(runner_client().nthreads().values()))
+        else max(1, sum(n for w, n in runner_client().nthreads().items() if not on or w in on))
     )
     batches = _batches(list(enumerate(shard_ids)), _batch_size(threads, n))
     if cfg.cluster.tls is not None:
@@ -324,7 +330,8 @@ def _finish(
         window = PUBLISH_WINDOW_PER_THREAD * threads
 
         def submit_pub(items: list[tuple[int, str]]) -> Any:
-            return publish_batch_task.submit(task_config, items, pid, n)
+            with restrict(on):
+                return publish_batch_task.submit(task_config, items, pid, n)
 
     try:
         shards, failed = _collect_publish(windowed(batches, submit_pub, window))
@@ -666,7 +673,16 @@ def generate_flow(
             # every shard of the final stage committed: run-wide dedup, then publish, both
             # on the cluster; each reads a shard only as its commit marker describes it,
             # withdrawing any that differ
-            published, withdrawn = _finish(cfg, task_config, store, committed)
+            # not on a worker that missed a deadline (a frozen host stays in the cluster
+            # until silent for SILENT_S: the loop can end sooner), and one that goes silent
+            # meanwhile is removed (Dask re-runs its tasks elsewhere)
+            on = None
+            watching: Any = contextlib.nullcontext()
+            if deadlines is not None:
+                on = deadlines.finishing_workers(cluster_workers(runner_client()))
+                watching = deadlines.watching()
+            with watching:
+                published, withdrawn = _finish(cfg, task_config, store, committed, on)
             if not withdrawn:
                 break
         print(

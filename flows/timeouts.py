@@ -15,6 +15,10 @@ submitted to it for the rest of the run (the verification gate's mechanism, `avo
 summary names it. A worker that missed a deadline and has not been heard from by the
 scheduler for `SILENT_S` (frozen, partitioned) is removed from the scheduler at once
 (`remove_worker`), as its TTL would much later: Dask re-routes the shards queued on it.
+The loop can end before that (the other workers finished the rest): run-wide dedup and
+the publish then run on the workers that are neither flagged nor suspect
+(`finishing_workers`), and the silent check goes on in a thread while they run
+(`watching`), so no end-of-run task waits for a frozen host's TTL.
 
 Stragglers (`cluster.speculation`): once no shard is left to submit, an idle worker runs a
 copy of a shard queued behind a busy worker (submitted `WAITING_S` ago and not started:
@@ -34,8 +38,11 @@ for); the loop ignores the abandoned future's result.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flows.loop import Gate
@@ -199,6 +206,35 @@ class ShardTimeouts(Gate):
                 f"worker {worker} FLAGGED: missed a deadline and silent for {self.silent_s:g}s "
                 "(frozen or cut off); removed from the cluster, its queued shards run elsewhere"
             )
+
+    # -- after the loop: run-wide dedup and the publish -----------------------------------
+    def finishing_workers(self, workers: list[str]) -> list[str] | None:
+        """Of `workers` (the cluster's), those the end-of-run tasks may use: not flagged and
+        not suspect (missed a deadline, not yet removed). None: any of them (nothing to
+        avoid, or nothing else left: never refuse the run its publish)."""
+        avoid = set(self.flagged) | self.suspects
+        allowed = [w for w in workers if w not in avoid]
+        return allowed if avoid and allowed else None
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        """The silent-suspect check every tick in a thread while the caller blocks (the run's
+        finish: no loop ticks then). A suspect silent for `silent_s` is removed from the
+        cluster; Dask runs what it held elsewhere."""
+        stop = threading.Event()
+        ctx = contextvars.copy_context()  # its lines go to the flow run's log
+
+        def watch() -> None:
+            while not stop.wait(self.tick_s):
+                ctx.run(self._check_silent)
+
+        thread = threading.Thread(target=watch, name="synthgen-silent-watch", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def on_tick(self) -> None:
         """Re-submit the running shards whose current attempt is overdue."""
