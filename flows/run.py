@@ -21,7 +21,7 @@ from typing import Any
 
 import dask
 from distributed import Client, LocalCluster, worker_client
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.exceptions import MissingContextError
 from prefect.runtime import flow_run
@@ -48,6 +48,7 @@ from flows.task_runner import (
     Retries,
     SynthgenTaskRunner,
     current_runner,
+    submit_task,
     submit_unit,
     unwrap,
 )
@@ -90,10 +91,12 @@ from synthgen.stages.publish import (
     collect_garbage,
     commit_publish,
     digests_of,
+    place_ready,
     prepare_publish,
     publish_id,
     publish_shard,
     published_as,
+    ready_shard,
 )
 from synthgen.stages.units import (
     all_units,
@@ -122,12 +125,12 @@ def generate_granted(config: dict[str, Any] | Opaque, grant: dict[str, Any]) -> 
     return run_granted(unwrap(config), grant)
 
 
-@task(name="publish-shards", persist_result=False)
 def publish_batch_task(
     config: dict[str, Any] | Opaque, items: list[tuple[int, str]], pid: str, count: int
 ) -> list[dict[str, Any]]:
     """Write the files of publish `pid` for a batch of committed shards (`items`: their
-    (index, shard id) in the publish); one outcome per shard (`publish_batch`)."""
+    (index, shard id) in the publish); one outcome per shard (`publish_batch`). A plain
+    Dask task (`submit_task`), as the generate units."""
     return publish_batch(unwrap(config), items, pid, count)
 
 
@@ -198,10 +201,14 @@ def _publish_one(
 PUBLISH_TRIES = 3
 
 
-@task(name="dedup-run", persist_result=False, retries=1, retry_delay_seconds=2)
+DEDUP_RETRIES = Retries(1, (2.0,), 0.2)
+
+
 def dedup_task(config: dict[str, Any] | Opaque, shard_ids: list[str]) -> dict[str, Any]:
     """Run-wide dedup on the cluster this task runs in (its map/shuffle/verify tasks are
-    submitted through the worker's client; this task's thread is seceded meanwhile)."""
+    submitted through the worker's client; this task's thread is seceded meanwhile). A
+    plain Dask task (`submit_task`, retried once): a Prefect task run's start on a worker
+    that has run none cost ~7 s at the end of a run (benchmarks/RESULTS-speed.md)."""
     cfg = RunConfig.model_validate(unwrap(config))
     with worker_client() as client:
         return _dedup_on(client, cfg, shard_ids)
@@ -237,6 +244,8 @@ def _dedup_on(client: Any, cfg: RunConfig, shard_ids: list[str]) -> dict[str, An
         "drop_counts": res.counts,
         "seconds": round(time.perf_counter() - started, 3),
         "withdrawn": res.withdrawn,  # shards that failed their check: generated again
+        # their publish-ready files do not apply (`ready_shard`: written without drops)
+        "dropped_shards": sorted(set(res.drops.column("shard_id").to_pylist())),
         # each publish task reads its shard's part of the drops (the flow ships none)
         "drops_file": layout.url(layout.dedup_drops),
         "drops_sha256": res.digest,
@@ -265,6 +274,7 @@ def _finish(
     store: Store,
     committed: dict[str, dict[str, Any]],
     on: list[str] | None = None,
+    ready: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[Published | None, list[str]]:
     """Run-wide dedup and the publish's shard files over every committed shard of the final
     stage: (Published, []), or (None, withdrawn units) when a shard failed its check
@@ -272,19 +282,28 @@ def _finish(
     switch (manifest, card) is the caller's, once the workers' cost rows are in.
     `committed`: the final stage's commit markers, read once by the caller (nothing commits
     while the run finishes; a shard the checks withdraw ends this round). `on`: the workers
-    its cluster tasks may run on (None: any; `ShardTimeouts.finishing_workers`)."""
+    its cluster tasks may run on (None: any; `ShardTimeouts.finishing_workers`). `ready`:
+    shard id -> its publish-ready files (`Prepublish`): moved into place when the dedup
+    dropped none of its rows and its marker names the file they were made from."""
     run_id = cfg.run_id or ""
     final = final_stage(cfg)
     extra = None
+    dropped: set[str] = set()
     if cfg.clean.enabled and (cfg.clean.exact.enabled or cfg.clean.near.enabled):
         if cfg.cluster.tls is not None:  # workers hold worker certificates: see _dedup_here
             dedup = _dedup_here(cfg, sorted(committed))
         else:
             with restrict(on):
-                dedup = dedup_task.submit(task_config, sorted(committed)).result()
+                dedup = submit_task(
+                    current_runner(), dedup_task, (task_config, sorted(committed)),
+                    "dedup-run", DEDUP_RETRIES,
+                ).result()  # fmt: skip
         if dedup["withdrawn"]:  # shards of the deduplicated stage: their units run again
             return None, [unit_key(clean_stage(cfg), sid) for sid in dedup["withdrawn"]]
-        extra = {"dedup": {k: v for k, v in dedup.items() if k != "withdrawn"}}
+        dropped = set(dedup["dropped_shards"])
+        extra = {
+            "dedup": {k: v for k, v in dedup.items() if k not in ("withdrawn", "dropped_shards")}
+        }
         print(
             f"cross-shard dedup: {dedup['rows_checked']} kept rows checked, "
             f"{dedup['verified_pairs']} duplicate pairs, dropped {dedup['drop_counts'] or 'none'}"
@@ -307,13 +326,26 @@ def _finish(
     check_owner(cfg, store)  # before any file is written
     shard_ids = sorted(committed)
     n = len(shard_ids)
+    ready = ready or {}
+    movable = [
+        (ready[sid], i)
+        for i, sid in enumerate(shard_ids)
+        if sid in ready
+        and sid not in dropped
+        and ready[sid]["source_sha256"] == str(committed[sid].get("sha256"))
+    ]
+    placed = _place(store, movable, n, pid)
+    moved = {e["shard_id"] for e in placed}
+    for sid in moved:  # its ready files are gone: published the usual way in a later round
+        ready.pop(sid, None)
+    todo = [(i, sid) for i, sid in enumerate(shard_ids) if sid not in moved]
     # the threads that run publish batches: the flow's pool (TLS) or the cluster's workers
     threads = (
         PUBLISH_THREADS_HERE
         if cfg.cluster.tls is not None
         else max(1, sum(n for w, n in runner_client().nthreads().items() if not on or w in on))
     )
-    batches = _batches(list(enumerate(shard_ids)), _batch_size(threads, n))
+    batches = _batches(todo, _batch_size(threads, len(todo)))
     if cfg.cluster.tls is not None:
         # the published folder is written by the trusted side: on a TLS cluster the workers
         # hold worker certificates (a tampered one could answer with anything), so the
@@ -326,18 +358,25 @@ def _finish(
             return pool.submit(publish_batch, config, items, pid, n)
     else:
         pool = None
+        runner = current_runner()
         # a few batches per worker thread in flight, not every one at once
         window = PUBLISH_WINDOW_PER_THREAD * threads
 
         def submit_pub(items: list[tuple[int, str]]) -> Any:
             with restrict(on):
-                return publish_batch_task.submit(task_config, items, pid, n)
+                return submit_task(
+                    runner, publish_batch_task, (task_config, items, pid, n),
+                    "publish-shards", Retries(),
+                )  # fmt: skip
 
     try:
         shards, failed = _collect_publish(windowed(batches, submit_pub, window))
     finally:
         if pool is not None:
             pool.shutdown(wait=True)
+    if placed:
+        order = {sid: i for i, sid in enumerate(shard_ids)}
+        shards = sorted([*placed, *shards], key=lambda e: order[e["shard_id"]])
     if failed:
         still = commit_markers(store, run_id, final)
         withdrawn = [unit_key(final, sid) for sid, _ in failed if sid not in still]
@@ -348,6 +387,77 @@ def _finish(
 
 
 PUBLISH_THREADS_HERE = 4  # publish batches in flight in the flow's process (TLS clusters)
+PLACE_CHUNK = 256  # publish-ready files moved per request batch (a checkpoint per shard after)
+
+
+def _place(
+    store: Store, movable: list[tuple[dict[str, Any], int]], count: int, pid: str
+) -> list[dict[str, Any]]:
+    """`place_ready` in chunks; the entries of the shards whose files were moved."""
+    out: list[dict[str, Any]] = []
+    for k in range(0, len(movable), PLACE_CHUNK):
+        done = place_ready(store, movable[k : k + PLACE_CHUNK], count, pid)
+        for _ in done:
+            checkpoint("publish.shard_done")
+        out += done
+    if movable:
+        print(f"publish: {len(out)} shard(s) moved into place from their publish-ready files")
+    return out
+
+
+class Prepublish:
+    """Each final-stage unit's publish-ready files, written by the flow's process as the
+    unit commits (`ready_shard`, a few threads beside the generate loop): at the end of the
+    run a shard the run-wide dedup left alone is moved into the publish (`place_ready`)
+    instead of being read and written again, which was most of the end-of-run phase
+    (benchmarks/RESULTS-speed.md). A shard whose ready files failed, or that dedup dropped
+    rows of, is published the usual way."""
+
+    def __init__(self, config: dict[str, Any], final: str, threads: int) -> None:
+        self.config = config
+        self.final = final
+        self.pool = concurrent.futures.ThreadPoolExecutor(threads, "synthgen-prepublish")
+        self.futures: dict[str, concurrent.futures.Future[dict[str, Any]]] = {}
+        self.ready: dict[str, dict[str, Any]] = {}  # finished; `_finish` pops what it moved
+        self.failed: list[str] = []
+        self.prepared: concurrent.futures.Future[None] | None = None
+
+    def add(self, result: dict[str, Any]) -> None:
+        stage, sid = split_key(result["shard_id"])
+        if stage != self.final or result.get("status") not in ("done", "skipped"):
+            return
+        if self.prepared is None:  # the dedup index's meta file, once (as a publish does)
+            self.prepared = self.pool.submit(prepare_publish, self.config)
+        # the latest commit's: a shard generated again replaces its earlier entry
+        self.futures[sid] = self.pool.submit(self._ready, sid)
+
+    def _ready(self, sid: str) -> dict[str, Any]:
+        assert self.prepared is not None
+        self.prepared.result()  # its error (an index of other parameters) is each shard's
+        return ready_shard(self.config, sid)
+
+    def entries(self) -> dict[str, dict[str, Any]]:
+        """shard id -> its ready entry, once every write submitted so far has ended (the
+        caller pops the entries whose files it moved)."""
+        for sid, fut in list(self.futures.items()):
+            del self.futures[sid]
+            try:
+                self.ready[sid] = fut.result()
+            except Exception as exc:  # published the usual way at the end
+                self.ready.pop(sid, None)
+                self.failed.append(f"{sid}: {type(exc).__name__}: {exc}")
+        if self.failed:
+            print(
+                f"warning: {len(self.failed)} shard(s) had no publish-ready files (published "
+                f"the usual way): {'; '.join(self.failed[:3])}"
+            )
+            self.failed = []
+        return self.ready
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 # Shards per publish task: one task (a Prefect task run, a Dask task) per shard cost ~30 ms of
 # orchestration each, most of the end-of-run phase at 1,000+ shards (benchmarks/bench_scale.py)
 PUBLISH_BATCH_MAX = 64
@@ -627,8 +737,12 @@ def generate_flow(
     # units returned, tokens, $: counted once, for the log lines and the Prefect UI's view
     progress = RunProgress(cfg.run_id or "", total, done_before, started=started)
 
+    # publish-ready files of each shard as it commits, beside the loop (the flow's process)
+    prepub = Prepublish(unwrap(task_config), final_stage(cfg), PUBLISH_THREADS_HERE)
+
     def report(res: dict[str, Any]) -> None:
         nonlocal last_line
+        prepub.add(res)
         progress.add(res)
         now = time.perf_counter()
         # a line per shard, at most one a second (plus the first and last): thousands of
@@ -682,7 +796,9 @@ def generate_flow(
                 on = deadlines.finishing_workers(cluster_workers(runner_client()))
                 watching = deadlines.watching()
             with watching:
-                published, withdrawn = _finish(cfg, task_config, store, committed, on)
+                published, withdrawn = _finish(
+                    cfg, task_config, store, committed, on, prepub.entries()
+                )
             if not withdrawn:
                 break
         print(
@@ -697,6 +813,7 @@ def generate_flow(
         gen_seconds += time.perf_counter() - again
         progress.finish()
         _clear_staging(granter, cfg)
+    prepub.close()
     results, failures = sched.results, sched.failures
     verification = None
     if verify is not None:
@@ -735,6 +852,7 @@ def generate_flow(
             if late and (late["missed"] or late["flagged_workers"]):
                 extra = {**(extra or {}), "deadlines": _deadline_record(late)}
             manifest = commit_publish(cfg, store, published.shards, published.pid, extra)
+        _clear_ready(store, cfg.run_id or "")
     if commit_pool is not None:
         commit_pool.shutdown(wait=True)  # commits of abandoned attempts still in flight
     _await_stops()
@@ -749,6 +867,17 @@ def generate_flow(
         "refused": refused,
         "forged": dict(sched.forgers) or None,
     }
+
+
+def _clear_ready(store: Store, run_id: str) -> None:
+    """Once published: the publish-ready files not moved into it (shards with run-wide drops,
+    generated again, or a re-run of a published run) are removed (best effort)."""
+    ready = RunLayout(store, run_id).publish_ready
+    try:
+        if store.ls(ready):
+            store.fs.rm(ready, recursive=True)
+    except Exception as exc:  # housekeeping never fails a run
+        print(f"warning: could not remove {store.location(ready)}: {type(exc).__name__}: {exc}")
 
 
 def _clear_staging(granter: Granter | None, cfg: RunConfig) -> None:

@@ -395,6 +395,18 @@ class UnitFuture:
         return _holder_of(self.future)
 
 
+def submit_task(
+    runner: SynthgenTaskRunner, fn: Any, args: tuple[Any, ...], name: str, retries: Retries
+) -> distributed.Future:
+    """`fn(*args)` as one Dask task on the runner's (trusted) cluster, no Prefect task run:
+    the run's finish (dedup, publish batches), whose tasks would otherwise each start a
+    Prefect task run on a worker. Its `result()` waits for it (no fetch limit: the finish
+    runs under `ShardTimeouts.watching`, which removes a silent worker)."""
+    return runner.client.submit(
+        run_unit, fn, args, name, retries, key=f"{name}-{uuid.uuid4().hex}", pure=False
+    )
+
+
 def current_runner() -> SynthgenTaskRunner:
     """The running flow's task runner (its Dask client submits units, checks and publish
     tasks)."""

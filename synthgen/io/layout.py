@@ -13,6 +13,8 @@ Pure path arithmetic over a `Store`'s root: nothing here touches storage.
         dedup/drops.parquet              .dedup_drops   (the whole run's; written last)
         dedup/drops/SHARD.parquet        .dedup_drops_shard(shard)  (each shard's part)
         publish/PID/manifest.json        .publish_manifest(pid)  (one per publish; immutable)
+        publish/ready/SHARD.SHA.SPLIT.parquet  .publish_ready_file(...)  (written as shards
+                                         commit; moved into dataset/data/ by the publish)
         report.png, report.md            .report_png, .report_md
         shards/SHARD.parquet             .stage().shard(shard)            \\
         _commits/SHARD.json              .stage().commit(shard)            |
@@ -246,6 +248,17 @@ class RunLayout:
     @property
     def dedup_drops_parts(self) -> str:
         return self.path("dedup", "drops")
+
+    @property
+    def publish_ready(self) -> str:
+        """Publish-ready files of committed shards, written as they commit (moved into
+        `dataset/data/` by the publish when the run-wide dedup dropped none of their rows)."""
+        return self.path(PUBLISH_DIR, "ready")
+
+    def publish_ready_file(self, shard_id: str, source_sha256: str, split: str) -> str:
+        """One split of a shard's publish-ready rows; the committed file's sha256 in the name
+        (a shard generated again gets other names)."""
+        return self.path(PUBLISH_DIR, "ready", f"{shard_id}.{source_sha256[:16]}.{split}.parquet")
 
     def publish_manifest(self, publish_id: str) -> str:
         """The manifest of one publish of this run (written before the card switches)."""

@@ -329,6 +329,22 @@ class Store:
 
         retrying(_rm, f"removing {self.location(path)}", self.policy)
 
+    def move_many(self, moves: list[tuple[str, str]]) -> None:
+        """Move each (source, destination) within this store, replacing the destination
+        atomically: a rename on a local disk; on an object store one server-side copy per
+        file (concurrent, fsspec's batches), then one bulk delete of the sources."""
+        if not moves:
+            return
+        if self.local:
+            for src, dst in moves:
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                os.replace(src, dst)
+            return
+        srcs, dsts = [m[0] for m in moves], [m[1] for m in moves]
+        what = f"{len(moves)} file(s) to {self.location(posixpath.dirname(dsts[0]))}"
+        retrying(lambda: self.fs.copy(srcs, dsts), f"copying {what}", self.policy)
+        retrying(lambda: self.fs.rm(srcs), f"removing the sources of {what}", self.policy)
+
     def write_json(self, path: str, obj: Any) -> None:
         self.write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
 

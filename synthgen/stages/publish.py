@@ -32,6 +32,7 @@ from synthgen.config import RunConfig
 from synthgen.config.multistage import clean_stage, compared_stage, descendants_span
 from synthgen.errors import PublishRefused
 from synthgen.io.attempts import commit_markers
+from synthgen.io.checked import read_checked
 from synthgen.io.layout import DATA_DIR, DEFAULT_STAGE, DatasetLayout, RunLayout, split_key
 from synthgen.io.store import Store
 from synthgen.stages.base import Stage, run_stages
@@ -160,42 +161,116 @@ def publish_shard(
     """
     cfg = RunConfig.model_validate(config)
     store = Store(cfg.output)
-    run_id = cfg.run_id or ""
-    final = final_stage(cfg)
-    table = read_committed_shard(store, run_id, shard_id, final)  # checked against its marker
     if extra_drops is None:
-        extra_drops = read_shard_drops(store, run_id, shard_id)
+        extra_drops = read_shard_drops(store, cfg.run_id or "", shard_id)
     if isinstance(extra_drops, list):
         extra_drops = dict.fromkeys(extra_drops, "dropped")
+    dataset = DatasetLayout(store)
+
+    def place(split: str) -> tuple[str, str]:
+        name = dataset.data_name(split, index, count, publish_id)
+        return dataset.file(name), name
+
+    entry, _ = _write_shard(cfg, store, shard_id, extra_drops or {}, index_meta_ready, place)
+    return entry
+
+
+def ready_shard(config: dict[str, Any], shard_id: str) -> dict[str, Any]:
+    """A committed shard's publish-ready files, written as it commits (the flow, during
+    generation): what `publish_shard` would write with no run-wide drops, under
+    `runs/RUN_ID/publish/ready/` (its dedup index part too). The entry's `files` name
+    them (`ready`: the store path, no `path` yet) and `source_sha256` is the committed
+    file's: `place_ready` moves them into a publish once the run-wide dedup has dropped
+    nothing of the shard and its commit marker still names that file."""
+    cfg = RunConfig.model_validate(config)
+    store = Store(cfg.output)
+    layout = RunLayout(store, cfg.run_id or "")
+    sha = ""
+
+    def place(split: str) -> tuple[str, str]:
+        path = layout.publish_ready_file(shard_id, sha, split)
+        return path, path
+
+    def seen(marker_sha: str) -> None:
+        nonlocal sha
+        sha = marker_sha
+
+    entry, source = _write_shard(cfg, store, shard_id, {}, True, place, seen)
+    for f in entry["files"]:
+        f["ready"] = f.pop("path")
+    return {**entry, "source_sha256": source}
+
+
+def place_ready(
+    store: Store, ready: list[tuple[dict[str, Any], int]], count: int, publish_id: str
+) -> list[dict[str, Any]]:
+    """Move publish-ready files (`ready_shard`'s entries, each with the shard's index in
+    the publish) to this publish's names (`data/SPLIT-{index}-of-{count}-{publish_id}`):
+    a rename on a local disk, a server-side copy on an object store; nothing is read or
+    written again. Returns the shards' entries as `publish_shard` would."""
+    dataset = DatasetLayout(store)
+    moves: list[tuple[str, str]] = []
+    out = []
+    for entry, index in ready:
+        files = []
+        for f in entry["files"]:
+            name = dataset.data_name(f["split"], index, count, publish_id)
+            moves.append((f["ready"], dataset.file(name)))
+            files.append({k: v for k, v in f.items() if k != "ready"} | {"path": name})
+        rest = {k: v for k, v in entry.items() if k not in ("files", "source_sha256")}
+        out.append({**rest, "files": files})
+    store.move_many(moves)
+    return out
+
+
+def _write_shard(
+    cfg: RunConfig,
+    store: Store,
+    shard_id: str,
+    extra_drops: dict[str, str],
+    index_meta_ready: bool,
+    place: Any,
+    seen: Any = None,
+) -> tuple[dict[str, Any], str]:
+    """A committed shard's kept rows (after `extra_drops`, select, the output format) written
+    by split where `place(split)` says (store path, name in the entry); its dedup index
+    part. Returns (the shard's entry, the committed file's sha256). `seen(sha256)` hears
+    the committed file's sha256 before anything is written."""
+    run_id = cfg.run_id or ""
+    final = final_stage(cfg)
+    checked = read_checked(store, run_id, shard_id, final)  # checked against its marker
+    source = str(checked.marker.get("sha256"))
+    if seen is not None:
+        seen(source)
+    table = checked.table
     cleaned = clean_stage(cfg)
-    table, _ = RunDedupMarks(extra_drops or {}, descendants_span(cfg, cleaned))(table)
+    table, _ = RunDedupMarks(extra_drops, descendants_span(cfg, cleaned))(table)
     generated = table.num_rows
     if cfg.stages and cfg.select.strategy != "all":
         table, _ = SelectStage(cfg)(table)
     kept, _ = run_stages([PublishStage()], table)
-    dataset = DatasetLayout(store)
     files = []
     for split, rows in split_rows(to_format(kept, cfg), cfg.output.splits).items():
-        name = dataset.data_name(split, index, count, publish_id)
-        size, sha = store.write_table(dataset.file(name), rows)
+        path, name = place(split)
+        size, sha = store.write_table(path, rows)
         files.append({"path": name, "split": split, "rows": rows.num_rows, "bytes": size,
                       "sha256": sha, "shard_id": shard_id})  # fmt: skip
     reasons = Counter(r for r in table["drop_reason"].to_pylist() if r is not None)
     if cfg.clean.enabled and cfg.clean.near.enabled:
         # the index holds the deduplicated text's signatures: the clean stage's rows
-        source = (
+        source_rows = (
             table if cleaned == final else read_committed_shard(store, run_id, shard_id, cleaned)
         )
         write_index(
             store.fs,
             store.root,
             f"{run_id}--{shard_id}",
-            index_rows(source),
+            index_rows(source_rows),
             cfg.clean,
             meta=not index_meta_ready,
         )
     tokens = kept["completion_tokens"] if "completion_tokens" in kept.column_names else None
-    return {
+    entry = {
         "shard_id": shard_id,
         "rows": kept.num_rows,
         "generated": generated,
@@ -203,6 +278,7 @@ def publish_shard(
         "drop_counts": dict(sorted(reasons.items())),
         "files": files,
     }
+    return entry, source
 
 
 def prepare_publish(config: dict[str, Any]) -> None:
@@ -424,7 +500,9 @@ __all__ = [
     "digests_of",
     "kept_rows",
     "publish_id",
+    "place_ready",
     "publish_shard",
+    "ready_shard",
     "published_as",
     "read_card",
     "read_manifest",
