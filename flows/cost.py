@@ -3,6 +3,7 @@ loop (flows/loop.py), and the cost artifact. Thin: the arithmetic lives in synth
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -25,6 +26,8 @@ from synthgen.cost.prices import is_verification
 from synthgen.cost.report import Summary, summarize, to_markdown
 from synthgen.io.layout import RunLayout
 from synthgen.io.store import Store, retrying
+
+_log = logging.getLogger(__name__)
 
 
 def _client() -> Any:
@@ -225,6 +228,15 @@ def record_budget(cfg: RunConfig, message: str | None) -> None:
             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
     )
+
+
+def read_ledger_ahead(cfg: RunConfig) -> None:
+    """Read the run's ledger as it stands (best effort), so that the end-of-run summary
+    reads only the files written since (`Ledger.rows` remembers what it read)."""
+    try:
+        Ledger(RunLayout(Store(cfg.output), cfg.run_id or "")).rows()
+    except Exception as exc:  # the summary reads it again at the end
+        _log.debug("reading the ledger ahead failed: %s", exc)
 
 
 def cost_summary(cfg: RunConfig) -> Summary | None:

@@ -34,6 +34,7 @@ from flows.cost import (
     cost_summary,
     finish_usage,
     publish_cost_artifact,
+    read_ledger_ahead,
     record_budget,
     runner_kwargs,
     start_usage,
@@ -387,6 +388,7 @@ def _finish(
 
 
 PUBLISH_THREADS_HERE = 4  # publish batches in flight in the flow's process (TLS clusters)
+LEDGER_AHEAD_EVERY = 500  # results between two reads of the ledger ahead of the summary
 PLACE_CHUNK = 256  # publish-ready files moved per request batch (a checkpoint per shard after)
 
 
@@ -411,7 +413,9 @@ class Prepublish:
     run a shard the run-wide dedup left alone is moved into the publish (`place_ready`)
     instead of being read and written again, which was most of the end-of-run phase
     (benchmarks/RESULTS-speed.md). A shard whose ready files failed, or that dedup dropped
-    rows of, is published the usual way."""
+    rows of, is published the usual way. Every LEDGER_AHEAD_EVERY results its threads also
+    read the ledger's new files (`read_ledger_ahead`), which the end-of-run cost summary
+    then does not read again."""
 
     def __init__(self, config: dict[str, Any], final: str, threads: int) -> None:
         self.config = config
@@ -421,6 +425,8 @@ class Prepublish:
         self.ready: dict[str, dict[str, Any]] = {}  # finished; `_finish` pops what it moved
         self.failed: list[str] = []
         self.prepared: concurrent.futures.Future[None] | None = None
+        self.cfg = RunConfig.model_validate(config)
+        self.results = 0
 
     def add(self, result: dict[str, Any]) -> None:
         stage, sid = split_key(result["shard_id"])
@@ -428,6 +434,9 @@ class Prepublish:
             return
         if self.prepared is None:  # the dedup index's meta file, once (as a publish does)
             self.prepared = self.pool.submit(prepare_publish, self.config)
+        self.results += 1
+        if self.results % LEDGER_AHEAD_EVERY == 0:  # the summary then reads only the rest
+            self.pool.submit(read_ledger_ahead, self.cfg)
         # the latest commit's: a shard generated again replaces its earlier entry
         self.futures[sid] = self.pool.submit(self._ready, sid)
 
@@ -874,8 +883,9 @@ def _clear_ready(store: Store, run_id: str) -> None:
     generated again, or a re-run of a published run) are removed (best effort)."""
     ready = RunLayout(store, run_id).publish_ready
     try:
-        if store.ls(ready):
-            store.fs.rm(ready, recursive=True)
+        store.fs.rm(ready, recursive=True)
+    except FileNotFoundError:
+        pass
     except Exception as exc:  # housekeeping never fails a run
         print(f"warning: could not remove {store.location(ready)}: {type(exc).__name__}: {exc}")
 

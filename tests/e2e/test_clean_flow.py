@@ -88,7 +88,18 @@ def _check_run(fs, root: str, summary: dict) -> None:
     assert sum(pq.read_metadata(p, filesystem=fs).num_rows for p in index) == data.num_rows
 
 
-def test_flow_cleans_and_publishes_only_kept_records_local(tmp_path, prefect_api):
+def test_flow_cleans_and_publishes_only_kept_records_local(tmp_path, prefect_api, monkeypatch):
+    import flows.run
+
+    moved: list[str] = []
+    real = flows.run.place_ready
+
+    def spy(store, ready, count, pid):  # type: ignore[no-untyped-def]
+        out = real(store, ready, count, pid)
+        moved.extend(e["shard_id"] for e in out)
+        return out
+
+    monkeypatch.setattr(flows.run, "place_ready", spy)
     out = tmp_path / "out"
     cfg_path = write_config(tmp_path / "c.yaml", _clean_cfg(str(out)))
     summary = synthgen_run(config=cfg_path)
@@ -97,6 +108,16 @@ def test_flow_cleans_and_publishes_only_kept_records_local(tmp_path, prefect_api
 
     fs = fsspec.filesystem("file")
     _check_run(fs, str(out), summary)
+    # the shards the run-wide dedup left alone were moved into place from the files written
+    # as they committed; the ones it dropped rows of were published from their shard again
+    run_id = summary["run_id"]
+    dropped = set(
+        pq.read_table(out / "runs" / run_id / "dedup" / "drops.parquet")["shard_id"].to_pylist()
+    )
+    published = {s["shard_id"] for s in _manifest(fs, str(out))["shards"]}
+    assert dropped and moved and published == dropped | set(moved)
+    assert not dropped & set(moved)
+    assert not (out / "runs" / run_id / "publish" / "ready").exists()  # cleared once published
     sha = [f["sha256"] for f in _manifest(fs, str(out))["files"]]
 
     # a re-run (resume, then re-publish) keeps exactly the same representatives

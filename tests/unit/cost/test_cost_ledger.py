@@ -387,3 +387,30 @@ def test_lost_attempts_with_and_without_a_row_in_one_run_are_all_recorded(tmp_pa
     assert "mid-shard" in lost["shard-00001"]["error"]
     assert "not kept" in lost["shard-00002"]["error"]
     assert lost["shard-00002"]["wall_seconds"] == 5.0
+
+
+def test_the_whole_ledger_is_read_once_then_only_new_files(tmp_path: Path, monkeypatch) -> None:
+    """A second whole-run read parses only the files written since (ledger files are written
+    once); a file gone since makes it read them all again. Same rows as a fresh read."""
+    led = open_run_uri(str(tmp_path / "runs" / "r1"))
+    for i in range(10):  # more than the threshold for the parallel read
+        led.write(_row(f"shard-0000{i}", 1, "succeeded", 10.0 + i))
+    loaded: list[int] = []
+    real = Ledger._load
+
+    def counted(self, paths, schema):  # type: ignore[no-untyped-def]
+        loaded.append(len(paths))
+        return real(self, paths, schema)
+
+    monkeypatch.setattr(Ledger, "_load", counted)
+    first = led.rows()
+    assert len(first) == 10 and loaded == [10]
+    gone = led.write(_row("shard-00001", 2, "failed", 5.0))
+    again = led.rows()
+    assert loaded == [10, 1] and len(again) == 11
+    fresh = Ledger(led.run)
+    assert fresh.rows().equals(again)  # a new Ledger of the same run: the same read
+    assert loaded == [10, 1, 0]
+    os.remove(gone)
+    assert len(led.rows()) == 10 and loaded[-1] == 10  # a file gone: all read again
+    assert led.rows("shard-00003")["shard_id"].to_pylist() == ["shard-00003"]

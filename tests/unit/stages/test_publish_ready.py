@@ -1,0 +1,90 @@
+"""Publish-ready files (`ready_shard`, written as a shard commits) moved into a publish
+(`place_ready`) are exactly the files `publish_shard` writes for that shard, with the same
+entry; the moves leave no ready file behind. Local disk and the S3 endpoint."""
+
+from __future__ import annotations
+
+import pytest
+
+from synthgen.config import RunConfig
+from synthgen.io.layout import DatasetLayout, RunLayout
+from synthgen.io.store import Store
+from synthgen.stages.generate import ShardTask, run_shard
+from synthgen.stages.plan import write_plan
+from synthgen.stages.publish import place_ready, prepare_publish, publish_shard, ready_shard
+from tests.helpers import fake_config
+
+
+def _committed(store: Store) -> tuple[dict, list[str]]:
+    opts = dict(store.output.storage_options or {})
+    cfg = RunConfig.model_validate(
+        fake_config(
+            store.uri,
+            output__storage_options=opts,
+            shards__size=2,
+            model__fake__tokens_per_completion=8,
+            clean={  # keep the fake text (as test_clean_flow does); near-dedup indexes it
+                "enabled": True,
+                "filters": {
+                    "word_count": {"min_words": 1},
+                    "gopher_quality": {"enabled": False},
+                    "gopher_repetition": {"enabled": False},
+                },
+            },
+            prompts={
+                "type": "template",
+                "templates": ["Write about {topic}"],
+                "topics": [f"topic number {i}" for i in range(6)],
+            },
+        )
+    )
+    plan = write_plan(cfg, store)
+    config = cfg.model_dump(mode="json")
+    ids = [s.shard_id for s in plan.shards]
+    for sid in ids:
+        assert run_shard(ShardTask(config, sid)).status == "done"
+    return config, ids
+
+
+def test_ready_files_moved_into_a_publish_are_the_files_publish_writes(any_store) -> None:
+    store = Store(any_store.output)
+    config, ids = _committed(store)
+    prepare_publish(config)
+    ready = [ready_shard(config, sid) for sid in ids]
+    layout = RunLayout(store, config["run_id"])
+    assert len(store.ls(layout.publish_ready)) == len(ids)  # one split per shard
+    for e, sid in zip(ready, ids, strict=True):
+        marker = store.read_json(layout.stage().commit(sid))
+        assert e["source_sha256"] == marker["sha256"]
+        assert all("path" not in f and f["ready"] for f in e["files"])
+    placed = place_ready(store, [(e, i) for i, e in enumerate(ready)], len(ids), "pready")
+    assert store.ls(layout.publish_ready) == []  # moved, not copied
+
+    dataset = DatasetLayout(store)
+    for i, (sid, got) in enumerate(zip(ids, placed, strict=True)):
+        want = publish_shard(
+            config, sid, publish_id="pwrite", index=i, count=len(ids), extra_drops={}
+        )
+        assert got["rows"] == want["rows"] > 0
+        (g,), (w,) = got["files"], want["files"]
+        assert g["path"] == dataset.data_name("train", i, len(ids), "pready")
+        assert {**g, "path": None} == {**w, "path": None}  # same rows, bytes, sha256
+        assert store.read_bytes(dataset.file(g["path"])) == store.read_bytes(
+            dataset.file(w["path"])
+        )
+        assert {k: v for k, v in got.items() if k != "files"} == {
+            k: v for k, v in want.items() if k != "files"
+        }
+
+
+def test_a_ready_file_names_the_committed_file_it_was_made_from(tmp_path) -> None:
+    from synthgen.config import OutputConfig
+
+    store = Store(OutputConfig(uri=str(tmp_path / "out")))
+    config, ids = _committed(store)
+    prepare_publish(config)
+    e = ready_shard(config, ids[0])
+    (f,) = e["files"]
+    assert e["source_sha256"][:16] in f["ready"]
+    with pytest.raises(FileNotFoundError):  # moved once; a second move finds nothing
+        place_ready(store, [(e, 0), (e, 0)], 1, "p")
