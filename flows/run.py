@@ -344,7 +344,7 @@ def _finish(
     threads = (
         PUBLISH_THREADS_HERE
         if cfg.cluster.tls is not None
-        else max(1, sum(n for w, n in runner_client().nthreads().items() if not on or w in on))
+        else max(1, sum(k for w, k in runner_client().nthreads().items() if not on or w in on))
     )
     batches = _batches(todo, _batch_size(threads, len(todo)))
     if cfg.cluster.tls is not None:
@@ -866,7 +866,9 @@ def generate_flow(
         commit_pool.shutdown(wait=True)  # commits of abandoned attempts still in flight
     _await_stops()
     return {
-        "results": results,
+        # one value to Prefect: it walks a flow's return value for futures (~1 s per walk
+        # at 10,000 shards' results, several walks as the flow run ends)
+        "results": Opaque(results),
         "failures": failures,
         "generate_seconds": gen_seconds,
         "manifest": manifest,
@@ -1087,14 +1089,14 @@ def _execute_leased(
         store=store,
         status=status,
         shards_total=len(units),
-        generated=gen["results"],
+        generated=unwrap(gen["results"]),
         committed=[m["result"] for m in committed.values()],
         missing=missing,
         generate_seconds=gen["generate_seconds"],
         wall_seconds=time.perf_counter() - started,
         manifest=manifest,
         rejects=plan.rejects,
-        workers=per_worker(gen["results"]),
+        workers=per_worker(unwrap(gen["results"])),
         verification=gen.get("verification"),
         deadlines=gen.get("deadlines"),
         refused=gen.get("refused"),
