@@ -205,17 +205,24 @@ PUBLISH_TRIES = 3
 DEDUP_RETRIES = Retries(1, (2.0,), 0.2)
 
 
-def dedup_task(config: dict[str, Any] | Opaque, shard_ids: list[str]) -> dict[str, Any]:
+def dedup_task(
+    config: dict[str, Any] | Opaque,
+    shard_ids: list[str],
+    markers: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Run-wide dedup on the cluster this task runs in (its map/shuffle/verify tasks are
     submitted through the worker's client; this task's thread is seceded meanwhile). A
     plain Dask task (`submit_task`, retried once): a Prefect task run's start on a worker
-    that has run none cost ~7 s at the end of a run (benchmarks/RESULTS-speed.md)."""
+    that has run none cost ~7 s at the end of a run (benchmarks/RESULTS-speed.md).
+    `markers`: the shards' (sha256, rows) as the flow read them (None: read here)."""
     cfg = RunConfig.model_validate(unwrap(config))
     with worker_client() as client:
-        return _dedup_on(client, cfg, shard_ids)
+        return _dedup_on(client, cfg, shard_ids, markers)
 
 
-def _dedup_here(cfg: RunConfig, shard_ids: list[str]) -> dict[str, Any]:
+def _dedup_here(
+    cfg: RunConfig, shard_ids: list[str], markers: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """Run-wide dedup in this (the flow's) process, on an in-process Dask cluster.
 
     For TLS clusters, whose workers hold worker certificates (`synthgen.cluster.roles`): a
@@ -230,14 +237,19 @@ def _dedup_here(cfg: RunConfig, shard_ids: list[str]) -> dict[str, Any]:
         ) as cluster,
         Client(cluster, set_as_default=False) as client,
     ):
-        return _dedup_on(client, cfg, shard_ids)
+        return _dedup_on(client, cfg, shard_ids, markers)
 
 
-def _dedup_on(client: Any, cfg: RunConfig, shard_ids: list[str]) -> dict[str, Any]:
+def _dedup_on(
+    client: Any,
+    cfg: RunConfig,
+    shard_ids: list[str],
+    markers: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     store = Store(cfg.output)
     layout = RunLayout(store, cfg.run_id or "")
     started = time.perf_counter()
-    res = dedup_run(client, cfg, store, shard_ids)
+    res = dedup_run(client, cfg, store, shard_ids, markers)
     return {
         "rows_checked": res.rows,
         "candidate_pairs": res.candidate_pairs,
@@ -291,12 +303,22 @@ def _finish(
     extra = None
     dropped: set[str] = set()
     if cfg.clean.enabled and (cfg.clean.exact.enabled or cfg.clean.near.enabled):
+        # the deduplicated stage's markers, when the caller read them (the final stage's):
+        # what each shard's bytes must be (10,000 markers: ~2 s to read again)
+        expect = (
+            {
+                sid: {"sha256": m.get("sha256"), "rows": m.get("rows")}
+                for sid, m in committed.items()
+            }
+            if clean_stage(cfg) == final
+            else None
+        )
         if cfg.cluster.tls is not None:  # workers hold worker certificates: see _dedup_here
-            dedup = _dedup_here(cfg, sorted(committed))
+            dedup = _dedup_here(cfg, sorted(committed), expect)
         else:
             with restrict(on):
                 dedup = submit_task(
-                    current_runner(), dedup_task, (task_config, sorted(committed)),
+                    current_runner(), dedup_task, (task_config, sorted(committed), expect),
                     "dedup-run", DEDUP_RETRIES,
                 ).result()  # fmt: skip
         if dedup["withdrawn"]:  # shards of the deduplicated stage: their units run again

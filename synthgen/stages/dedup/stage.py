@@ -27,7 +27,13 @@ def drops_path(store: Store, run_id: str) -> str:
     return RunLayout(store, run_id).dedup_drops
 
 
-def dedup_run(client: Any, cfg: RunConfig, store: Store, shard_ids: list[str]) -> DedupResult:
+def dedup_run(
+    client: Any,
+    cfg: RunConfig,
+    store: Store,
+    shard_ids: list[str],
+    markers: dict[str, dict[str, Any]] | None = None,
+) -> DedupResult:
     """Cross-shard (and, if configured, against-published) dedup of the run's committed
     shards on `client`'s cluster; writes each shard's drops (`dedup/drops/SHARD.parquet`,
     for the shards that have any) and then the whole run's, `runs/RUN_ID/dedup/drops.parquet`
@@ -37,10 +43,14 @@ def dedup_run(client: Any, cfg: RunConfig, store: Store, shard_ids: list[str]) -
     Every shard is read only as the bytes its commit marker names (sha256, rows). When one
     does not match, every shard is checked, the failing ones are withdrawn
     (`synthgen.io.checked`) and the result lists them in `withdrawn` (no drops file is
-    written): the flow generates them again and runs this stage again."""
+    written): the flow generates them again and runs this stage again.
+
+    `markers`: the deduplicated stage's commit markers (at least sha256 and rows) as the
+    caller has just read them; None: read here."""
     run_id = cfg.run_id or ""
     stage = clean_stage(cfg)  # the text that is deduplicated (default: the final stage's)
-    markers = commit_markers(store, run_id, stage)  # withdraws garbage markers
+    if markers is None:
+        markers = commit_markers(store, run_id, stage)  # withdraws garbage markers
     gone = sorted(sid for sid in shard_ids if sid not in markers)
     if gone:
         return _withdrawn(gone)
