@@ -18,6 +18,7 @@ import os
 import posixpath
 import time
 from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,20 +98,33 @@ def read_commits(
     store: Store, run_id: str, stage: str = DEFAULT_STAGE
 ) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """One listing and read of `stage`'s commit markers: (shard_id -> usable marker, the
-    shard ids whose marker was not usable, withdrawn here and logged)."""
+    shard ids whose marker was not usable, withdrawn here and logged). The markers are read
+    READ_THREADS at a time: one request each, 10,000 of them at the end of a run (one after
+    another on S3: a round trip each)."""
     layout = RunLayout(store, run_id).stage(stage)
+    ids = [n.removesuffix(".json") for n in store.ls(layout.commits_dir) if n.endswith(".json")]
+
+    def one(shard_id: str) -> dict[str, Any] | None | ShardWithdrawn:
+        try:
+            return read_marker(store, run_id, shard_id, stage)
+        except ShardWithdrawn as exc:  # a garbage marker: withdrawn (logged), not committed
+            return exc
+
+    if len(ids) < 8:
+        markers = [one(sid) for sid in ids]
+    else:
+        with ThreadPoolExecutor(READ_THREADS) as pool:
+            markers = list(pool.map(one, ids))
     out, withdrawn = {}, []
-    for name in store.ls(layout.commits_dir):
-        if name.endswith(".json"):
-            shard_id = name.removesuffix(".json")
-            try:
-                marker = read_marker(store, run_id, shard_id, stage)
-            except ShardWithdrawn:  # a garbage marker: withdrawn (logged), not committed
-                withdrawn.append(shard_id)
-                continue
-            if marker is not None:
-                out[shard_id] = marker
+    for shard_id, marker in zip(ids, markers, strict=True):
+        if isinstance(marker, ShardWithdrawn):
+            withdrawn.append(shard_id)
+        elif marker is not None:
+            out[shard_id] = marker
     return out, withdrawn
+
+
+READ_THREADS = 16
 
 
 def attempt_history(store: Store, run_id: str, stage: str = DEFAULT_STAGE) -> list[dict[str, Any]]:

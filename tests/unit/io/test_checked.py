@@ -104,3 +104,23 @@ def test_a_missing_file_withdraws(any_store: Store) -> None:
     any_store.rm(path)
     assert "missing" in (check_committed(any_store, RUN, "s3") or "")
     assert not any_store.exists(marker)
+
+
+def test_many_markers_are_read_together_in_order_with_the_garbage_withdrawn(
+    any_store: Store,
+) -> None:
+    """More markers than one thread reads (read_commits' pool): the same markers, in
+    listing order, the garbage ones withdrawn."""
+    from synthgen.io.attempts import read_commits
+
+    ids = [f"s{i:02d}" for i in range(20)]
+    for sid in ids:
+        _commit(any_store, sid, n=2)
+    bad = {"s03", "s17"}
+    for sid in bad:
+        any_store.write_bytes(RunLayout(any_store, RUN).stage().commit(sid), b"{not json")
+    markers, withdrawn = read_commits(any_store, RUN)
+    assert list(markers) == [s for s in ids if s not in bad]
+    assert all(markers[s]["shard_id"] == s for s in markers)
+    assert sorted(withdrawn) == sorted(bad)
+    assert not any(any_store.exists(RunLayout(any_store, RUN).stage().commit(s)) for s in bad)
