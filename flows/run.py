@@ -113,10 +113,42 @@ def generate_unit(
     config: dict[str, Any] | Opaque, shard_id: str, speculative: bool = False
 ) -> dict[str, Any]:
     """One attempt of a unit on a trusted worker: a plain Dask task (`submit_unit`), not a
-    Prefect task run; the loop's progress artifact and log lines show it in the UI."""
+    Prefect task run; the loop's progress artifact and log lines show it in the UI.
+
+    A unit of the final stage that this attempt committed also gets its publish-ready files
+    written here (`ready`: `ready_shard`'s entry), after the commit: on a GPU worker the
+    other overlapping unit's generation hides it, where the flow's process would spend its
+    own time (and, with the storage server in it, the workers'). Not on a TLS cluster (the
+    published folder is written by the trusted side there) and never failing the unit: the
+    flow then writes them itself (`Prepublish`)."""
     config = unwrap(config)
     protect(config)  # mask credentials in this worker process's logs too
-    return run_shard(ShardTask(config, shard_id, speculative)).as_dict()
+    res = run_shard(ShardTask(config, shard_id, speculative)).as_dict()
+    if res["status"] == "done":
+        ready = _ready_here(config, shard_id)
+        if ready is not None:
+            res["ready"] = ready
+    return res
+
+
+_PREPARED: set[str] = set()  # runs whose dedup index meta this worker process checked
+
+
+def _ready_here(config: dict[str, Any], unit: str) -> dict[str, Any] | None:
+    cfg = RunConfig.model_validate(config)
+    stage, sid = split_key(unit)
+    if cfg.cluster.tls is not None or stage != final_stage(cfg):
+        return None
+    try:
+        if cfg.run_id not in _PREPARED:
+            prepare_publish(config)
+            _PREPARED.add(cfg.run_id or "")
+        return ready_shard(config, sid)
+    except Exception as exc:  # the flow writes them (or the publish does)
+        logging.getLogger("synthgen.units").warning(
+            "%s: publish-ready files not written here: %s: %s", unit, type(exc).__name__, exc
+        )
+        return None
 
 
 def generate_granted(config: dict[str, Any] | Opaque, grant: dict[str, Any]) -> dict[str, Any]:
@@ -430,8 +462,9 @@ def _place(
 
 
 class Prepublish:
-    """Each final-stage unit's publish-ready files, written by the flow's process as the
-    unit commits (`ready_shard`, a few threads beside the generate loop): at the end of the
+    """Each final-stage unit's publish-ready files, written by the worker that committed it
+    (`generate_unit`) or else by the flow's process as the unit's result arrives
+    (`ready_shard`, a few threads beside the generate loop): at the end of the
     run a shard the run-wide dedup left alone is moved into the publish (`place_ready`)
     instead of being read and written again, which was most of the end-of-run phase
     (benchmarks/RESULTS-speed.md). A shard whose ready files failed, or that dedup dropped
@@ -454,13 +487,22 @@ class Prepublish:
         stage, sid = split_key(result["shard_id"])
         if stage != self.final or result.get("status") not in ("done", "skipped"):
             return
+        if result.get("ready"):  # written by the worker that committed it (generate_unit)
+            self.futures.pop(sid, None)
+            self.ready[sid] = result["ready"]
+            self._count()
+            return
         if self.prepared is None:  # the dedup index's meta file, once (as a publish does)
             self.prepared = self.pool.submit(prepare_publish, self.config)
+        self._count()
+        # the latest commit's: a shard generated again replaces its earlier entry
+        self.ready.pop(sid, None)
+        self.futures[sid] = self.pool.submit(self._ready, sid)
+
+    def _count(self) -> None:
         self.results += 1
         if self.results % LEDGER_AHEAD_EVERY == 0:  # the summary then reads only the rest
             self.pool.submit(read_ledger_ahead, self.cfg)
-        # the latest commit's: a shard generated again replaces its earlier entry
-        self.futures[sid] = self.pool.submit(self._ready, sid)
 
     def _ready(self, sid: str) -> dict[str, Any]:
         assert self.prepared is not None
