@@ -20,6 +20,27 @@ def write_config(path: Path, data: dict[str, Any]) -> str:
     return str(path)
 
 
+def kept_fake_text(topics: int) -> dict[str, Any]:
+    """Overrides for `fake_config` under which the fake engine's text is kept by the clean
+    stage (it is no prose: the Gopher filters are off, one word is enough), with `topics`
+    distinct template prompts; near-dedup stays on, so a publish writes its index."""
+    return {
+        "clean": {
+            "enabled": True,
+            "filters": {
+                "word_count": {"min_words": 1},
+                "gopher_quality": {"enabled": False},
+                "gopher_repetition": {"enabled": False},
+            },
+        },
+        "prompts": {
+            "type": "template",
+            "templates": ["Write about {topic}"],
+            "topics": [f"topic number {i}" for i in range(topics)],
+        },
+    }
+
+
 def fake_config(out: str, **overrides: Any) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "name": "t",

@@ -17,7 +17,7 @@ from synthgen.io.layout import DatasetLayout
 from synthgen.io.store import Store
 from synthgen.stages.generate import ShardTask, run_shard
 from synthgen.stages.plan import write_plan
-from tests.helpers import fake_config
+from tests.helpers import fake_config, kept_fake_text
 
 SHARDS = 12
 
@@ -30,19 +30,7 @@ def test_a_batch_publishes_its_shards_in_order_and_isolates_a_failure(
             str(tmp_path / "out"),
             shards__size=2,
             model__fake__tokens_per_completion=8,  # under max_new_tokens: not truncated
-            clean={  # the fake engine's text is no prose: keep it (as test_clean_flow does)
-                "enabled": True,
-                "filters": {
-                    "word_count": {"min_words": 1},
-                    "gopher_quality": {"enabled": False},
-                    "gopher_repetition": {"enabled": False},
-                },
-            },
-            prompts={
-                "type": "template",
-                "templates": ["Write about {topic}"],
-                "topics": [f"topic number {i}" for i in range(2 * SHARDS)],
-            },
+            **kept_fake_text(2 * SHARDS),
         )
     )
     assert cfg.clean.enabled and cfg.clean.near.enabled  # so the index is written

@@ -12,7 +12,7 @@ from synthgen.io.store import Store
 from synthgen.stages.generate import ShardTask, run_shard
 from synthgen.stages.plan import write_plan
 from synthgen.stages.publish import place_ready, prepare_publish, publish_shard, ready_shard
-from tests.helpers import fake_config
+from tests.helpers import fake_config, kept_fake_text
 
 
 def _committed(store: Store) -> tuple[dict, list[str]]:
@@ -23,19 +23,7 @@ def _committed(store: Store) -> tuple[dict, list[str]]:
             output__storage_options=opts,
             shards__size=2,
             model__fake__tokens_per_completion=8,
-            clean={  # keep the fake text (as test_clean_flow does); near-dedup indexes it
-                "enabled": True,
-                "filters": {
-                    "word_count": {"min_words": 1},
-                    "gopher_quality": {"enabled": False},
-                    "gopher_repetition": {"enabled": False},
-                },
-            },
-            prompts={
-                "type": "template",
-                "templates": ["Write about {topic}"],
-                "topics": [f"topic number {i}" for i in range(6)],
-            },
+            **kept_fake_text(6),
         )
     )
     plan = write_plan(cfg, store)
