@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from synthgen.config import RunConfig
-from synthgen.io.layout import DatasetLayout, RunLayout
+from synthgen.io.layout import DatasetLayout, RunLayout, unit_key
 from synthgen.io.store import Store
 from synthgen.stages.generate import ShardTask, run_shard
 from synthgen.stages.plan import write_plan
@@ -76,3 +76,31 @@ def test_a_ready_file_names_the_committed_file_it_was_made_from(tmp_path) -> Non
     assert e["source_sha256"][:16] in f["ready"]
     with pytest.raises(FileNotFoundError):  # moved once; a second move finds nothing
         place_ready(store, [(e, 0), (e, 0)], 1, "p")
+
+
+def test_the_flow_writes_ready_files_for_results_without_them(tmp_path, capsys) -> None:
+    """`Prepublish` (flows/run.py): a result that brings its ready entry (written by the
+    worker) is taken as it is; one without (TLS, untrusted workers, a worker-side failure)
+    gets its files written by the flow; a shard whose files cannot be written is left to
+    the usual publish, with a warning; other stages' and failed results are ignored."""
+    from flows.run import Prepublish
+    from synthgen.config import OutputConfig
+
+    store = Store(OutputConfig(uri=str(tmp_path / "out")))
+    config, ids = _committed(store)
+    prepare_publish(config)
+    from_worker = ready_shard(config, ids[0])
+    pre = Prepublish(config, "generate", threads=2)
+    try:
+        pre.add({"shard_id": ids[0], "status": "done", "ready": from_worker})
+        pre.add({"shard_id": ids[1], "status": "skipped"})  # no entry: the flow writes it
+        pre.add({"shard_id": ids[2], "status": "superseded"})  # another attempt's commit
+        pre.add({"shard_id": "shard-99999", "status": "done"})  # never committed
+        pre.add({"shard_id": unit_key("judge", ids[2]), "status": "done"})  # not the final stage
+        ready = pre.entries()
+    finally:
+        pre.close()
+    assert set(ready) == {ids[0], ids[1]}
+    assert ready[ids[0]] is from_worker
+    assert ready[ids[1]]["source_sha256"] and ready[ids[1]]["files"][0]["ready"]
+    assert "1 shard(s) had no publish-ready files" in capsys.readouterr().out
