@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,7 +38,7 @@ from synthgen.cost.prices import (
 )
 from synthgen.io.attempts import AttemptName, attempt_history
 from synthgen.io.layout import DEFAULT_STAGE, RunLayout, StageLayout, unit_key
-from synthgen.io.store import Store
+from synthgen.io.store import Store, read_many
 
 __all__ = [
     "Ledger",
@@ -111,12 +110,8 @@ class Ledger:
 
         if not paths:
             return schema.empty_table()
-        if len(paths) < 8:
-            tables = [one(p) for p in paths]
-        else:  # storage round trips (and Parquet decoding, off the GIL) overlap
-            with ThreadPoolExecutor(READ_THREADS) as pool:
-                tables = list(pool.map(one, paths))
-        return pa.concat_tables(tables)
+        # storage round trips (and Parquet decoding, off the GIL) overlap
+        return pa.concat_tables(read_many(one, paths, READ_THREADS))
 
     def _read(self, pattern: str, schema: pa.Schema) -> pa.Table:
         return self._load(list(self._list(pattern)), schema)

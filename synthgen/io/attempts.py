@@ -18,13 +18,12 @@ import os
 import posixpath
 import time
 from collections.abc import Callable, Collection
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from synthgen.io.checked import ShardWithdrawn, read_marker
 from synthgen.io.layout import DEFAULT_STAGE, RunLayout, StageLayout
-from synthgen.io.store import Store
+from synthgen.io.store import Store, read_many
 
 
 @dataclass(frozen=True)
@@ -110,11 +109,7 @@ def read_commits(
         except ShardWithdrawn as exc:  # a garbage marker: withdrawn (logged), not committed
             return exc
 
-    if len(ids) < 8:
-        markers = [one(sid) for sid in ids]
-    else:
-        with ThreadPoolExecutor(READ_THREADS) as pool:
-            markers = list(pool.map(one, ids))
+    markers = read_many(one, ids, READ_THREADS)
     out, withdrawn = {}, []
     for shard_id, marker in zip(ids, markers, strict=True):
         if isinstance(marker, ShardWithdrawn):

@@ -18,6 +18,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import fsspec
@@ -102,6 +103,16 @@ def retrying(fn: Callable[[], T], what: str, policy: RetryPolicy = DEFAULT_RETRY
 # Resolves `output.credentials_block` to storage options (set by flows/credentials.py, which
 # may talk to Prefect; the library itself never does).
 _credentials_resolver: Callable[[OutputConfig], dict[str, Any]] | None = None
+
+
+def read_many(fn: Callable[[Any], T], items: list[Any], threads: int) -> list[T]:
+    """`fn` over `items` in order, `threads` at a time once there are enough of them to be
+    worth a pool: many small reads (ledger rows, commit markers) are one round trip each,
+    one after another on object stores otherwise."""
+    if len(items) < 8:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(fn, items))
 
 
 def set_credentials_resolver(resolver: Callable[[OutputConfig], dict[str, Any]] | None) -> None:
