@@ -84,6 +84,7 @@ from synthgen.io.layout import RunLayout, split_key, unit_key
 from synthgen.io.lease import RunLease
 from synthgen.io.store import Store
 from synthgen.stages.decontam import benchmark_summary, write_benchmark_index
+from synthgen.stages.dedup.cross import ShardKeys
 from synthgen.stages.dedup.stage import dedup_run
 from synthgen.stages.generate import ShardTask, run_granted, run_shard
 from synthgen.stages.plan import write_plan
@@ -241,19 +242,24 @@ def dedup_task(
     config: dict[str, Any] | Opaque,
     shard_ids: list[str],
     markers: dict[str, dict[str, Any]] | None = None,
+    keys: dict[str, ShardKeys] | Opaque | None = None,
 ) -> dict[str, Any]:
     """Run-wide dedup on the cluster this task runs in (its map/shuffle/verify tasks are
     submitted through the worker's client; this task's thread is seceded meanwhile). A
     plain Dask task (`submit_task`, retried once): a Prefect task run's start on a worker
     that has run none cost ~7 s at the end of a run (benchmarks/RESULTS-speed.md).
-    `markers`: the shards' (sha256, rows) as the flow read them (None: read here)."""
+    `markers`: the shards' (sha256, rows) as the flow read them (None: read here); `keys`:
+    the dedup keys of the shards indexed as they committed (`Prepublish`)."""
     cfg = RunConfig.model_validate(unwrap(config))
     with worker_client() as client:
-        return _dedup_on(client, cfg, shard_ids, markers)
+        return _dedup_on(client, cfg, shard_ids, markers, unwrap(keys))
 
 
 def _dedup_here(
-    cfg: RunConfig, shard_ids: list[str], markers: dict[str, dict[str, Any]] | None = None
+    cfg: RunConfig,
+    shard_ids: list[str],
+    markers: dict[str, dict[str, Any]] | None = None,
+    keys: dict[str, ShardKeys] | None = None,
 ) -> dict[str, Any]:
     """Run-wide dedup in this (the flow's) process, on an in-process Dask cluster.
 
@@ -269,7 +275,7 @@ def _dedup_here(
         ) as cluster,
         Client(cluster, set_as_default=False) as client,
     ):
-        return _dedup_on(client, cfg, shard_ids, markers)
+        return _dedup_on(client, cfg, shard_ids, markers, keys)
 
 
 def _dedup_on(
@@ -277,13 +283,15 @@ def _dedup_on(
     cfg: RunConfig,
     shard_ids: list[str],
     markers: dict[str, dict[str, Any]] | None = None,
+    keys: dict[str, ShardKeys] | None = None,
 ) -> dict[str, Any]:
     store = Store(cfg.output)
     layout = RunLayout(store, cfg.run_id or "")
     started = time.perf_counter()
-    res = dedup_run(client, cfg, store, shard_ids, markers)
+    res = dedup_run(client, cfg, store, shard_ids, markers, keys)
     return {
         "rows_checked": res.rows,
+        "shards_indexed": res.indexed,  # keys from their commit: not read again
         "candidate_pairs": res.candidate_pairs,
         "verified_pairs": res.verified_pairs,
         "drop_counts": res.counts,
@@ -320,6 +328,7 @@ def _finish(
     committed: dict[str, dict[str, Any]],
     on: list[str] | None = None,
     ready: dict[str, dict[str, Any]] | None = None,
+    keys: dict[str, tuple[str, ShardKeys]] | None = None,
 ) -> tuple[Published | None, list[str]]:
     """Run-wide dedup and the publish's shard files over every committed shard of the final
     stage: (Published, []), or (None, withdrawn units) when a shard failed its check
@@ -329,7 +338,9 @@ def _finish(
     while the run finishes; a shard the checks withdraw ends this round). `on`: the workers
     its cluster tasks may run on (None: any; `ShardTimeouts.finishing_workers`). `ready`:
     shard id -> its publish-ready files (`Prepublish`): moved into place when the dedup
-    dropped none of its rows and its marker names the file they were made from."""
+    dropped none of its rows and its marker names the file they were made from. `keys`:
+    shard id -> (the sha256 of the file they were taken from, its dedup keys): the run-wide
+    dedup uses them, not the shard's file, where its marker still names that file."""
     run_id = cfg.run_id or ""
     final = final_stage(cfg)
     extra = None
@@ -345,12 +356,18 @@ def _finish(
             if clean_stage(cfg) == final
             else None
         )
+        known = {
+            sid: k
+            for sid, (sha, k) in (keys or {}).items()
+            if sid in committed and sha == str(committed[sid].get("sha256"))
+        }
         if cfg.cluster.tls is not None:  # workers hold worker certificates: see _dedup_here
-            dedup = _dedup_here(cfg, sorted(committed), expect)
+            dedup = _dedup_here(cfg, sorted(committed), expect, known)
         else:
             with restrict(on):
                 dedup = submit_task(
-                    current_runner(), dedup_task, (task_config, sorted(committed), expect),
+                    current_runner(), dedup_task,
+                    (task_config, sorted(committed), expect, Opaque(known)),
                     "dedup-run", DEDUP_RETRIES,
                 ).result()  # fmt: skip
         if dedup["withdrawn"]:  # shards of the deduplicated stage: their units run again
@@ -478,6 +495,9 @@ class Prepublish:
         self.pool = concurrent.futures.ThreadPoolExecutor(threads, "synthgen-prepublish")
         self.futures: dict[str, concurrent.futures.Future[dict[str, Any]]] = {}
         self.ready: dict[str, dict[str, Any]] = {}  # finished; `_finish` pops what it moved
+        # shard id -> (sha256 of the committed file, its dedup keys): the run-wide dedup's
+        # index, built as shards commit (`ready_shard` takes them from the checked table)
+        self.keys: dict[str, tuple[str, ShardKeys]] = {}
         self.failed: list[str] = []
         self.prepared: concurrent.futures.Future[None] | None = None
         self.cfg = RunConfig.model_validate(config)
@@ -489,7 +509,7 @@ class Prepublish:
             return
         if result.get("ready"):  # written by the worker that committed it (generate_unit)
             self.futures.pop(sid, None)
-            self.ready[sid] = result["ready"]
+            self.ready[sid] = self._index(sid, result["ready"])
             self._count()
             return
         if self.prepared is None:  # the dedup index's meta file, once (as a publish does)
@@ -497,6 +517,7 @@ class Prepublish:
         self._count()
         # the latest commit's: a shard generated again replaces its earlier entry
         self.ready.pop(sid, None)
+        self.keys.pop(sid, None)
         self.futures[sid] = self.pool.submit(self._ready, sid)
 
     def _count(self) -> None:
@@ -515,7 +536,7 @@ class Prepublish:
         for sid, fut in list(self.futures.items()):
             del self.futures[sid]
             try:
-                self.ready[sid] = fut.result()
+                self.ready[sid] = self._index(sid, fut.result())
             except Exception as exc:  # published the usual way at the end
                 self.ready.pop(sid, None)
                 self.failed.append(f"{sid}: {type(exc).__name__}: {exc}")
@@ -526,6 +547,15 @@ class Prepublish:
             )
             self.failed = []
         return self.ready
+
+    def _index(self, sid: str, entry: dict[str, Any]) -> dict[str, Any]:
+        """The entry without its dedup keys, which go to `keys` (plain data stays plain)."""
+        keys = entry.pop("dedup_keys", None)
+        if keys is not None:
+            self.keys[sid] = (entry["source_sha256"], keys)
+        else:
+            self.keys.pop(sid, None)
+        return entry
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -870,7 +900,7 @@ def generate_flow(
                 watching = deadlines.watching()
             with watching:
                 published, withdrawn = _finish(
-                    cfg, task_config, store, committed, on, prepub.entries()
+                    cfg, task_config, store, committed, on, prepub.entries(), prepub.keys
                 )
             if not withdrawn:
                 break
@@ -924,7 +954,13 @@ def generate_flow(
                 extra = {**(extra or {}), "cost": manifest_totals(summary)}
             if late and (late["missed"] or late["flagged_workers"]):
                 extra = {**(extra or {}), "deadlines": _deadline_record(late)}
-            manifest = commit_publish(cfg, store, published.shards, published.pid, extra)
+            # a single-stage run's committed units are the markers the publish was made from
+            results = (
+                [m["result"] for m in committed.values()]
+                if stage_names(cfg) == [final_stage(cfg)]
+                else None
+            )
+            manifest = commit_publish(cfg, store, published.shards, published.pid, extra, results)
         _clear_ready(store, cfg.run_id or "")
     if commit_pool is not None:
         commit_pool.shutdown(wait=True)  # commits of abandoned attempts still in flight
@@ -941,6 +977,9 @@ def generate_flow(
         "deadlines": late,
         "refused": refused,
         "forged": dict(sched.forgers) or None,
+        # the final stage's markers the publish was made from (a single-stage run's every
+        # unit): the summary does not read them again (10,000 markers: ~2 s)
+        "committed": Opaque(committed) if manifest is not None else None,
     }
 
 
@@ -1137,7 +1176,12 @@ def _execute_leased(
     )
     lease.check()
     publish_cost_artifact(cfg)  # after the cluster closed: workers' final rows are in
-    committed = committed_units(store, cfg)
+    final = final_stage(cfg)
+    known = unwrap(gen.get("committed"))
+    if known is not None and stage_names(cfg) == [final]:
+        committed = {unit_key(final, sid): m for sid, m in known.items()}
+    else:
+        committed = committed_units(store, cfg)
     missing = [u for u in reversed(units) if u not in committed]
     if not missing and gen["manifest"] is None:  # committed, but failed their checks again
         raise RunIncomplete(

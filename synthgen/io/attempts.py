@@ -109,7 +109,7 @@ def read_commits(
         except ShardWithdrawn as exc:  # a garbage marker: withdrawn (logged), not committed
             return exc
 
-    markers = read_many(one, ids, READ_THREADS)
+    markers = read_many(one, ids, READ_THREADS, store.local)
     out, withdrawn = {}, []
     for shard_id, marker in zip(ids, markers, strict=True):
         if isinstance(marker, ShardWithdrawn):

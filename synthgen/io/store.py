@@ -105,11 +105,15 @@ def retrying(fn: Callable[[], T], what: str, policy: RetryPolicy = DEFAULT_RETRY
 _credentials_resolver: Callable[[OutputConfig], dict[str, Any]] | None = None
 
 
-def read_many(fn: Callable[[Any], T], items: list[Any], threads: int) -> list[T]:
+def read_many(
+    fn: Callable[[Any], T], items: list[Any], threads: int, local: bool = False
+) -> list[T]:
     """`fn` over `items` in order, `threads` at a time once there are enough of them to be
     worth a pool: many small reads (ledger rows, commit markers) are one round trip each,
-    one after another on object stores otherwise."""
-    if len(items) < 8:
+    one after another on object stores otherwise. `local`: a local disk, where a read is
+    tens of microseconds and a pool only adds its own locking (10,000 commit markers:
+    0.26 s one after another, 0.45 s in 16 threads)."""
+    if len(items) < 8 or local:
         return [fn(item) for item in items]
     with ThreadPoolExecutor(threads) as pool:
         return list(pool.map(fn, items))

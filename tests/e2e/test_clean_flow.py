@@ -118,6 +118,9 @@ def test_flow_cleans_and_publishes_only_kept_records_local(tmp_path, prefect_api
     assert dropped and moved and published == dropped | set(moved)
     assert not dropped & set(moved)
     assert not (out / "runs" / run_id / "publish" / "ready").exists()  # cleared once published
+    # every shard was indexed for the run-wide dedup as it committed: none was read again
+    # for its keys (only those holding a candidate pair, by the verify step)
+    assert _manifest(fs, str(out))["dedup"]["shards_indexed"] == summary["shards_total"] == 5
     sha = [f["sha256"] for f in _manifest(fs, str(out))["files"]]
 
     # a re-run (resume, then re-publish) keeps exactly the same representatives

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from distributed import Client, LocalCluster
 from synthgen.config import CleanConfig
 from synthgen.errors import ConfigError
 from synthgen.stages.clean import clean_shard
-from synthgen.stages.dedup.cross import apply_drops, cross_shard_dedup
+from synthgen.stages.dedup.cross import apply_drops, cross_shard_dedup, shard_keys
 from synthgen.stages.dedup.index import index_paths, index_rows, write_index
 from synthgen.stages.dedup.local import hasher_for
 from synthgen.stages.dedup.lsh import estimated_jaccard
@@ -78,6 +79,39 @@ def test_cross_shard_drops_exact_and_near_keeps_lowest(client: Client, tmp_path:
     # a re-run (files listed in another order) drops exactly the same rows
     again = cross_shard_dedup(client, list(reversed(paths)), cfg)
     assert again.drops.equals(res.drops)
+
+
+def test_shards_indexed_as_they_commit_give_the_same_drops_without_being_read(
+    client: Client, tmp_path: Path
+) -> None:
+    """Keys taken from each shard's table as it commits (`shard_keys`) stand in for the map's
+    read: the same drops, counts and rows as reading every file; a shard that holds no
+    candidate pair is not read at all (its file is gone here); keys of other parameters
+    are not used (that shard is read)."""
+    cfg = CleanConfig()
+    shards = _planted() | {"shard-00004": [("p050", text(30)), ("p051", text(31))]}
+    paths = _write_shards(tmp_path, shards, cfg)
+    want = cross_shard_dedup(client, paths, cfg)
+    keys = {p: shard_keys(pq.read_table(p), cfg, p) for p in paths}
+    lonely = paths[-1]
+    Path(lonely).unlink()  # no duplicate in it: the verify step never opens it
+    got = cross_shard_dedup(client, paths, cfg, keys=keys)
+    assert got.drops.equals(want.drops) and got.drops.num_rows == 4
+    assert (got.counts, got.rows, got.candidate_pairs, got.verified_pairs) == (
+        want.counts,
+        want.rows,
+        want.candidate_pairs,
+        want.verified_pairs,
+    )
+    assert got.indexed == len(paths) and want.indexed == 0
+    # half the shards indexed, half read: the same drops
+    half = {p: k for p, k in keys.items() if p in paths[:2] or p == lonely}
+    assert cross_shard_dedup(client, paths, cfg, keys=half).drops.equals(want.drops)
+    # keys of other LSH parameters: that shard is read (and it is gone)
+    k = keys[lonely]
+    stale = {**keys, lonely: dataclasses.replace(k, params=(*k.params[:4], 64))}
+    with pytest.raises(OSError, match="shard-00004"):
+        cross_shard_dedup(client, paths, cfg, keys=stale)
 
 
 def test_apply_drops_marks_rows(client: Client, tmp_path: Path) -> None:

@@ -5,10 +5,13 @@ the completion of the files that hold candidate pairs in the verify step; texts 
 travel between tasks. Stages, all run as tasks on the cluster:
 
 1. map:     per group of shard files, each kept row emits one key per LSH band plus its
-            text hash; keys are split into `partitions` parts by key value.
+            text hash; keys are split into `partitions` parts by key value. A shard
+            indexed as it committed (its `ShardKeys`, taken by the worker that committed
+            it from the bytes its commit marker names) is not read: its keys join here.
 2. reduce:  part j of every map output is gathered on one worker (the shuffle); rows
             sharing a key become candidate pairs.
-3. verify:  per group of files, candidate pairs whose first row lives there are checked:
+3. verify:  per group of the files that hold a candidate pair (no other file is read),
+            candidate pairs whose first row lives there are checked:
             equal text hash, or Jaccard >= threshold — the exact Jaccard of the two
             texts' shingle sets (their `completion`, read from the two shard files for
             the candidate rows only), or the signatures' estimate where a row has no
@@ -88,6 +91,7 @@ class DedupResult:
     rows: int  # kept rows of the run's shards that took part
     withdrawn: list[str] = field(default_factory=list)  # shards that failed their check
     digest: str | None = None  # sha256 of the written drops file (dedup.stage.dedup_run)
+    indexed: int = 0  # shards whose keys came from their commit (`ShardKeys`), not read
 
     def by_shard(self) -> dict[str, dict[str, str]]:
         """shard_id -> {prompt_id: reason}."""
@@ -127,6 +131,12 @@ def _read(src: Source, p: _Params, text: bool = False) -> pa.Table:
             t = checked
     except (OSError, pa.ArrowInvalid, KeyError) as exc:
         raise OSError(f"cross-shard dedup: cannot read {src.path}: {exc}") from exc
+    return _kept(t)
+
+
+def _kept(t: pa.Table) -> pa.Table:
+    """A shard table's rows that dedup sees, in file order: the kept ones (no drop_reason),
+    keyed by `row_keys` where a prompt has several samples."""
     t = t.filter(pc.is_null(t.column("drop_reason"))).drop_columns(["drop_reason"])
     if "sample_index" in t.column_names:  # several samples per prompt: key rows, not prompts
         keys = pa.array(row_keys(t), pa.string())
@@ -179,6 +189,81 @@ def _signatures(t: pa.Table, src: Source, num_perm: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- stages
+@dataclass(frozen=True)
+class ShardKeys:
+    """One committed shard's part of the map: the keys of its kept rows, in file order.
+    Computed where the shard commits (`shard_keys`, from the table whose bytes its commit
+    marker names), so that the run-wide stage does not read the shard again: only the
+    shards that hold a candidate pair are read, by the verify step."""
+
+    exact: np.ndarray | None  # (rows,) uint64: one exact-duplicate key per row
+    bands: np.ndarray | None  # (rows, bands) uint64: the LSH band keys
+    rows: int
+    params: tuple[bool, bool, int, int, int]  # (exact, near, bands, rows, num_perm)
+
+
+def _keys_of(t: pa.Table, src: Source, p: _Params) -> ShardKeys:
+    n = len(t)
+    exact = bands = None
+    if p.exact:
+        h = t.column("text_hash").to_numpy(zero_copy_only=False).astype(np.uint64)
+        exact = splitmix64(h ^ _EXACT_SALT)
+    if p.near:
+        bands = band_keys(_signatures(t, src, p.num_perm), p.bands, p.rows)
+    return ShardKeys(exact, bands, n, _key_params(p))
+
+
+def _key_params(p: _Params) -> tuple[bool, bool, int, int, int]:
+    return (p.exact, p.near, p.bands, p.rows, p.num_perm)
+
+
+def shard_keys(table: pa.Table, cfg: CleanConfig, path: str = "") -> ShardKeys:
+    """`ShardKeys` of a committed shard's whole table (its drop_reason and, in a
+    multi-sample run, sample_index columns included), with `cfg`'s parameters."""
+    p = _params(cfg, 1, None)
+    return _keys_of(_kept(table.select([c for c in _KEY_COLUMNS if c in table.column_names])),
+                    Source(path), p)  # fmt: skip
+
+
+_KEY_COLUMNS = [*COLUMNS, "sample_index"]
+
+
+def _emit(fidx: int, k: ShardKeys) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """(keys, node ids, kind 0=exact/1=near) of a shard's rows as file `fidx` of the stage."""
+    n = k.rows
+    if n == 0:
+        return [], [], []
+    ids = (np.int64(fidx) << _ROW_BITS) + np.arange(n, dtype=np.int64)
+    keys_l, ids_l, kind_l = [], [], []
+    if k.exact is not None:
+        keys_l.append(k.exact)
+        ids_l.append(ids)
+        kind_l.append(np.zeros(n, np.uint8))
+    if k.bands is not None:
+        keys_l.append(k.bands.ravel())
+        ids_l.append(np.repeat(ids, k.bands.shape[1]))
+        kind_l.append(np.ones(k.bands.size, np.uint8))
+    return keys_l, ids_l, kind_l
+
+
+def _partitioned(
+    keys_l: list[np.ndarray], ids_l: list[np.ndarray], kind_l: list[np.ndarray], parts: int
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The keys split into `parts` parts by key value (the shuffle's input)."""
+    if not keys_l:
+        empty = (np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.uint8))
+        return [empty] * parts
+    keys, ids, kind = np.concatenate(keys_l), np.concatenate(ids_l), np.concatenate(kind_l)
+    part = (keys % np.uint64(parts)).astype(np.int64)
+    order = np.argsort(part, kind="stable")
+    bounds = np.searchsorted(part[order], np.arange(parts + 1))
+    out = []
+    for j in range(parts):
+        sel = order[bounds[j] : bounds[j + 1]]
+        out.append((keys[sel], ids[sel], kind[sel]))
+    return out
+
+
 def _map(sources: list[tuple[int, Source]], p: _Params) -> list[Any]:
     """Per partition: (keys, node ids, kind 0=exact/1=near); last item: kept rows read
     from the run's own shards."""
@@ -186,33 +271,12 @@ def _map(sources: list[tuple[int, Source]], p: _Params) -> list[Any]:
     n_rows = 0
     for fidx, src in sources:
         t = _read(src, p)
-        n = len(t)
-        n_rows += 0 if src.prior else n
-        if n == 0:
-            continue
-        ids = (np.int64(fidx) << _ROW_BITS) + np.arange(n, dtype=np.int64)
-        if p.exact:
-            h = t.column("text_hash").to_numpy(zero_copy_only=False).astype(np.uint64)
-            keys_l.append(splitmix64(h ^ _EXACT_SALT))
-            ids_l.append(ids)
-            kind_l.append(np.zeros(n, np.uint8))
-        if p.near:
-            k = band_keys(_signatures(t, src, p.num_perm), p.bands, p.rows)
-            keys_l.append(k.ravel())
-            ids_l.append(np.repeat(ids, p.bands))
-            kind_l.append(np.ones(n * p.bands, np.uint8))
-    if not keys_l:
-        empty = (np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.uint8))
-        return [empty] * p.partitions + [n_rows]
-    keys, ids, kind = np.concatenate(keys_l), np.concatenate(ids_l), np.concatenate(kind_l)
-    part = (keys % np.uint64(p.partitions)).astype(np.int64)
-    order = np.argsort(part, kind="stable")
-    bounds = np.searchsorted(part[order], np.arange(p.partitions + 1))
-    out = []
-    for j in range(p.partitions):
-        sel = order[bounds[j] : bounds[j + 1]]
-        out.append((keys[sel], ids[sel], kind[sel]))
-    return [*out, n_rows]
+        n_rows += 0 if src.prior else len(t)
+        k, i, d = _emit(fidx, _keys_of(t, src, p))
+        keys_l += k
+        ids_l += i
+        kind_l += d
+    return [*_partitioned(keys_l, ids_l, kind_l, p.partitions), n_rows]
 
 
 def _reduce(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], p: _Params) -> np.ndarray:
@@ -232,12 +296,13 @@ def _reduce(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], p: _Params) 
 
 def _verify(
     group: list[tuple[int, Source]],
-    all_sources: list[Source],
+    all_sources: Mapping[int, Source],
     candidates: list[np.ndarray],
     p: _Params,
 ) -> list[tuple]:
     """Verified edges whose first row lives in this group's files, with node metadata:
-    (node_a, node_b, kind, meta_a, meta_b), meta = (prompt_id, shard_id, hash, prior)."""
+    (node_a, node_b, kind, meta_a, meta_b), meta = (prompt_id, shard_id, hash, prior).
+    `all_sources`: file index -> source, for (at least) every file a candidate names."""
     mine = {fidx for fidx, _ in group}
     cand = np.concatenate(candidates) if candidates else np.zeros((0, 3), np.int64)
     cand = cand[np.isin(cand[:, 0] >> _ROW_BITS, list(mine))] if len(cand) else cand
@@ -362,6 +427,7 @@ def cross_shard_dedup(
     prior_index_paths: Sequence[str] = (),
     run_id: str | None = None,
     expect: Mapping[str, Expect] | None = None,
+    keys: Mapping[str, ShardKeys] | None = None,
 ) -> DedupResult:
     """Run-wide exact + near duplicates over committed shard files, on `client`'s cluster.
 
@@ -371,12 +437,81 @@ def cross_shard_dedup(
     rows of it that carry `run_id` are ignored (a re-published run does not drop itself).
     `expect`: path -> what the shard's commit marker says (sha256, rows); such a file is
     read whole and checked, and `ShardMismatch` is raised when it does not match.
+    `keys`: path -> the shard's `ShardKeys`, computed as it committed: such a shard is not
+    read for the map (only by the verify step, where it holds a candidate pair).
     Returns the rows to drop; the shard files are not modified.
     """
-    bands, rows = cfg.near.exact_lsh_params()
     n_workers = max(1, len(client.scheduler_info().get("workers", {})))
-    partitions = cfg.global_partitions or 2 * n_workers
-    p = _Params(
+    p = _params(cfg, n_workers, run_id, storage_options, filesystem)
+    expect = expect or {}
+    sources = [Source(s, expect=expect.get(s)) for s in sorted(shard_paths)] + [
+        Source(s, prior=True) for s in sorted(prior_index_paths)
+    ]
+    if not sources or not (p.exact or p.near):
+        return DedupResult(DROPS_SCHEMA.empty_table(), {}, 0, 0, 0)
+    partitions = p.partitions
+    indexed = list(enumerate(sources))
+    keys = {
+        path: k for path, k in (keys or {}).items() if k.params == _key_params(p)
+    }  # computed with other parameters (not within one run): read again
+    # shards indexed as they committed join the shuffle from here; the others are read
+    known_l: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])
+    known_rows = 0
+    to_read = []
+    for fidx, src in indexed:
+        k = None if src.prior else keys.get(src.path)
+        if k is None:
+            to_read.append((fidx, src))
+            continue
+        known_rows += k.rows
+        for acc, part in zip(known_l, _emit(fidx, k), strict=True):
+            acc += part
+    known = (
+        client.scatter(_partitioned(*known_l, partitions)) if known_l[0] else [None] * partitions
+    )
+    maps = [client.submit(_map, g, p, pure=False) for g in _groups(to_read, 2 * n_workers) if g]
+    counts = [client.submit(operator.getitem, m, partitions, pure=False) for m in maps]
+    reduces = []
+    for j in range(partitions):
+        parts = [client.submit(operator.getitem, m, j, pure=False) for m in maps]
+        if known[j] is not None:
+            parts.append(known[j])
+        reduces.append(client.submit(_reduce, parts, p, pure=False))
+    # the verify step reads only the files that hold a candidate pair, in groups by the
+    # file of each pair's first row
+    cands = [c for c in client.gather(reduces) if len(c)]
+    cand = np.concatenate(cands) if cands else np.zeros((0, 3), np.int64)
+    drops, n_verified = DROPS_SCHEMA.empty_table(), 0
+    if len(cand):
+        first = cand[:, 0] >> _ROW_BITS
+        files = np.unique(first).tolist()
+        verified = []
+        for g in _groups([(f, sources[f]) for f in files], 2 * n_workers):
+            sub = cand[np.isin(first, [f for f, _ in g])]
+            need = np.unique(np.concatenate([sub[:, 0], sub[:, 1]]) >> _ROW_BITS).tolist()
+            srcs = {f: sources[f] for f in need}
+            verified.append(client.submit(_verify, g, srcs, [sub], p, pure=False))
+        drops, n_verified = client.submit(_resolve, verified, pure=False).result()
+    reasons = Counter(drops.column("reason").to_pylist())
+    return DedupResult(
+        drops=drops,
+        counts=dict(sorted(reasons.items())),
+        candidate_pairs=len(cand),
+        verified_pairs=int(n_verified),
+        rows=known_rows + int(sum(c.result() for c in counts)),
+        indexed=len(indexed) - len(to_read),
+    )
+
+
+def _params(
+    cfg: CleanConfig,
+    n_workers: int,
+    run_id: str | None,
+    storage_options: dict[str, Any] | None = None,
+    filesystem: Any = None,
+) -> _Params:
+    bands, rows = cfg.near.exact_lsh_params()
+    return _Params(
         bands=bands,
         rows=rows,
         threshold=cfg.near.threshold,
@@ -384,37 +519,11 @@ def cross_shard_dedup(
         near=cfg.near.enabled,
         num_perm=cfg.near.num_perm,
         max_bucket_pairs=cfg.near.max_bucket_pairs,
-        partitions=partitions,
+        partitions=cfg.global_partitions or 2 * n_workers,
         run_id=run_id,
         near_cfg=cfg.near,
         storage_options=dict(storage_options or {}),
         filesystem=filesystem,
-    )
-    expect = expect or {}
-    sources = [Source(s, expect=expect.get(s)) for s in sorted(shard_paths)] + [
-        Source(s, prior=True) for s in sorted(prior_index_paths)
-    ]
-    if not sources or not (p.exact or p.near):
-        return DedupResult(DROPS_SCHEMA.empty_table(), {}, 0, 0, 0)
-    indexed = list(enumerate(sources))
-    groups = _groups(indexed, 2 * n_workers)
-    maps = [client.submit(_map, g, p, pure=False) for g in groups]
-    counts = [client.submit(operator.getitem, m, partitions, pure=False) for m in maps]
-    reduces = []
-    for j in range(partitions):
-        parts = [client.submit(operator.getitem, m, j, pure=False) for m in maps]
-        reduces.append(client.submit(_reduce, parts, p, pure=False))
-    cand_n = client.submit(lambda xs: int(sum(len(x) for x in xs)), reduces, pure=False)
-    verified = [client.submit(_verify, g, sources, reduces, p, pure=False) for g in groups]
-    resolved = client.submit(_resolve, verified, pure=False)
-    drops, n_verified = resolved.result()
-    reasons = Counter(drops.column("reason").to_pylist())
-    return DedupResult(
-        drops=drops,
-        counts=dict(sorted(reasons.items())),
-        candidate_pairs=int(cand_n.result()),
-        verified_pairs=int(n_verified),
-        rows=int(sum(c.result() for c in counts)),
     )
 
 

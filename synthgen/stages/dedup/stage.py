@@ -17,7 +17,12 @@ from synthgen.io.attempts import commit_markers
 from synthgen.io.checked import ShardMismatch, check_committed, marker_expect
 from synthgen.io.layout import DatasetLayout, RunLayout
 from synthgen.io.store import Store
-from synthgen.stages.dedup.cross import DROPS_SCHEMA, DedupResult, cross_shard_dedup
+from synthgen.stages.dedup.cross import (
+    DROPS_SCHEMA,
+    DedupResult,
+    ShardKeys,
+    cross_shard_dedup,
+)
 from synthgen.stages.dedup.index import LEGACY_INDEX_DIR, index_paths
 
 log = logging.getLogger(__name__)
@@ -33,6 +38,7 @@ def dedup_run(
     store: Store,
     shard_ids: list[str],
     markers: dict[str, dict[str, Any]] | None = None,
+    keys: dict[str, ShardKeys] | None = None,
 ) -> DedupResult:
     """Cross-shard (and, if configured, against-published) dedup of the run's committed
     shards on `client`'s cluster; writes each shard's drops (`dedup/drops/SHARD.parquet`,
@@ -46,7 +52,9 @@ def dedup_run(
     written): the flow generates them again and runs this stage again.
 
     `markers`: the deduplicated stage's commit markers (at least sha256 and rows) as the
-    caller has just read them; None: read here."""
+    caller has just read them; None: read here. `keys`: shard id -> its dedup keys, taken
+    from the bytes its marker names as it committed (`ready_shard`): such a shard is read
+    again only where it holds a candidate pair."""
     run_id = cfg.run_id or ""
     stage = clean_stage(cfg)  # the text that is deduplicated (default: the final stage's)
     if markers is None:
@@ -77,6 +85,7 @@ def dedup_run(
             prior_index_paths=prior,
             run_id=run_id,
             expect=expect,
+            keys={paths[sid]: k for sid, k in (keys or {}).items() if sid in paths},
         )
     except ShardMismatch as exc:
         log.warning("run %s: cross-shard dedup: %s; checking every shard", run_id, exc)
