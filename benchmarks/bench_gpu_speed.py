@@ -3,8 +3,9 @@
 The fake engine sleeps `model.fake.seconds_per_token` per completion token (default 1/2400:
 an 8B model on an RTX 4090) and writes `--tokens` tokens per completion; 2 LocalCluster
 workers of one thread ("one GPU" each) run the real flow (`flows.run.execute`, what
-`synthgen run` calls) with the output in a bucket on a moto S3 server over HTTP in this
-process (`--local`: a local directory instead). Clean (filters, dedup) stays on, as by
+`synthgen run` calls) with the output in a bucket on a moto S3 server over HTTP on
+loopback, in its own process (`--moto-in-process`: in this one, the flow's, as until
+2 Dec 2026; `--local`: a local directory instead). Clean (filters, dedup) stays on, as by
 default.
 
     ideal      = the committed shards' engine seconds / workers (perfect packing)
@@ -23,26 +24,59 @@ import argparse
 import logging
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 import time
+from typing import Any
 
 from _common import machine
 
+from synthgen.checkpoints import set_checkpoint_hook
 from synthgen.config import config_from_dict
 from synthgen.io.store import Store
 from synthgen.stages.units import committed_units
 
 
-def _moto() -> tuple[object, str]:
-    from moto.server import ThreadedMotoServer
-
+def _moto(in_process: bool) -> tuple[Any, str]:
+    """A moto S3 server on loopback: its own process (as any S3 endpoint is), or with
+    `in_process` a ThreadedMotoServer in this one, the flow's (how the benchmark ran until
+    2 Dec 2026: its request handling then shared the flow process's GIL)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    return server, f"http://127.0.0.1:{port}"
+    endpoint = f"http://127.0.0.1:{port}"
+    if in_process:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+        server.start()
+        return server, endpoint
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the moto server did not start") from None
+            time.sleep(0.1)
+    return _Proc(proc), endpoint
+
+
+class _Proc:
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
 
 
 def config(output: dict, prompts: int, size: int | None, workers: int, a: argparse.Namespace):
@@ -79,6 +113,11 @@ def main() -> None:
     ap.add_argument("--seconds-per-token", type=float, default=1 / 2400)
     ap.add_argument("--local", action="store_true", help="local disk instead of moto S3")
     ap.add_argument(
+        "--moto-in-process",
+        action="store_true",
+        help="run the moto S3 server in this process (the flow's) instead of its own",
+    )
+    ap.add_argument(
         "--untrusted",
         action="store_true",
         help="cluster.untrusted_workers: true (presigned URLs per attempt, the flow commits)",
@@ -98,14 +137,24 @@ def main() -> None:
         else:
             os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
             os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
-            server, endpoint = _moto()
+            server, endpoint = _moto(args.moto_in_process)
             import s3fs
 
             s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint}).mkdir("bench")
             output = {"uri": "s3://bench/out", "storage_options": {"endpoint_url": endpoint}}
         cfg = config_from_dict(config(output, args.prompts, args.size, args.workers, args))
+        marks: dict[str, float] = {}  # checkpoint -> wall-clock time (the flow's process)
+
+        def hook(name: str) -> None:
+            if name in ("generate.started", "generate.done"):
+                marks.setdefault(name, time.time())
+
+        set_checkpoint_hook(hook)
         t0 = time.perf_counter()
-        summary = execute(cfg)
+        try:
+            summary = execute(cfg)
+        finally:
+            set_checkpoint_hook(None)
         total = time.perf_counter() - t0
         store = Store(cfg.output)
         markers = committed_units(store, cfg)
@@ -128,6 +177,10 @@ def main() -> None:
         span = (
             max(r["finished_at"] for r in rows) - min(r["started_at"] for r in rows)
         ).total_seconds()
+        first_start = min(r["started_at"] for r in rows).timestamp()
+        last_end = max(r["finished_at"] for r in rows).timestamp()
+        head = first_start - marks.get("generate.started", first_start)
+        tail = marks.get("generate.done", last_end) - last_end
         gaps = []  # a worker's idle time between one attempt's end and its next one's start
         for w in {r["worker"] for r in rows}:
             mine = sorted((r for r in rows if r["worker"] == w), key=lambda r: r["started_at"])
@@ -142,6 +195,7 @@ def main() -> None:
         f"{args.prompts} prompts in {len(markers)} shards (size {args.size or 'default'}), "
         f"{args.workers} workers, {args.tokens} tokens/completion at "
         f"{args.seconds_per_token * 1000:.3f} ms/token, {'local disk' if args.local else 'moto S3'}"
+        + (" (in the flow's process)" if args.moto_in_process and not args.local else "")
         + (", untrusted workers (presigned URLs, trusted commit)" if args.untrusted else "")
     )
     print(f"engine time (sum): {engine:.1f}s; ideal {ideal:.1f}s")
@@ -152,6 +206,10 @@ def main() -> None:
     print(
         f"first attempt start to last attempt end: {span:.1f}s -> efficiency {ideal / span:.3f} "
         f"(the generate phase less the first submission's and the last result's latency)"
+    )
+    print(
+        f"generate.started to the first attempt's start: {head:.2f}s; last attempt's end to "
+        f"generate.done: {tail:.2f}s"
     )
     print(f"whole run: {total:.1f}s -> efficiency {ideal / total:.3f}")
     print(

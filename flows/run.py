@@ -62,6 +62,7 @@ from flows.verify import (
     submit_check_task,
     submit_granted_check,
 )
+from flows.warm import embedded_cluster
 from synthgen import errors as synthgen_errors
 from synthgen.checkpoints import checkpoint
 from synthgen.cluster.client import unit_resources
@@ -458,6 +459,7 @@ def _finish(
     return Published(pid, shards, extra), []
 
 
+_PLAN_SIZES: dict[str, dict[str, int]] = {}  # run id -> shard id -> prompts (this process)
 PUBLISH_THREADS_HERE = 4  # publish batches in flight in the flow's process (TLS clusters)
 LEDGER_AHEAD_EVERY = 500  # results between two reads of the ledger ahead of the summary
 PLACE_CHUNK = 256  # publish-ready files moved per request batch (a checkpoint per shard after)
@@ -802,11 +804,14 @@ def generate_flow(
     gates: list[Gate] = [budget]
     deadlines = None
     if cfg.cluster.shard_timeout_s is not None or cfg.cluster.deadlines:
-        plan = store.read_json(RunLayout(store, cfg.run_id or "").plan_index)
+        sizes = _PLAN_SIZES.get(cfg.run_id or "")
+        if sizes is None:  # not planned in this process (a flow run started on its own)
+            plan = store.read_json(RunLayout(store, cfg.run_id or "").plan_index)
+            sizes = {s["shard_id"]: int(s["prompts"]) for s in plan["shards"]}
         deadlines = ShardTimeouts(
             cfg,
             store,
-            policy=DeadlinePolicy(cfg, {s["shard_id"]: int(s["prompts"]) for s in plan["shards"]}),
+            policy=DeadlinePolicy(cfg, sizes),
             workers=able,
             remove_silent=lambda suspects, silent_s: remove_silent_workers(
                 runner_client(), suspects, silent_s
@@ -1147,6 +1152,8 @@ def _execute_leased(
 ) -> dict[str, Any]:
     check_owner(cfg, store)  # another run's dataset here: refuse before any GPU time
     plan = write_plan(cfg, store)
+    # the flow's deadlines need each shard's size: from here, not read back (0.4 s on S3)
+    _PLAN_SIZES[cfg.run_id or ""] = {s.shard_id: len(s) for s in plan.shards}
     checkpoint("run.planned")
     bench = write_benchmark_index(cfg, store)  # hashed once here; the workers load the file
     if bench:
@@ -1170,10 +1177,12 @@ def _execute_leased(
     if plan.rejects:
         print(f"{plan.rejects} bad prompt records quarantined: {layout.url(layout.rejects)}")
     config = stash_secrets(cfg)  # flow parameters: no credentials
-    runner = SynthgenTaskRunner(**runner_kwargs(cfg))  # embedded: metered to process exit
-    gen = generate_flow.with_options(task_runner=runner)(
-        config, todo, len(units), time.time(), shard_ids, len(already)
-    )
+    # an embedded cluster starts (and its workers warm up) before Prefect starts the flow run
+    with embedded_cluster(cfg, runner_kwargs(cfg)) as kwargs:
+        runner = SynthgenTaskRunner(**kwargs)  # embedded: metered to process exit
+        gen = generate_flow.with_options(task_runner=runner)(
+            config, todo, len(units), time.time(), shard_ids, len(already)
+        )
     lease.check()
     publish_cost_artifact(cfg)  # after the cluster closed: workers' final rows are in
     final = final_stage(cfg)

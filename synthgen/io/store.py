@@ -147,7 +147,11 @@ def _storage_options(output: OutputConfig) -> dict[str, Any]:
         config_kwargs.setdefault("read_timeout", 60)
         config_kwargs.setdefault("retries", {"max_attempts": 2})
         opts["config_kwargs"] = config_kwargs
-        opts.setdefault("skip_instance_cache", True)
+        # one filesystem per (options, process, thread), fsspec's instance cache: a new one
+        # is a new S3 client (its set-up and first connection: 0.1-0.25 s against a
+        # loopback server), which a unit used to pay for each Store it opened
+        # (benchmarks/RESULTS-speed.md); listings are not cached across calls either way
+        opts.setdefault("use_listings_cache", False)
     return opts
 
 
