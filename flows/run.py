@@ -960,12 +960,14 @@ def generate_flow(
             if late and (late["missed"] or late["flagged_workers"]):
                 extra = {**(extra or {}), "deadlines": _deadline_record(late)}
             # a single-stage run's committed units are the markers the publish was made from
-            results = (
+            marker_results = (
                 [m["result"] for m in committed.values()]
                 if stage_names(cfg) == [final_stage(cfg)]
                 else None
             )
-            manifest = commit_publish(cfg, store, published.shards, published.pid, extra, results)
+            manifest = commit_publish(
+                cfg, store, published.shards, published.pid, extra, marker_results
+            )
         _clear_ready(store, cfg.run_id or "")
     if commit_pool is not None:
         commit_pool.shutdown(wait=True)  # commits of abandoned attempts still in flight
