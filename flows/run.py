@@ -500,6 +500,8 @@ class Prepublish:
         # shard id -> (sha256 of the committed file, its dedup keys): the run-wide dedup's
         # index, built as shards commit (`ready_shard` takes them from the checked table)
         self.keys: dict[str, tuple[str, ShardKeys]] = {}
+        self.key_bytes = 0  # what `keys` holds; past KEYS_MAX_BYTES later shards keep none
+        self.keys_full = False
         self.failed: list[str] = []
         self.prepared: concurrent.futures.Future[None] | None = None
         self.cfg = RunConfig.model_validate(config)
@@ -519,7 +521,9 @@ class Prepublish:
         self._count()
         # the latest commit's: a shard generated again replaces its earlier entry
         self.ready.pop(sid, None)
-        self.keys.pop(sid, None)
+        held = self.keys.pop(sid, None)
+        if held is not None:
+            self.key_bytes -= _key_bytes(held[1])
         self.futures[sid] = self.pool.submit(self._ready, sid)
 
     def _count(self) -> None:
@@ -553,14 +557,38 @@ class Prepublish:
     def _index(self, sid: str, entry: dict[str, Any]) -> dict[str, Any]:
         """The entry without its dedup keys, which go to `keys` (plain data stays plain)."""
         keys = entry.pop("dedup_keys", None)
-        if keys is not None:
-            self.keys[sid] = (entry["source_sha256"], keys)
-        else:
-            self.keys.pop(sid, None)
+        held = self.keys.pop(sid, None)
+        if held is not None:
+            self.key_bytes -= _key_bytes(held[1])
+        if keys is None:
+            return entry
+        size = _key_bytes(keys)
+        if self.key_bytes + size > KEYS_MAX_BYTES:  # the run-wide dedup reads this shard
+            if not self.keys_full:
+                self.keys_full = True
+                print(
+                    f"run-wide dedup: the index of committed shards reached "
+                    f"{self.key_bytes / 2**20:.0f} MiB in this process; later shards are "
+                    f"read again at the end of the run instead"
+                )
+            return entry
+        self.keys[sid] = (entry["source_sha256"], keys)
+        self.key_bytes += size
         return entry
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+# The run-wide dedup's index held in the flow's process (`Prepublish.keys`): 8 bytes per row
+# and band plus 8 per row (8.6 MiB for 32,768 rows at 32 bands), so 512 MiB holds ~2M rows of
+# keys; past it a shard's keys are dropped and the end-of-run dedup maps that shard from its
+# file as before.
+KEYS_MAX_BYTES = 512 << 20
+
+
+def _key_bytes(keys: ShardKeys) -> int:
+    return sum(a.nbytes for a in (keys.exact, keys.bands) if a is not None)
 
 
 # Shards per publish task: one task (a Prefect task run, a Dask task) per shard cost ~30 ms of

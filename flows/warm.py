@@ -12,9 +12,10 @@ the flow (`embedded_cluster`), and gives the task runner its address; each worke
 joins, warms up in a background thread (`WarmPlugin`): it imports `flows.run` (and
 `pyarrow.dataset`, with pandas, which the first Parquet read imports), opens the output
 store in each of its task threads (fsspec keeps one filesystem per thread) and, when every
-unit of the run uses the same model, loads it into the process's engine cache (`synthgen.engines.cache`: the first unit then finds it there, or
-waits on the cache's lock for the same load). A warm-up that fails only logs a warning: the
-unit then does the same work, and fails with its own clear error if it must.
+unit of the run uses the same model, loads it into the process's engine cache
+(`synthgen.engines.cache`: the first unit then finds it there, or waits on the cache's lock
+for the same load). A warm-up that fails only logs a warning: the unit then does the same
+work, and fails with its own clear error if it must.
 """
 
 from __future__ import annotations

@@ -104,3 +104,34 @@ def test_the_flow_writes_ready_files_for_results_without_them(tmp_path, capsys) 
     assert ready[ids[0]] is from_worker
     assert ready[ids[1]]["source_sha256"] and ready[ids[1]]["files"][0]["ready"]
     assert "1 shard(s) had no publish-ready files" in capsys.readouterr().out
+
+
+def test_prepublish_keeps_each_shards_dedup_keys_up_to_its_cap(tmp_path, monkeypatch, capsys):
+    """The dedup keys a ready entry brings go to `Prepublish.keys` (shard -> (the committed
+    file's sha256, keys)), never into the entry the manifest takes; past KEYS_MAX_BYTES a
+    shard keeps none (the run-wide dedup reads it) and the log says so once."""
+    import flows.run
+    from flows.run import Prepublish, _key_bytes
+    from synthgen.config import OutputConfig
+
+    store = Store(OutputConfig(uri=str(tmp_path / "out")))
+    config, ids = _committed(store)
+    prepare_publish(config)
+    entries = [ready_shard(config, sid) for sid in ids[:3]]
+    assert all(e["dedup_keys"].rows > 0 for e in entries)
+    one = _key_bytes(entries[0]["dedup_keys"])
+    monkeypatch.setattr(flows.run, "KEYS_MAX_BYTES", one + one // 2)
+    pre = Prepublish(config, "generate", threads=1)
+    try:
+        for sid, e in zip(ids, entries, strict=False):
+            pre.add({"shard_id": sid, "status": "done", "ready": e})
+        ready = pre.entries()
+    finally:
+        pre.close()
+    assert set(pre.keys) == {ids[0]}
+    sha, keys = pre.keys[ids[0]]
+    assert sha == ready[ids[0]]["source_sha256"] and keys.rows == entries[0]["rows"]
+    assert pre.key_bytes == one
+    assert all("dedup_keys" not in e for e in ready.values())
+    out = capsys.readouterr().out
+    assert out.count("later shards are read again at the end of the run") == 1
