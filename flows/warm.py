@@ -21,6 +21,7 @@ work, and fails with its own clear error if it must.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import threading
 from collections.abc import Iterator
@@ -28,6 +29,12 @@ from typing import Any
 
 from distributed import Client
 from distributed.diagnostics.plugin import WorkerPlugin
+from prefect.utilities.importtools import from_qualified_name
+
+from synthgen.config import ModelConfig, OutputConfig
+from synthgen.config.secret_rule import reveal
+from synthgen.engines.cache import get_engine
+from synthgen.io.store import Store
 
 log = logging.getLogger("synthgen.warm")
 
@@ -59,8 +66,8 @@ class WarmPlugin(WorkerPlugin):
         try:
             import pyarrow.dataset  # noqa: F401 - pq.read_table's first call imports it (pandas)
 
-            import flows.run  # noqa: F401 - the units' module: what a first unit imports
-            from synthgen.config import ModelConfig
+            # the units' module, by name: flows.run imports this module to start the cluster
+            importlib.import_module("flows.run")
 
             if executor is not None and threads > 0:
                 # fsspec keeps a filesystem per thread: open the store in every thread that
@@ -69,17 +76,12 @@ class WarmPlugin(WorkerPlugin):
                 for _ in range(threads):
                     executor.submit(self._open_store, barrier)
             if self.model is not None:
-                from synthgen.engines.cache import get_engine
-
                 get_engine(ModelConfig.model_validate(self.model))
         except Exception as exc:  # the first unit does it again, with its own error
             log.warning("worker warm-up failed: %s: %s", type(exc).__name__, exc)
 
     def _open_store(self, barrier: threading.Barrier) -> None:
         try:
-            from synthgen.config import OutputConfig
-            from synthgen.io.store import Store
-
             store = Store(OutputConfig.model_validate(self.output))
             store.exists(store.root)  # the client's set-up and its first connection
             barrier.wait()
@@ -108,10 +110,6 @@ def embedded_cluster(cfg: Any, kwargs: dict[str, Any]) -> Iterator[dict[str, Any
     if "cluster_class" not in kwargs:
         yield kwargs
         return
-    from prefect.utilities.importtools import from_qualified_name
-
-    from synthgen.config.secret_rule import reveal
-
     make = kwargs["cluster_class"]
     if isinstance(make, str):
         make = from_qualified_name(make)

@@ -130,7 +130,7 @@ _CRED_HINT = (
 
 def check_output(output: OutputConfig) -> str:
     """Credentials work, the bucket exists, and a probe object can be written and removed."""
-    store = Store(output)
+    store = Store(output, fresh=True)  # today's credentials, not a cached client's
     store.policy = PREFLIGHT_RETRY
     if output.uri.startswith("s3://"):
         bucket, _, prefix = store.root.partition("/")

@@ -215,7 +215,10 @@ def atomic_write(
 class Store:
     """The output location of a run: `ROOT/runs/RUN_ID/...` and `ROOT/dataset/`."""
 
-    def __init__(self, output: OutputConfig) -> None:
+    def __init__(self, output: OutputConfig, fresh: bool = False) -> None:
+        """`fresh`: a filesystem of its own, not the one fsspec keeps for these options in
+        this thread (the preflight: it checks the credentials as they are now, not as a
+        client this process opened earlier found them)."""
         self.output = output
         self.policy = RetryPolicy(
             attempts=output.retry_attempts,
@@ -223,7 +226,10 @@ class Store:
             cap=output.retry_max_delay_s,
         )
         self.uri = output.uri.rstrip("/") or output.uri
-        self.fs, root = fsspec.core.url_to_fs(self.uri, **_storage_options(output))
+        opts = _storage_options(output)
+        if fresh:
+            opts["skip_instance_cache"] = True
+        self.fs, root = fsspec.core.url_to_fs(self.uri, **opts)
         self.root = root.rstrip("/") if root != "/" else root
         self.local = "file" in (
             self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)

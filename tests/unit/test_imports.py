@@ -208,6 +208,8 @@ FUNCTION_IMPORTS: dict[tuple[str, str], str] = {
         "prefect.server.api.server",
     ): "several seconds; only without an API URL",
     ("flows/prefect_env.py", "prefect.events.worker"): _ENV,
+    ("flows/warm.py", "pyarrow.dataset"): "loaded on a worker before its first unit; with "
+    "pandas, ~0.5 s that the CLI does not pay",
     ("flows/prefect_env.py", "prefect.logging.handlers"): _ENV,
 }
 
