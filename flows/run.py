@@ -1207,11 +1207,13 @@ def _execute_leased(
     if plan.rejects:
         print(f"{plan.rejects} bad prompt records quarantined: {layout.url(layout.rejects)}")
     config = stash_secrets(cfg)  # flow parameters: no credentials
-    # an embedded cluster starts (and its workers warm up) before Prefect starts the flow run
+    # an embedded cluster starts (and its workers warm up) before Prefect starts the flow
+    # run: its workers are held (metered) from their start, not from the flow's
+    held_from = time.time()
     with embedded_cluster(cfg, runner_kwargs(cfg)) as kwargs:
         runner = SynthgenTaskRunner(**kwargs)  # embedded: metered to process exit
         gen = generate_flow.with_options(task_runner=runner)(
-            config, todo, len(units), time.time(), shard_ids, len(already)
+            config, todo, len(units), held_from, shard_ids, len(already)
         )
     lease.check()
     publish_cost_artifact(cfg)  # after the cluster closed: workers' final rows are in
