@@ -14,7 +14,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.loop import Gate, LoopResult
 from flows.task_runner import current_runner
-from synthgen.cluster.client import task_runner_kwargs
+from synthgen.cluster.client import task_runner_kwargs, workers_info
 from synthgen.cluster.deadlines import SILENT_S
 from synthgen.config import RunConfig
 from synthgen.config.secret_rule import reveal
@@ -64,7 +64,7 @@ def start_usage(cfg: RunConfig, run_started_at: float) -> int:
     """Mark every worker as held by this run; return the shard slots (concurrent shards)."""
     client = _client()
     usage.register(client, _plugin(cfg, run_started_at))
-    info = client.scheduler_info(n_workers=-1)["workers"].values()
+    info = workers_info(client).values()
     if cfg.model.needs_gpu:
         gpus = sum(int(w.get("resources", {}).get(cfg.cluster.gpu_resource, 0)) for w in info)
         slots = gpus * cfg.cluster.overlap  # a GPU holds `overlap` shards (one generating)
@@ -76,7 +76,7 @@ def start_usage(cfg: RunConfig, run_started_at: float) -> int:
 def responsive_workers(client: Any, silent_s: float = SILENT_S) -> list[str]:
     """The cluster's workers heard from within `silent_s` of the freshest heartbeat (on the
     scheduler's clock): the ones a request can be sent to without waiting on a frozen one."""
-    info = client.scheduler_info(n_workers=-1)["workers"]
+    info = workers_info(client)
     if not info:
         return []
     newest = max(float(w.get("last_seen", 0.0)) for w in info.values())

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from synthgen.cluster.client import workers_info
 from synthgen.config import RunConfig
 from synthgen.cost.leases import WorkerIdentity
 from synthgen.io.attempts import next_attempt
@@ -229,7 +230,7 @@ class Holders:
         except Exception:  # a scheduler without roles: no certificate names (leases by name)
             cns = {}
         try:
-            info = self._client.scheduler_info(n_workers=-1)["workers"]
+            info = workers_info(self._client)
         except Exception:
             info = {}
         for address in set(cns) | set(info):

@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from flows.loop import Gate
+from synthgen.cluster.client import workers_info
 from synthgen.cluster.deadlines import SILENT_S, DeadlinePolicy
 from synthgen.config import RunConfig
 from synthgen.io.attempts import AttemptWatch
@@ -60,7 +61,7 @@ def remove_silent_workers(client: Any, suspects: list[str], silent_s: float) -> 
     no skew); returns them, and suspects that already left. Nothing is removed unless a
     worker that is not a suspect was heard from within `silent_s` (a starved machine delays
     every heartbeat; the last workers are never removed)."""
-    info = client.scheduler_info(n_workers=-1)["workers"]
+    info = workers_info(client)
     if not info:
         return []
     newest = max(float(w.get("last_seen", 0.0)) for w in info.values())

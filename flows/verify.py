@@ -34,6 +34,7 @@ from prefect import task
 from flows.grants import CommittedFuture, Holders
 from flows.loop import Gate
 from flows.task_runner import Opaque, current_runner, unwrap
+from synthgen.cluster.client import workers_info
 from synthgen.config import RunConfig
 from synthgen.io.checked import ShardWithdrawn, read_marker
 from synthgen.io.layout import RunLayout, split_key, unit_key
@@ -119,7 +120,7 @@ def cluster_workers(
 ) -> list[str]:
     """Worker addresses, only those advertising `resources` when given (a restriction to a
     worker without them would leave the task waiting forever)."""
-    info = client.scheduler_info(n_workers=-1)["workers"]
+    info = workers_info(client)
     return sorted(
         addr
         for addr, w in info.items()

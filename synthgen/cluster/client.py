@@ -67,6 +67,17 @@ def security_from_config(cfg: ClusterConfig) -> Security | None:
     )
 
 
+def workers_info(client: Any) -> dict[str, dict[str, Any]]:
+    """Every worker's entry in the scheduler's identity (address -> info), fetched now.
+
+    Not `client.scheduler_info(n_workers=-1)["workers"]`: that returns the client's cached
+    identity, which the client's periodic refresh (every 2 s, asking for no per-worker
+    entries) can replace between the fetch and the return, and which a fetch that fails
+    with an OSError leaves as it was: an empty `workers` now and then, more often under
+    load (a CI run failed a shard with "no worker left" on a 3-worker cluster that way)."""
+    return dict(client.sync(client.scheduler.identity, n_workers=-1)["workers"])
+
+
 def task_runner_kwargs(cfg: ClusterConfig) -> dict[str, Any]:
     """Keyword arguments for `prefect_dask.DaskTaskRunner` (address checks and TLS applied)."""
     check_cluster(cfg)

@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from synthgen.cluster.client import workers_info
 from synthgen.config import CleanConfig, NearDedupConfig
 from synthgen.io.checked import Expect, ShardMismatch, check_bytes
 from synthgen.stages.dedup.clusters import candidate_pairs, resolve
@@ -441,7 +442,7 @@ def cross_shard_dedup(
     read for the map (only by the verify step, where it holds a candidate pair).
     Returns the rows to drop; the shard files are not modified.
     """
-    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    n_workers = max(1, len(workers_info(client)))
     p = _params(cfg, n_workers, run_id, storage_options, filesystem)
     expect = expect or {}
     sources = [Source(s, expect=expect.get(s)) for s in sorted(shard_paths)] + [
