@@ -205,3 +205,23 @@ def test_stage_resources_are_checked_at_load_naming_the_stage() -> None:
                 "stages": [{"name": "a", "prompt": "x", "resources": {"BIG": 0}}],
             }
         )
+
+
+def test_workers_info_asks_the_scheduler_not_the_clients_cached_identity() -> None:
+    """The client's periodic refresh caches an identity without per-worker entries; a
+    worker list read from that cache is empty (a shard once failed "no worker left")."""
+    from distributed import Client, LocalCluster
+
+    from flows.verify import cluster_workers
+    from synthgen.cluster.client import workers_info
+
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        client.sync(client._update_scheduler_info)  # what the 2 s refresh does
+        assert client._scheduler_identity["workers"] == {}  # the cache holds no workers
+        assert len(workers_info(client)) == 2
+        assert cluster_workers(client) == sorted(cluster.scheduler.workers)
