@@ -521,9 +521,7 @@ class Prepublish:
         self._count()
         # the latest commit's: a shard generated again replaces its earlier entry
         self.ready.pop(sid, None)
-        held = self.keys.pop(sid, None)
-        if held is not None:
-            self.key_bytes -= _key_bytes(held[1])
+        self._forget_keys(sid)
         self.futures[sid] = self.pool.submit(self._ready, sid)
 
     def _count(self) -> None:
@@ -557,9 +555,7 @@ class Prepublish:
     def _index(self, sid: str, entry: dict[str, Any]) -> dict[str, Any]:
         """The entry without its dedup keys, which go to `keys` (plain data stays plain)."""
         keys = entry.pop("dedup_keys", None)
-        held = self.keys.pop(sid, None)
-        if held is not None:
-            self.key_bytes -= _key_bytes(held[1])
+        self._forget_keys(sid)
         if keys is None:
             return entry
         size = _key_bytes(keys)
@@ -575,6 +571,12 @@ class Prepublish:
         self.keys[sid] = (entry["source_sha256"], keys)
         self.key_bytes += size
         return entry
+
+    def _forget_keys(self, sid: str) -> None:
+        """Drop a shard's earlier keys (it committed again), with their bytes."""
+        held = self.keys.pop(sid, None)
+        if held is not None:
+            self.key_bytes -= _key_bytes(held[1])
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -1210,11 +1212,14 @@ def _execute_leased(
     # an embedded cluster starts (and its workers warm up) before Prefect starts the flow
     # run: its workers are held (metered) from their start, not from the flow's
     held_from = time.time()
-    with embedded_cluster(cfg, runner_kwargs(cfg)) as kwargs:
-        runner = SynthgenTaskRunner(**kwargs)  # embedded: metered to process exit
-        gen = generate_flow.with_options(task_runner=runner)(
-            config, todo, len(units), held_from, shard_ids, len(already)
-        )
+    try:
+        with embedded_cluster(cfg, runner_kwargs(cfg)) as kwargs:
+            runner = SynthgenTaskRunner(**kwargs)  # embedded: metered to process exit
+            gen = generate_flow.with_options(task_runner=runner)(
+                config, todo, len(units), held_from, shard_ids, len(already)
+            )
+    finally:  # a served process runs many runs: their sizes are not kept
+        _PLAN_SIZES.pop(run_id, None)
     lease.check()
     publish_cost_artifact(cfg)  # after the cluster closed: workers' final rows are in
     final = final_stage(cfg)
