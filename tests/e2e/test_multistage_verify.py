@@ -17,6 +17,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.progress import progress_key
 from flows.run import synthgen_run
+from synthgen.cluster.client import workers_info
 from tests.helpers import fake_config, local_cluster, write_config
 from tests.support.cheats import TEXT_POOL, install_cheat, install_slowdown
 
@@ -121,13 +122,13 @@ def test_a_worker_cheating_in_the_second_stage_is_caught_excluded_and_redone(
     tmp_path, prefect_api, cluster3
 ):
     cluster, client = cluster3
-    cheater = sorted(client.scheduler_info(n_workers=-1)["workers"])[0]
+    cheater = sorted(workers_info(client))[0]
     # honest in the other stages: it cheats only with the response stage's model
     got = client.run(install_cheat, "pool", 0, ["fake-response"], workers=[cheater])
     assert got == {cheater: "pool"}
     # the honest workers answer slowly: the cheater is free first and surely takes response
     # units (CI once saw it get none: 4 units of the other stages, nothing to catch)
-    honest = [w for w in client.scheduler_info(n_workers=-1)["workers"] if w != cheater]
+    honest = [w for w in workers_info(client) if w != cheater]
     client.run(install_slowdown, 1.0, ["fake-response"], workers=honest)
     out = tmp_path / "out"
     res = synthgen_run(

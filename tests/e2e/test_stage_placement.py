@@ -11,6 +11,7 @@ import pytest
 from distributed import Client, Nanny, Scheduler, SpecCluster
 
 from flows.run import synthgen_run
+from synthgen.cluster.client import workers_info
 from synthgen.errors import RunIncomplete
 from tests.helpers import fake_config, write_config
 
@@ -34,7 +35,7 @@ def two_kinds():
         Client(cluster) as client,
     ):
         client.wait_for_workers(2)
-        info = client.scheduler_info(n_workers=-1)["workers"]
+        info = workers_info(client)
         by_res = {next(iter(w["resources"])): addr for addr, w in info.items()}
         yield cluster, by_res
 

@@ -6,6 +6,7 @@ a cluster the test starts itself and hands to the flow through `cluster.address`
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from flows.run import synthgen_run
+from synthgen.cluster.client import workers_info
 from synthgen.cost.ledger import open_run_uri
 from synthgen.cost.report import load_summary, to_markdown
 from tests.helpers import fake_config, local_cluster, write_config
@@ -87,7 +89,7 @@ def test_cheating_worker_is_caught_quarantined_regenerated_and_named(
     # it; every strategy against the real model: tests/unit/verify/test_verify_model.py
     strategy = "pool"
     cluster, client = cluster3
-    cheater = sorted(client.scheduler_info(n_workers=-1)["workers"])[0]
+    cheater = sorted(workers_info(client))[0]
     assert client.run(install_cheat, strategy, workers=[cheater]) == {cheater: strategy}
     out = tmp_path / "out"
     cfg_path = write_config(tmp_path / "c.yaml", _config(out, cluster.scheduler_address))
@@ -166,8 +168,9 @@ def test_resumed_run_verifies_shards_committed_without_a_check(tmp_path, prefect
 def test_verify_restrictions_only_name_workers_with_the_gpu_resource():
     from flows.verify import cluster_workers
 
-    class FakeClient:
-        def scheduler_info(self, n_workers: int = 5) -> dict:
+    class FakeScheduler:  # the scheduler RPC that workers_info asks, answered in-process
+        async def identity(self, n_workers: int = 5) -> dict:
+            assert n_workers == -1, "asked for fewer than all workers"
             return {
                 "workers": {
                     "tls://gpu-a:1": {"resources": {"GPU": 1}},
@@ -175,6 +178,12 @@ def test_verify_restrictions_only_name_workers_with_the_gpu_resource():
                     "tls://gpu-c:1": {"resources": {"GPU": 2}},
                 }
             }
+
+    class FakeClient:
+        scheduler = FakeScheduler()
+
+        def sync(self, fn, *args, **kwargs):
+            return asyncio.run(fn(*args, **kwargs))
 
     client = FakeClient()
     assert cluster_workers(client) == ["tls://cpu-b:1", "tls://gpu-a:1", "tls://gpu-c:1"]

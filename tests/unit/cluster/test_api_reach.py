@@ -8,6 +8,7 @@ import socket
 
 import pytest
 
+from synthgen.cluster.client import workers_info
 from synthgen.cluster.preflight import check_workers_reach, reaches
 from synthgen.errors import PreflightError
 from tests.conftest import free_port
@@ -26,7 +27,7 @@ def test_reaches_a_listening_port_and_says_why_not_for_a_closed_one() -> None:
 def test_the_check_names_each_worker_that_cannot_reach_the_api() -> None:
     closed = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there
     with local_cluster(2) as (_, client):
-        workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+        workers = sorted(workers_info(client))
         answers = client.run(reaches, closed, 2.0)
         with pytest.raises(PreflightError) as err:
             check_workers_reach(answers, closed)

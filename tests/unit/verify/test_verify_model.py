@@ -8,6 +8,7 @@ import json
 import pyarrow.dataset as ds
 import pytest
 
+from synthgen.cluster.client import workers_info
 from synthgen.config import ModelConfig, RunConfig, SamplingConfig
 from synthgen.engines.base import GenRequest, ScoreRequest, prompt_seed
 from synthgen.stages.prompts import load_prompts
@@ -66,7 +67,7 @@ def test_flow_with_bundled_model_catches_a_shuffling_worker(tmp_path, prefect_ap
     from flows.run import synthgen_run
 
     with local_cluster(2) as (cluster, client):
-        cheater = sorted(client.scheduler_info(n_workers=-1)["workers"])[0]
+        cheater = sorted(workers_info(client))[0]
         client.run(install_cheat, "shuffle", workers=[cheater])
         out = tmp_path / "out"
         cfg = {
