@@ -3,9 +3,11 @@ loop (flows/loop.py), and the cost artifact. Thin: the arithmetic lives in synth
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import re
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -147,23 +149,68 @@ class BudgetWatch(Gate):
             ledger = Ledger(RunLayout(Store(cfg.output), cfg.run_id or ""))
             ledger_rows = lambda sid: _ledger(ledger, sid).to_pylist()  # noqa: E731
         self.rows = ledger_rows
-        before = self.rows(None)
-        self.gate = BudgetGate.from_ledger(cfg.budget.max_cost_usd, before)
+        self.max_cost_usd = cfg.budget.max_cost_usd
         self.window = slots if cfg.budget.max_cost_usd is not None else None
-        self.counted: set[tuple[str, int]] = set()  # (shard, attempt) already in the gate
-        self.earlier: dict[str, int] = {}
-        for r in before:
-            if is_verification(r):  # a check's cost row, not an attempt
-                continue
-            self.counted.add((r["shard_id"], int(r["attempt"])))
-            self.earlier[r["shard_id"]] = self.earlier.get(r["shard_id"], 0) + 1
-        if self.gate.max_cost_usd is not None and self.gate.spent_usd > 0:
-            print(
-                f"budget: ${self.gate.spent_usd:.4f} of ${self.gate.max_cost_usd:.2f} "
-                "already spent by this run"
-            )
+        # the ledger as it stands (a resumed run's spending and earlier attempts) is read
+        # beside the first submissions: a run without a cap admits without it (0.2 s on S3,
+        # more for a long ledger, of the engine's time before its first shard)
+        self._gate: BudgetGate | None = None
+        self._counted: set[tuple[str, int]] = set()  # (shard, attempt) already in the gate
+        self._earlier: dict[str, int] = {}  # shard -> attempts in the ledger before
+        self._error: BaseException | None = None
+        self._loading = threading.Thread(  # in the flow run's context: its print is logged
+            target=contextvars.copy_context().run,
+            args=(self._load,),
+            name="synthgen-budget-ledger",
+            daemon=True,
+        )
+        self._loading.start()
+
+    def _load(self) -> None:
+        try:
+            before = self.rows(None)
+            gate = BudgetGate.from_ledger(self.max_cost_usd, before)
+            for r in before:
+                if is_verification(r):  # a check's cost row, not an attempt
+                    continue
+                self._counted.add((r["shard_id"], int(r["attempt"])))
+                self._earlier[r["shard_id"]] = self._earlier.get(r["shard_id"], 0) + 1
+            if gate.max_cost_usd is not None and gate.spent_usd > 0:
+                print(
+                    f"budget: ${gate.spent_usd:.4f} of ${gate.max_cost_usd:.2f} "
+                    "already spent by this run"
+                )
+            self._gate = gate
+        except BaseException as exc:  # raised where the gate is first needed
+            self._error = exc
+
+    def _loaded(self) -> BudgetGate:
+        self._loading.join()
+        if self._error is not None:
+            raise self._error
+        assert self._gate is not None
+        return self._gate
+
+    @property
+    def gate(self) -> BudgetGate:
+        return self._loaded()
+
+    @property
+    def counted(self) -> set[tuple[str, int]]:
+        self._loaded()
+        return self._counted
+
+    @property
+    def earlier(self) -> dict[str, int]:
+        self._loaded()
+        return self._earlier
 
     def admit(self, shard_id: str, running: int) -> Decision | None:
+        if self.max_cost_usd is None and self._gate is None:
+            # no cap: every shard is admitted (the ledger read finishes beside the run)
+            if self._error is not None:
+                raise self._error
+            return None
         decision = self.gate.admit(running)
         return None if decision.allowed else decision
 

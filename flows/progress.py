@@ -6,7 +6,9 @@ artifact that cannot be written is reported once and then left alone."""
 
 from __future__ import annotations
 
+import contextvars
 import re
+import threading
 import time
 from typing import Any
 from uuid import UUID
@@ -42,7 +44,23 @@ class RunProgress:
         self._last = float("-inf")
         self._id: UUID | None = None
         self._failed = False
-        self._write(force=True)
+        self._lock = threading.Lock()  # one write at a time, in order
+        # the artifact's creation (a Prefect API round trip, ~0.2 s) beside the first
+        # submissions, in the flow run's context (the artifact belongs to its flow run);
+        # the next write waits for it
+        self._lock.acquire()
+        threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(self._first_write,),
+            name="synthgen-progress",
+            daemon=True,
+        ).start()
+
+    def _first_write(self) -> None:
+        try:
+            self._write_locked(force=True)
+        finally:
+            self._lock.release()
 
     @property
     def returned(self) -> int:
@@ -74,6 +92,10 @@ class RunProgress:
         self._write(force=True)
 
     def _write(self, force: bool = False) -> None:
+        with self._lock:
+            self._write_locked(force)
+
+    def _write_locked(self, force: bool) -> None:
         now = time.perf_counter()
         if self._failed or (not force and now - self._last < self.every_s):
             return

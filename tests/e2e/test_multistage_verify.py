@@ -92,6 +92,7 @@ def test_an_honest_multi_stage_run_passes_every_stage_with_no_flags(
         )
     assert [a.type for a in arts] == ["progress"], arts
     assert arts[0].data == 100.0 and "18/18 shards" in (arts[0].description or ""), arts[0]
+    assert arts[0].flow_run_id is not None, arts[0]  # written beside the loop, for its run
     assert res["status"] == "complete" and res["rows_published"] == 12
     v = res["verification"]
     assert v["statuses"] == {"pass": 18}, v
