@@ -12,7 +12,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
-import os
 import re
 import threading
 import time
@@ -20,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import dask
-from distributed import Client, LocalCluster, worker_client
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.exceptions import MissingContextError
@@ -44,16 +42,21 @@ from flows.grants import COMMIT_THREADS, CommittedFuture, Granter, Holders, comm
 from flows.loop import Gate, ShardLoop, windowed
 from flows.progress import RunProgress
 from flows.refs import SUMMARY_ARTIFACT_PREFIX, deployment_default_config, resolve_config_ref
-from flows.task_runner import (
+from flows.task_runner import SynthgenTaskRunner, current_runner, submit_task, submit_unit
+from flows.timeouts import ShardTimeouts, remove_silent_workers
+from flows.units import (
+    DEDUP_RETRIES,
     Opaque,
     Retries,
-    SynthgenTaskRunner,
-    current_runner,
-    submit_task,
-    submit_unit,
+    _dedup_here,
+    _publish_error,
+    dedup_task,
+    generate_granted,
+    generate_unit,
+    publish_batch,
+    publish_batch_task,
     unwrap,
 )
-from flows.timeouts import ShardTimeouts, remove_silent_workers
 from flows.verify import (
     VerifyGate,
     cluster_workers,
@@ -62,8 +65,7 @@ from flows.verify import (
     submit_check_task,
     submit_granted_check,
 )
-from flows.warm import embedded_cluster
-from synthgen import errors as synthgen_errors
+from flows.warm import embedded_cluster, wait_warm
 from synthgen.checkpoints import checkpoint
 from synthgen.cluster.client import unit_resources
 from synthgen.cluster.deadlines import DeadlinePolicy
@@ -78,7 +80,6 @@ from synthgen.cost.summary import RunSummary, per_worker
 from synthgen.engines.abort import supersede, unit_token
 from synthgen.errors import RunIncomplete
 from synthgen.io.attempts import commit_markers, read_commits
-from synthgen.io.checked import ShardWithdrawn
 from synthgen.io.grant import worker_config
 from synthgen.io.hub import HubTarget, push_dataset, token_from_env
 from synthgen.io.layout import RunLayout, split_key, unit_key
@@ -86,8 +87,6 @@ from synthgen.io.lease import RunLease
 from synthgen.io.store import Store
 from synthgen.stages.decontam import benchmark_summary, write_benchmark_index
 from synthgen.stages.dedup.cross import ShardKeys
-from synthgen.stages.dedup.stage import dedup_run
-from synthgen.stages.generate import ShardTask, run_granted, run_shard
 from synthgen.stages.plan import write_plan
 from synthgen.stages.publish import (
     check_owner,
@@ -97,7 +96,6 @@ from synthgen.stages.publish import (
     place_ready,
     prepare_publish,
     publish_id,
-    publish_shard,
     published_as,
     ready_shard,
 )
@@ -109,202 +107,6 @@ from synthgen.stages.units import (
     pending_units,
     stage_names,
 )
-
-
-def generate_unit(
-    config: dict[str, Any] | Opaque, shard_id: str, speculative: bool = False
-) -> dict[str, Any]:
-    """One attempt of a unit on a trusted worker: a plain Dask task (`submit_unit`), not a
-    Prefect task run; the loop's progress artifact and log lines show it in the UI.
-
-    A unit of the final stage that this attempt committed also gets its publish-ready files
-    written here (`ready`: `ready_shard`'s entry), after the commit: on a GPU worker the
-    other overlapping unit's generation hides it, where the flow's process would spend its
-    own time (and, with the storage server in it, the workers'). Not on a TLS cluster (the
-    published folder is written by the trusted side there) and never failing the unit: the
-    flow then writes them itself (`Prepublish`)."""
-    config = unwrap(config)
-    protect(config)  # mask credentials in this worker process's logs too
-    res = run_shard(ShardTask(config, shard_id, speculative)).as_dict()
-    if res["status"] == "done":
-        ready = _ready_here(config, shard_id)
-        if ready is not None:
-            res["ready"] = ready
-    return res
-
-
-_PREPARED: set[str] = set()  # runs whose dedup index meta this worker process checked
-
-
-def _ready_here(config: dict[str, Any], unit: str) -> dict[str, Any] | None:
-    cfg = RunConfig.model_validate(config)
-    stage, sid = split_key(unit)
-    if cfg.cluster.tls is not None or stage != final_stage(cfg):
-        return None
-    try:
-        if cfg.run_id not in _PREPARED:
-            prepare_publish(config)
-            _PREPARED.add(cfg.run_id or "")
-        return ready_shard(config, sid)
-    except Exception as exc:  # the flow writes them (or the publish does)
-        logging.getLogger("synthgen.units").warning(
-            "%s: publish-ready files not written here: %s: %s", unit, type(exc).__name__, exc
-        )
-        return None
-
-
-def generate_granted(config: dict[str, Any] | Opaque, grant: dict[str, Any]) -> dict[str, Any]:
-    """A shard attempt on an untrusted worker (`cluster.untrusted_workers`): `config` holds
-    no credentials; the worker reads and writes only through `grant`'s presigned URLs and
-    returns plain data the flow checks before it commits (`flows.grants`)."""
-    return run_granted(unwrap(config), grant)
-
-
-def publish_batch_task(
-    config: dict[str, Any] | Opaque, items: list[tuple[int, str]], pid: str, count: int
-) -> list[dict[str, Any]]:
-    """Write the files of publish `pid` for a batch of committed shards (`items`: their
-    (index, shard id) in the publish); one outcome per shard (`publish_batch`). A plain
-    Dask task (`submit_task`), as the generate units."""
-    return publish_batch(unwrap(config), items, pid, count)
-
-
-def publish_batch(
-    config: dict[str, Any], items: list[tuple[int, str]], pid: str, count: int
-) -> list[dict[str, Any]]:
-    """`publish_shard` for each of `items`, up to PUBLISH_IO_THREADS at once (the work is
-    storage round trips), each retried twice 2 s apart (not a withdrawn shard, which is
-    generated again): `{"shard": its files}` or `{"error": why, "type": the exception's
-    class name}` per shard (plain data), so one shard's failure is not its batch's."""
-
-    def failed(exc: Exception) -> dict[str, Any]:
-        return {"error": str(exc), "type": type(exc).__name__}
-
-    try:
-        prepare_publish(config)  # once per batch, not per shard
-    except Exception as exc:  # e.g. a dedup index built with other parameters
-        return [failed(exc) for _ in items]
-
-    def one(item: tuple[int, str]) -> dict[str, Any]:
-        index, shard_id = item
-        try:
-            return {"shard": _publish_one(config, shard_id, pid, index, count)}
-        except Exception as exc:  # ShardWithdrawn: the flow generates the shard again
-            return failed(exc)
-
-    if len(items) <= 1:
-        return [one(item) for item in items]
-    with concurrent.futures.ThreadPoolExecutor(min(PUBLISH_IO_THREADS, len(items))) as pool:
-        return list(pool.map(one, items))
-
-
-# Shards of one publish batch written at once: each is a few storage round trips (read the
-# shard and its marker, write its files and index part), so a worker thread waiting on one
-# at a time left the end-of-run phase bound by latency (benchmarks/RESULTS-speed.md)
-PUBLISH_IO_THREADS = 8
-
-
-def _publish_error(shard_id: str, outcome: dict[str, Any]) -> Exception:
-    """The exception a shard's publish raised, as the flow raises it: synthgen's own errors
-    by their class (StorageError ends the run with the exit code of an incomplete run)."""
-    cls = getattr(synthgen_errors, str(outcome.get("type")), None)
-    if isinstance(cls, type) and issubclass(cls, synthgen_errors.SynthgenError):
-        try:
-            return cls(outcome["error"])
-        except TypeError:  # an error class with other arguments
-            pass
-    return RuntimeError(f"shard {shard_id}: {outcome.get('type')}: {outcome['error']}")
-
-
-def _publish_one(
-    config: dict[str, Any], shard_id: str, pid: str, index: int, count: int
-) -> dict[str, Any]:
-    for attempt in range(PUBLISH_TRIES):
-        try:
-            return publish_shard(
-                config, shard_id, publish_id=pid, index=index, count=count, index_meta_ready=True
-            )
-        except ShardWithdrawn:
-            raise
-        except Exception:
-            if attempt == PUBLISH_TRIES - 1:
-                raise
-            time.sleep(2)
-    raise AssertionError("unreachable")
-
-
-PUBLISH_TRIES = 3
-
-
-DEDUP_RETRIES = Retries(1, (2.0,), 0.2)
-
-
-def dedup_task(
-    config: dict[str, Any] | Opaque,
-    shard_ids: list[str],
-    markers: dict[str, dict[str, Any]] | None = None,
-    keys: dict[str, ShardKeys] | Opaque | None = None,
-) -> dict[str, Any]:
-    """Run-wide dedup on the cluster this task runs in (its map/shuffle/verify tasks are
-    submitted through the worker's client; this task's thread is seceded meanwhile). A
-    plain Dask task (`submit_task`, retried once): a Prefect task run's start on a worker
-    that has run none cost ~7 s at the end of a run (benchmarks/RESULTS-speed.md).
-    `markers`: the shards' (sha256, rows) as the flow read them (None: read here); `keys`:
-    the dedup keys of the shards indexed as they committed (`Prepublish`)."""
-    cfg = RunConfig.model_validate(unwrap(config))
-    with worker_client() as client:
-        return _dedup_on(client, cfg, shard_ids, markers, unwrap(keys))
-
-
-def _dedup_here(
-    cfg: RunConfig,
-    shard_ids: list[str],
-    markers: dict[str, dict[str, Any]] | None = None,
-    keys: dict[str, ShardKeys] | None = None,
-) -> dict[str, Any]:
-    """Run-wide dedup in this (the flow's) process, on an in-process Dask cluster.
-
-    For TLS clusters, whose workers hold worker certificates (`synthgen.cluster.roles`): a
-    worker may not act as a Dask client (which `dedup_task` does to submit its map/shuffle
-    tasks), and workers do not unpickle what other workers send them (the shuffle's
-    partitions), so the run-wide work that mixes data from several workers runs on the
-    trusted side. It reads the committed shards from storage like the tasks would."""
-    threads = max(1, min(8, os.cpu_count() or 1))
-    with (
-        LocalCluster(
-            n_workers=1, threads_per_worker=threads, processes=False, dashboard_address=None
-        ) as cluster,
-        Client(cluster, set_as_default=False) as client,
-    ):
-        return _dedup_on(client, cfg, shard_ids, markers, keys)
-
-
-def _dedup_on(
-    client: Any,
-    cfg: RunConfig,
-    shard_ids: list[str],
-    markers: dict[str, dict[str, Any]] | None = None,
-    keys: dict[str, ShardKeys] | None = None,
-) -> dict[str, Any]:
-    store = Store(cfg.output)
-    layout = RunLayout(store, cfg.run_id or "")
-    started = time.perf_counter()
-    res = dedup_run(client, cfg, store, shard_ids, markers, keys)
-    return {
-        "rows_checked": res.rows,
-        "shards_indexed": res.indexed,  # keys from their commit: not read again
-        "candidate_pairs": res.candidate_pairs,
-        "verified_pairs": res.verified_pairs,
-        "drop_counts": res.counts,
-        "seconds": round(time.perf_counter() - started, 3),
-        "withdrawn": res.withdrawn,  # shards that failed their check: generated again
-        # their publish-ready files do not apply (`ready_shard`: written without drops)
-        "dropped_shards": sorted(set(res.drops.column("shard_id").to_pylist())),
-        # each publish task reads its shard's part of the drops (the flow ships none)
-        "drops_file": layout.url(layout.dedup_drops),
-        "drops_sha256": res.digest,
-    }
-
 
 FINISH_ROUNDS = 3  # dedup + publish, again after each regeneration of withdrawn shards
 PUBLISH_WINDOW_PER_THREAD = 4  # publish tasks in flight per worker thread
@@ -778,6 +580,10 @@ def generate_flow(
     runner = current_runner()
     run_started_at = run_started_at or time.time()
     slots = start_usage(cfg, run_started_at)  # workers are held (and billed) from here
+    if not cfg.cluster.address:  # embedded: its workers warm up while the flow run starts
+        waited = wait_warm(runner_client())
+        if waited is not None and waited >= 1.0:
+            print(f"workers warmed up (code, output store, model): waited {waited:.1f}s")
     started = time.perf_counter()
     checkpoint("generate.started")
     store = Store(cfg.output)

@@ -12,17 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import logging
-import random
 import threading
-import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import distributed
-import msgpack
 from prefect.context import FlowRunContext
 from prefect.task_engine import run_task_async, run_task_sync
 from prefect.utilities.engine import collect_task_run_inputs_sync
@@ -30,35 +25,19 @@ from prefect_dask import DaskTaskRunner
 from prefect_dask.task_runners import PrefectDaskFuture
 
 from flows import _fast_context
+from flows.units import (
+    ENVELOPE,
+    Retries,
+    _completed,
+    _plain,
+    run_unit,
+    run_unit_plain,
+)
 
 # Installed at import: the worker processes import this module when they unpickle a task
 # (`run_prefect_task`), so the worker-side parts (the API client's TLS context, no log
 # record per successful task) apply there too.
 _fast_context.install()
-
-
-class Opaque:
-    """A task parameter Prefect passes through as one value, without walking into it.
-
-    Prefect walks every task parameter looking for futures and states: on the flow side
-    (prefect-dask's submit, twice) and on the worker (the task run's inputs, then parameter
-    resolution). A run config is a few hundred nested nodes and holds no futures; passing it
-    as an `Opaque` skips those walks (measured with py-spy on
-    benchmarks/bench_orchestration.py: the worker's walks of task inputs went from 246 to 32
-    samples over 240 tasks). Tasks take `unwrap(param)`.
-    """
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __repr__(self) -> str:
-        return f"Opaque({type(self.value).__name__})"
-
-
-def unwrap(value: Any) -> Any:
-    return value.value if isinstance(value, Opaque) else value
 
 
 def run_prefect_task(task: Any, **run_task_kwargs: Any) -> Any:
@@ -69,10 +48,6 @@ def run_prefect_task(task: Any, **run_task_kwargs: Any) -> Any:
     if task.isasync:
         return asyncio.run(run_task_async(task=task, **run_task_kwargs))
     return run_task_sync(task=task, **run_task_kwargs)
-
-
-# What a task run on a TLS cluster sends back: plain data in this envelope, never a pickle.
-ENVELOPE = "synthgen-result/1"
 
 
 class ForgedResult(RuntimeError):
@@ -89,28 +64,6 @@ class ForgedResult(RuntimeError):
 
 class TaskFailed(RuntimeError):
     """A task failed on its worker (after its retries); the message says why."""
-
-
-def _plain(value: Any) -> Any:
-    """msgpack gives tuples for lists: back to lists (results are JSON-like)."""
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
-def _completed(value: Any) -> dict[str, Any]:
-    """A task's return value in its envelope, or a failure when it is not plain data."""
-    try:
-        msgpack.dumps(value, use_bin_type=True)
-    except Exception:
-        return {
-            "envelope": ENVELOPE,
-            "state": "FAILED",
-            "message": f"the task's result is not plain data ({type(value).__name__})",
-        }
-    return {"envelope": ENVELOPE, "state": "COMPLETED", "result": value}
 
 
 def envelope(state: Any) -> dict[str, Any]:
@@ -248,57 +201,6 @@ class SynthgenTaskRunner(DaskTaskRunner):
 # What the Prefect UI shows of the generate phase is the run's progress artifact (units
 # done, tokens/s, $ so far) and the flow's log lines; retries are the worker's own, as the
 # Prefect task's were.
-
-
-@dataclass(frozen=True)
-class Retries:
-    """A unit's retries on its worker: `delays[i]` seconds (+- `jitter` of it) before retry
-    i + 1 (the last delay repeats); `retries` re-runs after an exception, then it fails."""
-
-    retries: int = 0
-    delays: tuple[float, ...] = (0.0,)
-    jitter: float = 0.0
-
-    def delay(self, retry: int) -> float:
-        base = self.delays[min(retry, len(self.delays) - 1)] if self.delays else 0.0
-        return max(0.0, base * (1 + self.jitter * random.uniform(-1.0, 1.0)))
-
-
-_unit_log = logging.getLogger("synthgen.units")
-
-
-def run_unit(fn: Any, args: tuple[Any, ...], name: str, retries: Retries) -> Any:
-    """What a Dask worker runs for a unit: `fn(*args)`, run again after an exception up to
-    `retries.retries` times (each call is a new attempt: a new ledger row, a new attempt
-    number); the last exception is raised to the flow."""
-    for attempt in range(retries.retries + 1):
-        try:
-            return fn(*args)
-        except Exception as exc:
-            if attempt >= retries.retries:
-                raise
-            wait = retries.delay(attempt)
-            _unit_log.warning(
-                "%s failed (%s: %s); retry %d/%d in %.1f s",
-                name,
-                type(exc).__name__,
-                exc,
-                attempt + 1,
-                retries.retries,
-                wait,
-            )
-            time.sleep(wait)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def run_unit_plain(fn: Any, args: tuple[Any, ...], name: str, retries: Retries) -> dict[str, Any]:
-    """`run_unit`, returning plain data (`envelope`'s form): what a TLS cluster's worker
-    sends back, which the flow reads without unpickling."""
-    try:
-        value = run_unit(fn, args, name, retries)
-    except Exception as exc:
-        return {"envelope": ENVELOPE, "state": "FAILED", "message": f"{type(exc).__name__}: {exc}"}
-    return _completed(value)
 
 
 class ResultUnreachable(RuntimeError):

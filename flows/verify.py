@@ -33,7 +33,8 @@ from prefect import task
 
 from flows.grants import CommittedFuture, Holders
 from flows.loop import Gate
-from flows.task_runner import Opaque, current_runner, unwrap
+from flows.task_runner import current_runner
+from flows.units import Opaque, unwrap
 from synthgen.cluster.client import workers_info
 from synthgen.config import RunConfig
 from synthgen.io.checked import ShardWithdrawn, read_marker

@@ -9,10 +9,12 @@ task runner started the cluster only once the flow run had started.
 
 So an embedded run (no `cluster.address`) starts its LocalCluster itself, before calling
 the flow (`embedded_cluster`), and gives the task runner its address; each worker, as it
-joins, warms up in a background thread (`WarmPlugin`): it imports `flows.run` (and
-`pyarrow.dataset`, with pandas, which the first Parquet read imports), opens the output
-store in each of its task threads (fsspec keeps one filesystem per thread) and, when every
-unit of the run uses the same model, loads it into the process's engine cache
+joins, warms up in a background thread (`WarmPlugin`, in `flows.warm_plugin`: a module
+that imports nothing heavy, for `register_plugin` waits for every worker to import it): it
+imports `flows.run` (and `pyarrow.dataset`, with pandas, which the first Parquet read
+imports), opens the output store in each of its task threads (fsspec keeps one filesystem
+per thread) and, when every unit of the run uses the same model, loads it into the
+process's engine cache
 (`synthgen.engines.cache`: the first unit then finds it there, or waits on the cache's lock
 for the same load). A warm-up that fails only logs a warning: the unit then does the same
 work, and fails with its own clear error if it must.
@@ -20,78 +22,24 @@ work, and fails with its own clear error if it must.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
-import importlib
 import logging
-import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 from distributed import Client
-from distributed.diagnostics.plugin import WorkerPlugin
 from prefect.utilities.importtools import from_qualified_name
 
-from synthgen.config import ModelConfig, OutputConfig
+from flows.warm_plugin import PLUGIN_NAME, WarmPlugin, warmed
 from synthgen.config.secret_rule import reveal
-from synthgen.engines.cache import get_engine
-from synthgen.io.store import Store
 
 log = logging.getLogger("synthgen.warm")
 
-PLUGIN_NAME = "synthgen-warm"
+__all__ = ["PLUGIN_NAME", "WarmPlugin", "embedded_cluster", "wait_warm", "warm_model"]
 
-
-class WarmPlugin(WorkerPlugin):
-    """Warms each worker once, in a daemon thread (the worker joins the cluster at once).
-    `output`: the run's OutputConfig as JSON, credentials in clear (the embedded cluster's
-    workers are this machine's processes, which the units' configs reach the same way);
-    `model`: the ModelConfig JSON to load, or None."""
-
-    idempotent = True
-
-    def __init__(self, output: dict[str, Any], model: dict[str, Any] | None) -> None:
-        self.output = output
-        self.model = model
-        self.thread: threading.Thread | None = None
-
-    def setup(self, worker: Any) -> None:
-        executor = getattr(worker, "executors", {}).get("default")
-        threads = int(getattr(getattr(worker, "state", None), "nthreads", 0) or 0)
-        self.thread = threading.Thread(
-            target=self.warm, args=(executor, threads), name="synthgen-warm", daemon=True
-        )
-        self.thread.start()
-
-    def warm(self, executor: Any, threads: int) -> None:
-        try:
-            import pyarrow.dataset  # noqa: F401 - pq.read_table's first call imports it (pandas)
-
-            # the units' module, by name: flows.run imports this module to start the cluster
-            importlib.import_module("flows.run")
-
-            if executor is not None and threads > 0:
-                # fsspec keeps a filesystem per thread: open the store in every thread that
-                # will run units (each holds one of these until all have started)
-                barrier = threading.Barrier(threads, timeout=WARM_WAIT_S)
-                for _ in range(threads):
-                    executor.submit(self._open_store, barrier)
-            if self.model is not None:
-                get_engine(ModelConfig.model_validate(self.model))
-        except Exception as exc:  # the first unit does it again, with its own error
-            log.warning("worker warm-up failed: %s: %s", type(exc).__name__, exc)
-
-    def _open_store(self, barrier: threading.Barrier) -> None:
-        try:
-            store = Store(OutputConfig.model_validate(self.output))
-            store.exists(store.root)  # the client's set-up and its first connection
-            barrier.wait()
-        except threading.BrokenBarrierError:  # fewer threads than counted: no matter
-            pass
-        except Exception as exc:
-            log.warning("worker warm-up (output store) failed: %s: %s", type(exc).__name__, exc)
-
-
-WARM_WAIT_S = 10.0  # the most a warm-up holds a worker thread waiting for the others
+WARM_MAX_S = 900.0  # the most the flow waits for the workers' warm-up (model load included)
 
 
 def warm_model(cfg: Any) -> dict[str, Any] | None:
@@ -117,8 +65,32 @@ def embedded_cluster(cfg: Any, kwargs: dict[str, Any]) -> Iterator[dict[str, Any
     with make(**kwargs.get("cluster_kwargs", {})) as cluster:
         try:
             with Client(cluster, set_as_default=False) as client:
-                plugin = WarmPlugin(reveal(cfg.output), warm_model(cfg))
+                plugin = WarmPlugin(reveal(cfg.output), warm_model(cfg), reveal(cfg))
                 client.register_plugin(plugin, name=PLUGIN_NAME)
         except Exception as exc:  # a run without the warm-up is slower, not wrong
             log.warning("worker warm-up not started: %s: %s", type(exc).__name__, exc)
         yield {**rest, "address": cluster.scheduler_address}
+
+
+def wait_warm(client: Any, timeout_s: float = WARM_MAX_S) -> float | None:
+    """Wait until every worker of an embedded cluster has warmed up (imports, output store,
+    model), at most `timeout_s`; the seconds waited, None where nothing was waited for.
+
+    The generate loop starts after this: a first unit sent to a worker still loading its
+    model would wait inside its attempt, its shard deadline running, and the run's first
+    tokens/s would count the load. Asked beside the call, with a timeout, so that a worker
+    that never answers (frozen) holds nothing up for more than `timeout_s`."""
+    started = time.perf_counter()
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        answers = pool.submit(client.run, warmed, timeout_s, on_error="return").result(
+            timeout=timeout_s + 5.0
+        )
+    except Exception as exc:  # a slower first unit, not a failed run
+        log.warning("waiting for the workers' warm-up: %s: %s", type(exc).__name__, exc)
+        return None
+    finally:
+        pool.shutdown(wait=False)
+    if all(a is None or isinstance(a, BaseException) for a in answers.values()):
+        return None
+    return time.perf_counter() - started

@@ -208,8 +208,16 @@ FUNCTION_IMPORTS: dict[tuple[str, str], str] = {
         "prefect.server.api.server",
     ): "several seconds; only without an API URL",
     ("flows/prefect_env.py", "prefect.events.worker"): _ENV,
-    ("flows/warm.py", "pyarrow.dataset"): "loaded on a worker before its first unit; with "
-    "pandas, ~0.5 s that the CLI does not pay",
+    **{
+        ("flows/warm_plugin.py", m): "imported in the warm-up's thread, not by the worker's "
+        "event loop that unpickles the plugin (`register_plugin` waits for it: module docstring)"
+        for m in (
+            "pyarrow.dataset",
+            "synthgen.config",
+            "synthgen.engines.cache",
+            "synthgen.io.store",
+        )
+    },
     ("flows/prefect_env.py", "prefect.logging.handlers"): _ENV,
 }
 

@@ -7,7 +7,8 @@ import pytest
 from distributed.protocol.serialize import Serialized, serialize
 from prefect.states import Completed, Failed
 
-from flows.task_runner import ENVELOPE, ForgedResult, TaskFailed, envelope, open_envelope
+from flows.task_runner import ForgedResult, TaskFailed, envelope, open_envelope
+from flows.units import ENVELOPE
 from synthgen.cluster.roles import _plain_header
 
 

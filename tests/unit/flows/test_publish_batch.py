@@ -1,4 +1,4 @@
-"""A publish batch (flows.run.publish_batch): its shards are written concurrently, each
+"""A publish batch (flows.units.publish_batch): its shards are written concurrently, each
 outcome stays with its shard (in the batch's order), one shard's failure is not the batch's,
 and the dedup index's meta file is checked once per batch, not once per shard."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-import flows.run as run_mod
+import flows.units as run_mod
 import synthgen.stages.dedup.index as index_mod
 import synthgen.stages.publish as publish_mod
 from synthgen.config import RunConfig

@@ -13,7 +13,8 @@ from prefect.runtime import flow_run, task_run
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows._fast_context import _DropRoutineSuccess, _Prepickled, materialize
-from flows.task_runner import Opaque, SynthgenTaskRunner, unwrap
+from flows.task_runner import SynthgenTaskRunner
+from flows.units import Opaque, unwrap
 
 
 @task

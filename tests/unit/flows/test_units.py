@@ -10,15 +10,8 @@ import pytest
 from distributed import Client, LocalCluster
 from distributed.protocol.serialize import serialize
 
-from flows.task_runner import (
-    ENVELOPE,
-    ForgedResult,
-    Retries,
-    TaskFailed,
-    UnitFuture,
-    run_unit,
-    run_unit_plain,
-)
+from flows.task_runner import ForgedResult, TaskFailed, UnitFuture
+from flows.units import ENVELOPE, Retries, run_unit, run_unit_plain
 from synthgen.cluster.roles import _plain_header
 
 
