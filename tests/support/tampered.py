@@ -231,6 +231,7 @@ def _poison_results(marker: str) -> None:
     """Its generate tasks send back, instead of their result, a pickle that runs code where
     it is unpickled (the flow's process, if the scheduler passed it on)."""
     import flows.task_runner as runner
+    import flows.units as units
 
     real = runner.run_prefect_task_plain
 
@@ -246,7 +247,7 @@ def _poison_results(marker: str) -> None:
             return Payload(marker)
         return real(task, **kwargs)
 
-    real_unit = runner.run_unit_plain
+    real_unit = units.run_unit_plain
 
     def poisoned_unit(fn: Any, args: Any, name: str, retries: Any) -> Any:
         global _misused
@@ -262,7 +263,7 @@ def _poison_results(marker: str) -> None:
 
     # the flow's tasks reach workers as a reference to these module attributes
     runner.run_prefect_task_plain = poisoned
-    runner.run_unit_plain = poisoned_unit
+    units.run_unit_plain = poisoned_unit
 
 
 def dask_setup(worker: Any) -> None:
