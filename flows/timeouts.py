@@ -267,12 +267,13 @@ class ShardTimeouts(Gate):
                         f"are left (cluster.task_retries={self.max_reruns}); waiting for it"
                     )
                     continue
-                self.loop.fail(
-                    shard_id,
+                why = (
                     f"shard {shard_id}: attempt {attempt} ran past "
                     f"cluster.shard_timeout_s={self.fixed:g}s and no re-runs are left "
-                    f"(cluster.task_retries={self.max_reruns})",
+                    f"(cluster.task_retries={self.max_reruns})"
                 )
+                print(f"{why}: the shard failed (it runs again on the next invocation)")
+                self.loop.fail(shard_id, why)
                 continue
             self.reruns[shard_id] = n + 1
             if worker:

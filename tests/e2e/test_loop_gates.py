@@ -35,14 +35,17 @@ def test_verify_budget_and_timeout_in_one_run(tmp_path, prefect_api, monkeypatch
         cluster__n_workers=2,
         cluster__threads_per_worker=1,
         cluster__retry_delay_s=0,
-        cluster__shard_timeout_s=3,
+        # a re-run may wait for the engine turn behind the other re-run on its worker (1 s)
+        # before its own 1 s: 5 s leaves room on a loaded machine (at 3 s a CI run once lost
+        # shard-00000 from the loop while its re-run went on to commit)
+        cluster__shard_timeout_s=5,
         cluster__task_retries=1,
         model__fake__seconds_per_shard=1.0,
         verify__enabled=True,
     )
     cfg_path = write_config(tmp_path / "c.yaml", data)
     # shard-00000's first attempt blocks (a stuck engine call, injected by the test's Dask
-    # preload): timed out at 3 s and re-run; the abandoned attempt returns late
+    # preload): timed out at 5 s and re-run; the abandoned attempt returns late
     # The hung call is released once the re-run has committed (so the abandoned attempt
     # returns late whatever the machine's load; 120 s is only a backstop)
     cfg0 = config_from_dict(data)
