@@ -11,7 +11,7 @@ So an embedded run (no `cluster.address`) starts its LocalCluster itself, before
 the flow (`embedded_cluster`), and gives the task runner its address; each worker, as it
 joins, warms up in a background thread (`WarmPlugin`, in `flows.warm_plugin`: a module
 that imports nothing heavy, for `register_plugin` waits for every worker to import it): it
-imports `flows.run` (and `pyarrow.dataset`, with pandas, which the first Parquet read
+imports `flows.units` (and `pyarrow.dataset`, with pandas, which the first Parquet read
 imports), opens the output store in each of its task threads (fsspec keeps one filesystem
 per thread) and, when every unit of the run uses the same model, loads it into the
 process's engine cache
