@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import distributed
+from distributed.client import FutureCancelledError
 from prefect.context import FlowRunContext
 from prefect.task_engine import run_task_async, run_task_sync
 from prefect.utilities.engine import collect_task_run_inputs_sync
@@ -266,6 +267,15 @@ class UnitFuture:
     def _fetch(self) -> None:
         with self._lock:
             if self._fetched:
+                return
+            if self.future.cancelled():
+                # no round trip to the client's loop: a client that is closing (SIGTERM, the
+                # end of a run) cancels every unit, then stops its loop, and a fetch sent
+                # there waits FETCH_S for nothing, holding up the process's exit
+                self._error = FutureCancelledError(
+                    self.future.key, "cancelled (its client closed, or the loop cancelled it)"
+                )
+                self._fetched = True
                 return
             try:
                 self._value = self.future.result(timeout=self.FETCH_S)

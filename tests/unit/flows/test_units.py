@@ -146,3 +146,34 @@ def test_a_result_held_by_a_frozen_worker_is_unreachable_not_a_hang() -> None:
             os.kill(pid, signal.SIGCONT)
     assert info.value.unreachable and info.value.worker == addr
     assert "generate-u4" in str(info.value) and "within 2 s" in str(info.value)
+
+
+class _CancelledFuture:
+    """A Dask future its client cancelled: asking the client's loop for its result is what
+    must not happen (a closing client stops that loop; the ask would wait FETCH_S)."""
+
+    key = "generate-u6-0123"
+
+    def cancelled(self) -> bool:
+        return True
+
+    def add_done_callback(self, fn) -> None:
+        fn(self)
+
+    def result(self, timeout=None):
+        raise AssertionError("fetched from the client's loop")
+
+
+def test_a_cancelled_unit_is_heard_as_cancelled_without_a_fetch() -> None:
+    """SIGTERM of `synthgen run` closes its client, which cancels every running unit: each
+    unit's callback must hear the cancellation at once, not wait FETCH_S on a loop that is
+    stopping (CI saw the exit held 30 s, then a 'Task exception was never retrieved'
+    traceback in the log)."""
+    from distributed.client import FutureCancelledError
+
+    heard = threading.Event()
+    unit = UnitFuture(_CancelledFuture(), "generate-u6", plain=False)  # type: ignore[arg-type]
+    unit.add_done_callback(lambda _u: heard.set())
+    assert heard.wait(60)
+    with pytest.raises(FutureCancelledError, match="generate-u6-0123 cancelled"):
+        unit.result()
