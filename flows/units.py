@@ -34,6 +34,8 @@ from synthgen.stages.dedup.stage import dedup_run
 from synthgen.stages.generate import ShardTask, run_granted, run_shard
 from synthgen.stages.publish import prepare_publish, publish_shard, ready_shard
 from synthgen.stages.units import final_stage
+from synthgen.verify.check import VerifyTask, verify_shard
+from synthgen.verify.wire import score
 
 
 class Opaque:
@@ -166,6 +168,25 @@ def generate_unit(
         if ready is not None:
             res["ready"] = ready
     return res
+
+
+def verify_unit(config: dict[str, Any] | Opaque, shard_id: str, attempt: int) -> dict[str, Any]:
+    """A verification check on a trusted worker (`verify_shard`: prepare, score, finish): a
+    plain Dask task (`submit_unit`), as the generate units. As a Prefect task run it made a
+    worker import Prefect at its first check (2.2 s of CPU; Dask then reckoned every check
+    on that worker that long, and sent the next stage's units elsewhere) and made API calls
+    per check; the flow's log lines and the run's verify records show each check."""
+    config = unwrap(config)
+    protect(config)
+    credentials_resolver(config)
+    return verify_shard(VerifyTask(config, shard_id, attempt)).as_dict()
+
+
+def score_unit(payload: dict[str, Any] | Opaque) -> dict[str, Any]:
+    """The verifier's part of a check on an untrusted worker (`cluster.untrusted_workers`):
+    plain data in (the sample and its baseline, `synthgen.verify.wire`), plain data out (the
+    scores); no storage, no credentials."""
+    return score(unwrap(payload))
 
 
 _PREPARED: set[str] = set()  # runs whose dedup index meta this worker process checked

@@ -29,12 +29,11 @@ from typing import Any
 
 import dask
 import distributed
-from prefect import task
 
 from flows.grants import CommittedFuture, Holders
 from flows.loop import Gate
-from flows.task_runner import current_runner
-from flows.units import Opaque, unwrap
+from flows.task_runner import current_runner, submit_unit
+from flows.units import Opaque, Retries, score_unit, verify_unit
 from synthgen.cluster.client import workers_info
 from synthgen.config import RunConfig
 from synthgen.io.checked import ShardWithdrawn, read_marker
@@ -49,27 +48,12 @@ from synthgen.verify.check import (
     prepare_check,
     retract_shard,
     verify_path,
-    verify_shard,
 )
-from synthgen.verify.wire import ForgedScores, score
+from synthgen.verify.wire import ForgedScores
 
 MAX_FORGED_CHECKS = 3  # forged answers to a unit's checks before it is left unverified
 VERIFY_PRIORITY = 10**9  # above generation (plan-order priorities): checks start first
-
-
-@task(name="verify-shard", persist_result=False, retries=1, retry_delay_seconds=1)
-def verify_shard_task(
-    config: dict[str, Any] | Opaque, shard_id: str, attempt: int
-) -> dict[str, Any]:
-    return verify_shard(VerifyTask(unwrap(config), shard_id, attempt)).as_dict()
-
-
-@task(name="verify-shard", persist_result=False, retries=1, retry_delay_seconds=1)
-def score_check_task(payload: dict[str, Any] | Opaque) -> dict[str, Any]:
-    """The verifier's part of a check on an untrusted worker (`cluster.untrusted_workers`):
-    plain data in (the sample and its baseline, `synthgen.verify.wire`), plain data out (the
-    scores); no storage, no credentials."""
-    return score(unwrap(payload))
+CHECK_RETRIES = Retries(1, (1.0,))  # a check that errored runs once more on its worker
 
 
 @dataclass
@@ -436,12 +420,16 @@ class VerifyGate(Gate):
 def submit_check_task(
     config: Opaque, gpu_annotation: Callable[[str], contextlib.AbstractContextManager[Any]]
 ) -> Callable[[dict[str, Any], list[str]], Any]:
-    """Submits a verify task for a unit's result on the given workers, ahead of generation;
-    `gpu_annotation(unit)`: the resources of the unit's stage (scoring loads its engine)."""
+    """Submits a check of a unit's result (`verify_unit`, a plain Dask task) on the given
+    workers, ahead of generation; `gpu_annotation(unit)`: the resources of the unit's stage
+    (scoring loads its engine)."""
+    runner = current_runner()
 
     def submit(res: dict[str, Any], workers: list[str]) -> Any:
-        with gpu_annotation(res["shard_id"]), restrict(workers, VERIFY_PRIORITY):
-            return verify_shard_task.submit(config, res["shard_id"], int(res["attempt"]))
+        sid = res["shard_id"]
+        with gpu_annotation(sid), restrict(workers, VERIFY_PRIORITY):
+            args = (config, sid, int(res["attempt"]))
+            return submit_unit(runner, verify_unit, args, f"verify-{sid}", CHECK_RETRIES)
 
     return submit
 
@@ -475,13 +463,14 @@ def submit_granted_check(
 ) -> Callable[[dict[str, Any], list[str]], Any]:
     """Checks with untrusted workers (`cluster.untrusted_workers`): the flow prepares each
     check (`prepare_check`: it reads the committed unit with its own credentials), the
-    verifier only scores the plain-data sample it is sent (`score_check_task`: no config,
+    verifier only scores the plain-data sample it is sent (`score_unit`: no config,
     no storage path, no credential), and the flow judges its answer, prices it from the
     run config (the lease of the identity the scheduler knows the verifier by, `holders`,
     else the price table) over at most the time the flow saw the task out, writes the
     ledger row and record and quarantines (`finish_check`, in `pool` as the answer
     arrives). A malformed answer raises `ForgedScores` naming the verifier (the worker that
     held the result, else the one asked, else the one the answer names if it was asked)."""
+    runner = current_runner()
 
     def submit(res: dict[str, Any], workers: list[str]) -> Any:
         sid = res["shard_id"]
@@ -492,7 +481,8 @@ def submit_granted_check(
         if isinstance(prep, VerifyResult):
             return Settled(prep.as_dict())
         with gpu_annotation(sid), restrict(workers, VERIFY_PRIORITY):
-            fut = score_check_task.submit(Opaque(prep.payload()))
+            args = (Opaque(prep.payload()),)
+            fut = submit_unit(runner, score_unit, args, f"verify-{sid}", CHECK_RETRIES)
 
         def finish(answer: Any, holder: str | None, held_s: float) -> dict[str, Any]:
             claimed = answer.get("worker") if isinstance(answer, dict) else None
