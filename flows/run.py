@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
+import os
 import re
 import threading
 import time
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import dask
+from distributed import Client, LocalCluster
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.exceptions import MissingContextError
@@ -48,8 +50,7 @@ from flows.units import (
     DEDUP_RETRIES,
     Opaque,
     Retries,
-    _dedup_here,
-    _publish_error,
+    dedup_on,
     dedup_task,
     generate_granted,
     generate_unit,
@@ -66,8 +67,9 @@ from flows.verify import (
     submit_granted_check,
 )
 from flows.warm import embedded_cluster, wait_warm
+from synthgen import errors as synthgen_errors
 from synthgen.checkpoints import checkpoint
-from synthgen.cluster.client import unit_resources
+from synthgen.cluster.client import run_on_workers, unit_resources
 from synthgen.cluster.deadlines import DeadlinePolicy
 from synthgen.cluster.preflight import check_output, check_workers_reach, reaches, run_preflight
 from synthgen.cluster.roles import by_certificate
@@ -122,6 +124,41 @@ class Published:
     shards: list[dict[str, Any]]
     extra: dict[str, Any] | None
     done: dict[str, Any] | None = None
+
+
+def _publish_error(shard_id: str, outcome: dict[str, Any]) -> Exception:
+    """The exception a shard's publish raised, as the flow raises it: synthgen's own errors
+    by their class (StorageError ends the run with the exit code of an incomplete run)."""
+    cls = getattr(synthgen_errors, str(outcome.get("type")), None)
+    if isinstance(cls, type) and issubclass(cls, synthgen_errors.SynthgenError):
+        try:
+            return cls(outcome["error"])
+        except TypeError:  # an error class with other arguments
+            pass
+    return RuntimeError(f"shard {shard_id}: {outcome.get('type')}: {outcome['error']}")
+
+
+def _dedup_here(
+    cfg: RunConfig,
+    shard_ids: list[str],
+    markers: dict[str, dict[str, Any]] | None = None,
+    keys: dict[str, ShardKeys] | None = None,
+) -> dict[str, Any]:
+    """Run-wide dedup in this (the flow's) process, on an in-process Dask cluster.
+
+    For TLS clusters, whose workers hold worker certificates (`synthgen.cluster.roles`): a
+    worker may not act as a Dask client (which `dedup_task` does to submit its map/shuffle
+    tasks), and workers do not unpickle what other workers send them (the shuffle's
+    partitions), so the run-wide work that mixes data from several workers runs on the
+    trusted side. It reads the committed shards from storage like the tasks would."""
+    threads = max(1, min(8, os.cpu_count() or 1))
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=threads, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        return dedup_on(client, cfg, shard_ids, markers, keys)
 
 
 def _finish(
@@ -435,18 +472,13 @@ def _check_api_reach(cfg: RunConfig, timeout_s: float = 15.0) -> None:
     url = PREFECT_API_URL.value()
     if not url:
         return
-    client = runner_client()
-    pool = concurrent.futures.ThreadPoolExecutor(1)
     try:
-        fut = pool.submit(client.run, reaches, url, 5.0, on_error="return")
-        answers = fut.result(timeout=timeout_s)
-    except concurrent.futures.TimeoutError:
+        answers = run_on_workers(runner_client(), reaches, url, 5.0, timeout_s=timeout_s)
+    except TimeoutError:
         print(
             f"preflight: not every worker answered within {timeout_s:g}s; Prefect API reach not checked"
         )
         return
-    finally:
-        pool.shutdown(wait=False)
     checked = {w: a for w, a in answers.items() if a is None or isinstance(a, str)}
     line = check_workers_reach(checked, url)
     if cfg.cluster.address:  # an existing cluster: worth a line (a local one always reaches)

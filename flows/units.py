@@ -14,16 +14,14 @@ from __future__ import annotations
 import concurrent.futures
 import importlib
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
-from distributed import Client, LocalCluster, worker_client
+from distributed import worker_client
 
-from synthgen import errors as synthgen_errors
 from synthgen.config import RunConfig
 from synthgen.config.secrets import protect
 from synthgen.io.checked import ShardWithdrawn
@@ -262,18 +260,6 @@ def publish_batch(
 PUBLISH_IO_THREADS = 8
 
 
-def _publish_error(shard_id: str, outcome: dict[str, Any]) -> Exception:
-    """The exception a shard's publish raised, as the flow raises it: synthgen's own errors
-    by their class (StorageError ends the run with the exit code of an incomplete run)."""
-    cls = getattr(synthgen_errors, str(outcome.get("type")), None)
-    if isinstance(cls, type) and issubclass(cls, synthgen_errors.SynthgenError):
-        try:
-            return cls(outcome["error"])
-        except TypeError:  # an error class with other arguments
-            pass
-    return RuntimeError(f"shard {shard_id}: {outcome.get('type')}: {outcome['error']}")
-
-
 def _publish_one(
     config: dict[str, Any], shard_id: str, pid: str, index: int, count: int
 ) -> dict[str, Any]:
@@ -313,33 +299,10 @@ def dedup_task(
     credentials_resolver(config)
     cfg = RunConfig.model_validate(config)
     with worker_client() as client:
-        return _dedup_on(client, cfg, shard_ids, markers, unwrap(keys))
+        return dedup_on(client, cfg, shard_ids, markers, unwrap(keys))
 
 
-def _dedup_here(
-    cfg: RunConfig,
-    shard_ids: list[str],
-    markers: dict[str, dict[str, Any]] | None = None,
-    keys: dict[str, ShardKeys] | None = None,
-) -> dict[str, Any]:
-    """Run-wide dedup in this (the flow's) process, on an in-process Dask cluster.
-
-    For TLS clusters, whose workers hold worker certificates (`synthgen.cluster.roles`): a
-    worker may not act as a Dask client (which `dedup_task` does to submit its map/shuffle
-    tasks), and workers do not unpickle what other workers send them (the shuffle's
-    partitions), so the run-wide work that mixes data from several workers runs on the
-    trusted side. It reads the committed shards from storage like the tasks would."""
-    threads = max(1, min(8, os.cpu_count() or 1))
-    with (
-        LocalCluster(
-            n_workers=1, threads_per_worker=threads, processes=False, dashboard_address=None
-        ) as cluster,
-        Client(cluster, set_as_default=False) as client,
-    ):
-        return _dedup_on(client, cfg, shard_ids, markers, keys)
-
-
-def _dedup_on(
+def dedup_on(
     client: Any,
     cfg: RunConfig,
     shard_ids: list[str],

@@ -22,7 +22,6 @@ work, and fails with its own clear error if it must.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import logging
 import time
@@ -33,6 +32,7 @@ from distributed import Client
 from prefect.utilities.importtools import from_qualified_name
 
 from flows.warm_plugin import PLUGIN_NAME, WarmPlugin, warmed
+from synthgen.cluster.client import run_on_workers
 from synthgen.config.secret_rule import reveal
 
 log = logging.getLogger("synthgen.warm")
@@ -81,16 +81,11 @@ def wait_warm(client: Any, timeout_s: float = WARM_MAX_S) -> float | None:
     tokens/s would count the load. Asked beside the call, with a timeout, so that a worker
     that never answers (frozen) holds nothing up for more than `timeout_s`."""
     started = time.perf_counter()
-    pool = concurrent.futures.ThreadPoolExecutor(1)
     try:
-        answers = pool.submit(client.run, warmed, timeout_s, on_error="return").result(
-            timeout=timeout_s + 5.0
-        )
+        answers = run_on_workers(client, warmed, timeout_s, timeout_s=timeout_s + 5.0)
     except Exception as exc:  # a slower first unit, not a failed run
         log.warning("waiting for the workers' warm-up: %s: %s", type(exc).__name__, exc)
         return None
-    finally:
-        pool.shutdown(wait=False)
     if all(a is None or isinstance(a, BaseException) for a in answers.values()):
         return None
     return time.perf_counter() - started

@@ -10,6 +10,7 @@ run's stage may ask for its own resources (`stages[i].resources`, `unit_resource
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,6 +77,19 @@ def workers_info(client: Any) -> dict[str, dict[str, Any]]:
     with an OSError leaves as it was: an empty `workers` now and then, more often under
     load (a CI run failed a shard with "no worker left" on a 3-worker cluster that way)."""
     return dict(client.sync(client.scheduler.identity, n_workers=-1)["workers"])
+
+
+def run_on_workers(client: Any, fn: Any, *args: Any, timeout_s: float) -> dict[str, Any]:
+    """`client.run(fn, *args, on_error="return")` on every worker (address -> answer, an
+    exception for a worker where `fn` raised), given up after `timeout_s` with
+    `TimeoutError`. A frozen worker never answers `client.run`, whose own `timeout` bounds
+    only the connection: the call is left in a thread of its own, which nothing waits for."""
+    pool = concurrent.futures.ThreadPoolExecutor(1, "synthgen-run-on-workers")
+    try:
+        call = pool.submit(client.run, fn, *args, on_error="return")
+        return dict(call.result(timeout=timeout_s))
+    finally:
+        pool.shutdown(wait=False)
 
 
 def task_runner_kwargs(cfg: ClusterConfig) -> dict[str, Any]:
