@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 
 import psutil
 
+from synthgen.io.layout import DEFAULT_STAGE
 from tests.conftest import REPO, free_port
 
 DASK = str(Path(sys.executable).with_name("dask"))
@@ -25,16 +27,31 @@ DASK = str(Path(sys.executable).with_name("dask"))
 def fresh_attempt(store: Any, run_id: str, workers: Sequence[str], max_age_s: float = 0.5):
     """A running attempt on one of `workers` that started under `max_age_s` ago, once some
     shard of the run committed (the run is under way), or None: with 1 s shards, one that
-    young is mid-engine when its worker is frozen or cut off."""
-    from synthgen.io.attempts import attempt_history, commit_markers
+    young is mid-engine when its worker is frozen or cut off.
 
-    if not commit_markers(store, run_id):
+    One call lists the commit and attempt folders and reads only the start markers of
+    shards with no commit (the few running), newest first. Reading every marker of the run
+    (`attempt_history`: two requests each, ~34 a call late in an 8-shard run) made a call
+    take over a second on a loaded CI machine, longer than an attempt stays this young, and a
+    CI run ended before any call saw one."""
+    from synthgen.io.attempts import AttemptName, attempt_dir
+    from synthgen.io.layout import RunLayout
+
+    commits = RunLayout(store, run_id).stage(DEFAULT_STAGE).commits_dir
+    committed = {n.removesuffix(".json") for n in store.ls(commits) if n.endswith(".json")}
+    if not committed:
         return None
-    now = datetime.now(UTC)
-    for a in attempt_history(store, run_id):
-        age = (now - datetime.fromisoformat(a["started_at"])).total_seconds()
-        if a["outcome"] == "running" and a["worker"] in workers and age < max_age_s:
-            return a
+    directory = attempt_dir(store, run_id)
+    running = [
+        p
+        for p in map(AttemptName.parse, store.ls(directory))
+        if p is not None and p.shard_id not in committed
+    ]
+    for p in sorted(running, key=lambda p: p.attempt, reverse=True):
+        marker = store.read_json(posixpath.join(directory, p.name))
+        age = (datetime.now(UTC) - datetime.fromisoformat(marker["started_at"])).total_seconds()
+        if marker["worker"] in workers and age < max_age_s:
+            return {**marker, "attempt": p.attempt, "outcome": "running"}
     return None
 
 
