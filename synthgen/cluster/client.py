@@ -83,7 +83,8 @@ def run_on_workers(client: Any, fn: Any, *args: Any, timeout_s: float) -> dict[s
     """`client.run(fn, *args, on_error="return")` on every worker (address -> answer, an
     exception for a worker where `fn` raised), given up after `timeout_s` with
     `TimeoutError`. A frozen worker never answers `client.run`, whose own `timeout` bounds
-    only the connection: the call is left in a thread of its own, which nothing waits for."""
+    only the connection: the call is left in a thread of its own, which this call does not
+    wait for (it ends when the worker answers or the client closes)."""
     pool = concurrent.futures.ThreadPoolExecutor(1, "synthgen-run-on-workers")
     try:
         call = pool.submit(client.run, fn, *args, on_error="return")
